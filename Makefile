@@ -1,0 +1,52 @@
+# Sluice: `make run` starts the store on an embedded SQLite file, `make test` runs everything CI runs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+GEN_DIR := clients/python
+PROTOS := $(shell find protos -name '*.proto')
+SLUICE_DATA ?= ./data
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: install protos check-protos lint fmt test run bench clean
+
+install: $(STAMP)
+
+$(STAMP): constraints.txt requirements-dev.txt clients/python/pyproject.toml services/store/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -r requirements-dev.txt -e clients/python -e services/store
+	touch $@
+
+# Regenerate the committed stubs from protos/ (proto path = import path: sluice/v1/...).
+protos: $(STAMP)
+	$(PY) scripts/genprotos.py $(GEN_DIR)
+
+# Fails when the committed stubs differ from what the .proto files generate.
+check-protos: $(STAMP)
+	@tmp=$$(mktemp -d) && $(PY) scripts/genprotos.py $$tmp && \
+	  diff -r -x __pycache__ -x __init__.py -x py.typed $$tmp/sluice/v1 $(GEN_DIR)/sluice/v1 \
+	  && echo "generated code is up to date" \
+	  || { echo "generated code is stale: run 'make protos' and commit" >&2; rm -rf $$tmp; exit 1; }; rm -rf $$tmp
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+fmt: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+test: $(STAMP) check-protos lint
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+run: $(STAMP)
+	$(PY) -m sluice_store --db sqlite:///$(SLUICE_DATA)/sluice.db
+
+bench: $(STAMP)
+	$(PY) bench/run.py $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Sluice: the Python client for the Sluice event store."""
