@@ -1,0 +1,125 @@
+"""The store process: gRPC server, health, reflection, background retention, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from sluice import telemetry
+from sluice.v1 import streams_pb2 as pb
+from sluice_store.broker import Broker
+from sluice_store.config import Settings
+from sluice_store.service import StreamsService, methods
+from sluice_store.storage import open_storage
+from sluice_store.storage.base import Storage
+
+log = logging.getLogger("sluice_store")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Streams"].full_name
+
+
+class StoreServer:
+    """A running store: ``await start()``, then ``await stop()`` (idempotent)."""
+
+    def __init__(self, settings: Settings, storage: Storage | None = None) -> None:
+        self.settings = settings
+        self.storage = storage or open_storage(settings)
+        self.broker = Broker()
+        self.storage.listener = self.broker.publish
+        self.service = StreamsService(self.storage, self.broker, settings)
+        self.health = health.aio.HealthServicer()
+        self.server: grpc.aio.Server | None = None
+        self.port = 0
+        self._reclaimer: asyncio.Task[None] | None = None
+        self._stopped = False
+
+    async def start(self) -> None:
+        await self.storage.open()
+        interceptors: list[Any] = []
+        if telemetry.tracing_enabled():
+            from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+            telemetry.setup_tracing("sluice-store")
+            interceptors.append(aio_server_interceptor())  # type: ignore[no-untyped-call]
+        limit = self.settings.max_request_bytes + (1 << 20)
+        self.server = grpc.aio.server(
+            interceptors=interceptors,
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                ("grpc.so_reuseport", 0),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+            ],
+        )
+        self.server.add_generic_rpc_handlers(
+            [grpc.method_handlers_generic_handler(SERVICE_NAME, methods(self.service))]
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
+        )
+        self.port = self.server.add_insecure_port(self.settings.addr)
+        if not self.port:
+            raise OSError(f"addr: cannot listen on {self.settings.addr}")
+        await self.server.start()
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._reclaimer = asyncio.create_task(self._reclaim_loop())
+
+    @property
+    def address(self) -> str:
+        host = self.settings.addr.rsplit(":", 1)[0]
+        return f"{host}:{self.port}"
+
+    async def _reclaim_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.reclaim_interval)
+            try:
+                stats = await self.storage.reclaim()
+                if stats.events_removed:
+                    log.info(
+                        "retention removed %d events (%d archived) from %d streams",
+                        stats.events_removed,
+                        stats.events_archived,
+                        stats.streams,
+                    )
+            except Exception:
+                log.exception("retention pass failed; retrying next interval")
+
+    async def stop(self, grace: float | None = None) -> None:
+        """NOT_SERVING, end live streams, let in-flight RPCs finish, close storage."""
+        if self._stopped:
+            return
+        self._stopped = True
+        await self.health.enter_graceful_shutdown()
+        self.broker.close()
+        if self._reclaimer:
+            self._reclaimer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reclaimer
+        if self.server:
+            await self.server.stop(self.settings.grace if grace is None else grace)
+        await self.storage.close()
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    server = StoreServer(settings)
+    await server.start()
+    log.info("sluice store listening on %s (db %s)", server.address, settings.db)
+    print(f"sluice store listening on {server.address} (db {settings.db})", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await server.stop()

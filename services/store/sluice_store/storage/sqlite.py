@@ -1,0 +1,601 @@
+"""The embedded backend: one SQLite file in WAL mode, through aiosqlite.
+
+One writer connection applies group commits (one transaction each); a small pool of
+read-only connections serves reads, which WAL lets run beside the writer. Stream state
+for the write path lives in an LRU cache; streams that retention rules touch stay pinned
+in memory so reads of all streams can hide expired events without a join.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import sqlite3
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from typing import Any
+
+import aiosqlite
+
+from sluice.v1 import streams_pb2 as pb
+from sluice_store import codec
+from sluice_store.errors import StoreUnavailable, StreamNotFound
+from sluice_store.retention import Policy, age_cutoff_us, now_us, resolve, write_archive
+from sluice_store.storage.base import (
+    AppendPart,
+    Expect,
+    Outcome,
+    Plan,
+    ReclaimStats,
+    Row,
+    Start,
+    State,
+    Storage,
+    StreamFilter,
+    StreamMeta,
+    check_expected,
+    plan_append,
+)
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS streams (
+    id             INTEGER PRIMARY KEY,
+    name           TEXT NOT NULL UNIQUE,
+    last_revision  INTEGER NOT NULL,
+    last_position  INTEGER NOT NULL,
+    state          INTEGER NOT NULL,
+    deleted_before INTEGER NOT NULL DEFAULT 0,
+    bytes_floor    INTEGER NOT NULL DEFAULT 0,
+    first_stored   INTEGER NOT NULL DEFAULT 0,
+    retention      TEXT,
+    created_us     INTEGER NOT NULL,
+    updated_us     INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    position   INTEGER PRIMARY KEY,
+    stream_id  INTEGER NOT NULL,
+    revision   INTEGER NOT NULL,
+    event_id   BLOB NOT NULL,
+    type       TEXT NOT NULL,
+    created_us INTEGER NOT NULL,
+    size       INTEGER NOT NULL,
+    head       BLOB NOT NULL,
+    data       BLOB NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS events_by_stream ON events (stream_id, revision);
+CREATE UNIQUE INDEX IF NOT EXISTS events_by_id ON events (event_id);
+CREATE INDEX IF NOT EXISTS events_by_time ON events (created_us);
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+"""
+STREAM_COLUMNS = (
+    "id, name, last_revision, last_position, state, deleted_before, bytes_floor, "
+    "first_stored, retention, created_us, updated_us"
+)
+SAVE_STREAM = f"""
+INSERT INTO streams ({STREAM_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (id) DO UPDATE SET
+    last_revision = excluded.last_revision, last_position = excluded.last_position,
+    state = excluded.state, deleted_before = excluded.deleted_before,
+    bytes_floor = excluded.bytes_floor, first_stored = excluded.first_stored,
+    retention = excluded.retention, updated_us = excluded.updated_us
+"""
+INSERT_EVENT = (
+    "INSERT INTO events (position, stream_id, revision, event_id, type, created_us, size, head, data)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+ROW_COLUMNS = "position, stream_id, revision, created_us, head, {data}"
+SYNC_MODES = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
+PREFIX_END = "\U0010ffff"
+
+
+def _params(meta: StreamMeta) -> tuple[Any, ...]:
+    return (
+        meta.id,
+        meta.name,
+        meta.last_revision,
+        meta.last_position,
+        int(meta.state),
+        meta.deleted_before,
+        meta.bytes_floor,
+        meta.first_stored,
+        meta.own.to_json() if meta.own else None,
+        meta.created_us,
+        meta.updated_us,
+    )
+
+
+@contextlib.contextmanager
+def _translated() -> Iterator[None]:
+    """Driver errors become the store's own: the storage is unavailable."""
+    try:
+        yield
+    except sqlite3.Error as e:
+        raise StoreUnavailable(f"storage error: {e}") from e
+
+
+class SQLiteStorage(Storage):
+    """Events in one SQLite file. ``path`` may be ``:memory:``-free paths only (WAL needs a file)."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        durability: str = "full",
+        archive_dir: str = "",
+        prefix_rules: Mapping[str, Policy] | None = None,
+        cache_size: int = 200_000,
+        readers: int = 2,
+    ) -> None:
+        self.path = path
+        self.durability = durability
+        self.archive_dir = archive_dir
+        self.prefix_rules = dict(prefix_rules or {})
+        self.cache_size = cache_size
+        self.n_readers = readers
+        self._writer: aiosqlite.Connection | None = None
+        self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
+        self._all_readers: list[aiosqlite.Connection] = []
+        self._lock = asyncio.Lock()
+        self._cache: OrderedDict[str, StreamMeta] = OrderedDict()
+        self._retained: dict[int, StreamMeta] = {}
+        self._head = 0
+        self._next_stream_id = 1
+        self._last_created = 0
+        self._closed = False
+
+    # -- life cycle -------------------------------------------------------------------
+
+    @property
+    def head_position(self) -> int:
+        return self._head
+
+    async def _connect(self) -> aiosqlite.Connection:
+        conn = await aiosqlite.connect(self.path)
+        await conn.execute("PRAGMA busy_timeout = 10000")
+        await conn.execute("PRAGMA cache_size = -65536")
+        await conn.execute("PRAGMA temp_store = MEMORY")
+        return conn
+
+    async def open(self) -> None:
+        directory = os.path.dirname(os.path.abspath(self.path))  # noqa: ASYNC240 (once, at start)
+        os.makedirs(directory, exist_ok=True)
+        with _translated():
+            w = self._writer = await self._connect()
+            await w.execute("PRAGMA journal_mode = WAL")
+            await w.execute(f"PRAGMA synchronous = {SYNC_MODES[self.durability]}")
+            await w.executescript(SCHEMA)
+            rows = await w.execute_fetchall("SELECT version FROM schema_version")
+            if not rows:
+                await w.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+            elif next(iter(rows))[0] > SCHEMA_VERSION:
+                raise StoreUnavailable(f"database schema is newer than this store ({rows})")
+            await w.commit()
+            ((head_e, head_s, max_id, last_created),) = await w.execute_fetchall(
+                "SELECT (SELECT MAX(position) FROM events), (SELECT MAX(last_position) FROM streams),"
+                " (SELECT MAX(id) FROM streams), (SELECT MAX(created_us) FROM events)"
+            )
+            self._head = max(head_e or 0, head_s or 0)
+            self._next_stream_id = (max_id or 0) + 1
+            self._last_created = last_created or 0
+            await self._load_retained(w)
+            for _ in range(self.n_readers):
+                r = await self._connect()
+                await r.execute("PRAGMA query_only = 1")
+                self._all_readers.append(r)
+                self._readers.put_nowait(r)
+
+    async def _load_retained(self, w: aiosqlite.Connection) -> None:
+        clauses = ["retention IS NOT NULL", "state != 2", "deleted_before > 0"]
+        params: list[Any] = []
+        for prefix in self.prefix_rules:
+            clauses.append("(name >= ? AND name < ?)")
+            params += [prefix, prefix + PREFIX_END]
+        sql = f"SELECT {STREAM_COLUMNS} FROM streams WHERE " + " OR ".join(clauses)
+        for row in await w.execute_fetchall(sql, params):
+            meta = self._meta(row)
+            self._remember(meta)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        async with self._lock:
+            for conn in self._all_readers:
+                await conn.close()
+            if self._writer is not None:
+                await self._writer.close()
+
+    @contextlib.asynccontextmanager
+    async def _reader(self) -> AsyncIterator[aiosqlite.Connection]:
+        if self._closed:
+            raise StoreUnavailable("the store is shutting down")
+        conn = await self._readers.get()
+        try:
+            with _translated():
+                yield conn
+        finally:
+            self._readers.put_nowait(conn)
+
+    # -- stream state -----------------------------------------------------------------
+
+    def _meta(self, row: Sequence[Any]) -> StreamMeta:
+        own = Policy.from_json(row[8])
+        policy, source = resolve(row[1], own, self.prefix_rules)
+        return StreamMeta(
+            id=row[0],
+            name=row[1],
+            last_revision=row[2],
+            last_position=row[3],
+            state=State(row[4]),
+            deleted_before=row[5],
+            bytes_floor=row[6],
+            first_stored=row[7],
+            own=own,
+            policy=policy,
+            source=source,
+            created_us=row[9],
+            updated_us=row[10],
+            field=codec.stream_field(row[1]),
+        )
+
+    def _remember(self, meta: StreamMeta) -> None:
+        self._cache[meta.name] = meta
+        self._cache.move_to_end(meta.name)
+        if meta.retained:
+            self._retained[meta.id] = meta
+        else:
+            self._retained.pop(meta.id, None)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+
+    async def _lookup(self, names: Sequence[str]) -> dict[str, StreamMeta | None]:
+        found: dict[str, StreamMeta | None] = {}
+        missing: list[str] = []
+        for name in names:
+            meta = self._cache.get(name)
+            if meta is None:
+                missing.append(name)
+            else:
+                found[name] = meta
+        if missing:
+            assert self._writer is not None
+            for i in range(0, len(missing), 500):
+                chunk = missing[i : i + 500]
+                marks = ",".join("?" * len(chunk))
+                sql = f"SELECT {STREAM_COLUMNS} FROM streams WHERE name IN ({marks})"
+                for row in await self._writer.execute_fetchall(sql, chunk):
+                    meta = self._meta(row)
+                    self._remember(meta)
+                    found[meta.name] = meta
+            for name in missing:
+                found.setdefault(name, None)
+        return found
+
+    async def stream(self, name: str) -> StreamMeta | None:
+        meta = self._cache.get(name)
+        if meta is not None:
+            return meta
+        async with self._reader() as r:
+            rows = list(
+                await r.execute_fetchall(f"SELECT {STREAM_COLUMNS} FROM streams WHERE name = ?", (name,))
+            )
+        return self._meta(rows[0]) if rows else None
+
+    # -- appends ----------------------------------------------------------------------
+
+    async def append(self, ops: Sequence[list[AppendPart]]) -> list[Outcome]:
+        if self._closed:
+            raise StoreUnavailable("the store is shutting down")
+        async with self._lock:
+            assert self._writer is not None
+            w = self._writer
+            created = max(now_us(), self._last_created)
+            names = list(dict.fromkeys(p.stream for op in ops for p in op))
+            with _translated():
+                known = await self._lookup(names)
+                plan = plan_append(
+                    ops, known, self._head + 1, self._next_stream_id, created, self.prefix_rules
+                )
+                try:
+                    await self._write(w, plan)
+                except sqlite3.IntegrityError:
+                    # An event id is already stored: look them up and plan again knowing them.
+                    await w.rollback()
+                    stored = await self._stored_ids(w, ops)
+                    plan = plan_append(
+                        ops,
+                        known,
+                        self._head + 1,
+                        self._next_stream_id,
+                        created,
+                        self.prefix_rules,
+                        stored,
+                    )
+                    await self._write(w, plan)
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        await w.rollback()
+                    raise
+            self._head = plan.next_position - 1
+            self._next_stream_id = plan.next_stream_id
+            self._last_created = created
+            for meta in plan.streams.values():
+                self._remember(meta)
+        if plan.live and self.listener is not None:
+            self.listener(plan.live)
+        return plan.outcomes
+
+    async def _write(self, w: aiosqlite.Connection, plan: Plan) -> None:
+        if not plan.rows:
+            return
+        await w.executemany(INSERT_EVENT, plan.rows)
+        for meta in plan.streams.values():
+            if meta.policy.max_bytes:
+                meta.bytes_floor = await self._bytes_floor(w, meta)
+        await w.executemany(SAVE_STREAM, [_params(m) for m in plan.streams.values()])
+        await w.commit()
+
+    async def _bytes_floor(self, w: aiosqlite.Connection, meta: StreamMeta) -> int:
+        rows = list(
+            await w.execute_fetchall(
+                "SELECT revision FROM (SELECT revision, SUM(size) OVER (ORDER BY revision DESC) AS total"
+                " FROM events WHERE stream_id = ? AND revision >= ?) WHERE total > ? LIMIT 1",
+                (meta.id, max(meta.bytes_floor, meta.first_stored), meta.policy.max_bytes),
+            )
+        )
+        return max(meta.bytes_floor, rows[0][0] + 1) if rows else meta.bytes_floor
+
+    async def _stored_ids(
+        self, w: aiosqlite.Connection, ops: Sequence[list[AppendPart]]
+    ) -> dict[bytes, tuple[str, int, int]]:
+        ids = [ev.id for op in ops for part in op for ev in part.events if ev.client_id]
+        stored: dict[bytes, tuple[str, int, int]] = {}
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = await w.execute_fetchall(
+                "SELECT e.event_id, s.name, e.revision, e.position FROM events e"
+                f" JOIN streams s ON s.id = e.stream_id WHERE e.event_id IN ({marks})",
+                chunk,
+            )
+            for event_id, name, revision, position in rows:
+                stored[event_id] = (name, revision, position)
+        return stored
+
+    # -- reads ------------------------------------------------------------------------
+
+    async def read_stream(
+        self, meta: StreamMeta, start: Start, backwards: bool, limit: int, with_data: bool
+    ) -> list[Row]:
+        floor = meta.floor()
+        cutoff = age_cutoff_us(meta.policy, now_us())
+        lo, hi = floor, meta.last_revision
+        extra = ""
+        params: list[Any] = [meta.id]
+        if start.kind == "revision":
+            if backwards:
+                hi = min(hi, start.value)
+            else:
+                lo = max(lo, start.value)
+        elif start.kind == "position":
+            extra = " AND position <= ?" if backwards else " AND position >= ?"
+        elif start.kind == "time":
+            if backwards:
+                extra = " AND created_us <= ?"
+            else:
+                cutoff = max(cutoff, start.value)
+        elif start.kind == "end" and not backwards:
+            return []
+        elif start.kind == "start" and backwards:
+            hi = min(hi, lo)
+        if lo > hi:
+            return []
+        params += [lo, hi, cutoff]
+        if extra:
+            params.append(start.value)
+        params.append(limit)
+        order = "DESC" if backwards else "ASC"
+        cols = ROW_COLUMNS.format(data="data" if with_data else "x''")
+        sql = (
+            f"SELECT {cols} FROM events WHERE stream_id = ? AND revision >= ? AND revision <= ?"
+            f" AND created_us >= ?{extra} ORDER BY revision {order} LIMIT ?"
+        )
+        async with self._reader() as r:
+            return list(await r.execute_fetchall(sql, params))  # type: ignore[arg-type]
+
+    async def read_all(
+        self, position: int, backwards: bool, limit: int, filt: StreamFilter, with_data: bool
+    ) -> tuple[list[Row], int, bool]:
+        head = self._head
+        cols = ROW_COLUMNS.format(data="data" if with_data else "x''")
+        where = ["position <= ?" if backwards else "position >= ?"]
+        params: list[Any] = [position]
+        if filt.types:
+            where.append(f"type IN ({','.join('?' * len(filt.types))})")
+            params += filt.types
+        if filt.prefixes:
+            ranges = " OR ".join("(name >= ? AND name < ?)" for _ in filt.prefixes)
+            where.append(f"stream_id IN (SELECT id FROM streams WHERE {ranges})")
+            for p in filt.prefixes:
+                params += [p, p + PREFIX_END]
+        order = "DESC" if backwards else "ASC"
+        sql = f"SELECT {cols} FROM events WHERE {' AND '.join(where)} ORDER BY position {order} LIMIT ?"
+        params.append(limit)
+        async with self._reader() as r:
+            raw: list[Row] = list(await r.execute_fetchall(sql, params))  # type: ignore[arg-type]
+        rows = self._visible(raw)
+        done = len(raw) < limit
+        if backwards:
+            return rows, (raw[-1][0] - 1 if raw else 0), done or (bool(raw) and raw[-1][0] <= 1)
+        nxt = raw[-1][0] + 1 if raw else position
+        if done:
+            nxt = max(nxt, head + 1)
+        return rows, nxt, done
+
+    def _visible(self, raw: list[Row]) -> list[Row]:
+        retained = self._retained
+        if not retained:
+            return raw
+        now = now_us()
+        out = []
+        for row in raw:
+            meta = retained.get(row[1])
+            if meta is None or meta.visible(row[2], row[3], now):
+                out.append(row)
+        return out
+
+    async def position_at_time(self, time_us: int, backwards: bool) -> int:
+        sql = (
+            "SELECT MAX(position) FROM events WHERE created_us <= ?"
+            if backwards
+            else "SELECT MIN(position) FROM events WHERE created_us >= ?"
+        )
+        async with self._reader() as r:
+            ((pos,),) = await r.execute_fetchall(sql, (time_us,))
+        if pos is None:
+            return 0 if backwards else self._head + 1
+        return int(pos)
+
+    async def list_streams(
+        self, prefix: str, after: str, limit: int, include_deleted: bool
+    ) -> list[StreamMeta]:
+        sql = f"SELECT {STREAM_COLUMNS} FROM streams WHERE name >= ? AND name < ? AND name > ?"
+        if not include_deleted:
+            sql += " AND state = 2"
+        sql += " ORDER BY name LIMIT ?"
+        async with self._reader() as r:
+            rows = await r.execute_fetchall(sql, (prefix, prefix + PREFIX_END, after, limit))
+        return [self._cache.get(row[1]) or self._meta(row) for row in rows]
+
+    async def count_events(self, meta: StreamMeta) -> int:
+        if meta.last_revision < 0 or meta.state == State.TOMBSTONED:
+            return 0
+        cutoff = age_cutoff_us(meta.policy, now_us())
+        if not cutoff:
+            return max(0, meta.last_revision + 1 - max(meta.floor(), meta.first_stored))
+        async with self._reader() as r:
+            ((n,),) = await r.execute_fetchall(
+                "SELECT COUNT(*) FROM events WHERE stream_id = ? AND revision >= ? AND created_us >= ?",
+                (meta.id, meta.floor(), cutoff),
+            )
+        return int(n)
+
+    # -- administration ---------------------------------------------------------------
+
+    async def _save(self, meta: StreamMeta) -> None:
+        assert self._writer is not None
+        with _translated():
+            await self._writer.execute(SAVE_STREAM, _params(meta))
+            await self._writer.commit()
+        self._remember(meta)
+
+    async def set_retention(self, name: str, policy: Policy) -> StreamMeta:
+        async with self._lock:
+            with _translated():
+                current = (await self._lookup([name]))[name]
+            now = now_us()
+            if current is None:
+                meta = StreamMeta(
+                    id=self._next_stream_id, name=name, created_us=now, field=codec.stream_field(name)
+                )
+                self._next_stream_id += 1
+            else:
+                meta = dataclasses.replace(current)
+            meta.own = policy
+            meta.policy, meta.source = resolve(name, policy, self.prefix_rules)
+            meta.updated_us = now
+            if meta.policy.max_bytes:
+                assert self._writer is not None
+                with _translated():
+                    meta.bytes_floor = await self._bytes_floor(self._writer, meta)
+            await self._save(meta)
+            return meta
+
+    async def delete_stream(self, name: str, expect: Expect, revision: int, tombstone: bool) -> int:
+        async with self._lock:
+            with _translated():
+                current = (await self._lookup([name]))[name]
+            check_expected(current, expect, revision, name)
+            if not tombstone and (current is None or current.last_revision < 0):
+                raise StreamNotFound(f"stream {name!r} does not exist", stream=name)
+            now = now_us()
+            if current is None:
+                meta = StreamMeta(
+                    id=self._next_stream_id, name=name, created_us=now, field=codec.stream_field(name)
+                )
+                self._next_stream_id += 1
+            else:
+                meta = dataclasses.replace(current)
+            meta.deleted_before = meta.last_revision + 1
+            meta.state = State.TOMBSTONED if tombstone else State.DELETED
+            meta.updated_us = now
+            await self._save(meta)
+            return self._head
+
+    # -- retention --------------------------------------------------------------------
+
+    async def reclaim(self) -> ReclaimStats:
+        stats = ReclaimStats()
+        for meta in list(self._retained.values()):
+            upto = await self._removable_upto(meta)
+            if upto <= meta.first_stored:
+                continue
+            archive = bool(self.archive_dir) and not meta.policy.ttl_us
+            removed = 0
+            lo = meta.first_stored
+            while lo < upto:
+                hi = min(upto, lo + 10_000)
+                if archive:
+                    events = await self._recorded(meta, lo, hi)
+                    path = await asyncio.to_thread(write_archive, self.archive_dir, meta.name, events)
+                    if path:
+                        stats.archive_files.append(path)
+                        stats.events_archived += len(events)
+                async with self._lock:
+                    current = self._retained.get(meta.id, meta)
+                    assert self._writer is not None
+                    with _translated():
+                        cur = await self._writer.execute(
+                            "DELETE FROM events WHERE stream_id = ? AND revision < ?", (meta.id, hi)
+                        )
+                        removed += max(cur.rowcount, 0)
+                        await self._writer.execute(
+                            "UPDATE streams SET first_stored = ? WHERE id = ?", (hi, meta.id)
+                        )
+                        await self._writer.commit()
+                    current.first_stored = hi
+                lo = hi
+            stats.streams += 1
+            stats.events_removed += removed
+        return stats
+
+    async def _removable_upto(self, meta: StreamMeta) -> int:
+        """Every stored revision below this may be removed."""
+        if meta.state == State.TOMBSTONED:
+            return meta.last_revision + 1
+        upto = meta.floor()
+        cutoff = age_cutoff_us(meta.policy, now_us())
+        if cutoff:
+            async with self._reader() as r:
+                ((first_young,),) = await r.execute_fetchall(
+                    "SELECT MIN(revision) FROM events WHERE stream_id = ? AND revision >= ?"
+                    " AND created_us >= ?",
+                    (meta.id, meta.first_stored, cutoff),
+                )
+            upto = max(upto, meta.last_revision + 1 if first_young is None else first_young)
+        return upto
+
+    async def _recorded(self, meta: StreamMeta, lo: int, hi: int) -> list[pb.RecordedEvent]:
+        async with self._reader() as r:
+            rows = await r.execute_fetchall(
+                "SELECT head, data FROM events WHERE stream_id = ? AND revision >= ? AND revision < ?"
+                " ORDER BY revision",
+                (meta.id, lo, hi),
+            )
+        return [pb.RecordedEvent.FromString(codec.event_bytes(h, d)) for h, d in rows]
