@@ -68,13 +68,16 @@ def new_event(
     content_type: str | None = None,
 ) -> pb.EventData:
     """An event with a fresh UUID (so retries are idempotent); dicts and lists become JSON."""
-    if isinstance(data, (Mapping, list, tuple)):
-        raw = json.dumps(data, separators=(",", ":")).encode()
-        content_type = content_type or "application/json"
+    raw: bytes
+    if isinstance(data, bytes):
+        raw = data
     elif isinstance(data, str):
         raw = data.encode()
+    elif data is None:
+        raw = b""
     else:
-        raw = data or b""
+        raw = json.dumps(data, separators=(",", ":")).encode()
+        content_type = content_type or "application/json"
     md = dict(metadata or {})
     telemetry.inject(md)
     return pb.EventData(
@@ -139,7 +142,7 @@ class Client:
         if channel is None and telemetry.tracing_enabled():
             from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
-            interceptors = aio_client_interceptors()
+            interceptors = aio_client_interceptors()  # type: ignore[no-untyped-call]
         self._channel = channel or grpc.aio.insecure_channel(
             self.target,
             options=[
@@ -311,12 +314,14 @@ class Client:
     async def delete_stream(self, stream: str, expected: Expected = ANY) -> int:
         """Soft-delete: the stream is hidden, and a later append recreates it."""
         req = pb.DeleteStreamRequest(stream=stream, expected=_expected(expected))
-        return (await self._call(self._stub.DeleteStream(req, timeout=self.timeout))).position
+        resp: pb.DeleteStreamResponse = await self._call(self._stub.DeleteStream(req, timeout=self.timeout))
+        return resp.position
 
     async def tombstone_stream(self, stream: str, expected: Expected = ANY) -> int:
         """Delete for good: the name can never be appended to again."""
         req = pb.DeleteStreamRequest(stream=stream, expected=_expected(expected), tombstone=True)
-        return (await self._call(self._stub.DeleteStream(req, timeout=self.timeout))).position
+        resp: pb.DeleteStreamResponse = await self._call(self._stub.DeleteStream(req, timeout=self.timeout))
+        return resp.position
 
     async def list_streams(
         self, prefix: str = "", *, page_size: int = 100, include_deleted: bool = False

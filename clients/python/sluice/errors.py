@@ -105,7 +105,7 @@ def from_status(status: status_pb2.Status) -> SluiceError:
 
 def from_rpc_error(err: grpc.aio.AioRpcError | grpc.RpcError) -> SluiceError:
     """The one place gRPC errors become typed exceptions."""
-    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    status = rpc_status.from_call(err)
     if status is not None:
         return from_status(status)
     code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN

@@ -418,7 +418,7 @@ class StreamsService:
                 async for msg in self._catch_up(cursor, stream, filt, batch, with_data):
                     yield msg
                 yield pb.SubscribeResponse(caught_up=pb.CaughtUp(position=cursor.position))
-                async for msg in self._live(sub, cursor, filt, batch, heartbeat):
+                async for msg in self._live(sub, cursor, filt, batch, heartbeat, with_data):
                     yield msg
                 self.broker.unregister(sub)
                 if sub.closed:
@@ -480,7 +480,13 @@ class StreamsService:
                 return
 
     async def _live(
-        self, sub: LiveSubscription, cursor: _Cursor, filt: StreamFilter, batch: int, heartbeat: float
+        self,
+        sub: LiveSubscription,
+        cursor: _Cursor,
+        filt: StreamFilter,
+        batch: int,
+        heartbeat: float,
+        with_data: bool,
     ) -> AsyncIterator[Response]:
         while not sub.closed:
             if not sub.buffer and not sub.overflowed:
@@ -501,7 +507,10 @@ class StreamsService:
                 return
             rows = [r for r in sub.take(batch) if r[P_POSITION] >= cursor.position]
             if rows:
-                yield codec.subscribe_events([codec.event_bytes(r[4], r[5]) for r in rows])
+                if with_data:
+                    yield codec.subscribe_events([codec.event_bytes(r[4], r[5]) for r in rows])
+                else:
+                    yield codec.subscribe_events([r[4] for r in rows])
                 cursor.position = rows[-1][P_POSITION] + 1
                 cursor.revision = rows[-1][P_REVISION] + 1
             elif filt and not sub.buffer and sub.seen >= sub.notify_at:

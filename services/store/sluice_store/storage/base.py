@@ -264,6 +264,9 @@ class Plan:
     outcomes: list[Outcome]
     next_position: int
     next_stream_id: int
+    #: A part with client event ids was refused before its ids were checked against
+    #: storage: it may be the retry of an append that succeeded. Plan again with ids.
+    check_ids: bool = False
 
 
 def plan_append(
@@ -289,6 +292,7 @@ def plan_append(
     rows: list[tuple[int, int, int, bytes, str, int, int, bytes, bytes]] = []
     live: list[LiveRow] = []
     outcomes: list[Outcome] = []
+    check_ids = False
     for op in ops:
         op_staged: dict[str, StreamMeta] = {}
         op_rows: list[tuple[int, int, int, bytes, str, int, int, bytes, bytes]] = []
@@ -296,6 +300,7 @@ def plan_append(
         op_ids: dict[bytes, tuple[str, int, int]] = {}
         results: list[PartResult] = []
         pos, sid = next_position, next_stream_id
+        part: AppendPart | None = None
         try:
             if len({p.stream for p in op}) != len(op):
                 raise InvalidArgument("a stream may appear only once in an atomic append")
@@ -349,6 +354,8 @@ def plan_append(
                 op_staged[part.stream] = meta
                 results.append(PartResult(part.stream, first_rev, meta.last_revision, first_pos, pos - 1))
         except StoreError as err:
+            if stored_ids is None and part is not None and any(e.client_id for e in part.events):
+                check_ids = True
             outcomes.append(err)
             continue
         staged.update(op_staged)
@@ -357,7 +364,7 @@ def plan_append(
         batch_ids.update(op_ids)
         next_position, next_stream_id = pos, sid
         outcomes.append(results)
-    return Plan(rows, live, staged, outcomes, next_position, next_stream_id)
+    return Plan(rows, live, staged, outcomes, next_position, next_stream_id, check_ids)
 
 
 def _duplicate(

@@ -299,24 +299,16 @@ class SQLiteStorage(Storage):
             names = list(dict.fromkeys(p.stream for op in ops for p in op))
             with _translated():
                 known = await self._lookup(names)
-                plan = plan_append(
-                    ops, known, self._head + 1, self._next_stream_id, created, self.prefix_rules
-                )
+                args = (ops, known, self._head + 1, self._next_stream_id, created, self.prefix_rules)
+                plan = plan_append(*args)
+                if plan.check_ids:
+                    plan = plan_append(*args, await self._stored_ids(w, ops))
                 try:
                     await self._write(w, plan)
                 except sqlite3.IntegrityError:
                     # An event id is already stored: look them up and plan again knowing them.
                     await w.rollback()
-                    stored = await self._stored_ids(w, ops)
-                    plan = plan_append(
-                        ops,
-                        known,
-                        self._head + 1,
-                        self._next_stream_id,
-                        created,
-                        self.prefix_rules,
-                        stored,
-                    )
+                    plan = plan_append(*args, await self._stored_ids(w, ops))
                     await self._write(w, plan)
                 except BaseException:
                     with contextlib.suppress(sqlite3.Error):

@@ -1,0 +1,255 @@
+"""Read and Subscribe over real gRPC: start points, filters, forms, catch-up to live."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sluice import END, START, Client, InvalidArgument, Position, Revision, StreamNotFound, new_event
+from sluice.client import SubscriptionItem
+from sluice.v1 import streams_pb2 as pb
+from sluice_store.server import StoreServer
+from tests.conftest import StoreFactory
+
+WAIT = 10.0
+
+
+async def fill(client: Client) -> list[pb.AppendResponse]:
+    """orders-1: 3 events, users-1: 2 events, orders-2: 1 event, interleaved."""
+    out = []
+    out.append(await client.append("orders-1", [new_event("Placed", {"i": 0})]))
+    out.append(await client.append("users-1", [new_event("Joined", {"i": 1})]))
+    out.append(await client.append("orders-1", [new_event("Paid", {"i": 2})]))
+    out.append(await client.append("orders-2", [new_event("Placed", {"i": 3})]))
+    out.append(await client.append("users-1", [new_event("Left", {"i": 4})]))
+    out.append(await client.append("orders-1", [new_event("Shipped", {"i": 5})]))
+    return out
+
+
+async def revs(it: AsyncIterator[pb.RecordedEvent]) -> list[int]:
+    return [e.revision async for e in it]
+
+
+async def test_read_stream_start_points(client: Client) -> None:
+    await fill(client)
+    assert await revs(client.read("orders-1")) == [0, 1, 2]
+    assert await revs(client.read("orders-1", start=START)) == [0, 1, 2]
+    assert await revs(client.read("orders-1", start=END)) == []
+    assert await revs(client.read("orders-1", start=Revision(1))) == [1, 2]
+    assert await revs(client.read("orders-1", start=Position(3))) == [1, 2]
+    assert await revs(client.read("orders-1", backwards=True)) == [2, 1, 0]
+    assert await revs(client.read("orders-1", backwards=True, start=Revision(1))) == [1, 0]
+    assert await revs(client.read("orders-1", backwards=True, start=Position(5))) == [1, 0]
+    assert await revs(client.read("orders-1", max_count=2)) == [0, 1]
+    assert await revs(client.read("orders-1", batch_size=1)) == [0, 1, 2]
+
+
+async def test_read_from_time(client: Client) -> None:
+    await client.append("timed", [new_event("Old")])
+    await asyncio.sleep(0.01)  # the store's clock must move past the first event
+    cut = datetime.now(UTC)
+    await asyncio.sleep(0.01)
+    await client.append("timed", [new_event("New")])
+    assert [e.type async for e in client.read("timed", start=cut)] == ["New"]
+    assert [e.type async for e in client.read("timed", start=cut, backwards=True)] == ["Old"]
+    assert [e.type async for e in client.read(start=cut)] == ["New"]
+    sub = client.subscribe(start=cut)
+    first = await asyncio.wait_for(anext(sub), WAIT)
+    assert isinstance(first, pb.RecordedEvent) and first.type == "New"
+    await sub.aclose()
+
+
+async def test_read_all_positions_filters_and_forms(client: Client) -> None:
+    await fill(client)
+    everything = await client.read_list()
+    assert [e.position for e in everything] == [1, 2, 3, 4, 5, 6]
+    assert [e.position for e in await client.read_list(start=Position(4))] == [4, 5, 6]
+    assert [e.position for e in await client.read_list(backwards=True, max_count=2)] == [6, 5]
+    assert [e.position for e in await client.read_list(start=END)] == []
+    orders = await client.read_list(stream_prefixes=["orders-"])
+    assert [e.stream for e in orders] == ["orders-1", "orders-1", "orders-2", "orders-1"]
+    placed = await client.read_list(event_types=["Placed", "Left"])
+    assert [e.type for e in placed] == ["Placed", "Placed", "Left"]
+    both = await client.read_list(stream_prefixes=["users-"], event_types=["Left"])
+    assert [(e.stream, e.type) for e in both] == [("users-1", "Left")]
+    full = everything[0]
+    assert full.data == b'{"i":0}' and full.content_type == "application/json"
+    assert full.HasField("created") and full.id
+    notes = await client.read_list(notifications_only=True)
+    assert all(n.data == b"" for n in notes)
+    for note, ev in zip(notes, everything, strict=True):
+        ev.ClearField("data")
+        assert note == ev  # a notification is the full event without data
+
+
+async def test_read_missing_stream_is_not_found(client: Client) -> None:
+    with pytest.raises(StreamNotFound) as info:
+        await client.read_list("nope")
+    assert info.value.reason == "STREAM_NOT_FOUND"
+    with pytest.raises(InvalidArgument):
+        await client.read_list(start=Revision(1))
+
+
+async def take_until_caught_up(sub: AsyncIterator[SubscriptionItem]) -> tuple[list[pb.RecordedEvent], int]:
+    events = []
+    while True:
+        item = await asyncio.wait_for(anext(sub), WAIT)
+        if isinstance(item, pb.RecordedEvent):
+            events.append(item)
+        elif isinstance(item, pb.CaughtUp):
+            return events, item.position
+
+
+@pytest.mark.parametrize(
+    ("stream", "start", "want"),
+    [
+        ("", START, [1, 2, 3, 4, 5, 6]),
+        ("", END, []),
+        ("", Position(5), [5, 6]),
+        ("orders-1", START, [1, 3, 6]),
+        ("orders-1", END, []),
+        ("orders-1", Revision(1), [3, 6]),
+        ("orders-1", Position(4), [6]),
+    ],
+)
+async def test_subscribe_start_points(client: Client, stream: str, start: object, want: list[int]) -> None:
+    await fill(client)
+    sub = client.subscribe(stream, start=start)  # type: ignore[arg-type]
+    events, cursor = await take_until_caught_up(sub)
+    assert [e.position for e in events] == want
+    assert cursor == 7
+    live = await client.append(stream or "orders-1", [new_event("Live")])
+    item = await asyncio.wait_for(anext(sub), WAIT)
+    assert isinstance(item, pb.RecordedEvent) and item.position == live.first_position
+    await sub.aclose()
+
+
+@pytest.mark.parametrize("stream", ["empty-and-missing", ""])
+async def test_caught_up_on_empty_and_missing(client: Client, stream: str) -> None:
+    sub = client.subscribe(stream, start=START)
+    events, cursor = await take_until_caught_up(sub)
+    assert events == [] and cursor >= 1
+    await client.append("empty-and-missing", [new_event("First")])
+    item = await asyncio.wait_for(anext(sub), WAIT)
+    assert isinstance(item, pb.RecordedEvent) and item.type == "First"
+    await sub.aclose()
+
+
+async def test_heartbeat_carries_head_position(client: Client) -> None:
+    await fill(client)
+    sub = client.subscribe("quiet", heartbeat_interval=0.05)
+    await take_until_caught_up(sub)
+    item = await asyncio.wait_for(anext(sub), WAIT)
+    assert isinstance(item, pb.Heartbeat) and item.head_position == 6
+    await sub.aclose()
+
+
+async def test_filtered_subscription_sends_checkpoints(client: Client) -> None:
+    await fill(client)
+    sub = client.subscribe(start=START, stream_prefixes=["users-"], heartbeat_interval=0.05)
+    seen: list[SubscriptionItem] = []
+    while not any(isinstance(i, pb.CaughtUp) for i in seen):
+        seen.append(await asyncio.wait_for(anext(sub), WAIT))
+    assert [e.stream for e in seen if isinstance(e, pb.RecordedEvent)] == ["users-1", "users-1"]
+    assert any(isinstance(i, pb.Checkpoint) and i.position == 7 for i in seen)
+    await client.append("orders-9", [new_event("Skipped")])
+    while True:  # live: the skipped event moves the cursor past it
+        item = await asyncio.wait_for(anext(sub), WAIT)
+        if isinstance(item, pb.Checkpoint):
+            assert item.position == 8
+            break
+        assert not isinstance(item, pb.RecordedEvent)
+    await sub.aclose()
+
+
+async def test_notification_subscription_has_no_data(client: Client) -> None:
+    sub = client.subscribe("n", start=START, notifications_only=True)
+    await take_until_caught_up(sub)
+    await client.append("n", [new_event("T", {"big": "x" * 100}, metadata={"k": "v"})])
+    item = await asyncio.wait_for(anext(sub), WAIT)
+    assert isinstance(item, pb.RecordedEvent)
+    assert item.data == b"" and item.type == "T" and dict(item.metadata) == {"k": "v"}
+    assert item.stream == "n" and item.revision == 0
+    await sub.aclose()
+
+
+async def _consume(sub: AsyncIterator[SubscriptionItem], total: int, out: list[pb.RecordedEvent]) -> None:
+    async for item in sub:
+        if isinstance(item, pb.RecordedEvent):
+            out.append(item)
+            if len(out) == total:
+                return
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    before=st.integers(0, 300),
+    writers=st.integers(1, 4),
+    per_writer=st.integers(1, 60),
+    batch=st.integers(1, 20),
+)
+async def test_no_gap_no_duplicate_across_catch_up_to_live(
+    make_store: StoreFactory, before: int, writers: int, per_writer: int, batch: int
+) -> None:
+    store = await make_store()
+    async with Client(store.address) as client:
+        if before:
+            await client.append("pre", [new_event("E") for _ in range(before)])
+        total = before + writers * per_writer
+        got_all: list[pb.RecordedEvent] = []
+        got_stream: list[pb.RecordedEvent] = []
+        t1 = asyncio.create_task(_consume(client.subscribe(start=START, max_batch=batch), total, got_all))
+        t2 = asyncio.create_task(
+            _consume(client.subscribe("w-0", start=START, max_batch=batch), per_writer, got_stream)
+        )
+
+        async def writer(w: int) -> None:
+            for _ in range(per_writer):
+                await client.append(f"w-{w}", [new_event("E")])
+
+        await asyncio.gather(*(writer(w) for w in range(writers)))
+        await asyncio.wait_for(asyncio.gather(t1, t2), WAIT)
+    assert [e.position for e in got_all] == list(range(1, total + 1))
+    assert [e.revision for e in got_stream] == list(range(per_writer))
+
+
+async def test_slow_subscriber_misses_nothing_and_does_not_delay_fast(make_store: StoreFactory) -> None:
+    store: StoreServer = await make_store(subscriber_buffer=50, max_read_batch=20)
+    total = 3000
+    async with Client(store.address) as client:
+        fast: list[pb.RecordedEvent] = []
+        slow: list[pb.RecordedEvent] = []
+        fell_behind = 0
+        fast_done = asyncio.Event()
+
+        async def run_fast() -> None:
+            await _consume(client.subscribe(start=START), total, fast)
+            fast_done.set()
+
+        async def run_slow() -> None:
+            nonlocal fell_behind
+            async for item in client.subscribe(start=START, max_batch=5):
+                if isinstance(item, pb.FellBehind):
+                    fell_behind += 1
+                if isinstance(item, pb.RecordedEvent):
+                    slow.append(item)
+                    if len(slow) == total:
+                        return
+                    if not fast_done.is_set():
+                        await asyncio.sleep(0.002)  # a consumer that cannot keep up
+
+        tasks = [asyncio.create_task(run_fast()), asyncio.create_task(run_slow())]
+        for i in range(0, total, 100):
+            await client.append(f"s-{i}", [new_event("E") for _ in range(100)])
+        await asyncio.wait_for(fast_done.wait(), WAIT)
+        assert len(slow) < total  # the fast one finished while the slow one was still behind
+        await asyncio.wait_for(asyncio.gather(*tasks), 30)
+    assert [e.position for e in fast] == list(range(1, total + 1))
+    assert [e.position for e in slow] == list(range(1, total + 1))
+    assert fell_behind >= 1
+    assert len(store.broker) == 0
