@@ -60,7 +60,13 @@ async def test_expected_revision(client: Client, prepare: int, expected: Expecte
     assert err.code == grpc.StatusCode.FAILED_PRECONDITION
     assert err.stream == "s"
     assert err.actual == (str(prepare - 1) if prepare else "no_stream")
-    want = {NO_STREAM: "no_stream", STREAM_EXISTS: "stream_exists"}.get(expected, str(expected))  # type: ignore[call-overload]
+    want = (
+        "no_stream"
+        if expected is NO_STREAM
+        else "stream_exists"
+        if expected is STREAM_EXISTS
+        else str(expected)
+    )
     assert err.expected == want
     # Nothing was written by the refused append.
     assert len(await client.read_list("s")) if prepare else True

@@ -8,7 +8,7 @@ import dataclasses
 import json
 import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -211,7 +211,7 @@ class Client:
         event_types: Iterable[str] | None = None,
         notifications_only: bool = False,
         batch_size: int = 0,
-    ) -> AsyncIterator[Sequence[pb.RecordedEvent]]:
+    ) -> AsyncGenerator[Sequence[pb.RecordedEvent], None]:
         """Read events in the batches the server sends them (the fastest way to read)."""
         req = pb.ReadRequest(
             stream=stream,
@@ -236,7 +236,7 @@ class Client:
         finally:
             call.cancel()
 
-    async def read(self, stream: str = "", **kwargs: Any) -> AsyncIterator[pb.RecordedEvent]:
+    async def read(self, stream: str = "", **kwargs: Any) -> AsyncGenerator[pb.RecordedEvent, None]:
         """Read events one by one; keywords as read_batches."""
         async for batch in self.read_batches(stream, **kwargs):
             for ev in batch:
@@ -255,7 +255,7 @@ class Client:
         notifications_only: bool = False,
         max_batch: int = 0,
         heartbeat_interval: float = 0.0,
-    ) -> AsyncIterator[SubscriptionItem]:
+    ) -> AsyncGenerator[SubscriptionItem, None]:
         """Catch up from ``start``, then follow live events. Yields events and control messages."""
         req = pb.SubscribeRequest(
             stream=stream,

@@ -23,7 +23,12 @@ def main(argv: list[str] | None = None) -> None:
             pass
         else:
             uvloop.install()
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    except config.ConfigError as e:
+        sys.exit(f"sluice-store: configuration error: {e}")
+    except OSError as e:
+        sys.exit(f"sluice-store: {e}")
 
 
 if __name__ == "__main__":

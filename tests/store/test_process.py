@@ -1,0 +1,159 @@
+"""The store as a real process: health, reflection, kill -9 durability, SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from sluice import START, Client, SluiceError, new_event
+from sluice.v1 import streams_pb2 as pb
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class StoreProcess:
+    """``python -m sluice_store`` in a subprocess, started and awaited by its output line."""
+
+    def __init__(self, db: str, *extra: str) -> None:
+        self.addr = f"127.0.0.1:{free_port()}"
+        self.args = [sys.executable, "-m", "sluice_store", "--addr", self.addr, "--db", db, *extra]
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+        )
+        assert self.proc.stdout is not None
+        async with asyncio.timeout(20):
+            while b"listening on" not in await self.proc.stdout.readline():
+                if self.proc.returncode is not None:
+                    raise RuntimeError("store exited at start")
+
+    async def wait(self, timeout: float = 20.0) -> int:
+        assert self.proc is not None
+        return await asyncio.wait_for(self.proc.wait(), timeout)
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+
+@pytest.fixture
+async def spawn(tmp_path: Path) -> AsyncIterator[Callable[..., StoreProcess]]:
+    procs: list[StoreProcess] = []
+
+    def make(*extra: str, db: str | None = None) -> StoreProcess:
+        p = StoreProcess(db or f"sqlite:///{tmp_path}/proc.db", *extra)
+        procs.append(p)
+        return p
+
+    yield make
+    for p in procs:
+        if p.proc and p.proc.returncode is None:
+            p.proc.kill()
+            await p.proc.wait()
+
+
+async def test_health_and_reflection(spawn: Callable[..., StoreProcess]) -> None:
+    store = spawn()
+    await store.start()
+    async with grpc.aio.insecure_channel(store.addr) as ch:
+        health = health_pb2_grpc.HealthStub(ch)
+        for service in ("", "sluice.v1.Streams"):
+            resp = await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            assert resp.status == health_pb2.HealthCheckResponse.SERVING
+        refl = reflection_pb2_grpc.ServerReflectionStub(ch)
+        call = refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+        names = set()
+        async for resp in call:
+            names = {s.name for s in resp.list_services_response.service}
+            break
+        call.cancel()
+    assert {"sluice.v1.Streams", "grpc.health.v1.Health"} <= names
+
+
+async def test_kill_9_loses_nothing_acknowledged(spawn: Callable[..., StoreProcess]) -> None:
+    store = spawn("--durability", "full")
+    await store.start()
+    acked: dict[str, tuple[str, int, int]] = {}  # event id -> (stream, revision, position)
+    enough = asyncio.Event()
+
+    async def writer(w: int) -> None:
+        async with Client(store.addr, timeout=5) as c:
+            for i in range(100_000):
+                events = [new_event("E", {"w": w, "i": i, "k": k}) for k in range(1 + i % 5)]
+                try:
+                    r = await c.append(f"k9-{w % 3}", events)
+                except SluiceError:
+                    return  # the store died under us
+                for k, e in enumerate(events):
+                    acked[e.id] = (r.stream, r.first_revision + k, r.first_position + k)
+                if len(acked) > 3000:
+                    enough.set()
+
+    writers = [asyncio.create_task(writer(w)) for w in range(6)]
+    await asyncio.wait_for(enough.wait(), 60)
+    store.signal(signal.SIGKILL)
+    await store.wait()
+    await asyncio.wait_for(asyncio.gather(*writers), 30)
+
+    again = spawn("--durability", "full")
+    await again.start()
+    async with Client(again.addr) as c:
+        found = {e.id: (e.stream, e.revision, e.position) async for e in c.read()}
+        missing = {k: v for k, v in acked.items() if found.get(k) != v}
+        assert not missing, f"{len(missing)} acknowledged events lost or moved"
+        head = max(p for _, _, p in found.values())
+        assert sorted(p for _, _, p in found.values()) == list(range(1, head + 1))
+        after = await c.append("k9-0", [new_event("After")])
+        assert after.first_position == head + 1
+
+
+async def test_sigterm_ends_live_streams_and_exits_cleanly(spawn: Callable[..., StoreProcess]) -> None:
+    store = spawn()
+    await store.start()
+    async with Client(store.addr) as c:
+        await c.append("t", [new_event("E")])
+        sub = c.subscribe(start=START)
+        items = [await asyncio.wait_for(anext(sub), 10) for _ in range(2)]
+        assert isinstance(items[0], pb.RecordedEvent) and isinstance(items[1], pb.CaughtUp)
+        store.signal(signal.SIGTERM)
+        rest = [i async for i in sub]  # the stream ends instead of hanging
+        assert all(not isinstance(i, pb.RecordedEvent) for i in rest)
+    assert await store.wait() == 0
+
+
+async def test_bad_configuration_fails_fast_and_names_itself(tmp_path: Path) -> None:
+    env = {**os.environ, "SLUICE_DURABILITY": "sometimes"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "sluice_store", "--db", f"sqlite:///{tmp_path}/x.db"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode != 0
+    assert "SLUICE_DURABILITY" in proc.stderr or "durability" in proc.stderr
+    proc = subprocess.run(
+        [sys.executable, "-m", "sluice_store", "--db", "mysql://x"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode != 0 and "db: unknown scheme" in proc.stderr

@@ -1,0 +1,184 @@
+"""Retention: every rule hides events at once, reclaims them in the background, and archives."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import sqlite3
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from sluice import START, Client, new_event
+from sluice.v1 import streams_pb2 as pb
+from sluice_store.retention import Policy
+from sluice_store.server import StoreServer
+from tests.conftest import StoreFactory
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
+    """Wait until check() holds, polling; fail after timeout."""
+    async with asyncio.timeout(timeout):
+        while not await check():
+            await asyncio.sleep(0.02)
+
+
+def stored(store: StoreServer, stream: str) -> list[int]:
+    """Revisions physically present in the SQLite file."""
+    path = store.settings.db.removeprefix("sqlite:///")
+    with sqlite3.connect(path) as db:
+        rows = db.execute(
+            "SELECT revision FROM events JOIN streams s ON s.id = stream_id WHERE s.name = ? ORDER BY 1",
+            (stream,),
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+def archived(root: Path, stream: str) -> list[dict[str, object]]:
+    records = []
+    for f in sorted((root / stream).glob("*.jsonl.gz")):
+        with gzip.open(f, "rt") as fh:
+            records += [json.loads(line) for line in fh]
+    return records
+
+
+async def revisions(client: Client, stream: str) -> list[int]:
+    return [e.revision async for e in client.read(stream)]
+
+
+async def fill(client: Client, stream: str, n: int, size: int = 10) -> list[pb.AppendResponse]:
+    return [await client.append(stream, [new_event("E", "x" * size)]) for _ in range(n)]
+
+
+async def test_max_count_hides_at_once_and_archives_exactly_the_removed(
+    make_store: StoreFactory, tmp_path: Path
+) -> None:
+    store = await make_store(archive_dir=str(tmp_path / "archive"))
+    async with Client(store.address) as c:
+        appended = await fill(c, "counted", 10)
+        await fill(c, "other", 2)
+        info = await c.set_retention("counted", max_count=3)
+        assert info.first_revision == 7 and info.event_count == 3 and info.retention_source == "stream"
+        assert await revisions(c, "counted") == [7, 8, 9]
+        assert [e.revision for e in await c.read_list() if e.stream == "counted"] == [7, 8, 9]
+        sub = c.subscribe("counted", start=START)
+        got = []
+        while not isinstance(item := await asyncio.wait_for(anext(sub), 10), pb.CaughtUp):
+            got.append(item.revision)  # type: ignore[union-attr]
+        assert got == [7, 8, 9]
+        await sub.aclose()
+
+        async def reclaimed() -> bool:
+            return stored(store, "counted") == [7, 8, 9]
+
+        await eventually(reclaimed)
+        records = archived(tmp_path / "archive", "counted")
+        assert [r["revision"] for r in records] == list(range(7))
+        assert [r["position"] for r in records] == [a.first_position for a in appended[:7]]
+        assert records[0]["data"] == "x" * 10 and records[0]["type"] == "E"
+        assert stored(store, "other") == [0, 1]
+
+
+async def test_truncate_before(client: Client, store: StoreServer) -> None:
+    await fill(client, "trunc", 8)
+    await client.set_retention("trunc", truncate_before=5)
+    assert await revisions(client, "trunc") == [5, 6, 7]
+
+    async def reclaimed() -> bool:
+        return stored(store, "trunc") == [5, 6, 7]
+
+    await eventually(reclaimed)
+
+
+async def test_max_bytes(client: Client, store: StoreServer) -> None:
+    appended = await fill(client, "sized", 6, size=100)
+    one = await client.read_list("sized", max_count=1)
+    size = one[0].ByteSize()
+    await client.set_retention("sized", max_bytes=size * 2 + size // 2)
+    assert await revisions(client, "sized") == [4, 5]
+    await client.append("sized", [new_event("E", "x" * 100)])
+    assert await revisions(client, "sized") == [5, 6]
+    assert len(appended) == 6
+
+    async def reclaimed() -> bool:
+        return stored(store, "sized") == [5, 6]
+
+    await eventually(reclaimed)
+
+
+async def test_max_age_expires_old_events(make_store: StoreFactory, tmp_path: Path) -> None:
+    store = await make_store(archive_dir=str(tmp_path / "archive"))
+    async with Client(store.address) as c:
+        await fill(c, "aged", 3)
+        await c.set_retention("aged", max_age=0.3)
+
+        async def expired() -> bool:
+            return await revisions(c, "aged") == []
+
+        await eventually(expired)
+        await c.append("aged", [new_event("Fresh")])
+        assert await revisions(c, "aged") == [3]
+
+        async def reclaimed() -> bool:
+            return stored(store, "aged") == [3] and len(archived(tmp_path / "archive", "aged")) == 3
+
+        await eventually(reclaimed)
+        assert [r["revision"] for r in archived(tmp_path / "archive", "aged")] == [0, 1, 2]
+
+
+async def test_time_to_live_is_a_message_queue_never_archived(
+    make_store: StoreFactory, tmp_path: Path
+) -> None:
+    store = await make_store(archive_dir=str(tmp_path / "archive"))
+    async with Client(store.address) as c:
+        await c.set_retention("jobs", time_to_live=0.2)
+        await fill(c, "jobs", 4)
+        assert len(await revisions(c, "jobs")) == 4
+
+        async def gone() -> bool:
+            return stored(store, "jobs") == [] and await revisions(c, "jobs") == []
+
+        await eventually(gone)
+        assert archived(tmp_path / "archive", "jobs") == []
+        assert [e for e in await c.read_list() if e.stream == "jobs"] == []
+
+
+async def test_prefix_rules_from_server_config(make_store: StoreFactory) -> None:
+    store = await make_store(retention={"tmp-": Policy(max_count=2), "tmp-keep-": Policy()})
+    async with Client(store.address) as c:
+        await fill(c, "tmp-a", 5)
+        info = await c.stream_info("tmp-a")
+        assert info.retention_source == "prefix:tmp-" and info.effective_retention.max_count == 2
+        assert await revisions(c, "tmp-a") == [3, 4]
+        await fill(c, "perm", 5)
+        assert await revisions(c, "perm") == [0, 1, 2, 3, 4]
+        # A stream's own policy wins over the prefix rule.
+        await c.set_retention("tmp-a", max_count=4)
+        assert await revisions(c, "tmp-a") == [1, 2, 3, 4]
+
+
+async def test_retention_survives_restart(make_store: StoreFactory, tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path}/restart.db"
+    store = await make_store(db=db)
+    async with Client(store.address) as c:
+        await fill(c, "r", 5)
+        await c.set_retention("r", max_count=2)
+    await store.stop(0)
+    again = await make_store(db=db)
+    async with Client(again.address) as c:
+        assert await revisions(c, "r") == [3, 4]
+        info = await c.stream_info("r")
+        assert info.retention.max_count == 2 and info.last_revision == 4
+
+
+@pytest.mark.parametrize("policy", ["max_count:0", "max_age:-1"])
+def test_bad_prefix_rule_names_itself(policy: str) -> None:
+    from sluice_store import config
+
+    if policy == "max_count:0":
+        assert config.load(["--retention", f"p-={policy}"]).retention["p-"] == Policy()
+        return
+    with pytest.raises(config.ConfigError, match="--retention"):
+        config.load(["--retention", f"p-={policy}"])
