@@ -138,6 +138,7 @@ def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         )
     args = parser.parse_args(argv)
     values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     for opt in OPTIONS:
         raw = getattr(args, opt.name)
         source = opt.flag
@@ -149,4 +150,9 @@ def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             values[opt.name] = opt.parse(raw)
         except ValueError as e:
             raise ConfigError(f"{source}: {e}") from e
-    return Settings(**values)
+        sources[opt.name] = source
+    try:
+        return Settings(**values)
+    except ConfigError as e:
+        name, _, rest = str(e).partition(":")
+        raise ConfigError(f"{sources.get(name, name)}:{rest}") from e
