@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import socket
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -49,3 +52,53 @@ async def store(make_store: StoreFactory) -> StoreServer:
 async def client(store: StoreServer) -> AsyncIterator[Client]:
     async with Client(store.address, timeout=10) as c:
         yield c
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class StoreProcess:
+    """``python -m sluice_store`` in a subprocess, started and awaited by its output line."""
+
+    def __init__(self, db: str, *extra: str) -> None:
+        self.addr = f"127.0.0.1:{free_port()}"
+        self.args = [sys.executable, "-m", "sluice_store", "--addr", self.addr, "--db", db, *extra]
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+        )
+        assert self.proc.stdout is not None
+        async with asyncio.timeout(20):
+            while b"listening on" not in await self.proc.stdout.readline():
+                if self.proc.returncode is not None:
+                    raise RuntimeError("store exited at start")
+
+    async def wait(self, timeout: float = 20.0) -> int:
+        assert self.proc is not None
+        return await asyncio.wait_for(self.proc.wait(), timeout)
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+
+@pytest.fixture
+async def spawn(tmp_path: Path) -> AsyncIterator[Callable[..., StoreProcess]]:
+    procs: list[StoreProcess] = []
+
+    def make(*extra: str, db: str | None = None) -> StoreProcess:
+        p = StoreProcess(db or f"sqlite:///{tmp_path}/proc.db", *extra)
+        procs.append(p)
+        return p
+
+    yield make
+    for p in procs:
+        if p.proc and p.proc.returncode is None:
+            p.proc.kill()
+            await p.proc.wait()

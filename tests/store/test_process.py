@@ -5,69 +5,18 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
-import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from sluice import START, Client, SluiceError, new_event
 from sluice.v1 import streams_pb2 as pb
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-class StoreProcess:
-    """``python -m sluice_store`` in a subprocess, started and awaited by its output line."""
-
-    def __init__(self, db: str, *extra: str) -> None:
-        self.addr = f"127.0.0.1:{free_port()}"
-        self.args = [sys.executable, "-m", "sluice_store", "--addr", self.addr, "--db", db, *extra]
-        self.proc: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            *self.args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
-        )
-        assert self.proc.stdout is not None
-        async with asyncio.timeout(20):
-            while b"listening on" not in await self.proc.stdout.readline():
-                if self.proc.returncode is not None:
-                    raise RuntimeError("store exited at start")
-
-    async def wait(self, timeout: float = 20.0) -> int:
-        assert self.proc is not None
-        return await asyncio.wait_for(self.proc.wait(), timeout)
-
-    def signal(self, sig: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-
-@pytest.fixture
-async def spawn(tmp_path: Path) -> AsyncIterator[Callable[..., StoreProcess]]:
-    procs: list[StoreProcess] = []
-
-    def make(*extra: str, db: str | None = None) -> StoreProcess:
-        p = StoreProcess(db or f"sqlite:///{tmp_path}/proc.db", *extra)
-        procs.append(p)
-        return p
-
-    yield make
-    for p in procs:
-        if p.proc and p.proc.returncode is None:
-            p.proc.kill()
-            await p.proc.wait()
+from tests.conftest import StoreProcess
 
 
 async def test_health_and_reflection(spawn: Callable[..., StoreProcess]) -> None:

@@ -1,0 +1,77 @@
+"""The ``sluice`` CLI as a user runs it, against a store process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.conftest import StoreProcess
+
+
+async def sluice(store: StoreProcess, *args: str, stdin: bytes | None = None) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "sluice.cli",
+        "--addr",
+        store.addr,
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(stdin or b""), 30)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_append_read_tail_and_streams(spawn: Callable[..., StoreProcess], tmp_path: Path) -> None:
+    store = spawn()
+    await store.start()
+    code, out, _ = await sluice(store, "append", "orders-1", "Placed", '{"sku": "A1"}')
+    assert code == 0 and "orders-1" in out and "duplicate" in out
+    payload = tmp_path / "e.json"
+    payload.write_text('{"sku": "B2"}')
+    assert (await sluice(store, "append", "orders-1", "Paid", "--file", str(payload)))[0] == 0
+    code, out, _ = await sluice(store, "--json", "append", "orders-2", "Placed", stdin=b"plain text")
+    assert code == 0 and int(json.loads(out)["first_position"]) == 3
+
+    code, out, _ = await sluice(store, "read", "orders-1")
+    lines = out.splitlines()
+    assert lines[0].split()[:4] == ["position", "stream", "revision", "type"]
+    assert "Placed" in lines[2] and "A1" in lines[2] and "Paid" in lines[3]
+
+    code, out, _ = await sluice(store, "--json", "read", "--prefix", "orders-")
+    events = [json.loads(line) for line in out.splitlines()]
+    assert [e["data"] for e in events] == [{"sku": "A1"}, {"sku": "B2"}, "plain text"]
+    assert [e["position"] for e in events] == [1, 2, 3]
+
+    tail = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "sluice.cli", "--addr", store.addr, "--json"),
+        *("tail", "orders-3", "--count", "1"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert tail.stderr is not None and tail.stdout is not None
+    assert "caught up" in (await asyncio.wait_for(tail.stderr.readline(), 30)).decode()
+    await sluice(store, "append", "orders-3", "Live", '{"n": 1}')
+    out_b = await asyncio.wait_for(tail.stdout.read(), 30)
+    assert await asyncio.wait_for(tail.wait(), 30) == 0
+    assert json.loads(out_b)["type"] == "Live"
+
+    code, out, _ = await sluice(store, "streams", "list", "orders-")
+    assert [line.split()[0] for line in out.splitlines()[2:]] == ["orders-1", "orders-2", "orders-3"]
+    code, out, _ = await sluice(store, "streams", "retention", "orders-1", "--max-count", "1")
+    assert code == 0
+    code, out, _ = await sluice(store, "--json", "streams", "info", "orders-1")
+    info = json.loads(out)
+    assert info["effective_retention"]["max_count"] in ("1", 1) and info["first_revision"] in ("1", 1)
+    code, out, _ = await sluice(store, "streams", "delete", "orders-2", "--tombstone")
+    assert code == 0
+    code, _, err = await sluice(store, "append", "orders-2", "Again", "x")
+    assert code != 0 and "FAILED_PRECONDITION" in err and "tombstoned" in err
+    code, _, err = await sluice(store, "append", "orders-1", "X", "x", "--expected", "no_stream")
+    assert code != 0 and "expected revision no_stream, actual 1" in err
