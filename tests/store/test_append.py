@@ -158,11 +158,9 @@ async def test_append_many_is_atomic(client: Client) -> None:
 
 async def test_append_session_pipelines_and_keeps_order(client: Client) -> None:
     async with client.session() as session:
-        futures = [
-            await session.send("sess", [ev(i)], expected=i - 1 if i else NO_STREAM) for i in range(200)
-        ]
-        bad = await session.send("sess", [ev()], expected=3)
-        after = await session.send("sess", [ev()])
+        futures = [session.send("sess", [ev(i)], expected=i - 1 if i else NO_STREAM) for i in range(200)]
+        bad = session.send("sess", [ev()], expected=3)
+        after = session.send("sess", [ev()])
         results = [await f for f in futures]
         with pytest.raises(WrongExpectedRevision):
             await bad

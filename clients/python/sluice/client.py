@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import collections
 import dataclasses
 import json
 import os
@@ -384,56 +384,100 @@ class Client:
 
 
 class AppendSession:
-    """Many appends in flight on one bidirectional call; results come back in order."""
+    """Many appends in flight on one bidirectional call; results come back in order.
+
+    Appends queued while the previous message is being written go out together in the
+    next message, so the per-message cost is shared when many are in flight.
+    """
+
+    max_per_message = 1000
 
     def __init__(self, stub: pb_grpc.StreamsStub) -> None:
         self._stub = stub
         self._call: Any = None
-        self._waiting: asyncio.Queue[asyncio.Future[pb.AppendResponse]] = asyncio.Queue()
+        self._queued: list[tuple[pb.AppendRequest, asyncio.Future[pb.AppendResponse]]] = []
+        self._sent: collections.deque[list[asyncio.Future[pb.AppendResponse]]] = collections.deque()
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._writer: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._error: SluiceError | None = None
 
     async def __aenter__(self) -> AppendSession:
         self._call = self._stub.AppendSession()
+        self._writer = asyncio.create_task(self._write())
         self._reader = asyncio.create_task(self._read())
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    async def _write(self) -> None:
+        try:
+            while True:
+                await self._wakeup.wait()
+                self._wakeup.clear()
+                while self._queued:
+                    batch = self._queued[: self.max_per_message]
+                    del self._queued[: self.max_per_message]
+                    self._sent.append([f for _, f in batch])
+                    await self._call.write(pb.AppendSessionRequest(appends=[r for r, _ in batch]))
+                if self._closing:
+                    await self._call.done_writing()
+                    return
+        except grpc.aio.AioRpcError as e:
+            self._fail(from_rpc_error(e))
+        except asyncio.InvalidStateError:  # the call ended while writing
+            self._fail(SluiceError("append session ended"))
+
     async def _read(self) -> None:
         try:
             async for resp in self._call:
-                fut = self._waiting.get_nowait()
-                if resp.WhichOneof("result") == "success":
-                    fut.set_result(resp.success)
-                else:
-                    fut.set_exception(from_status(resp.error))
+                futures = self._sent.popleft()
+                for fut, result in zip(futures, resp.results, strict=True):
+                    if result.WhichOneof("result") == "success":
+                        fut.set_result(result.success)
+                    else:
+                        fut.set_exception(from_status(result.error))
         except grpc.aio.AioRpcError as e:
-            err = from_rpc_error(e)
-            while not self._waiting.empty():
-                self._waiting.get_nowait().set_exception(err)
+            self._fail(from_rpc_error(e))
 
-    async def send(
+    def _fail(self, err: SluiceError) -> None:
+        self._error = err
+        for futures in [*self._sent, [f for _, f in self._queued]]:
+            for fut in futures:
+                if not fut.done():
+                    fut.set_exception(err)
+        self._sent.clear()
+        self._queued.clear()
+
+    def send(
         self, stream: str, events: Iterable[pb.EventData], expected: Expected = ANY
     ) -> asyncio.Future[pb.AppendResponse]:
-        """Send one append; the returned future resolves with its result."""
+        """Queue one append; the returned future resolves with its result."""
+        if self._call is None or self._closing:
+            raise RuntimeError("the append session is not open")
         fut: asyncio.Future[pb.AppendResponse] = asyncio.get_running_loop().create_future()
-        self._waiting.put_nowait(fut)
-        await self._call.write(pb.AppendSessionRequest(append=_request(stream, events, expected)))
+        if self._error is not None:
+            fut.set_exception(self._error)
+            return fut
+        self._queued.append((_request(stream, events, expected), fut))
+        self._wakeup.set()
         return fut
 
     async def append(
         self, stream: str, events: Iterable[pb.EventData], expected: Expected = ANY
     ) -> pb.AppendResponse:
-        return await (await self.send(stream, events, expected))
+        return await self.send(stream, events, expected)
 
     async def close(self) -> None:
-        """Finish sending, wait for every result, end the call."""
-        if self._call is None:
+        """Send what is queued, wait for every result, end the call."""
+        if self._call is None or self._closing:
             return
-        call, self._call = self._call, None
-        with contextlib.suppress(grpc.aio.AioRpcError):
-            await call.done_writing()
+        self._closing = True
+        self._wakeup.set()
+        if self._writer:
+            await self._writer
         if self._reader:
             await self._reader
 

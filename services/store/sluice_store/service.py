@@ -258,31 +258,35 @@ class StreamsService:
         requests: AsyncIterator[pb.AppendSessionRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.AppendSessionResponse]:
-        inflight: asyncio.Queue[asyncio.Future[Outcome] | StoreError | None] = asyncio.Queue(4096)
+        inflight: asyncio.Queue[list[asyncio.Future[Outcome] | StoreError] | None] = asyncio.Queue(1024)
+
+        def submit(req: pb.AppendRequest) -> asyncio.Future[Outcome] | StoreError:
+            try:
+                self._check_request_size(req.ByteSize())
+                parts = [self._part(req)]
+                validate_new_event_ids(parts)
+                return self.committer.submit(parts)
+            except StoreError as e:
+                return e
 
         async def pump() -> None:
             try:
-                async for req in requests:
-                    item: asyncio.Future[Outcome] | StoreError
-                    try:
-                        self._check_request_size(req.ByteSize())
-                        parts = [self._part(req.append)]
-                        validate_new_event_ids(parts)
-                        item = self.committer.submit(parts)
-                    except StoreError as e:
-                        item = e
-                    await inflight.put(item)
+                async for msg in requests:
+                    await inflight.put([submit(req) for req in msg.appends])
             finally:
                 await inflight.put(None)
 
         reader = asyncio.create_task(pump())
         try:
-            while (item := await inflight.get()) is not None:
-                outcome = item if isinstance(item, StoreError) else await item
-                if isinstance(outcome, StoreError):
-                    yield pb.AppendSessionResponse(error=to_status(outcome))
-                else:
-                    yield pb.AppendSessionResponse(success=self._response(outcome[0]))
+            while (items := await inflight.get()) is not None:
+                results = []
+                for item in items:
+                    outcome = item if isinstance(item, StoreError) else await item
+                    if isinstance(outcome, StoreError):
+                        results.append(pb.AppendResult(error=to_status(outcome)))
+                    else:
+                        results.append(pb.AppendResult(success=self._response(outcome[0])))
+                yield pb.AppendSessionResponse(results=results)
             await reader  # surfaces a transport error from the request stream
         finally:
             reader.cancel()

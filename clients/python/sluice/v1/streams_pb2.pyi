@@ -418,17 +418,22 @@ Global___AppendManyResponse: _TypeAlias = AppendManyResponse  # noqa: Y015
 class AppendSessionRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
-    APPEND_FIELD_NUMBER: _builtins.int
+    APPENDS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def append(self) -> Global___AppendRequest: ...
+    def appends(self) -> _containers.RepeatedCompositeFieldContainer[Global___AppendRequest]:
+        """Independent appends, each atomic on its own and answered in order. A client may
+        send one per message, or pack every append it has queued into one message to
+        save per-message cost; the store treats both the same.
+        """
+
     def __init__(
         self,
         *,
-        append: Global___AppendRequest | None = ...,
+        appends: _abc.Iterable[Global___AppendRequest] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["append", b"append"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["append", b"append"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["appends", b"appends"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -438,13 +443,35 @@ Global___AppendSessionRequest: _TypeAlias = AppendSessionRequest  # noqa: Y015
 class AppendSessionResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___AppendResult]:
+        """One result per append of the request message it answers, in the same order."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___AppendResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AppendSessionResponse: _TypeAlias = AppendSessionResponse  # noqa: Y015
+
+@_typing.final
+class AppendResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
     SUCCESS_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def success(self) -> Global___AppendResponse: ...
     @_builtins.property
     def error(self) -> _status_pb2.Status:
-        """Why this request was refused, with the same details a unary Append gives."""
+        """Why this append was refused, with the same details a unary Append gives."""
 
     def __init__(
         self,
@@ -460,7 +487,7 @@ class AppendSessionResponse(_message.Message):
     _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
 
-Global___AppendSessionResponse: _TypeAlias = AppendSessionResponse  # noqa: Y015
+Global___AppendResult: _TypeAlias = AppendResult  # noqa: Y015
 
 @_typing.final
 class StartPoint(_message.Message):

@@ -99,9 +99,9 @@ class StreamsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def AppendSession(self, request_iterator, context):
-        """A pipelined append session: the client sends many AppendRequests on one call
-        without waiting, and receives exactly one AppendSessionResponse per request, in
-        the order the requests were sent. A refused request does not end the session.
+        """A pipelined append session: the client sends many appends on one call without
+        waiting, and receives one AppendSessionResponse per request message, carrying one
+        result per append, in the order sent. A refused append does not end the session.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -50,9 +50,9 @@ class StreamsStub:
     AppendMany: _grpc.UnaryUnaryMultiCallable[_streams_pb2.AppendManyRequest, _streams_pb2.AppendManyResponse]
     """Append to several streams in one atomic step: every part succeeds or none does."""
     AppendSession: _grpc.StreamStreamMultiCallable[_streams_pb2.AppendSessionRequest, _streams_pb2.AppendSessionResponse]
-    """A pipelined append session: the client sends many AppendRequests on one call
-    without waiting, and receives exactly one AppendSessionResponse per request, in
-    the order the requests were sent. A refused request does not end the session.
+    """A pipelined append session: the client sends many appends on one call without
+    waiting, and receives one AppendSessionResponse per request message, carrying one
+    result per append, in the order sent. A refused append does not end the session.
     """
     Read: _grpc.UnaryStreamMultiCallable[_streams_pb2.ReadRequest, _streams_pb2.ReadResponse]
     """Read one stream or all streams, forwards or backwards, in batches."""
@@ -77,9 +77,9 @@ class StreamsAsyncStub(StreamsStub):
     AppendMany: _aio.UnaryUnaryMultiCallable[_streams_pb2.AppendManyRequest, _streams_pb2.AppendManyResponse]  # type: ignore[assignment]
     """Append to several streams in one atomic step: every part succeeds or none does."""
     AppendSession: _aio.StreamStreamMultiCallable[_streams_pb2.AppendSessionRequest, _streams_pb2.AppendSessionResponse]  # type: ignore[assignment]
-    """A pipelined append session: the client sends many AppendRequests on one call
-    without waiting, and receives exactly one AppendSessionResponse per request, in
-    the order the requests were sent. A refused request does not end the session.
+    """A pipelined append session: the client sends many appends on one call without
+    waiting, and receives one AppendSessionResponse per request message, carrying one
+    result per append, in the order sent. A refused append does not end the session.
     """
     Read: _aio.UnaryStreamMultiCallable[_streams_pb2.ReadRequest, _streams_pb2.ReadResponse]  # type: ignore[assignment]
     """Read one stream or all streams, forwards or backwards, in batches."""
@@ -119,9 +119,9 @@ class StreamsServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_streams_pb2.AppendSessionRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_streams_pb2.AppendSessionResponse], _abc.AsyncIterator[_streams_pb2.AppendSessionResponse]]:
-        """A pipelined append session: the client sends many AppendRequests on one call
-        without waiting, and receives exactly one AppendSessionResponse per request, in
-        the order the requests were sent. A refused request does not end the session.
+        """A pipelined append session: the client sends many appends on one call without
+        waiting, and receives one AppendSessionResponse per request message, carrying one
+        result per append, in the order sent. A refused append does not end the session.
         """
 
     @_abc_1.abstractmethod

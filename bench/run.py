@@ -1,0 +1,581 @@
+"""Benchmark: the Sluice store beside NATS JetStream and Redis Streams, in one run.
+
+Every system is driven by its Python client from this process, with ~200-byte JSON
+events. The store runs as its own process (``python -m sluice_store``) on a fresh SQLite
+file with the durability named in the table. Results print as a table of figures and
+Sluice/peer ratios, and are written to bench/results/.
+
+    python bench/run.py            # the full run (1M-event catch-up, 1M streams)
+    python bench/run.py --quick    # a smaller run for a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import platform
+import random
+import shutil
+import socket
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import nats
+import redis.asyncio as aioredis
+from nats.js import api as js_api
+
+from sluice import ANY, START, Client, new_event
+from sluice.v1 import streams_pb2 as pb
+
+ROOT = Path(__file__).resolve().parent
+NATS_URL = os.environ.get("BENCH_NATS_URL", "nats://127.0.0.1:4222")
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def payload(i: int) -> bytes:
+    """A ~200-byte JSON event body."""
+    body = {
+        "order_id": f"ord-{i:012d}",
+        "customer": f"cust-{i % 9973:06d}",
+        "sku": "SKU-0001-XL-BLUE",
+        "qty": 1 + i % 7,
+        "price_cents": 1999 + i % 500,
+        "currency": "EUR",
+        "note": "x" * 40,
+        "ts": 1_700_000_000 + i,
+    }
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+@dataclasses.dataclass
+class Row:
+    section: str
+    case: str
+    unit: str
+    sluice: float
+    peers: dict[str, float]
+    higher_is_better: bool = True
+    target: str = ""
+
+    def ratio(self, peer: str) -> float:
+        other = self.peers[peer]
+        if not other or not self.sluice:
+            return float("nan")
+        return self.sluice / other if self.higher_is_better else other / self.sluice
+
+
+class Results:
+    def __init__(self) -> None:
+        self.rows: list[Row] = []
+
+    def add(self, row: Row) -> None:
+        self.rows.append(row)
+        peers = ", ".join(f"{k} {fmt(v)}" for k, v in row.peers.items())
+        log(f"{row.section} / {row.case}: sluice {fmt(row.sluice)} {row.unit}; {peers}")
+
+
+def fmt(x: float) -> str:
+    if x != x:
+        return "-"
+    if x >= 100:
+        return f"{x:,.0f}"
+    if x >= 10:
+        return f"{x:,.1f}"
+    return f"{x:,.2f}"
+
+
+# -- the systems ----------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextlib.asynccontextmanager
+async def sluice_store(durability: str, **flags: str) -> AsyncIterator[Client]:
+    """A fresh store process on a temporary SQLite file, and a client to it."""
+    tmp = tempfile.mkdtemp(prefix="sluice-bench-")
+    addr = f"127.0.0.1:{free_port()}"
+    args = ["--addr", addr, "--db", f"sqlite:///{tmp}/bench.db", "--durability", durability]
+    for k, v in flags.items():
+        args += [f"--{k.replace('_', '-')}", v]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sluice_store", *args, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(30):
+            while b"listening on" not in await proc.stdout.readline():
+                pass
+        async with Client(addr, timeout=120) as client:
+            yield client
+    finally:
+        proc.terminate()
+        await proc.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.asynccontextmanager
+async def jetstream(name: str) -> AsyncIterator[tuple[Any, Any, str]]:
+    """A fresh file-storage JetStream stream; yields (connection, context, subject prefix)."""
+    nc = await nats.connect(NATS_URL, max_outstanding_pings=10)
+    js = nc.jetstream(timeout=30)
+    stream = f"BENCH_{name}_{uuid.uuid4().hex[:8]}"
+    with contextlib.suppress(Exception):
+        await js.delete_stream(stream)
+    await js.add_stream(name=stream, subjects=[f"{stream}.>"], storage=js_api.StorageType.FILE, max_msgs=-1)
+    try:
+        yield nc, js, stream
+    finally:
+        with contextlib.suppress(Exception):
+            await js.delete_stream(stream)
+        await nc.close()
+
+
+@contextlib.asynccontextmanager
+async def redis_stream(name: str) -> AsyncIterator[tuple[Any, str]]:
+    r = aioredis.from_url(REDIS_URL)
+    key = f"bench:{name}:{uuid.uuid4().hex[:8]}"
+    try:
+        yield r, key
+    finally:
+        await r.delete(key)
+        await r.aclose()
+
+
+def rate(n: int, seconds: float) -> float:
+    return n / seconds if seconds > 0 else float("nan")
+
+
+def pct(samples: list[float], q: float) -> float:
+    s = sorted(samples)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+async def timed(fn: Callable[[], Awaitable[int]]) -> float:
+    """Run fn (which returns how many events it handled) and return events/s."""
+    t = time.perf_counter()
+    n = await fn()
+    return rate(n, time.perf_counter() - t)
+
+
+# -- appends --------------------------------------------------------------------------
+
+
+async def bench_appends(res: Results, a: argparse.Namespace) -> None:
+    n_single, n_flight, window = a.single, a.inflight, 256
+    events = [payload(i) for i in range(max(n_single, n_flight, 1000))]
+
+    async with sluice_store(a.durability) as c:
+
+        async def s_single() -> int:
+            for i in range(n_single):
+                await c.append("single", [new_event("E", events[i])])
+            return n_single
+
+        async def s_flight() -> int:
+            async with c.session() as s:
+                pending: list[asyncio.Future[pb.AppendResponse]] = []
+                for i in range(n_flight):
+                    pending.append(s.send(f"fl-{i % 64}", [new_event("E", events[i])]))
+                    if len(pending) >= window:
+                        await pending.pop(0)
+                await asyncio.gather(*pending)
+            return n_flight
+
+        async def s_batch(size: int) -> int:
+            total = 0
+            for _ in range(a.batches):
+                await c.append(f"batch-{size}", [new_event("E", events[i]) for i in range(size)])
+                total += size
+            return total
+
+        sluice = {
+            "single": await timed(s_single),
+            "flight": await timed(s_flight),
+            100: await timed(lambda: s_batch(100)),
+            1000: await timed(lambda: s_batch(1000)),
+        }
+
+    async with jetstream("appends") as (_, js, subj):
+
+        async def j_single() -> int:
+            for i in range(n_single):
+                await js.publish(f"{subj}.single", events[i])
+            return n_single
+
+        async def j_flight(n: int, prefix: str = "fl") -> int:
+            futs = [await js.publish_async(f"{subj}.{prefix}", events[i % len(events)]) for i in range(n)]
+            await asyncio.gather(*futs)
+            return n
+
+        async def j_batch(size: int) -> int:
+            for _ in range(a.batches):
+                await j_flight(size, f"b{size}")
+            return size * a.batches
+
+        jet = {
+            "single": await timed(j_single),
+            "flight": await timed(lambda: j_flight(n_flight)),
+            100: await timed(lambda: j_batch(100)),
+            1000: await timed(lambda: j_batch(1000)),
+        }
+
+    async with redis_stream("appends") as (r, key):
+
+        async def r_single() -> int:
+            for i in range(n_single):
+                await r.xadd(key, {"d": events[i]})
+            return n_single
+
+        async def r_pipe(n: int, size: int) -> int:
+            for start in range(0, n, size):
+                pipe = r.pipeline(transaction=False)
+                for i in range(start, min(n, start + size)):
+                    pipe.xadd(key, {"d": events[i % len(events)]})
+                await pipe.execute()
+            return n
+
+        red = {
+            "single": await timed(r_single),
+            "flight": await timed(lambda: r_pipe(n_flight, window)),
+            100: await timed(lambda: r_pipe(100 * a.batches, 100)),
+            1000: await timed(lambda: r_pipe(1000 * a.batches, 1000)),
+        }
+
+    labels = {
+        "single": ("one event per call, awaited one by one", ""),
+        "flight": (
+            f"single-event appends, {window} in flight (session / publish_async / pipeline)",
+            ">= 1x JetStream",
+        ),
+        100: ("batches of 100 events per request", ""),
+        1000: ("batches of 1000 events per request", ">= 2x Redis and JetStream"),
+    }
+    for k, (label, target) in labels.items():
+        res.add(
+            Row(
+                "appends", label, "events/s", sluice[k], {"jetstream": jet[k], "redis": red[k]}, target=target
+            )
+        )
+
+
+# -- catch-up -------------------------------------------------------------------------
+
+
+async def bench_catch_up(res: Results, a: argparse.Namespace) -> None:
+    n = a.catchup
+    body = payload(1)
+    log(f"catch-up: loading {n:,} events into each system")
+    async with sluice_store(a.durability) as c:
+        for start in range(0, n, 1000):
+            await c.append(
+                f"cu-{start // 1000 % 100}", [new_event("E", body) for _ in range(min(1000, n - start))]
+            )
+
+        async def s_read() -> int:
+            got = 0
+            async for item in c.subscribe(start=START):
+                if isinstance(item, pb.RecordedEvent):
+                    got += 1
+                elif isinstance(item, pb.CaughtUp):
+                    return got
+            return got
+
+        sluice = await timed(s_read)
+
+    async with jetstream("catchup") as (_, js, subj):
+        for start in range(0, n, 5000):
+            futs = [await js.publish_async(f"{subj}.e", body) for _ in range(min(5000, n - start))]
+            await asyncio.gather(*futs)
+
+        async def j_read() -> int:
+            cfg = js_api.ConsumerConfig(
+                ack_policy=js_api.AckPolicy.NONE, deliver_policy=js_api.DeliverPolicy.ALL
+            )
+            sub = await js.pull_subscribe(f"{subj}.>", stream=subj, config=cfg)
+            got = 0
+            while got < n:
+                msgs = await sub.fetch(batch=1000, timeout=10)
+                got += len(msgs)
+            await sub.unsubscribe()
+            return got
+
+        jet = await timed(j_read)
+
+    async with redis_stream("catchup") as (r, key):
+        for start in range(0, n, 1000):
+            pipe = r.pipeline(transaction=False)
+            for _ in range(min(1000, n - start)):
+                pipe.xadd(key, {"d": body})
+            await pipe.execute()
+
+        async def r_read() -> int:
+            got, last = 0, "0"
+            while got < n:
+                resp = await r.xread({key: last}, count=1000)
+                entries = resp[0][1]
+                got += len(entries)
+                last = entries[-1][0]
+            return got
+
+        red = await timed(r_read)
+    res.add(
+        Row(
+            "consumption",
+            f"catch-up from the start of {n:,} events (Subscribe / pull consumer / XREAD)",
+            "events/s",
+            sluice,
+            {"jetstream": jet, "redis": red},
+            target=">= 5x JetStream",
+        )
+    )
+
+
+# -- live latency ---------------------------------------------------------------------
+
+
+async def paced(rate_per_s: int, seconds: float, send: Callable[[int], Coroutine[Any, Any, None]]) -> int:
+    """Call send(i) at a steady rate without waiting for each to finish."""
+    n = int(rate_per_s * seconds)
+    t0 = time.perf_counter()
+    tasks = set()
+    for i in range(n):
+        delay = t0 + i / rate_per_s - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        task = asyncio.create_task(send(i))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    await asyncio.gather(*tasks)
+    return n
+
+
+async def bench_latency(res: Results, a: argparse.Namespace) -> None:
+    rate_s, secs = 1000, a.latency_seconds
+    n = int(rate_s * secs)
+
+    def stamp(i: int) -> bytes:
+        return json.dumps({"i": i, "t": time.perf_counter_ns(), "pad": "x" * 150}).encode()
+
+    done = asyncio.Event()
+
+    def record(lat: list[float], data: bytes) -> None:
+        lat.append((time.perf_counter_ns() - json.loads(data)["t"]) / 1e6)
+        if len(lat) >= n:
+            done.set()
+
+    async def measure(
+        subscribe: Callable[[list[float], asyncio.Event], Awaitable[None]],
+        send: Callable[[int], Coroutine[Any, Any, None]],
+    ) -> tuple[float, float]:
+        lat: list[float] = []
+        ready = asyncio.Event()
+        done.clear()
+        sub: asyncio.Task[None] = asyncio.ensure_future(subscribe(lat, ready))
+        await asyncio.wait_for(ready.wait(), 30)
+        await paced(rate_s, secs, send)
+        await asyncio.wait_for(done.wait(), 30)
+        sub.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sub
+        return statistics.median(lat), pct(lat, 0.99)
+
+    async with sluice_store(a.durability) as c:
+
+        async def s_sub(lat: list[float], ready: asyncio.Event) -> None:
+            async for item in c.subscribe("live"):
+                if isinstance(item, pb.CaughtUp):
+                    ready.set()
+                elif isinstance(item, pb.RecordedEvent):
+                    record(lat, item.data)
+
+        async def s_send(i: int) -> None:
+            await c.append("live", [new_event("E", stamp(i))])
+
+        sluice = await measure(s_sub, s_send)
+
+    async with jetstream("live") as (_, js, subj):
+
+        async def j_sub(lat: list[float], ready: asyncio.Event) -> None:
+            async def cb(msg: Any) -> None:
+                record(lat, msg.data)
+
+            sub = await js.subscribe(
+                f"{subj}.>", cb=cb, ordered_consumer=True, deliver_policy=js_api.DeliverPolicy.NEW
+            )
+            ready.set()
+            try:
+                await asyncio.Event().wait()
+            finally:
+                await sub.unsubscribe()
+
+        async def j_send(i: int) -> None:
+            await js.publish(f"{subj}.e", stamp(i))
+
+        jet = await measure(j_sub, j_send)
+
+    async with redis_stream("live") as (r, key):
+        reader = aioredis.from_url(REDIS_URL)
+
+        async def r_sub(lat: list[float], ready: asyncio.Event) -> None:
+            last = "$"
+            ready.set()
+            while True:
+                resp: Any = await reader.xread({key: last}, block=1000, count=1000)
+                for _, entries in resp or []:
+                    for entry_id, fields in entries:
+                        record(lat, fields[b"d"])
+                        last = entry_id
+
+        async def r_send(i: int) -> None:
+            await r.xadd(key, {"d": stamp(i)})
+
+        red = await measure(r_sub, r_send)
+        await reader.aclose()
+
+    for idx, name in ((0, "p50"), (1, "p99")):
+        res.add(
+            Row(
+                "live latency",
+                f"append -> subscriber at {rate_s:,} events/s, {name}",
+                "ms",
+                sluice[idx],
+                {"jetstream": jet[idx], "redis": red[idx]},
+                higher_is_better=False,
+                target="p99 <= JetStream" if name == "p99" else "",
+            )
+        )
+
+
+# -- many streams ---------------------------------------------------------------------
+
+
+async def bench_scale(res: Results, a: argparse.Namespace) -> None:
+    body = payload(7)
+    out: dict[int, tuple[float, float, float, float]] = {}
+    for streams in (1000, a.streams):
+        async with sluice_store(a.durability) as c:
+            log(f"scale: creating {streams:,} streams of one event each")
+            for start in range(0, streams, 1000):
+                await c.append_many(
+                    [
+                        (f"acct-{i:08d}", [new_event("Opened", body)], ANY)
+                        for i in range(start, min(streams, start + 1000))
+                    ]
+                )
+            rng = random.Random(7)
+            app: list[float] = []
+            rd: list[float] = []
+            for _ in range(a.scale_ops):
+                name = f"acct-{rng.randrange(streams):08d}"
+                t = time.perf_counter()
+                await c.append(name, [new_event("Deposited", body)])
+                app.append((time.perf_counter() - t) * 1000)
+                name = f"acct-{rng.randrange(streams):08d}"
+                t = time.perf_counter()
+                await c.read_list(name)
+                rd.append((time.perf_counter() - t) * 1000)
+            out[streams] = (statistics.median(app), pct(app, 0.99), statistics.median(rd), pct(rd, 0.99))
+    small, big = out[1000], out[a.streams]
+    for idx, what in enumerate(("append p50", "append p99", "read p50", "read p99")):
+        res.add(
+            Row(
+                "scale",
+                f"{what} with {a.streams:,} streams (peer: same with 1,000 streams)",
+                "ms",
+                big[idx],
+                {"sluice@1k": small[idx]},
+                higher_is_better=False,
+                target="within 1.5x of 1,000 streams",
+            )
+        )
+
+
+# -- report ---------------------------------------------------------------------------
+
+
+def report(res: Results, a: argparse.Namespace, elapsed: float) -> str:
+    head = (
+        f"# Sluice store benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n\n"
+        f"Machine: {os.cpu_count()} cores, Python {platform.python_version()}, loopback. "
+        f"Sluice: SQLite synchronous={a.durability.upper()} (fsync per group commit), "
+        f"JetStream: file storage, acked publish (server default sync), Redis: no persistence "
+        f"(as configured on this machine). Events ~{len(payload(1))} bytes. Run took {elapsed:.0f}s.\n\n"
+        "Ratio = how many times better Sluice is (>1 is better; for latency, peer/Sluice).\n\n"
+    )
+    lines = [
+        "| section | case | unit | sluice | peer | peer figure | ratio | target |",
+        "|---|---|---|---:|---|---:|---:|---|",
+    ]
+    for row in res.rows:
+        for peer, value in row.peers.items():
+            lines.append(
+                f"| {row.section} | {row.case} | {row.unit} | {fmt(row.sluice)} | {peer} | "
+                f"{fmt(value)} | {fmt(row.ratio(peer))}x | {row.target} |"
+            )
+    return head + "\n".join(lines) + "\n"
+
+
+async def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="smaller sizes for a quick look")
+    p.add_argument("--durability", default="full", choices=["full", "normal"])
+    p.add_argument("--only", help="comma-separated sections: appends,catchup,latency,scale")
+    a = p.parse_args()
+    a.single = 1000 if a.quick else 3000
+    a.inflight = 10_000 if a.quick else 40_000
+    a.batches = 20 if a.quick else 100
+    a.catchup = 100_000 if a.quick else 1_000_000
+    a.latency_seconds = 3.0 if a.quick else 8.0
+    a.streams = 100_000 if a.quick else 1_000_000
+    a.scale_ops = 1000 if a.quick else 3000
+    sections = {
+        "appends": bench_appends,
+        "catchup": bench_catch_up,
+        "latency": bench_latency,
+        "scale": bench_scale,
+    }
+    chosen = a.only.split(",") if a.only else list(sections)
+    res = Results()
+    t0 = time.perf_counter()
+    for name in chosen:
+        log(f"== {name}")
+        await sections[name](res, a)
+    text = report(res, a, time.perf_counter() - t0)
+    print(text)
+    out = ROOT / "results"
+    out.mkdir(exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    suffix = "-quick" if a.quick else ""
+    (out / f"store-{stamp}{suffix}.md").write_text(text)
+    (out / f"store-latest{suffix}.md").write_text(text)
+    log(f"written to bench/results/store-{stamp}{suffix}.md")
+
+
+if __name__ == "__main__":
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(main())
