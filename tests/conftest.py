@@ -19,6 +19,13 @@ from sluice_store.server import StoreServer
 StoreFactory = Callable[..., Awaitable[StoreServer]]
 
 
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
+    """Wait until check() holds, polling; fail after timeout."""
+    async with asyncio.timeout(timeout):
+        while not await check():  # noqa: ASYNC110 (the store signals nothing when it reclaims)
+            await asyncio.sleep(0.02)
+
+
 @pytest.fixture
 async def make_store(tmp_path: Path) -> AsyncIterator[StoreFactory]:
     """Start stores with settings overrides; every one is stopped at the end of the test."""

@@ -6,7 +6,6 @@ import asyncio
 import gzip
 import json
 import sqlite3
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -15,14 +14,7 @@ from sluice import START, Client, new_event
 from sluice.v1 import streams_pb2 as pb
 from sluice_store.retention import Policy
 from sluice_store.server import StoreServer
-from tests.conftest import StoreFactory
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
-    """Wait until check() holds, polling; fail after timeout."""
-    async with asyncio.timeout(timeout):
-        while not await check():  # noqa: ASYNC110 (the store signals nothing when it reclaims)
-            await asyncio.sleep(0.02)
+from tests.conftest import StoreFactory, eventually
 
 
 def stored(store: StoreServer, stream: str) -> list[int]:
