@@ -226,14 +226,23 @@ async def test_slow_subscriber_misses_nothing_and_does_not_delay_fast(make_store
         slow: list[pb.RecordedEvent] = []
         fell_behind = 0
         fast_done = asyncio.Event()
+        live = [asyncio.Event(), asyncio.Event()]
 
         async def run_fast() -> None:
-            await _consume(client.subscribe(start=START), total, fast)
+            async for item in client.subscribe(start=START):
+                if isinstance(item, pb.CaughtUp):
+                    live[0].set()
+                if isinstance(item, pb.RecordedEvent):
+                    fast.append(item)
+                    if len(fast) == total:
+                        break
             fast_done.set()
 
         async def run_slow() -> None:
             nonlocal fell_behind
             async for item in client.subscribe(start=START, max_batch=5):
+                if isinstance(item, pb.CaughtUp):
+                    live[1].set()
                 if isinstance(item, pb.FellBehind):
                     fell_behind += 1
                 if isinstance(item, pb.RecordedEvent):
@@ -244,6 +253,7 @@ async def test_slow_subscriber_misses_nothing_and_does_not_delay_fast(make_store
                         await asyncio.sleep(0.002)  # a consumer that cannot keep up
 
         tasks = [asyncio.create_task(run_fast()), asyncio.create_task(run_slow())]
+        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in live)), WAIT)
         for i in range(0, total, 100):
             await client.append(f"s-{i}", [new_event("E") for _ in range(100)])
         await asyncio.wait_for(fast_done.wait(), WAIT)

@@ -38,7 +38,9 @@ class Policy:
     ttl_us: int = 0
 
     def __bool__(self) -> bool:
-        return any(dataclasses.astuple(self))
+        return bool(
+            self.max_count or self.max_age_us or self.max_bytes or self.truncate_before or self.ttl_us
+        )
 
     @classmethod
     def parse(cls, spec: str) -> Policy:

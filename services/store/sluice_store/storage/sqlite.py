@@ -9,14 +9,15 @@ in memory so reads of all streams can hide expired events without a join.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import logging
 import os
 import sqlite3
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -41,6 +42,7 @@ from sluice_store.storage.base import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SCHEMA_VERSION = 1
 SCHEMA = """
@@ -138,7 +140,8 @@ class SQLiteStorage(Storage):
         self.prefix_rules = dict(prefix_rules or {})
         self.cache_size = cache_size
         self.n_readers = readers
-        self._writer: aiosqlite.Connection | None = None
+        self._writer: sqlite3.Connection | None = None
+        self._wthread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sluice-sqlite-writer")
         self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
         self._all_readers: list[aiosqlite.Connection] = []
         self._lock = asyncio.Lock()
@@ -163,43 +166,48 @@ class SQLiteStorage(Storage):
         return conn
 
     async def open(self) -> None:
-        directory = os.path.dirname(os.path.abspath(self.path))  # noqa: ASYNC240 (once, at start)
-        os.makedirs(directory, exist_ok=True)
         with _translated():
-            w = self._writer = await self._connect()
-            await w.execute("PRAGMA journal_mode = WAL")
-            await w.execute(f"PRAGMA synchronous = {SYNC_MODES[self.durability]}")
-            await w.executescript(SCHEMA)
-            rows = await w.execute_fetchall("SELECT version FROM schema_version")
-            if not rows:
-                await w.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
-            elif next(iter(rows))[0] > SCHEMA_VERSION:
-                raise StoreUnavailable(f"database schema is newer than this store ({rows})")
-            await w.commit()
-            ((head_e, head_s, max_id, last_created),) = await w.execute_fetchall(
-                "SELECT (SELECT MAX(position) FROM events), (SELECT MAX(last_position) FROM streams),"
-                " (SELECT MAX(id) FROM streams), (SELECT MAX(created_us) FROM events)"
+            self._head, self._next_stream_id, self._last_created, retained = await self._in_writer(
+                self._open_writer
             )
-            self._head = max(head_e or 0, head_s or 0)
-            self._next_stream_id = (max_id or 0) + 1
-            self._last_created = last_created or 0
-            await self._load_retained(w)
+            for row in retained:
+                self._remember(self._meta(row))
             for _ in range(self.n_readers):
                 r = await self._connect()
                 await r.execute("PRAGMA query_only = 1")
                 self._all_readers.append(r)
                 self._readers.put_nowait(r)
 
-    async def _load_retained(self, w: aiosqlite.Connection) -> None:
+    async def _in_writer(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run fn on the writer thread: one thread hop for a whole group commit."""
+        return await asyncio.get_running_loop().run_in_executor(self._wthread, fn, *args)
+
+    def _open_writer(self) -> tuple[int, int, int, list[Any]]:
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        w = self._writer = sqlite3.connect(self.path, check_same_thread=False)
+        w.execute("PRAGMA busy_timeout = 10000")
+        w.execute("PRAGMA cache_size = -65536")
+        w.execute("PRAGMA journal_mode = WAL")
+        w.execute(f"PRAGMA synchronous = {SYNC_MODES[self.durability]}")
+        w.executescript(SCHEMA)
+        rows = w.execute("SELECT version FROM schema_version").fetchall()
+        if not rows:
+            w.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+        elif rows[0][0] > SCHEMA_VERSION:
+            raise StoreUnavailable(f"database schema {rows[0][0]} is newer than this store's")
+        w.commit()
+        head_e, head_s, max_id, last_created = w.execute(
+            "SELECT (SELECT MAX(position) FROM events), (SELECT MAX(last_position) FROM streams),"
+            " (SELECT MAX(id) FROM streams), (SELECT MAX(created_us) FROM events)"
+        ).fetchone()
         clauses = ["retention IS NOT NULL", "state != 2", "deleted_before > 0"]
         params: list[Any] = []
         for prefix in self.prefix_rules:
             clauses.append("(name >= ? AND name < ?)")
             params += [prefix, prefix + PREFIX_END]
         sql = f"SELECT {STREAM_COLUMNS} FROM streams WHERE " + " OR ".join(clauses)
-        for row in await w.execute_fetchall(sql, params):
-            meta = self._meta(row)
-            self._remember(meta)
+        retained = w.execute(sql, params).fetchall()
+        return max(head_e or 0, head_s or 0), (max_id or 0) + 1, last_created or 0, retained
 
     async def close(self) -> None:
         if self._closed:
@@ -209,7 +217,8 @@ class SQLiteStorage(Storage):
             for conn in self._all_readers:
                 await conn.close()
             if self._writer is not None:
-                await self._writer.close()
+                await self._in_writer(self._writer.close)
+        self._wthread.shutdown(wait=True)
 
     @contextlib.asynccontextmanager
     async def _reader(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -254,7 +263,8 @@ class SQLiteStorage(Storage):
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
 
-    async def _lookup(self, names: Sequence[str]) -> dict[str, StreamMeta | None]:
+    def _cached(self, names: Sequence[str]) -> tuple[dict[str, StreamMeta | None], list[str]]:
+        """Stream states known in memory, and the names to look up in the database."""
         found: dict[str, StreamMeta | None] = {}
         missing: list[str] = []
         for name in names:
@@ -263,18 +273,28 @@ class SQLiteStorage(Storage):
                 missing.append(name)
             else:
                 found[name] = meta
+        return found, missing
+
+    def _fetch_streams(self, names: Sequence[str]) -> dict[str, StreamMeta | None]:
+        """(writer thread) Stream rows by name; None for names never written."""
+        assert self._writer is not None
+        found: dict[str, StreamMeta | None] = dict.fromkeys(names)
+        for i in range(0, len(names), 500):
+            chunk = names[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT {STREAM_COLUMNS} FROM streams WHERE name IN ({marks})"
+            for row in self._writer.execute(sql, chunk):
+                found[row[1]] = self._meta(row)
+        return found
+
+    async def _lookup(self, names: Sequence[str]) -> dict[str, StreamMeta | None]:
+        found, missing = self._cached(names)
         if missing:
-            assert self._writer is not None
-            for i in range(0, len(missing), 500):
-                chunk = missing[i : i + 500]
-                marks = ",".join("?" * len(chunk))
-                sql = f"SELECT {STREAM_COLUMNS} FROM streams WHERE name IN ({marks})"
-                for row in await self._writer.execute_fetchall(sql, chunk):
-                    meta = self._meta(row)
+            fetched = await self._in_writer(self._fetch_streams, missing)
+            for meta in fetched.values():
+                if meta is not None:
                     self._remember(meta)
-                    found[meta.name] = meta
-            for name in missing:
-                found.setdefault(name, None)
+            found.update(fetched)
         return found
 
     async def stream(self, name: str) -> StreamMeta | None:
@@ -293,65 +313,82 @@ class SQLiteStorage(Storage):
         if self._closed:
             raise StoreUnavailable("the store is shutting down")
         async with self._lock:
-            assert self._writer is not None
-            w = self._writer
             created = max(now_us(), self._last_created)
             names = list(dict.fromkeys(p.stream for op in ops for p in op))
+            known, missing = self._cached(names)
+            args = (self._head + 1, self._next_stream_id, created)
             with _translated():
-                known = await self._lookup(names)
-                args = (ops, known, self._head + 1, self._next_stream_id, created, self.prefix_rules)
-                plan = plan_append(*args)
-                if plan.check_ids:
-                    plan = plan_append(*args, await self._stored_ids(w, ops))
-                try:
-                    await self._write(w, plan)
-                except sqlite3.IntegrityError:
-                    # An event id is already stored: look them up and plan again knowing them.
-                    await w.rollback()
-                    plan = plan_append(*args, await self._stored_ids(w, ops))
-                    await self._write(w, plan)
-                except BaseException:
-                    with contextlib.suppress(sqlite3.Error):
-                        await w.rollback()
-                    raise
+                plan, fetched = await self._in_writer(self._append_sync, ops, known, missing, args)
+            for meta in fetched.values():
+                if meta is not None:
+                    self._remember(meta)
             self._head = plan.next_position - 1
             self._next_stream_id = plan.next_stream_id
             self._last_created = created
             for meta in plan.streams.values():
                 self._remember(meta)
-        if plan.live and self.listener is not None:
-            self.listener(plan.live)
+            if plan.live and self.listener is not None:
+                self.listener(plan.live)
         return plan.outcomes
 
-    async def _write(self, w: aiosqlite.Connection, plan: Plan) -> None:
+    def _append_sync(
+        self,
+        ops: Sequence[list[AppendPart]],
+        known: dict[str, StreamMeta | None],
+        missing: list[str],
+        args: tuple[int, int, int],
+    ) -> tuple[Plan, dict[str, StreamMeta | None]]:
+        """(writer thread) Look up, plan, write and commit one group of appends."""
+        assert self._writer is not None
+        w = self._writer
+        fetched = self._fetch_streams(missing) if missing else {}
+        known = {**known, **fetched}
+        plan = plan_append(ops, known, *args, self.prefix_rules)
+        if plan.check_ids:
+            plan = plan_append(ops, known, *args, self.prefix_rules, self._stored_ids(ops))
+        try:
+            self._write(plan)
+        except sqlite3.IntegrityError:
+            # An event id is already stored: look them up and plan again knowing them.
+            w.rollback()
+            plan = plan_append(ops, known, *args, self.prefix_rules, self._stored_ids(ops))
+            self._write(plan)
+        except BaseException:
+            w.rollback()
+            raise
+        return plan, fetched
+
+    def _write(self, plan: Plan) -> None:
+        assert self._writer is not None
+        w = self._writer
         if not plan.rows:
             return
-        await w.executemany(INSERT_EVENT, plan.rows)
+        w.executemany(INSERT_EVENT, plan.rows)
         for meta in plan.streams.values():
             if meta.policy.max_bytes:
-                meta.bytes_floor = await self._bytes_floor(w, meta)
-        await w.executemany(SAVE_STREAM, [_params(m) for m in plan.streams.values()])
-        await w.commit()
+                meta.bytes_floor = self._bytes_floor(meta)
+        w.executemany(SAVE_STREAM, [_params(m) for m in plan.streams.values()])
+        w.commit()
 
-    async def _bytes_floor(self, w: aiosqlite.Connection, meta: StreamMeta) -> int:
-        rows = list(
-            await w.execute_fetchall(
-                "SELECT revision FROM (SELECT revision, SUM(size) OVER (ORDER BY revision DESC) AS total"
-                " FROM events WHERE stream_id = ? AND revision >= ?) WHERE total > ? LIMIT 1",
-                (meta.id, max(meta.bytes_floor, meta.first_stored), meta.policy.max_bytes),
-            )
-        )
-        return max(meta.bytes_floor, rows[0][0] + 1) if rows else meta.bytes_floor
+    def _bytes_floor(self, meta: StreamMeta) -> int:
+        """(writer thread) The revision below which the stream holds more than max_bytes."""
+        assert self._writer is not None
+        row = self._writer.execute(
+            "SELECT revision FROM (SELECT revision, SUM(size) OVER (ORDER BY revision DESC) AS total"
+            " FROM events WHERE stream_id = ? AND revision >= ?) WHERE total > ? LIMIT 1",
+            (meta.id, max(meta.bytes_floor, meta.first_stored), meta.policy.max_bytes),
+        ).fetchone()
+        return max(meta.bytes_floor, row[0] + 1) if row else meta.bytes_floor
 
-    async def _stored_ids(
-        self, w: aiosqlite.Connection, ops: Sequence[list[AppendPart]]
-    ) -> dict[bytes, tuple[str, int, int]]:
+    def _stored_ids(self, ops: Sequence[list[AppendPart]]) -> dict[bytes, tuple[str, int, int]]:
+        """(writer thread) Where the client-given event ids of ops are already stored."""
+        assert self._writer is not None
         ids = [ev.id for op in ops for part in op for ev in part.events if ev.client_id]
         stored: dict[bytes, tuple[str, int, int]] = {}
         for i in range(0, len(ids), 500):
             chunk = ids[i : i + 500]
             marks = ",".join("?" * len(chunk))
-            rows = await w.execute_fetchall(
+            rows = self._writer.execute(
                 "SELECT e.event_id, s.name, e.revision, e.position FROM events e"
                 f" JOIN streams s ON s.id = e.stream_id WHERE e.event_id IN ({marks})",
                 chunk,
@@ -480,11 +517,16 @@ class SQLiteStorage(Storage):
 
     # -- administration ---------------------------------------------------------------
 
-    async def _save(self, meta: StreamMeta) -> None:
+    def _save_sync(self, meta: StreamMeta) -> None:
         assert self._writer is not None
+        if meta.policy.max_bytes:
+            meta.bytes_floor = self._bytes_floor(meta)
+        self._writer.execute(SAVE_STREAM, _params(meta))
+        self._writer.commit()
+
+    async def _save(self, meta: StreamMeta) -> None:
         with _translated():
-            await self._writer.execute(SAVE_STREAM, _params(meta))
-            await self._writer.commit()
+            await self._in_writer(self._save_sync, meta)
         self._remember(meta)
 
     async def set_retention(self, name: str, policy: Policy) -> StreamMeta:
@@ -502,10 +544,6 @@ class SQLiteStorage(Storage):
             meta.own = policy
             meta.policy, meta.source = resolve(name, policy, self.prefix_rules)
             meta.updated_us = now
-            if meta.policy.max_bytes:
-                assert self._writer is not None
-                with _translated():
-                    meta.bytes_floor = await self._bytes_floor(self._writer, meta)
             await self._save(meta)
             return meta
 
@@ -551,21 +589,23 @@ class SQLiteStorage(Storage):
                         stats.events_archived += len(events)
                 async with self._lock:
                     current = self._retained.get(meta.id, meta)
-                    assert self._writer is not None
                     with _translated():
-                        cur = await self._writer.execute(
-                            "DELETE FROM events WHERE stream_id = ? AND revision < ?", (meta.id, hi)
-                        )
-                        removed += max(cur.rowcount, 0)
-                        await self._writer.execute(
-                            "UPDATE streams SET first_stored = ? WHERE id = ?", (hi, meta.id)
-                        )
-                        await self._writer.commit()
+                        removed += await self._in_writer(self._remove_sync, meta.id, hi)
                     current.first_stored = hi
                 lo = hi
             stats.streams += 1
             stats.events_removed += removed
         return stats
+
+    def _remove_sync(self, stream_id: int, below: int) -> int:
+        """(writer thread) Delete a stream's events below a revision; how many went."""
+        assert self._writer is not None
+        cur = self._writer.execute(
+            "DELETE FROM events WHERE stream_id = ? AND revision < ?", (stream_id, below)
+        )
+        self._writer.execute("UPDATE streams SET first_stored = ? WHERE id = ?", (below, stream_id))
+        self._writer.commit()
+        return max(cur.rowcount, 0)
 
     async def _removable_upto(self, meta: StreamMeta) -> int:
         """Every stored revision below this may be removed."""
