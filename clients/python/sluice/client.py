@@ -17,6 +17,7 @@ from google.protobuf import empty_pb2
 
 from sluice import telemetry
 from sluice.errors import SluiceError, WrongExpectedRevision, from_rpc_error, from_status
+from sluice.ids import random_uuid
 from sluice.v1 import streams_pb2 as pb
 from sluice.v1 import streams_pb2_grpc as pb_grpc
 
@@ -78,11 +79,19 @@ def new_event(
     else:
         raw = json.dumps(data, separators=(",", ":")).encode()
         content_type = content_type or "application/json"
-    md = dict(metadata or {})
-    telemetry.inject(md)
+    md = dict(metadata) if metadata else {}
+    if _TRACING:
+        telemetry.inject(md)
     return pb.EventData(
-        id=str(id or uuid.uuid4()), type=type, data=raw, metadata=md, content_type=content_type or ""
+        id=str(id) if id else random_uuid()[1],
+        type=type,
+        data=raw,
+        metadata=md,
+        content_type=content_type or "",
     )
+
+
+_TRACING = telemetry.tracing_enabled()
 
 
 def _expected(expected: Expected) -> pb.ExpectedRevision:

@@ -16,26 +16,29 @@ from sluice.v1 import streams_pb2 as pb
 # Field tags (field_number << 3 | wire type 2 = length-delimited).
 _TAG_DATA = b"\x1a"  # RecordedEvent.data = 3
 _TAG_STREAM = b"\x32"  # RecordedEvent.stream = 6
-_TAG_REVISION = 0x38  # RecordedEvent.revision = 7, varint
-_TAG_POSITION = 0x40  # RecordedEvent.position = 8, varint
+_TAG_REVISION = b"\x38"  # RecordedEvent.revision = 7, varint
+_TAG_POSITION = b"\x40"  # RecordedEvent.position = 8, varint
 _TAG_CREATED = b"\x4a"  # RecordedEvent.created = 9
 _TAG_READ_EVENTS = b"\x12"  # ReadResponse.events = 2
 _TAG_BATCH_EVENTS = b"\x0a"  # EventBatch.events = 1
 _TAG_SUB_EVENTS = b"\x0a"  # SubscribeResponse.events = 1
 
-_SMALL = [bytes([i]) for i in range(128)]
 
-
-def varint(n: int) -> bytes:
-    """Protobuf base-128 varint of a non-negative integer."""
-    if n < 128:
-        return _SMALL[n]
+def _varint(n: int) -> bytes:
     out = bytearray()
     while n >= 128:
         out.append((n & 0x7F) | 0x80)
         n >>= 7
     out.append(n)
     return bytes(out)
+
+
+_TABLE = [_varint(i) for i in range(1 << 14)]
+
+
+def varint(n: int) -> bytes:
+    """Protobuf base-128 varint of a non-negative integer."""
+    return _TABLE[n] if n < 16384 else _varint(n)
 
 
 def stream_field(name: str) -> bytes:
@@ -53,17 +56,10 @@ def created_field(created_us: int) -> bytes:
 
 def head(event_without_data: bytes, stream: bytes, revision: int, position: int, created: bytes) -> bytes:
     """Serialized RecordedEvent without data, from a serialized EventData without data."""
-    return b"".join(
-        (
-            event_without_data,
-            stream,
-            bytes((_TAG_REVISION,)),
-            varint(revision),
-            bytes((_TAG_POSITION,)),
-            varint(position),
-            created,
-        )
-    )
+    table = _TABLE
+    rev = table[revision] if revision < 16384 else _varint(revision)
+    pos = table[position] if position < 16384 else _varint(position)
+    return b"".join((event_without_data, stream, _TAG_REVISION, rev, _TAG_POSITION, pos, created))
 
 
 def event_bytes(head_bytes: bytes, data: bytes | None) -> bytes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import re
 import uuid
 from collections.abc import AsyncIterator
 
@@ -12,6 +13,7 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from sluice import telemetry
+from sluice.ids import random_uuid
 from sluice.v1 import streams_pb2 as pb
 from sluice_store import codec
 from sluice_store.broker import Broker, LiveSubscription
@@ -91,8 +93,16 @@ class Committer:
             self._task = None
 
 
-def _has_control(text: str) -> bool:
-    return any(ord(c) < 32 or ord(c) == 127 for c in text)
+_has_control = re.compile("[\x00-\x1f\x7f]").search
+_CANONICAL_UUID = re.compile("[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}").fullmatch
+
+
+def _parse_uuid(text: str) -> tuple[bytes, str]:
+    """Bytes and canonical text of a UUID; raises ValueError."""
+    if _CANONICAL_UUID(text):
+        return bytes.fromhex(text.replace("-", "")), text
+    eid = uuid.UUID(text)
+    return eid.bytes, str(eid)
 
 
 def _timestamp(us: int) -> timestamp_pb2.Timestamp:
@@ -110,10 +120,14 @@ class StreamsService:
         self.settings = settings
         self.committer = Committer(storage)
         self.tracing = telemetry.tracing_enabled()
+        self._good_names: set[str] = set()  # names that passed check_name
+        self._good_types: set[str] = set()
 
     # -- validation -------------------------------------------------------------------
 
     def check_name(self, name: str, field: str = "stream", writing: bool = True) -> None:
+        if writing and name in self._good_names:
+            return
         limit = self.settings.max_stream_name
         if not name:
             raise InvalidStreamName("stream name is empty", field=field)
@@ -130,6 +144,10 @@ class StreamsService:
             raise SystemStreamReserved(
                 f"stream names starting with '$' are reserved for the store: {name!r}", field=field
             )
+        if writing:
+            if len(self._good_names) > 100_000:
+                self._good_names.clear()
+            self._good_names.add(name)
 
     def _events(self, req: pb.AppendRequest, index: int) -> list[NewEvent]:
         s = self.settings
@@ -146,43 +164,58 @@ class StreamsService:
             )
         trace = telemetry.current_traceparent() if self.tracing else None
         out: list[NewEvent] = []
+        max_bytes = s.max_event_bytes
+        good_types = self._good_types
         for i, ev in enumerate(req.events):
-            field = f"{prefix}events[{i}]"
-            size = ev.ByteSize()
-            if size > s.max_event_bytes:
-                raise LimitExceeded(
-                    f"{field} is {size} bytes; max_event_bytes is {s.max_event_bytes}",
-                    limit="max_event_bytes",
-                    value=size,
-                    max=s.max_event_bytes,
-                    field=field,
-                )
-            if not ev.type or len(ev.type) > 256 or _has_control(ev.type):
-                raise InvalidEvent(
-                    f"{field}.type must be 1 to 256 characters without control characters",
-                    field=field + ".type",
-                )
-            if ev.id:
+            etype = ev.type
+            if etype not in good_types:
+                if not etype or len(etype) > 256 or _has_control(etype):
+                    raise InvalidEvent(
+                        f"{prefix}events[{i}].type must be 1 to 256 characters without control characters",
+                        field=f"{prefix}events[{i}].type",
+                    )
+                if len(good_types) > 10_000:
+                    good_types.clear()
+                good_types.add(etype)
+            given = ev.id
+            if given:
                 try:
-                    eid = uuid.UUID(ev.id)
+                    eid, text = _parse_uuid(given)
                 except ValueError:
                     raise InvalidEvent(
-                        f"{field}.id is not a UUID: {ev.id[:64]!r}", field=field + ".id"
+                        f"{prefix}events[{i}].id is not a UUID: {given[:64]!r}",
+                        field=f"{prefix}events[{i}].id",
                     ) from None
-                client = True
+                if text != given:
+                    ev.id = text
             else:
-                eid = uuid.uuid4()
-                client = False
-            if "" in ev.metadata:
-                raise InvalidEvent(f"{field}.metadata has an empty key", field=field + ".metadata")
-            text = str(eid)
-            ev.id = text
-            if trace and "traceparent" not in ev.metadata:
-                ev.metadata["traceparent"] = trace
+                eid, text = random_uuid()
+                ev.id = text
+            metadata = ev.metadata
+            if metadata:
+                if "" in metadata:
+                    raise InvalidEvent(
+                        f"{prefix}events[{i}].metadata has an empty key",
+                        field=f"{prefix}events[{i}].metadata",
+                    )
+                if trace and "traceparent" not in metadata:
+                    metadata["traceparent"] = trace
+            elif trace:
+                metadata["traceparent"] = trace
             data = ev.data
             if data:
                 ev.ClearField("data")
-            out.append(NewEvent(eid.bytes, text, client, ev.type, ev.SerializeToString(), data))
+            body = ev.SerializeToString()
+            size = len(body) + len(data)
+            if size > max_bytes:
+                raise LimitExceeded(
+                    f"{prefix}events[{i}] is {size} bytes; max_event_bytes is {max_bytes}",
+                    limit="max_event_bytes",
+                    value=size,
+                    max=max_bytes,
+                    field=f"{prefix}events[{i}]",
+                )
+            out.append(NewEvent(eid, text, bool(given), etype, body, data))
         return out
 
     def _part(self, req: pb.AppendRequest, index: int = -1) -> AppendPart:

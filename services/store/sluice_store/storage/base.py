@@ -1,8 +1,8 @@
 """The storage interface every backend implements, and the append planning they share.
 
 Rows on the read paths are plain tuples, for speed:
-``(position, stream_id, revision, created_us, head, data)``; live rows handed to the
-commit listener add ``stream_name, type`` at the end.
+``(position, stream_id, revision, created_us, head, data)``; rows from the write path
+(LiveRow) add ``stream_name, type, event_id, size``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ from sluice_store.errors import (
 from sluice_store.retention import Policy, age_cutoff_us, floor_revision, resolve
 
 Row = tuple[int, int, int, int, bytes, bytes]
-LiveRow = tuple[int, int, int, int, bytes, bytes, str, str]
+#: A committed event as the write path makes it: a Row, then stream name, type, event
+#: id and stored size. The store inserts it whole and hands it to the commit listener.
+LiveRow = tuple[int, int, int, int, bytes, bytes, str, str, bytes, int]
 # Indexes into Row and LiveRow.
 P_POSITION: Final = 0
 P_STREAM_ID: Final = 1
@@ -254,12 +256,14 @@ def check_expected(meta: StreamMeta | None, expect: Expect, revision: int, strea
         )
 
 
+EventRow = LiveRow
+
+
 @dataclasses.dataclass
 class Plan:
     """What one group commit writes: event rows, stream states and per-operation outcomes."""
 
-    rows: list[tuple[int, int, int, bytes, str, int, int, bytes, bytes]]
-    live: list[LiveRow]
+    rows: list[EventRow]
     streams: dict[str, StreamMeta]
     outcomes: list[Outcome]
     next_position: int
@@ -287,84 +291,85 @@ def plan_append(
     Nothing in ``known`` is modified: changed streams are returned as copies.
     """
     created = codec.created_field(created_us)
+    head = codec.head
     staged: dict[str, StreamMeta] = {}
     batch_ids: dict[bytes, tuple[str, int, int]] = {}
-    rows: list[tuple[int, int, int, bytes, str, int, int, bytes, bytes]] = []
-    live: list[LiveRow] = []
+    rows: list[EventRow] = []
     outcomes: list[Outcome] = []
     check_ids = False
     for op in ops:
-        op_staged: dict[str, StreamMeta] = {}
-        op_rows: list[tuple[int, int, int, bytes, str, int, int, bytes, bytes]] = []
-        op_live: list[LiveRow] = []
+        fresh: dict[str, StreamMeta] = {}  # copies and new streams made by this operation
+        undo: list[tuple[StreamMeta, int, int, State, int]] = []
+        op_rows: list[EventRow] = []
         op_ids: dict[bytes, tuple[str, int, int]] = {}
         results: list[PartResult] = []
         pos, sid = next_position, next_stream_id
         part: AppendPart | None = None
         try:
-            if len({p.stream for p in op}) != len(op):
+            if len(op) > 1 and len({p.stream for p in op}) != len(op):
                 raise InvalidArgument("a stream may appear only once in an atomic append")
             for part in op:
-                dup = _duplicate(part, stored_ids, batch_ids)
-                if dup is not None:
-                    results.append(dup)
-                    continue
-                current = staged.get(part.stream, known.get(part.stream))
-                check_expected(current, part.expect, part.revision, part.stream)
-                if current is None:
-                    policy, source = resolve(part.stream, Policy(), prefix_rules)
-                    meta = StreamMeta(
-                        id=sid,
-                        name=part.stream,
-                        created_us=created_us,
-                        policy=policy,
-                        source=source,
-                        field=codec.stream_field(part.stream),
-                    )
-                    sid += 1
+                if batch_ids or stored_ids:
+                    dup = _duplicate(part, stored_ids, batch_ids)
+                    if dup is not None:
+                        results.append(dup)
+                        continue
+                name = part.stream
+                meta = staged.get(name)
+                if meta is not None:
+                    check_expected(meta, part.expect, part.revision, name)
+                    undo.append((meta, meta.last_revision, meta.last_position, meta.state, meta.updated_us))
                 else:
-                    meta = dataclasses.replace(current)
-                    if meta.state == State.DELETED:
-                        meta.state = State.ACTIVE
-                first_rev = meta.last_revision + 1
+                    current = known.get(name)
+                    check_expected(current, part.expect, part.revision, name)
+                    if current is None:
+                        policy, source = resolve(name, Policy(), prefix_rules)
+                        meta = StreamMeta(
+                            id=sid,
+                            name=name,
+                            created_us=created_us,
+                            policy=policy,
+                            source=source,
+                            field=codec.stream_field(name),
+                        )
+                        sid += 1
+                    else:
+                        meta = dataclasses.replace(current)
+                    fresh[name] = meta
+                if meta.state == State.DELETED:
+                    meta.state = State.ACTIVE
+                mid, field = meta.id, meta.field
+                rev = first_rev = meta.last_revision + 1
                 first_pos = pos
                 for ev in part.events:
-                    rev = meta.last_revision + 1
-                    head = codec.head(ev.body, meta.field, rev, pos, created)
+                    h = head(ev.body, field, rev, pos, created)
+                    data = ev.data
                     op_rows.append(
-                        (
-                            pos,
-                            meta.id,
-                            rev,
-                            ev.id,
-                            ev.type,
-                            created_us,
-                            len(head) + len(ev.data),
-                            head,
-                            ev.data,
-                        )
+                        (pos, mid, rev, created_us, h, data, name, ev.type, ev.id, len(h) + len(data))
                     )
-                    op_live.append((pos, meta.id, rev, created_us, head, ev.data, part.stream, ev.type))
                     if ev.client_id:
-                        op_ids[ev.id] = (part.stream, rev, pos)
-                    meta.last_revision = rev
+                        op_ids[ev.id] = (name, rev, pos)
+                    rev += 1
                     pos += 1
+                meta.last_revision = rev - 1
                 meta.last_position = pos - 1
                 meta.updated_us = created_us
-                op_staged[part.stream] = meta
-                results.append(PartResult(part.stream, first_rev, meta.last_revision, first_pos, pos - 1))
+                results.append(PartResult(name, first_rev, rev - 1, first_pos, pos - 1))
         except StoreError as err:
+            for meta, last_revision, last_position, state, updated in undo:
+                meta.last_revision, meta.last_position = last_revision, last_position
+                meta.state, meta.updated_us = state, updated
             if stored_ids is None and part is not None and any(e.client_id for e in part.events):
                 check_ids = True
             outcomes.append(err)
             continue
-        staged.update(op_staged)
+        staged.update(fresh)
         rows.extend(op_rows)
-        live.extend(op_live)
-        batch_ids.update(op_ids)
+        if op_ids:
+            batch_ids.update(op_ids)
         next_position, next_stream_id = pos, sid
         outcomes.append(results)
-    return Plan(rows, live, staged, outcomes, next_position, next_stream_id, check_ids)
+    return Plan(rows, staged, outcomes, next_position, next_stream_id, check_ids)
 
 
 def _duplicate(

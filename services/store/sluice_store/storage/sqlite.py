@@ -72,7 +72,6 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS events_by_stream ON events (stream_id, revision);
 CREATE UNIQUE INDEX IF NOT EXISTS events_by_id ON events (event_id);
-CREATE INDEX IF NOT EXISTS events_by_time ON events (created_us);
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
 """
 STREAM_COLUMNS = (
@@ -87,9 +86,10 @@ ON CONFLICT (id) DO UPDATE SET
     bytes_floor = excluded.bytes_floor, first_stored = excluded.first_stored,
     retention = excluded.retention, updated_us = excluded.updated_us
 """
+# Binds an EventRow by number; ?7, the stream name, is not stored per event.
 INSERT_EVENT = (
-    "INSERT INTO events (position, stream_id, revision, event_id, type, created_us, size, head, data)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO events (position, stream_id, revision, created_us, head, data, type, event_id, size)"
+    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?8, ?9, ?10)"
 )
 ROW_COLUMNS = "position, stream_id, revision, created_us, head, {data}"
 SYNC_MODES = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
@@ -327,8 +327,8 @@ class SQLiteStorage(Storage):
             self._last_created = created
             for meta in plan.streams.values():
                 self._remember(meta)
-            if plan.live and self.listener is not None:
-                self.listener(plan.live)
+            if plan.rows and self.listener is not None:
+                self.listener(plan.rows)
         return plan.outcomes
 
     def _append_sync(
@@ -480,16 +480,35 @@ class SQLiteStorage(Storage):
         return out
 
     async def position_at_time(self, time_us: int, backwards: bool) -> int:
-        sql = (
-            "SELECT MAX(position) FROM events WHERE created_us <= ?"
-            if backwards
-            else "SELECT MIN(position) FROM events WHERE created_us >= ?"
+        # created_us never decreases with position, so a binary search over the primary
+        # key finds the boundary without an index on time (which would slow every append).
+        forward_sql = "SELECT position, created_us FROM events WHERE position >= ? ORDER BY position LIMIT 1"
+        backward_sql = (
+            "SELECT position, created_us FROM events WHERE position <= ? ORDER BY position DESC LIMIT 1"
         )
+        lo, hi = 1, self._head
+        found = 0 if backwards else self._head + 1
         async with self._reader() as r:
-            ((pos,),) = await r.execute_fetchall(sql, (time_us,))
-        if pos is None:
-            return 0 if backwards else self._head + 1
-        return int(pos)
+            while lo <= hi:
+                mid = (lo + hi) // 2
+                rows = list(await r.execute_fetchall(backward_sql if backwards else forward_sql, (mid,)))
+                if not rows:
+                    if backwards:
+                        lo = mid + 1
+                    else:
+                        hi = mid - 1
+                    continue
+                pos, created = rows[0]
+                if backwards:
+                    if created <= time_us:
+                        found, lo = pos, mid + 1
+                    else:
+                        hi = pos - 1
+                elif created >= time_us:
+                    found, hi = pos, mid - 1
+                else:
+                    lo = pos + 1
+        return int(found)
 
     async def list_streams(
         self, prefix: str, after: str, limit: int, include_deleted: bool
