@@ -127,7 +127,7 @@ async def test_duplicate_ids_within_one_batch_of_concurrent_appends(client: Clie
 async def test_server_assigns_ids_when_missing(client: Client) -> None:
     await client.append("noid", [pb.EventData(type="T", data=b"x")])
     (stored,) = await client.read_list("noid")
-    assert uuid.UUID(stored.id).version == 4
+    assert uuid.UUID(stored.id).version == 7
 
 
 async def test_invalid_event_refuses_whole_request(client: Client) -> None:

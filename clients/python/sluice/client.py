@@ -17,7 +17,7 @@ from google.protobuf import empty_pb2
 
 from sluice import telemetry
 from sluice.errors import SluiceError, WrongExpectedRevision, from_rpc_error, from_status
-from sluice.ids import random_uuid
+from sluice.ids import uuid7
 from sluice.v1 import streams_pb2 as pb
 from sluice.v1 import streams_pb2_grpc as pb_grpc
 
@@ -83,7 +83,7 @@ def new_event(
     if _TRACING:
         telemetry.inject(md)
     return pb.EventData(
-        id=str(id) if id else random_uuid()[1],
+        id=str(id) if id else uuid7()[1],
         type=type,
         data=raw,
         metadata=md,

@@ -1,14 +1,21 @@
-"""Event ids: random (version 4) UUIDs, made faster than uuid.uuid4() on the hot paths."""
+"""Event ids: time-ordered UUIDs (version 7, RFC 9562).
+
+The store keeps a unique index on event ids. Ids that grow with time land next to each
+other in that index, so a batch of appends touches a few pages instead of one page per
+event: about three times the append rate of random (version 4) ids on SQLite. Any UUID
+is accepted; these are what the client and the store make.
+"""
 
 from __future__ import annotations
 
 import os
+import time
 
 
-def random_uuid() -> tuple[bytes, str]:
-    """A version 4 UUID as 16 bytes and as canonical text."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = (raw[6] & 0x0F) | 0x40
+def uuid7() -> tuple[bytes, str]:
+    """A version 7 UUID (48-bit Unix milliseconds, then random bits) as bytes and text."""
+    raw = bytearray((time.time_ns() // 1_000_000).to_bytes(6, "big") + os.urandom(10))
+    raw[6] = (raw[6] & 0x0F) | 0x70
     raw[8] = (raw[8] & 0x3F) | 0x80
     h = raw.hex()
     return bytes(raw), f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

@@ -13,7 +13,7 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from sluice import telemetry
-from sluice.ids import random_uuid
+from sluice.ids import uuid7
 from sluice.v1 import streams_pb2 as pb
 from sluice_store import codec
 from sluice_store.broker import Broker, LiveSubscription
@@ -189,7 +189,7 @@ class StreamsService:
                 if text != given:
                     ev.id = text
             else:
-                eid, text = random_uuid()
+                eid, text = uuid7()
                 ev.id = text
             metadata = ev.metadata
             if metadata:
