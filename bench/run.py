@@ -437,7 +437,7 @@ async def bench_latency(res: Results, a: argparse.Namespace) -> None:
         reader = aioredis.from_url(REDIS_URL)
 
         async def r_sub(lat: list[float], ready: asyncio.Event) -> None:
-            last = "$"
+            last = "0-0"  # the key is new and empty: every entry counts
             ready.set()
             while True:
                 resp: Any = await reader.xread({key: last}, block=1000, count=1000)
