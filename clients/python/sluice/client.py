@@ -80,7 +80,7 @@ def new_event(
         raw = json.dumps(data, separators=(",", ":")).encode()
         content_type = content_type or "application/json"
     md = dict(metadata) if metadata else {}
-    if _TRACING:
+    if telemetry.tracing_enabled():
         telemetry.inject(md)
     return pb.EventData(
         id=str(id) if id else uuid7()[1],
@@ -89,9 +89,6 @@ def new_event(
         metadata=md,
         content_type=content_type or "",
     )
-
-
-_TRACING = telemetry.tracing_enabled()
 
 
 def _expected(expected: Expected) -> pb.ExpectedRevision:

@@ -43,10 +43,11 @@ class Option:
     default: Any
     parse: Callable[[str], Any]
     help: str
+    env_name: str = ""
 
     @property
     def env(self) -> str:
-        return "SLUICE_" + self.name.upper()
+        return self.env_name or "SLUICE_" + self.name.upper()
 
     @property
     def flag(self) -> str:
@@ -54,7 +55,13 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("addr", "127.0.0.1:50051", str, "address the gRPC server listens on (host:port)"),
+    Option(
+        "addr",
+        "127.0.0.1:50051",
+        str,
+        "address the gRPC server listens on (host:port)",
+        env_name="SLUICE_STORE_ADDR",  # the variable clients use to find the store
+    ),
     Option(
         "db",
         "sqlite:///./data/sluice.db",

@@ -114,7 +114,6 @@ async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
     server = StoreServer(settings)
     await server.start()
-    log.info("sluice store listening on %s (db %s)", server.address, settings.db)
     print(f"sluice store listening on {server.address} (db {settings.db})", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
