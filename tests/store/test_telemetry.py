@@ -6,6 +6,7 @@ import asyncio
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from opentelemetry import trace
@@ -64,7 +65,7 @@ async def test_trace_travels_from_producer_through_store_into_event_metadata(
     assert trace.get_current_span().get_span_context().is_valid is False
 
 
-def _console_spans(out: str) -> list[dict]:  # type: ignore[type-arg]
+def _console_spans(out: str) -> list[dict[str, Any]]:
     """The JSON objects the console exporter printed, one per span."""
     spans, depth, start = [], 0, -1
     for i, ch in enumerate(out):
