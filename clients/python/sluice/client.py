@@ -126,7 +126,9 @@ def _filter(prefixes: Iterable[str] | None, types: Iterable[str] | None) -> pb.F
 
 
 def _request(stream: str, events: Iterable[pb.EventData], expected: Expected) -> pb.AppendRequest:
-    return pb.AppendRequest(stream=stream, expected=_expected(expected), events=list(events))
+    if expected is ANY:  # unset means any: one message less to build and send
+        return pb.AppendRequest(stream=stream, events=events)
+    return pb.AppendRequest(stream=stream, expected=_expected(expected), events=events)
 
 
 SubscriptionItem = pb.RecordedEvent | pb.CaughtUp | pb.Checkpoint | pb.Heartbeat | pb.FellBehind
