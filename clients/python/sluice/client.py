@@ -119,10 +119,18 @@ def _start(at: StartAt) -> pb.StartPoint | None:
     raise ValueError(f"unknown start point {at!r}")
 
 
-def _filter(prefixes: Iterable[str] | None, types: Iterable[str] | None) -> pb.Filter | None:
-    if not prefixes and not types:
-        return None
-    return pb.Filter(stream_prefixes=list(prefixes or ()), event_types=list(types or ()))
+def _where(
+    req: pb.ReadRequest | pb.SubscribeRequest,
+    start: StartAt,
+    prefixes: Iterable[str] | None,
+    types: Iterable[str] | None,
+) -> None:
+    """Set a read or subscription's start point and filter."""
+    sp = _start(start)
+    if sp is not None:
+        getattr(req, "from").CopyFrom(sp)
+    if prefixes or types:
+        req.filter.CopyFrom(pb.Filter(stream_prefixes=list(prefixes or ()), event_types=list(types or ())))
 
 
 def _request(stream: str, events: Iterable[pb.EventData], expected: Expected) -> pb.AppendRequest:
@@ -228,12 +236,7 @@ class Client:
             notifications_only=notifications_only,
             batch_size=batch_size,
         )
-        sp = _start(start)
-        if sp is not None:
-            getattr(req, "from").CopyFrom(sp)
-        f = _filter(stream_prefixes, event_types)
-        if f is not None:
-            req.filter.CopyFrom(f)
+        _where(req, start, stream_prefixes, event_types)
         call = self._stub.Read(req)
         try:
             async for msg in call:
@@ -271,12 +274,7 @@ class Client:
             max_batch=max_batch,
             heartbeat_interval_ms=int(heartbeat_interval * 1000),
         )
-        sp = _start(start)
-        if sp is not None:
-            getattr(req, "from").CopyFrom(sp)
-        f = _filter(stream_prefixes, event_types)
-        if f is not None:
-            req.filter.CopyFrom(f)
+        _where(req, start, stream_prefixes, event_types)
         call = self._stub.Subscribe(req)
         try:
             async for msg in call:

@@ -7,7 +7,8 @@ import base64
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -264,27 +265,17 @@ class StreamsService:
 
     # -- appends ----------------------------------------------------------------------
 
-    async def Append(self, request: pb.AppendRequest, context: grpc.aio.ServicerContext) -> pb.AppendResponse:
-        try:
-            self._check_request_size(request.ByteSize())
-            (result,) = await self._append([self._part(request)])
-            return result
-        except StoreError as e:
-            await abort(context, e)
-            raise AssertionError("unreachable") from e
+    async def Append(self, request: pb.AppendRequest) -> pb.AppendResponse:
+        self._check_request_size(request.ByteSize())
+        (result,) = await self._append([self._part(request)])
+        return result
 
-    async def AppendMany(
-        self, request: pb.AppendManyRequest, context: grpc.aio.ServicerContext
-    ) -> pb.AppendManyResponse:
-        try:
-            self._check_request_size(request.ByteSize())
-            if not request.appends:
-                raise InvalidArgument("AppendMany needs at least one part", field="appends")
-            parts = [self._part(req, i) for i, req in enumerate(request.appends)]
-            return pb.AppendManyResponse(results=await self._append(parts))
-        except StoreError as e:
-            await abort(context, e)
-            raise AssertionError("unreachable") from e
+    async def AppendMany(self, request: pb.AppendManyRequest) -> pb.AppendManyResponse:
+        self._check_request_size(request.ByteSize())
+        if not request.appends:
+            raise InvalidArgument("AppendMany needs at least one part", field="appends")
+        parts = [self._part(req, i) for i, req in enumerate(request.appends)]
+        return pb.AppendManyResponse(results=await self._append(parts))
 
     async def AppendSession(
         self,
@@ -352,16 +343,7 @@ class StreamsService:
         rows = await self.storage.read_stream(meta, Start("start"), False, 1, False)
         return rows[0][P_REVISION] if rows else meta.last_revision + 1
 
-    async def Read(
-        self, request: pb.ReadRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[Response]:
-        try:
-            async for msg in self._read(request):
-                yield msg
-        except StoreError as e:
-            await abort(context, e, reading=True)
-
-    async def _read(self, request: pb.ReadRequest) -> AsyncIterator[Response]:
+    async def Read(self, request: pb.ReadRequest) -> AsyncIterator[Response]:
         s = self.settings
         batch = min(request.batch_size or s.max_read_batch, s.max_read_batch)
         remaining = request.max_count or (1 << 63)
@@ -423,16 +405,7 @@ class StreamsService:
 
     # -- subscriptions ----------------------------------------------------------------
 
-    async def Subscribe(
-        self, request: pb.SubscribeRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[Response]:
-        try:
-            async for msg in self._subscribe(request):
-                yield msg
-        except StoreError as e:
-            await abort(context, e, reading=True)
-
-    async def _subscribe(self, request: pb.SubscribeRequest) -> AsyncIterator[Response]:
+    async def Subscribe(self, request: pb.SubscribeRequest) -> AsyncIterator[Response]:
         s = self.settings
         stream = request.stream
         heartbeat = (request.heartbeat_interval_ms / 1000) or s.heartbeat_interval
@@ -578,61 +551,37 @@ class StreamsService:
         info.retention_source = meta.source
         return info
 
-    async def GetStreamInfo(
-        self, request: pb.GetStreamInfoRequest, context: grpc.aio.ServicerContext
-    ) -> pb.StreamInfo:
-        try:
-            self.check_name(request.stream, writing=False)
-            return await self._info(request.stream, await self.storage.stream(request.stream))
-        except StoreError as e:
-            await abort(context, e, reading=True)
-            raise AssertionError("unreachable") from e
+    async def GetStreamInfo(self, request: pb.GetStreamInfoRequest) -> pb.StreamInfo:
+        self.check_name(request.stream, writing=False)
+        return await self._info(request.stream, await self.storage.stream(request.stream))
 
-    async def SetRetention(
-        self, request: pb.SetRetentionRequest, context: grpc.aio.ServicerContext
-    ) -> pb.StreamInfo:
-        try:
-            self.check_name(request.stream)
-            policy = Policy.from_proto(request.retention)
-            if min(policy.max_age_us, policy.ttl_us, 0) < 0:
-                raise InvalidArgument("durations must not be negative", field="retention")
-            meta = await self.storage.set_retention(request.stream, policy)
-            return await self._info(request.stream, meta)
-        except StoreError as e:
-            await abort(context, e)
-            raise AssertionError("unreachable") from e
+    async def SetRetention(self, request: pb.SetRetentionRequest) -> pb.StreamInfo:
+        self.check_name(request.stream)
+        policy = Policy.from_proto(request.retention)
+        if min(policy.max_age_us, policy.ttl_us, 0) < 0:
+            raise InvalidArgument("durations must not be negative", field="retention")
+        meta = await self.storage.set_retention(request.stream, policy)
+        return await self._info(request.stream, meta)
 
-    async def DeleteStream(
-        self, request: pb.DeleteStreamRequest, context: grpc.aio.ServicerContext
-    ) -> pb.DeleteStreamResponse:
-        try:
-            self.check_name(request.stream)
-            expect, revision = self._expected(request.expected)
-            position = await self.storage.delete_stream(request.stream, expect, revision, request.tombstone)
-            return pb.DeleteStreamResponse(position=position)
-        except StoreError as e:
-            await abort(context, e)
-            raise AssertionError("unreachable") from e
+    async def DeleteStream(self, request: pb.DeleteStreamRequest) -> pb.DeleteStreamResponse:
+        self.check_name(request.stream)
+        expect, revision = self._expected(request.expected)
+        position = await self.storage.delete_stream(request.stream, expect, revision, request.tombstone)
+        return pb.DeleteStreamResponse(position=position)
 
-    async def ListStreams(
-        self, request: pb.ListStreamsRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ListStreamsResponse:
+    async def ListStreams(self, request: pb.ListStreamsRequest) -> pb.ListStreamsResponse:
+        size = min(request.page_size or 100, 1000)
         try:
-            size = min(request.page_size or 100, 1000)
-            try:
-                after = base64.urlsafe_b64decode(request.page_token.encode()).decode()
-            except (ValueError, UnicodeDecodeError):
-                raise InvalidArgument("page_token is not one this server gave", field="page_token") from None
-            metas = await self.storage.list_streams(request.prefix, after, size + 1, request.include_deleted)
-            more = len(metas) > size
-            metas = metas[:size]
-            out = pb.ListStreamsResponse(streams=[await self._info(m.name, m) for m in metas])
-            if more:
-                out.next_page_token = base64.urlsafe_b64encode(metas[-1].name.encode()).decode()
-            return out
-        except StoreError as e:
-            await abort(context, e)
-            raise AssertionError("unreachable") from e
+            after = base64.urlsafe_b64decode(request.page_token.encode()).decode()
+        except (ValueError, UnicodeDecodeError):
+            raise InvalidArgument("page_token is not one this server gave", field="page_token") from None
+        metas = await self.storage.list_streams(request.prefix, after, size + 1, request.include_deleted)
+        more = len(metas) > size
+        metas = metas[:size]
+        out = pb.ListStreamsResponse(streams=[await self._info(m.name, m) for m in metas])
+        if more:
+            out.next_page_token = base64.urlsafe_b64encode(metas[-1].name.encode()).decode()
+        return out
 
 
 class _Cursor:
@@ -645,14 +594,45 @@ class _Cursor:
         self.revision = 0
 
 
+Unary = Callable[[Any], Awaitable[Any]]
+Streaming = Callable[[Any], AsyncIterator[Response]]
+
+
+def _unary(fn: Unary, reading: bool = False) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+    """A handler that ends the call with the status of a refused request."""
+
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await fn(request)
+        except StoreError as e:
+            await abort(context, e, reading)
+            raise AssertionError("unreachable") from e
+
+    return handler
+
+
+def _streaming(fn: Streaming) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Response]]:
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Response]:
+        try:
+            async for msg in fn(request):
+                yield msg
+        except StoreError as e:
+            await abort(context, e, reading=True)
+
+    return handler
+
+
 def methods(service: StreamsService) -> dict[str, grpc.RpcMethodHandler]:
     """Method handlers; Read and Subscribe responses may be pre-serialized bytes."""
+    unary = grpc.unary_unary_rpc_method_handler
     return {
-        "Append": grpc.unary_unary_rpc_method_handler(
-            service.Append, pb.AppendRequest.FromString, pb.AppendResponse.SerializeToString
+        "Append": unary(
+            _unary(service.Append), pb.AppendRequest.FromString, pb.AppendResponse.SerializeToString
         ),
-        "AppendMany": grpc.unary_unary_rpc_method_handler(
-            service.AppendMany, pb.AppendManyRequest.FromString, pb.AppendManyResponse.SerializeToString
+        "AppendMany": unary(
+            _unary(service.AppendMany),
+            pb.AppendManyRequest.FromString,
+            pb.AppendManyResponse.SerializeToString,
         ),
         "AppendSession": grpc.stream_stream_rpc_method_handler(
             service.AppendSession,
@@ -660,23 +640,27 @@ def methods(service: StreamsService) -> dict[str, grpc.RpcMethodHandler]:
             pb.AppendSessionResponse.SerializeToString,
         ),
         "Read": grpc.unary_stream_rpc_method_handler(
-            service.Read, pb.ReadRequest.FromString, codec.serialize
+            _streaming(service.Read), pb.ReadRequest.FromString, codec.serialize
         ),
         "Subscribe": grpc.unary_stream_rpc_method_handler(
-            service.Subscribe, pb.SubscribeRequest.FromString, codec.serialize
+            _streaming(service.Subscribe), pb.SubscribeRequest.FromString, codec.serialize
         ),
-        "GetStreamInfo": grpc.unary_unary_rpc_method_handler(
-            service.GetStreamInfo, pb.GetStreamInfoRequest.FromString, pb.StreamInfo.SerializeToString
+        "GetStreamInfo": unary(
+            _unary(service.GetStreamInfo, reading=True),
+            pb.GetStreamInfoRequest.FromString,
+            pb.StreamInfo.SerializeToString,
         ),
-        "SetRetention": grpc.unary_unary_rpc_method_handler(
-            service.SetRetention, pb.SetRetentionRequest.FromString, pb.StreamInfo.SerializeToString
+        "SetRetention": unary(
+            _unary(service.SetRetention), pb.SetRetentionRequest.FromString, pb.StreamInfo.SerializeToString
         ),
-        "DeleteStream": grpc.unary_unary_rpc_method_handler(
-            service.DeleteStream,
+        "DeleteStream": unary(
+            _unary(service.DeleteStream),
             pb.DeleteStreamRequest.FromString,
             pb.DeleteStreamResponse.SerializeToString,
         ),
-        "ListStreams": grpc.unary_unary_rpc_method_handler(
-            service.ListStreams, pb.ListStreamsRequest.FromString, pb.ListStreamsResponse.SerializeToString
+        "ListStreams": unary(
+            _unary(service.ListStreams),
+            pb.ListStreamsRequest.FromString,
+            pb.ListStreamsResponse.SerializeToString,
         ),
     }

@@ -548,42 +548,43 @@ class SQLiteStorage(Storage):
             await self._in_writer(self._save_sync, meta)
         self._remember(meta)
 
+    async def _editable(self, name: str) -> tuple[StreamMeta | None, StreamMeta]:
+        """The stream's current state (None if never written) and a copy to change and save."""
+        with _translated():
+            current = (await self._lookup([name]))[name]
+        now = now_us()
+        if current is None:
+            policy, source = resolve(name, Policy(), self.prefix_rules)
+            meta = StreamMeta(
+                id=self._next_stream_id,
+                name=name,
+                created_us=now,
+                policy=policy,
+                source=source,
+                field=codec.stream_field(name),
+            )
+            self._next_stream_id += 1
+        else:
+            meta = dataclasses.replace(current)
+        meta.updated_us = now
+        return current, meta
+
     async def set_retention(self, name: str, policy: Policy) -> StreamMeta:
         async with self._lock:
-            with _translated():
-                current = (await self._lookup([name]))[name]
-            now = now_us()
-            if current is None:
-                meta = StreamMeta(
-                    id=self._next_stream_id, name=name, created_us=now, field=codec.stream_field(name)
-                )
-                self._next_stream_id += 1
-            else:
-                meta = dataclasses.replace(current)
+            _, meta = await self._editable(name)
             meta.own = policy
             meta.policy, meta.source = resolve(name, policy, self.prefix_rules)
-            meta.updated_us = now
             await self._save(meta)
             return meta
 
     async def delete_stream(self, name: str, expect: Expect, revision: int, tombstone: bool) -> int:
         async with self._lock:
-            with _translated():
-                current = (await self._lookup([name]))[name]
+            current, meta = await self._editable(name)
             check_expected(current, expect, revision, name)
             if not tombstone and (current is None or current.last_revision < 0):
                 raise StreamNotFound(f"stream {name!r} does not exist", stream=name)
-            now = now_us()
-            if current is None:
-                meta = StreamMeta(
-                    id=self._next_stream_id, name=name, created_us=now, field=codec.stream_field(name)
-                )
-                self._next_stream_id += 1
-            else:
-                meta = dataclasses.replace(current)
             meta.deleted_before = meta.last_revision + 1
             meta.state = State.TOMBSTONED if tombstone else State.DELETED
-            meta.updated_us = now
             await self._save(meta)
             return self._head
 
