@@ -92,6 +92,7 @@ INSERT_EVENT = (
     " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?8, ?9, ?10)"
 )
 ROW_COLUMNS = "position, stream_id, revision, created_us, head, {data}"
+INLINE_EVENTS = 8  # group commits this small run on the event loop thread
 SYNC_MODES = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
 PREFIX_END = "\U0010ffff"
 
@@ -318,7 +319,12 @@ class SQLiteStorage(Storage):
             known, missing = self._cached(names)
             args = (self._head + 1, self._next_stream_id, created)
             with _translated():
-                plan, fetched = await self._in_writer(self._append_sync, ops, known, missing, args)
+                if not missing and sum(len(p.events) for op in ops for p in op) <= INLINE_EVENTS:
+                    # A few events of known streams: committing here costs less than the
+                    # two thread switches of a hop to the writer thread.
+                    plan, fetched = self._append_sync(ops, known, missing, args)
+                else:
+                    plan, fetched = await self._in_writer(self._append_sync, ops, known, missing, args)
             for meta in fetched.values():
                 if meta is not None:
                     self._remember(meta)
