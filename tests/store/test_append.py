@@ -235,3 +235,28 @@ async def test_event_needs_a_type_and_non_empty_request(client: Client) -> None:
     with pytest.raises(InvalidArgument) as info:
         await client.append("t", [pb.EventData(type="x" * 300)])
     assert "events[0].type" in info.value.message
+
+
+def test_event_ids_are_unique_and_time_ordered() -> None:
+    import threading
+    import time
+
+    from sluice.ids import uuid7
+
+    ids: list[str] = []
+
+    def make() -> None:
+        ids.extend(uuid7()[1] for _ in range(5000))
+
+    threads = [threading.Thread(target=make) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(ids)) == len(ids) == 20_000
+    assert all(uuid.UUID(i).version == 7 for i in ids[:100])
+    # The first 48 bits are the creation time in milliseconds, so ids sort by time.
+    before = time.time_ns() // 1_000_000
+    raw = uuid7()[0]
+    after = time.time_ns() // 1_000_000
+    assert before <= int.from_bytes(raw[:6], "big") <= after

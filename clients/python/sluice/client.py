@@ -80,8 +80,7 @@ def new_event(
         raw = json.dumps(data, separators=(",", ":")).encode()
         content_type = content_type or "application/json"
     md = dict(metadata) if metadata else {}
-    if telemetry.tracing_enabled():
-        telemetry.inject(md)
+    telemetry.inject(md)
     return pb.EventData(
         id=str(id) if id else uuid7()[1],
         type=type,

@@ -33,12 +33,16 @@ def current_traceparent() -> str | None:
 
 
 def inject(metadata: MutableMapping[str, str]) -> None:
-    """Put the current trace context into an event's metadata unless it has one."""
-    if "traceparent" in metadata:
+    """Put the current trace context into an event's metadata unless it has one.
+
+    Costs one context look-up when no span is active (the common case without tracing).
+    """
+    if "traceparent" in metadata or not trace.get_current_span().get_span_context().is_valid:
         return
-    parent = current_traceparent()
-    if parent:
-        metadata["traceparent"] = parent
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    if "traceparent" in carrier:
+        metadata["traceparent"] = carrier["traceparent"]
 
 
 def setup_tracing(service_name: str) -> None:
