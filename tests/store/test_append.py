@@ -260,3 +260,27 @@ def test_event_ids_are_unique_and_time_ordered() -> None:
     raw = uuid7()[0]
     after = time.time_ns() // 1_000_000
     assert before <= int.from_bytes(raw[:6], "big") <= after
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        "0190A9B2-1234-7ABC-8DEF-0123456789AB",
+        "{0190a9b2-1234-7abc-8def-0123456789ab}",
+        "0190a9b212347abc8def0123456789ab",
+        "urn:uuid:0190a9b2-1234-7abc-8def-0123456789ab",
+    ],
+)
+async def test_event_ids_are_stored_in_canonical_form(client: Client, given: str) -> None:
+    await client.append("ids", [pb.EventData(id=given, type="T")])
+    (stored,) = await client.read_list("ids")
+    assert stored.id == "0190a9b2-1234-7abc-8def-0123456789ab"
+    again = await client.append("ids", [pb.EventData(id="0190a9b2-1234-7abc-8def-0123456789ab", type="T")])
+    assert again.duplicate  # the same id, whatever its spelling
+
+
+@pytest.mark.parametrize("bad", ["0190a9b2-1234-7abc-8def-0123456789ax", "0190a9b2-1234-7abc-8def", "x" * 36])
+async def test_malformed_event_ids_are_refused(client: Client, bad: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        await client.append("ids", [pb.EventData(id=bad, type="T")])
+    assert "events[0].id" in info.value.message

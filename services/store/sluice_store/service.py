@@ -95,14 +95,15 @@ class Committer:
 
 
 _has_control = re.compile("[\x00-\x1f\x7f]").search
-_CANONICAL_UUID = re.compile("[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}").fullmatch
 
 
 def _parse_uuid(text: str) -> tuple[bytes, str]:
     """Bytes and canonical text of a UUID; raises ValueError."""
-    if _CANONICAL_UUID(text):
-        return bytes.fromhex(text.replace("-", "")), text
-    eid = uuid.UUID(text)
+    if len(text) == 36 and text[8] == text[13] == text[18] == text[23] == "-":
+        raw = bytes.fromhex(text.replace("-", ""))  # ValueError on anything but hex
+        if len(raw) == 16:
+            return raw, text.lower()
+    eid = uuid.UUID(text)  # braces, urn:uuid:, no dashes
     return eid.bytes, str(eid)
 
 
