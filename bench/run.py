@@ -402,7 +402,13 @@ async def bench_latency(res: Results, a: argparse.Namespace) -> None:
         sub: asyncio.Task[None] = asyncio.ensure_future(subscribe(lat, ready))
         await asyncio.wait_for(ready.wait(), 30)
         await paced(rate_s, secs, send)
-        await asyncio.wait_for(done.wait(), 30)
+        waiter = asyncio.ensure_future(done.wait())
+        await asyncio.wait({sub, waiter}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+        if sub.done():
+            sub.result()  # the subscriber failed: say why
+        if not waiter.done():
+            waiter.cancel()
+            raise TimeoutError(f"the subscriber saw {len(lat)} of {n} events")
         sub.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sub

@@ -58,10 +58,12 @@ async def test_read_from_time(client: Client) -> None:
     assert [e.type async for e in client.read("timed", start=cut)] == ["New"]
     assert [e.type async for e in client.read("timed", start=cut, backwards=True)] == ["Old"]
     assert [e.type async for e in client.read(start=cut)] == ["New"]
-    sub = client.subscribe(start=cut)
-    first = await asyncio.wait_for(anext(sub), WAIT)
-    assert isinstance(first, pb.RecordedEvent) and first.type == "New"
-    await sub.aclose()
+    for stream in ("", "timed"):
+        sub = client.subscribe(stream, start=cut)
+        first = await asyncio.wait_for(anext(sub), WAIT)
+        assert isinstance(first, pb.RecordedEvent) and first.type == "New"
+        assert isinstance(await asyncio.wait_for(anext(sub), WAIT), pb.CaughtUp)
+        await sub.aclose()
 
 
 async def test_read_all_positions_filters_and_forms(client: Client) -> None:
