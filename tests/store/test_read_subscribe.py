@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -51,10 +51,11 @@ async def test_read_stream_start_points(client: Client) -> None:
 
 async def test_read_from_time(client: Client) -> None:
     await client.append("timed", [new_event("Old")])
-    await asyncio.sleep(0.01)  # the store's clock must move past the first event
-    cut = datetime.now(UTC)
-    await asyncio.sleep(0.01)
     await client.append("timed", [new_event("New")])
+    old, new = await client.read_list("timed")
+    # Cut between the two commit times (an append takes far longer than a microsecond).
+    assert new.created.ToMicroseconds() > old.created.ToMicroseconds()
+    cut = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=old.created.ToMicroseconds() + 1)
     assert [e.type async for e in client.read("timed", start=cut)] == ["New"]
     assert [e.type async for e in client.read("timed", start=cut, backwards=True)] == ["Old"]
     assert [e.type async for e in client.read(start=cut)] == ["New"]
