@@ -562,7 +562,7 @@ async def main() -> None:
     a.catchup = 100_000 if a.quick else 1_000_000
     a.latency_seconds = 3.0 if a.quick else 8.0
     a.streams = 100_000 if a.quick else 1_000_000
-    a.scale_ops = 1000 if a.quick else 3000
+    a.scale_ops = 1000 if a.quick else 5000
     sections = {
         "appends": bench_appends,
         "catchup": bench_catch_up,

@@ -83,7 +83,10 @@ class Policy:
 
     @classmethod
     def from_json(cls, text: str | None) -> Policy:
-        return cls(**json.loads(text)) if text else cls()
+        return cls(**json.loads(text)) if text else NO_POLICY
+
+
+NO_POLICY = Policy()  # shared: policies are immutable
 
 
 def resolve(name: str, own: Policy, prefix_rules: Mapping[str, Policy]) -> tuple[Policy, str]:
@@ -92,7 +95,7 @@ def resolve(name: str, own: Policy, prefix_rules: Mapping[str, Policy]) -> tuple
         return own, "stream"
     best = max((p for p in prefix_rules if name.startswith(p)), key=len, default=None)
     if best is None:
-        return Policy(), "none"
+        return own, "none"  # own is empty here: share it
     return prefix_rules[best], f"prefix:{best}"
 
 

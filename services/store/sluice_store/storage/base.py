@@ -22,7 +22,7 @@ from sluice_store.errors import (
     StreamDeleted,
     WrongExpectedRevision,
 )
-from sluice_store.retention import Policy, age_cutoff_us, floor_revision, resolve
+from sluice_store.retention import NO_POLICY, Policy, age_cutoff_us, floor_revision, resolve
 
 Row = tuple[int, int, int, int, bytes, bytes]
 #: A committed event as the write path makes it: a Row, then stream name, type, event
@@ -102,8 +102,8 @@ class StreamMeta:
     deleted_before: int = 0
     bytes_floor: int = 0
     first_stored: int = 0
-    own: Policy = dataclasses.field(default_factory=Policy)
-    policy: Policy = dataclasses.field(default_factory=Policy)
+    own: Policy = NO_POLICY
+    policy: Policy = NO_POLICY
     source: str = "none"
     created_us: int = 0
     updated_us: int = 0
@@ -323,7 +323,7 @@ def plan_append(
                     current = known.get(name)
                     check_expected(current, part.expect, part.revision, name)
                     if current is None:
-                        policy, source = resolve(name, Policy(), prefix_rules)
+                        policy, source = resolve(name, NO_POLICY, prefix_rules)
                         meta = StreamMeta(
                             id=sid,
                             name=name,

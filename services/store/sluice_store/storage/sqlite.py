@@ -24,7 +24,7 @@ import aiosqlite
 from sluice.v1 import streams_pb2 as pb
 from sluice_store import codec
 from sluice_store.errors import StoreUnavailable, StreamNotFound
-from sluice_store.retention import Policy, age_cutoff_us, now_us, resolve, write_archive
+from sluice_store.retention import NO_POLICY, Policy, age_cutoff_us, now_us, resolve, write_archive
 from sluice_store.storage.base import (
     AppendPart,
     Expect,
@@ -92,7 +92,8 @@ INSERT_EVENT = (
     " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?8, ?9, ?10)"
 )
 ROW_COLUMNS = "position, stream_id, revision, created_us, head, {data}"
-INLINE_EVENTS = 8  # group commits this small run on the event loop thread
+INLINE_EVENTS = 8  # group commits this small run on the event loop thread ...
+INLINE_LOOKUPS = 4  # ... when at most this many streams must be read from the database
 SYNC_MODES = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
 PREFIX_END = "\U0010ffff"
 
@@ -319,9 +320,12 @@ class SQLiteStorage(Storage):
             known, missing = self._cached(names)
             args = (self._head + 1, self._next_stream_id, created)
             with _translated():
-                if not missing and sum(len(p.events) for op in ops for p in op) <= INLINE_EVENTS:
-                    # A few events of known streams: committing here costs less than the
-                    # two thread switches of a hop to the writer thread.
+                if (
+                    len(missing) <= INLINE_LOOKUPS
+                    and sum(len(p.events) for op in ops for p in op) <= INLINE_EVENTS
+                ):
+                    # A few events (and stream look-ups by the unique name index): committing
+                    # here costs less than the two thread switches of a hop to the writer.
                     plan, fetched = self._append_sync(ops, known, missing, args)
                 else:
                     plan, fetched = await self._in_writer(self._append_sync, ops, known, missing, args)
@@ -560,7 +564,7 @@ class SQLiteStorage(Storage):
             current = (await self._lookup([name]))[name]
         now = now_us()
         if current is None:
-            policy, source = resolve(name, Policy(), self.prefix_rules)
+            policy, source = resolve(name, NO_POLICY, self.prefix_rules)
             meta = StreamMeta(
                 id=self._next_stream_id,
                 name=name,
