@@ -270,3 +270,42 @@ async def test_slow_subscriber_misses_nothing_and_does_not_delay_fast(make_store
         return len(store.broker) == 0
 
     await eventually(unsubscribed)
+
+
+async def test_partition_filter_splits_streams_like_a_group(client: Client) -> None:
+    from sluice.partition import partition_of
+
+    streams = [f"p-{i}" for i in range(40)]
+    for s in streams:
+        await client.append(s, [new_event("E")])
+    seen: list[str] = []
+    for part in range(4):
+        req = pb.ReadRequest(filter=pb.Filter(stream_prefixes=["p-"], partition_count=4, partitions=[part]))
+        events = [e async for batch in client.read_batches(stream_prefixes=["p-"]) for e in batch]
+        assert len(events) == 40
+        got = [e.stream async for e in _read_partitioned(client, req)]
+        assert all(partition_of(s, 4) == part for s in got)
+        seen += got
+    assert sorted(seen) == sorted(streams)  # every stream in exactly one partition
+    assert len({partition_of(s, 4) for s in streams}) == 4
+    # Live: a subscription to partition p gets only the new events of its streams.
+    target = next(s for s in streams if partition_of(s, 4) == 1)
+    other = next(s for s in streams if partition_of(s, 4) != 1)
+    req_sub = pb.SubscribeRequest(filter=pb.Filter(partition_count=4, partitions=[1]))
+    call = client._stub.Subscribe(req_sub)
+    async for msg in call:
+        if msg.WhichOneof("content") == "caught_up":
+            break
+    await client.append(other, [new_event("Skip")])
+    await client.append(target, [new_event("Take")])
+    async for msg in call:
+        if msg.WhichOneof("content") == "events":
+            assert [e.stream for e in msg.events.events] == [target]
+            break
+    call.cancel()
+
+
+async def _read_partitioned(client: Client, req: pb.ReadRequest) -> AsyncIterator[pb.RecordedEvent]:
+    async for msg in client._stub.Read(req):
+        for e in msg.events:
+            yield e

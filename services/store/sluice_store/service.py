@@ -319,7 +319,16 @@ class StreamsService:
     # -- reads ------------------------------------------------------------------------
 
     def _filter(self, msg: pb.Filter) -> StreamFilter:
-        return StreamFilter(tuple(msg.stream_prefixes), tuple(msg.event_types))
+        if msg.partitions and not msg.partition_count:
+            raise InvalidArgument("filter.partitions needs filter.partition_count", field="filter")
+        if any(p >= msg.partition_count for p in msg.partitions):
+            raise InvalidArgument("a partition is not below partition_count", field="filter.partitions")
+        return StreamFilter(
+            tuple(msg.stream_prefixes),
+            tuple(msg.event_types),
+            msg.partition_count,
+            frozenset(msg.partitions),
+        )
 
     def _start(self, msg: pb.StartPoint, default: str) -> Start:
         kind = msg.WhichOneof("point") or default

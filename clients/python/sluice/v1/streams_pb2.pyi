@@ -64,6 +64,19 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """RESOURCE_EXHAUSTED. metadata: limit (its configuration name), value, max."""
     STORE_UNAVAILABLE: _ErrorReason.ValueType  # 10
     """UNAVAILABLE: the store is shutting down or its storage failed; retry elsewhere."""
+    GROUP_NOT_FOUND: _ErrorReason.ValueType  # 11
+    """NOT_FOUND / ALREADY_EXISTS. metadata: group."""
+    GROUP_EXISTS: _ErrorReason.ValueType  # 12
+    STALE_MEMBER_EPOCH: _ErrorReason.ValueType  # 13
+    """FAILED_PRECONDITION: the member's epoch is not its current one (rejoin or heartbeat).
+    metadata: group, member_id, epoch, current_epoch.
+    """
+    NOT_PARTITION_OWNER: _ErrorReason.ValueType  # 14
+    """FAILED_PRECONDITION: the member does not own the partition. metadata: group,
+    member_id, partition.
+    """
+    UNKNOWN_MEMBER: _ErrorReason.ValueType  # 15
+    """FAILED_PRECONDITION: the member is not in the group (its lease expired): join again."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Why a request was refused; the `reason` of the google.rpc.ErrorInfo detail."""
@@ -89,6 +102,19 @@ LIMIT_EXCEEDED: ErrorReason.ValueType  # 9
 """RESOURCE_EXHAUSTED. metadata: limit (its configuration name), value, max."""
 STORE_UNAVAILABLE: ErrorReason.ValueType  # 10
 """UNAVAILABLE: the store is shutting down or its storage failed; retry elsewhere."""
+GROUP_NOT_FOUND: ErrorReason.ValueType  # 11
+"""NOT_FOUND / ALREADY_EXISTS. metadata: group."""
+GROUP_EXISTS: ErrorReason.ValueType  # 12
+STALE_MEMBER_EPOCH: ErrorReason.ValueType  # 13
+"""FAILED_PRECONDITION: the member's epoch is not its current one (rejoin or heartbeat).
+metadata: group, member_id, epoch, current_epoch.
+"""
+NOT_PARTITION_OWNER: ErrorReason.ValueType  # 14
+"""FAILED_PRECONDITION: the member does not own the partition. metadata: group,
+member_id, partition.
+"""
+UNKNOWN_MEMBER: ErrorReason.ValueType  # 15
+"""FAILED_PRECONDITION: the member is not in the group (its lease expired): join again."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 class _StreamState:
@@ -549,6 +575,12 @@ class Filter(_message.Message):
 
     STREAM_PREFIXES_FIELD_NUMBER: _builtins.int
     EVENT_TYPES_FIELD_NUMBER: _builtins.int
+    PARTITION_COUNT_FIELD_NUMBER: _builtins.int
+    PARTITIONS_FIELD_NUMBER: _builtins.int
+    partition_count: _builtins.int
+    """With partitions: only events of streams in these partitions, where a stream's
+    partition is FNV-1a-32(UTF-8 name) mod partition_count (how consumer groups split work).
+    """
     @_builtins.property
     def stream_prefixes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Stream name prefixes; an event matches if its stream starts with any of them."""
@@ -557,15 +589,19 @@ class Filter(_message.Message):
     def event_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Exact event types; an event matches if its type is any of them."""
 
+    @_builtins.property
+    def partitions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     def __init__(
         self,
         *,
         stream_prefixes: _abc.Iterable[_builtins.str] | None = ...,
         event_types: _abc.Iterable[_builtins.str] | None = ...,
+        partition_count: _builtins.int = ...,
+        partitions: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_types", b"event_types", "stream_prefixes", b"stream_prefixes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_types", b"event_types", "partition_count", b"partition_count", "partitions", b"partitions", "stream_prefixes", b"stream_prefixes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 import abc
 import dataclasses
 import enum
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Final
 
+from sluice.partition import partition_of
 from sluice_store import codec
 from sluice_store.errors import (
     DuplicateEventId,
@@ -127,18 +129,30 @@ class StreamMeta:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class StreamFilter:
-    """Stream-prefix and event-type filter for reads of all streams; empty matches all."""
+    """Stream-prefix, event-type and partition filter for reads of all streams; empty matches all."""
 
     prefixes: tuple[str, ...] = ()
     types: tuple[str, ...] = ()
+    partition_count: int = 0
+    partitions: frozenset[int] = frozenset()
 
     def __bool__(self) -> bool:
-        return bool(self.prefixes or self.types)
+        return bool(self.prefixes or self.types or self.partition_count)
 
     def matches(self, stream: str, type_: str) -> bool:
         if self.types and type_ not in self.types:
             return False
-        return not self.prefixes or stream.startswith(self.prefixes)
+        if self.prefixes and not stream.startswith(self.prefixes):
+            return False
+        return not self.partition_count or self.in_partitions(stream)
+
+    def in_partitions(self, stream: str) -> bool:
+        return partition_of_cached(stream, self.partition_count) in self.partitions
+
+
+@functools.lru_cache(maxsize=65536)
+def partition_of_cached(stream: str, count: int) -> int:
+    return partition_of(stream, count)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -464,11 +464,16 @@ class SQLiteStorage(Storage):
             for p in filt.prefixes:
                 params += [p, p + PREFIX_END]
         order = "DESC" if backwards else "ASC"
+        if filt.partition_count:  # the partition of a stream comes from its name
+            cols += ", (SELECT name FROM streams WHERE id = stream_id)"
         sql = f"SELECT {cols} FROM events WHERE {' AND '.join(where)} ORDER BY position {order} LIMIT ?"
         params.append(limit)
         async with self._reader() as r:
-            raw: list[Row] = list(await r.execute_fetchall(sql, params))  # type: ignore[arg-type]
-        rows = self._visible(raw)
+            raw: list[Any] = list(await r.execute_fetchall(sql, params))
+        if filt.partition_count:
+            rows = self._visible([row[:6] for row in raw if filt.in_partitions(row[6])])
+        else:
+            rows = self._visible(raw)
         done = len(raw) < limit
         if backwards:
             return rows, (raw[-1][0] - 1 if raw else 0), done or (bool(raw) and raw[-1][0] <= 1)
