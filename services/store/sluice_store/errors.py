@@ -76,6 +76,11 @@ _CODES: dict[pb.ErrorReason.ValueType, grpc.StatusCode] = {
     pb.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
     pb.LIMIT_EXCEEDED: grpc.StatusCode.RESOURCE_EXHAUSTED,
     pb.STORE_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    pb.GROUP_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    pb.GROUP_EXISTS: grpc.StatusCode.ALREADY_EXISTS,
+    pb.STALE_MEMBER_EPOCH: grpc.StatusCode.FAILED_PRECONDITION,
+    pb.NOT_PARTITION_OWNER: grpc.StatusCode.FAILED_PRECONDITION,
+    pb.UNKNOWN_MEMBER: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 

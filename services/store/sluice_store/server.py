@@ -14,9 +14,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from sluice import telemetry
+from sluice.v1 import groups_pb2 as gpb
 from sluice.v1 import streams_pb2 as pb
 from sluice_store.broker import Broker
 from sluice_store.config import Settings
+from sluice_store.groups import Coordinator
+from sluice_store.groups_service import GroupsService
+from sluice_store.groups_service import methods as groups_methods
 from sluice_store.service import StreamsService, methods
 from sluice_store.storage import open_storage
 from sluice_store.storage.base import Storage
@@ -24,6 +28,7 @@ from sluice_store.storage.base import Storage
 log = logging.getLogger("sluice_store")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Streams"].full_name
+GROUPS_SERVICE_NAME = gpb.DESCRIPTOR.services_by_name["Groups"].full_name
 
 
 class StoreServer:
@@ -35,6 +40,8 @@ class StoreServer:
         self.broker = Broker()
         self.storage.listener = self.broker.publish
         self.service = StreamsService(self.storage, self.broker, settings)
+        self.coordinator = Coordinator(self.storage, self.service.cursor_at)
+        self.groups = GroupsService(self.coordinator, self.service)
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.port = 0
@@ -43,6 +50,7 @@ class StoreServer:
 
     async def start(self) -> None:
         await self.storage.open()
+        await self.coordinator.load()
         interceptors: list[Any] = []
         if telemetry.tracing_enabled():
             from opentelemetry.instrumentation.grpc import aio_server_interceptor
@@ -61,17 +69,20 @@ class StoreServer:
             ],
         )
         self.server.add_generic_rpc_handlers(
-            [grpc.method_handlers_generic_handler(SERVICE_NAME, methods(self.service))]
+            [
+                grpc.method_handlers_generic_handler(SERVICE_NAME, methods(self.service)),
+                grpc.method_handlers_generic_handler(GROUPS_SERVICE_NAME, groups_methods(self.groups)),
+            ]
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
-            [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
+            [SERVICE_NAME, GROUPS_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
         )
         self.port = self.server.add_insecure_port(self.settings.addr)
         if not self.port:
             raise OSError(f"addr: cannot listen on {self.settings.addr}")
         await self.server.start()
-        for name in ("", SERVICE_NAME):
+        for name in ("", SERVICE_NAME, GROUPS_SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._reclaimer = asyncio.create_task(self._reclaim_loop())
 

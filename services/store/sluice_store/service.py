@@ -402,6 +402,10 @@ class StreamsService:
             if done:
                 return
 
+    async def cursor_at(self, msg: pb.StartPoint | None) -> int:
+        """The cursor (next position to read) for a start point; unset means the end."""
+        return await self._position(self._start(msg or pb.StartPoint(), "end"), False)
+
     async def _position(self, start: Start, backwards: bool) -> int:
         """A global position (inclusive) for a start point over all streams."""
         head = self.storage.head_position
@@ -608,7 +612,9 @@ Unary = Callable[[Any], Awaitable[Any]]
 Streaming = Callable[[Any], AsyncIterator[Response]]
 
 
-def _unary(fn: Unary, reading: bool = False) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+def unary_handler(
+    fn: Unary, reading: bool = False
+) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
     """A handler that ends the call with the status of a refused request."""
 
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -637,10 +643,10 @@ def methods(service: StreamsService) -> dict[str, grpc.RpcMethodHandler]:
     unary = grpc.unary_unary_rpc_method_handler
     return {
         "Append": unary(
-            _unary(service.Append), pb.AppendRequest.FromString, pb.AppendResponse.SerializeToString
+            unary_handler(service.Append), pb.AppendRequest.FromString, pb.AppendResponse.SerializeToString
         ),
         "AppendMany": unary(
-            _unary(service.AppendMany),
+            unary_handler(service.AppendMany),
             pb.AppendManyRequest.FromString,
             pb.AppendManyResponse.SerializeToString,
         ),
@@ -656,20 +662,22 @@ def methods(service: StreamsService) -> dict[str, grpc.RpcMethodHandler]:
             _streaming(service.Subscribe), pb.SubscribeRequest.FromString, codec.serialize
         ),
         "GetStreamInfo": unary(
-            _unary(service.GetStreamInfo, reading=True),
+            unary_handler(service.GetStreamInfo, reading=True),
             pb.GetStreamInfoRequest.FromString,
             pb.StreamInfo.SerializeToString,
         ),
         "SetRetention": unary(
-            _unary(service.SetRetention), pb.SetRetentionRequest.FromString, pb.StreamInfo.SerializeToString
+            unary_handler(service.SetRetention),
+            pb.SetRetentionRequest.FromString,
+            pb.StreamInfo.SerializeToString,
         ),
         "DeleteStream": unary(
-            _unary(service.DeleteStream),
+            unary_handler(service.DeleteStream),
             pb.DeleteStreamRequest.FromString,
             pb.DeleteStreamResponse.SerializeToString,
         ),
         "ListStreams": unary(
-            _unary(service.ListStreams),
+            unary_handler(service.ListStreams),
             pb.ListStreamsRequest.FromString,
             pb.ListStreamsResponse.SerializeToString,
         ),

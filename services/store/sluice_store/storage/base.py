@@ -243,6 +243,24 @@ class Storage(abc.ABC):
     async def reclaim(self) -> ReclaimStats:
         """Remove events no rule keeps any more, archiving them first where configured."""
 
+    @abc.abstractmethod
+    async def load_groups(self) -> list[tuple[str, bytes, int, str, dict[int, int]]]:
+        """Every consumer group: name, config, created_us, members (JSON), cursors."""
+
+    @abc.abstractmethod
+    async def save_group(
+        self, name: str, config: bytes, created_us: int, members: str, cursors: Mapping[int, int] | None
+    ) -> None:
+        """Create or update a group, and the given cursors, in one transaction."""
+
+    @abc.abstractmethod
+    async def save_cursors(self, name: str, cursors: Mapping[int, int]) -> None:
+        """Set some cursors of a group."""
+
+    @abc.abstractmethod
+    async def delete_group(self, name: str) -> None:
+        """Remove a group and its cursors."""
+
 
 def check_expected(meta: StreamMeta | None, expect: Expect, revision: int, stream: str) -> None:
     """Raise WrongExpectedRevision or StreamDeleted unless the stream is as expected."""

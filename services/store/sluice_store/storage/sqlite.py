@@ -73,6 +73,18 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE UNIQUE INDEX IF NOT EXISTS events_by_stream ON events (stream_id, revision);
 CREATE UNIQUE INDEX IF NOT EXISTS events_by_id ON events (event_id);
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS groups (
+    name       TEXT PRIMARY KEY,
+    config     BLOB NOT NULL,
+    created_us INTEGER NOT NULL,
+    members    TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS group_cursors (
+    grp        TEXT NOT NULL,
+    partition  INTEGER NOT NULL,
+    position   INTEGER NOT NULL,
+    PRIMARY KEY (grp, partition)
+) WITHOUT ROWID;
 """
 STREAM_COLUMNS = (
     "id, name, last_revision, last_position, state, deleted_before, bytes_floor, "
@@ -666,3 +678,62 @@ class SQLiteStorage(Storage):
                 (meta.id, lo, hi),
             )
         return [pb.RecordedEvent.FromString(codec.event_bytes(h, d)) for h, d in rows]
+
+    # -- consumer groups --------------------------------------------------------------
+    # Small writes: they run on the loop thread under the write lock, like tiny appends.
+
+    async def load_groups(self) -> list[tuple[str, bytes, int, str, dict[int, int]]]:
+        async with self._reader() as r:
+            groups = await r.execute_fetchall("SELECT name, config, created_us, members FROM groups")
+            cursors: dict[str, dict[int, int]] = {}
+            for grp, partition, position in await r.execute_fetchall(
+                "SELECT grp, partition, position FROM group_cursors"
+            ):
+                cursors.setdefault(grp, {})[partition] = position
+        return [(n, c, t, m, cursors.get(n, {})) for n, c, t, m in groups]
+
+    def _group_sync(self, sql: str, params: Sequence[Any], cursors: Sequence[tuple[Any, ...]]) -> None:
+        assert self._writer is not None
+        w = self._writer
+        try:
+            if sql:
+                w.execute(sql, params)
+            if cursors:
+                w.executemany(
+                    "INSERT INTO group_cursors (grp, partition, position) VALUES (?, ?, ?)"
+                    " ON CONFLICT (grp, partition) DO UPDATE SET position = excluded.position",
+                    cursors,
+                )
+            w.commit()
+        except BaseException:
+            w.rollback()
+            raise
+
+    async def _group_write(
+        self, sql: str, params: Sequence[Any], cursors: Sequence[tuple[Any, ...]] = ()
+    ) -> None:
+        if self._closed:
+            raise StoreUnavailable("the store is shutting down")
+        async with self._lock:
+            with _translated():
+                self._group_sync(sql, params, cursors)
+
+    async def save_group(
+        self, name: str, config: bytes, created_us: int, members: str, cursors: Mapping[int, int] | None
+    ) -> None:
+        await self._group_write(
+            "INSERT INTO groups (name, config, created_us, members) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET config = excluded.config, members = excluded.members",
+            (name, config, created_us, members),
+            [(name, p, pos) for p, pos in (cursors or {}).items()],
+        )
+
+    async def save_cursors(self, name: str, cursors: Mapping[int, int]) -> None:
+        await self._group_write("", (), [(name, p, pos) for p, pos in cursors.items()])
+
+    async def delete_group(self, name: str) -> None:
+        async with self._lock:
+            assert self._writer is not None
+            with _translated():
+                self._writer.execute("DELETE FROM group_cursors WHERE grp = ?", (name,))
+                self._group_sync("DELETE FROM groups WHERE name = ?", (name,), ())

@@ -1,0 +1,266 @@
+"""Consumer groups in the store: assignment, epochs, fencing, leases, cursors, over real gRPC."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf import empty_pb2
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sluice import Client, new_event
+from sluice.errors import SluiceError, from_rpc_error
+from sluice.partition import partition_of
+from sluice.v1 import groups_pb2 as gpb
+from sluice.v1 import groups_pb2_grpc as gpb_grpc
+from sluice.v1 import streams_pb2 as pb
+from sluice_store.groups import GroupState, Member, expire, reconcile, target_assignment
+from sluice_store.server import StoreServer
+from tests.conftest import StoreFactory, eventually
+
+# -- the assignment, as a pure function ---------------------------------------------
+
+
+@given(
+    partitions=st.integers(1, 64),
+    members=st.lists(st.text("abcdefgh", min_size=1, max_size=3), min_size=1, max_size=10, unique=True),
+    data=st.data(),
+)
+def test_target_assignment_is_complete_balanced_and_sticky(
+    partitions: int, members: list[str], data: st.DataObject
+) -> None:
+    # A current assignment without overlaps, possibly naming partitions that no longer exist.
+    owners = data.draw(st.lists(st.sampled_from([None, *members]), min_size=partitions, max_size=partitions))
+    current: dict[str, set[int]] = {m: set() for m in members}
+    for p, owner in enumerate(owners):
+        if owner is not None:
+            current[owner].add(p)
+    target = target_assignment(partitions, members, current)
+    every = [p for m in members for p in target[m]]
+    assert sorted(every) == list(range(partitions))  # each partition exactly once
+    sizes = [len(target[m]) for m in members]
+    assert max(sizes) - min(sizes) <= 1  # balanced
+    floor = partitions // len(members)
+    for m in members:  # sticky: a member keeps what it has, up to its share
+        assert len(target[m] & current[m]) >= min(len(current[m]), floor)
+
+
+def _state(partitions: int = 12) -> GroupState:
+    config = gpb.GroupConfig(partitions=partitions)
+    config.lease.FromSeconds(10)
+    return GroupState("g", config, 0)
+
+
+def test_a_partition_moves_only_after_its_owner_releases_it() -> None:
+    state = _state()
+    a = state.members["a"] = Member("a", lease_expires_us=10**18)
+    reconcile(state, a)
+    assert a.assigned == set(range(12)) and a.epoch == 1
+    b = state.members["b"] = Member("b", lease_expires_us=10**18)
+    reconcile(state, b)
+    assert b.assigned == set() and b.epoch == 0  # a still holds everything
+    reconcile(state, a)  # a's heartbeat: half of its partitions are taken away
+    assert len(a.assigned) == 6 and len(a.revoking) == 6 and a.epoch == 2
+    reconcile(state, b)
+    assert b.assigned == set()  # not until a confirms it let go
+    released = set(a.revoking)
+    a.revoking.clear()  # a's next heartbeat no longer reports them
+    reconcile(state, b)
+    assert b.assigned == released and b.epoch == 1
+    # b's lease runs out: everything goes back to a.
+    b.lease_expires_us = 5
+    expire(state, 6)
+    reconcile(state, a)
+    assert "b" not in state.members and a.assigned == set(range(12))
+
+
+# -- over gRPC ------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def groups(store: StoreServer) -> AsyncIterator[gpb_grpc.GroupsStub]:
+    async with grpc.aio.insecure_channel(store.address) as ch:
+        yield gpb_grpc.GroupsStub(ch)
+
+
+async def call(awaitable: object) -> object:
+    try:
+        return await awaitable  # type: ignore[misc]
+    except grpc.aio.AioRpcError as e:
+        raise from_rpc_error(e) from None
+
+
+def config(partitions: int = 12, lease_ms: int = 10_000, **kw: object) -> gpb.GroupConfig:
+    c = gpb.GroupConfig(partitions=partitions, **kw)  # type: ignore[arg-type]
+    c.lease.FromMilliseconds(lease_ms)
+    c.start.start.CopyFrom(empty_pb2.Empty())
+    return c
+
+
+async def join(stub: gpb_grpc.GroupsStub, group: str, member: str) -> gpb.HeartbeatResponse:
+    return await stub.Heartbeat(gpb.HeartbeatRequest(group=group, member_id=member))
+
+
+async def beat(
+    stub: gpb_grpc.GroupsStub, group: str, member: str, resp: gpb.HeartbeatResponse
+) -> gpb.HeartbeatResponse:
+    owned = [a.partition for a in resp.assigned]
+    return await stub.Heartbeat(
+        gpb.HeartbeatRequest(group=group, member_id=member, member_epoch=resp.member_epoch, owned=owned)
+    )
+
+
+async def settle(
+    stub: gpb_grpc.GroupsStub, group: str, members: list[str]
+) -> dict[str, gpb.HeartbeatResponse]:
+    """Join the members, then heartbeat them all until the assignment stops changing."""
+    state = {m: await join(stub, group, m) for m in members}
+    for _ in range(10):
+        before = {m: r.member_epoch for m, r in state.items()}
+        state = {m: await beat(stub, group, m, r) for m, r in state.items()}
+        if before == {m: r.member_epoch for m, r in state.items()}:
+            return state
+    raise AssertionError("the assignment did not settle")
+
+
+async def test_three_members_share_twelve_partitions(groups: gpb_grpc.GroupsStub) -> None:
+    await groups.CreateGroup(gpb.CreateGroupRequest(group="orders", config=config()))
+    state = await settle(groups, "orders", ["m1", "m2", "m3"])
+    assigned = {m: {a.partition for a in r.assigned} for m, r in state.items()}
+    assert all(len(s) == 4 for s in assigned.values())
+    assert set().union(*assigned.values()) == set(range(12))
+    desc = await groups.DescribeGroup(gpb.DescribeGroupRequest(group="orders"))
+    assert {p.owner for p in desc.partitions} == {"m1", "m2", "m3"}
+    assert [m.member_id for m in desc.members] == ["m1", "m2", "m3"]
+
+
+async def test_commits_are_fenced_by_epoch_and_ownership(groups: gpb_grpc.GroupsStub) -> None:
+    await groups.CreateGroup(gpb.CreateGroupRequest(group="g", config=config()))
+    state = await settle(groups, "g", ["a"])
+    a = state["a"]
+    await groups.CommitCursor(
+        gpb.CommitCursorRequest(
+            group="g", member_id="a", member_epoch=a.member_epoch, partition=3, position=7
+        )
+    )
+    state = await settle(groups, "g", ["a", "b"])  # b joins (a rejoins): epochs move on
+    with pytest.raises(SluiceError) as stale:
+        await call(
+            groups.CommitCursor(
+                gpb.CommitCursorRequest(
+                    group="g", member_id="a", member_epoch=a.member_epoch, partition=3, position=9
+                )
+            )
+        )
+    assert stale.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert stale.value.reason == "STALE_MEMBER_EPOCH"
+    assert stale.value.metadata["current_epoch"] == str(state["a"].member_epoch)
+    not_mine = next(a.partition for a in state["b"].assigned)
+    with pytest.raises(SluiceError) as owner:
+        await call(
+            groups.CommitCursor(
+                gpb.CommitCursorRequest(
+                    group="g",
+                    member_id="a",
+                    member_epoch=state["a"].member_epoch,
+                    partition=not_mine,
+                    position=9,
+                )
+            )
+        )
+    assert owner.value.reason == "NOT_PARTITION_OWNER"
+    with pytest.raises(SluiceError) as unknown:
+        await call(
+            groups.CommitCursor(
+                gpb.CommitCursorRequest(group="g", member_id="zz", member_epoch=1, partition=0, position=1)
+            )
+        )
+    assert unknown.value.reason == "UNKNOWN_MEMBER"
+    desc = await groups.DescribeGroup(gpb.DescribeGroupRequest(group="g"))
+    assert desc.partitions[3].cursor == 7  # nothing refused moved a cursor
+
+
+async def test_lease_expiry_and_leave_move_partitions(groups: gpb_grpc.GroupsStub) -> None:
+    await groups.CreateGroup(gpb.CreateGroupRequest(group="g", config=config(lease_ms=300)))
+    state = await settle(groups, "g", ["a", "b"])
+    # b leaves: its partitions go to a at a's next heartbeat.
+    await groups.Heartbeat(gpb.HeartbeatRequest(group="g", member_id="b", leave=True))
+    a = await beat(groups, "g", "a", state["a"])
+    assert {p.partition for p in a.assigned} == set(range(12))
+    # a stops heartbeating: after its lease, c (joining) gets everything, and a is unknown.
+    c = await join(groups, "g", "c")
+
+    async def c_has_all() -> bool:
+        nonlocal c
+        c = await beat(groups, "g", "c", c)
+        return len(c.assigned) == 12
+
+    await eventually(c_has_all, timeout=5)
+    with pytest.raises(SluiceError) as gone:
+        await call(beat(groups, "g", "a", a))
+    assert gone.value.reason == "UNKNOWN_MEMBER"
+
+
+async def test_reset_to_time_and_describe_lag(store: StoreServer, groups: gpb_grpc.GroupsStub) -> None:
+    async with Client(store.address) as c:
+        await groups.CreateGroup(gpb.CreateGroupRequest(group="g", config=config(partitions=4)))
+        for i in range(20):
+            await c.append(f"s-{i}", [new_event("E")])
+        desc = await groups.DescribeGroup(gpb.DescribeGroupRequest(group="g"))
+        assert sum(p.lag_events for p in desc.partitions) == 20
+        per = {p: sum(partition_of(f"s-{i}", 4) == p for i in range(20)) for p in range(4)}
+        assert {p.partition: p.lag_events for p in desc.partitions} == per
+        end = gpb.ResetCursorsRequest(group="g", to=pb.StartPoint(end=empty_pb2.Empty()))
+        desc = await groups.ResetCursors(end)
+        assert all(p.cursor == 21 and p.lag_events == 0 for p in desc.partitions)
+        (tenth,) = await c.read_list("s-10")
+        at_time = gpb.ResetCursorsRequest(
+            group="g", partitions=[0, 1, 2, 3], to=pb.StartPoint(time=tenth.created)
+        )
+        desc = await groups.ResetCursors(at_time)
+        assert all(p.cursor == tenth.position for p in desc.partitions)
+        assert sum(p.lag_events for p in desc.partitions) == 10
+
+
+async def test_groups_survive_a_store_restart(make_store: StoreFactory, tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path}/g.db"
+    first = await make_store(db=db)
+    async with grpc.aio.insecure_channel(first.address) as ch:
+        stub = gpb_grpc.GroupsStub(ch)
+        await stub.CreateGroup(gpb.CreateGroupRequest(group="g", config=config()))
+        state = await settle(stub, "g", ["a"])
+        await stub.CommitCursor(
+            gpb.CommitCursorRequest(
+                group="g", member_id="a", member_epoch=state["a"].member_epoch, partition=5, position=42
+            )
+        )
+    await first.stop(0)
+    second = await make_store(db=db)
+    async with grpc.aio.insecure_channel(second.address) as ch:
+        stub = gpb_grpc.GroupsStub(ch)
+        again = await beat(stub, "g", "a", state["a"])  # same epoch: no rejoin needed
+        assert again.member_epoch == state["a"].member_epoch
+        assert {p.partition: p.position for p in again.assigned}[5] == 42
+
+
+async def test_bad_group_requests_are_refused(groups: gpb_grpc.GroupsStub) -> None:
+    with pytest.raises(SluiceError) as bad_name:
+        await call(groups.CreateGroup(gpb.CreateGroupRequest(group="no spaces", config=config())))
+    assert bad_name.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(SluiceError) as bad_count:
+        await call(groups.CreateGroup(gpb.CreateGroupRequest(group="g", config=config(partitions=5000))))
+    assert "partitions" in bad_count.value.message
+    await groups.CreateGroup(gpb.CreateGroupRequest(group="g", config=config()))
+    with pytest.raises(SluiceError) as exists:
+        await call(groups.CreateGroup(gpb.CreateGroupRequest(group="g", config=config())))
+    assert exists.value.reason == "GROUP_EXISTS"
+    with pytest.raises(SluiceError) as fixed:
+        await call(groups.UpdateGroup(gpb.UpdateGroupRequest(group="g", config=config(partitions=6))))
+    assert "fixed" in fixed.value.message
+    await groups.DeleteGroup(gpb.DeleteGroupRequest(group="g"))
+    with pytest.raises(SluiceError) as missing:
+        await call(groups.DescribeGroup(gpb.DescribeGroupRequest(group="g")))
+    assert missing.value.reason == "GROUP_NOT_FOUND" and missing.value.code == grpc.StatusCode.NOT_FOUND
