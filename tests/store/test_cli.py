@@ -75,3 +75,30 @@ async def test_append_read_tail_and_streams(spawn: Callable[..., StoreProcess], 
     assert code != 0 and "FAILED_PRECONDITION" in err and "tombstoned" in err
     code, _, err = await sluice(store, "append", "orders-1", "X", "x", "--expected", "no_stream")
     assert code != 0 and "expected revision no_stream, actual 1" in err
+
+
+async def test_groups_commands(spawn: Callable[..., StoreProcess]) -> None:
+    store = spawn()
+    await store.start()
+    code, out, err = await sluice(
+        store, "groups", "create", "billing", "--prefix", "inv-", "--from", "start", "--partitions", "4"
+    )
+    assert code == 0, err
+    lines = out.splitlines()
+    rows = lines[lines.index(next(ln for ln in lines if ln.startswith("partition"))) + 2 :]
+    assert [r.split()[:3] for r in rows] == [[str(p), "-", "1"] for p in range(4)]  # partition, owner, cursor
+    for i in range(6):
+        await sluice(store, "append", f"inv-{i}", "Issued", "{}")
+    code, out, _ = await sluice(store, "groups", "list")
+    assert out.splitlines()[2].split()[:4] == ["billing", "4", "0", "6"]
+    code, out, _ = await sluice(store, "--json", "groups", "reset", "billing", "--to", "end")
+    desc = json.loads(out)
+    assert all(int(p["cursor"]) == 7 for p in desc["partitions"])
+    code, out, _ = await sluice(store, "groups", "describe", "billing")
+    lines = out.splitlines()
+    rows = lines[lines.index(next(ln for ln in lines if ln.startswith("partition"))) + 2 :]
+    assert [r.split()[2:4] for r in rows] == [["7", "0"]] * 4  # cursor at the end, no lag
+    code, out, _ = await sluice(store, "groups", "delete", "billing")
+    assert code == 0
+    code, _, err = await sluice(store, "groups", "describe", "billing")
+    assert code != 0 and "NOT_FOUND" in err

@@ -285,6 +285,63 @@ async def cmd_streams(c: Client, a: argparse.Namespace) -> None:
         )
 
 
+GROUP_HEADERS = ("group", "partitions", "members", "lag (events)", "oldest unhandled (s)")
+
+
+async def cmd_groups(c: Client, a: argparse.Namespace) -> None:
+    if a.action == "list":
+        groups = await c.list_groups()
+    elif a.action == "create":
+        groups = [
+            await c.create_group(
+                a.group,
+                stream_prefixes=a.prefix,
+                event_types=a.type,
+                start=parse_start(a.start) or END,
+                partitions=a.partitions,
+            )
+        ]
+    elif a.action == "reset":
+        if not a.to:
+            raise SystemExit("sluice: groups reset needs --to (start, end, pos:N, an ISO time or -5m)")
+        groups = [await c.reset_group(a.group, parse_start(a.to), a.partition or ())]
+    elif a.action == "delete":
+        await c.delete_group(a.group)
+        print(json.dumps({"group": a.group, "deleted": True}) if a.json else f"deleted group {a.group}")
+        return
+    else:
+        groups = [await c.describe_group(a.group)]
+    if a.json:
+        for g in groups:
+            print(json_format.MessageToJson(g, preserving_proto_field_name=True, indent=None))
+        return
+    if a.action == "list":
+        table(
+            [
+                (
+                    g.group,
+                    g.config.partitions,
+                    len(g.members),
+                    sum(p.lag_events for p in g.partitions),
+                    f"{max((p.lag_seconds for p in g.partitions), default=0):.1f}",
+                )
+                for g in groups
+            ],
+            GROUP_HEADERS,
+        )
+        return
+    (g,) = groups
+    table(
+        [(m.member_id, m.member_epoch, ",".join(map(str, m.assigned)) or "-") for m in g.members],
+        ("member", "epoch", "assigned partitions"),
+    )
+    print()
+    table(
+        [(p.partition, p.owner or "-", p.cursor, p.lag_events, f"{p.lag_seconds:.1f}") for p in g.partitions],
+        ("partition", "owner", "cursor", "lag (events)", "lag (s)"),
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sluice", description="Talk to a Sluice store.")
     p.add_argument(
@@ -337,6 +394,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--tombstone", action="store_true", help="delete: for good")
     sp.add_argument("--expected", type=parse_expected, default=ANY)
     sp.set_defaults(run=cmd_streams)
+
+    gp = sub.add_parser("groups", help="consumer groups: list, describe, create, reset, delete")
+    gp.add_argument("action", choices=["list", "describe", "create", "reset", "delete"])
+    gp.add_argument("group", nargs="?")
+    gp.add_argument("--prefix", action="append", help="create: stream prefix to read")
+    gp.add_argument("--type", action="append", help="create: event type to read")
+    gp.add_argument("--from", dest="start", help="create: where cursors start (default end)")
+    gp.add_argument("--partitions", type=int, default=12, help="create: partition count")
+    gp.add_argument("--to", help="reset: start, end, pos:N, an ISO time or -5m")
+    gp.add_argument("--partition", type=int, action="append", help="reset: only this partition")
+    gp.set_defaults(run=cmd_groups)
     return p
 
 
@@ -350,6 +418,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     a = parser.parse_args(argv)
     if a.command == "streams" and a.action != "list" and not a.stream:
         parser.error(f"streams {a.action} needs a stream name")
+    if a.command == "groups" and a.action != "list" and not a.group:
+        parser.error(f"groups {a.action} needs a group name")
     if a.command == "append":
         a.payload = read_payload(a)
     try:

@@ -18,6 +18,8 @@ from google.protobuf import empty_pb2
 from sluice import telemetry
 from sluice.errors import SluiceError, WrongExpectedRevision, from_rpc_error, from_status
 from sluice.ids import uuid7
+from sluice.v1 import groups_pb2 as gpb
+from sluice.v1 import groups_pb2_grpc as gpb_grpc
 from sluice.v1 import streams_pb2 as pb
 from sluice.v1 import streams_pb2_grpc as pb_grpc
 
@@ -168,6 +170,8 @@ class Client:
             interceptors=interceptors or None,
         )
         self._stub = pb_grpc.StreamsStub(self._channel)
+        #: The sluice.v1.Groups stub, for members (Heartbeat, CommitCursor).
+        self.groups_stub = gpb_grpc.GroupsStub(self._channel)
         self.timeout = timeout
         self._closed = False
 
@@ -343,6 +347,60 @@ class Client:
             token = resp.next_page_token
             if not token:
                 return
+
+    # -- consumer groups --------------------------------------------------------------
+
+    async def create_group(
+        self,
+        group: str,
+        *,
+        stream_prefixes: Iterable[str] | None = None,
+        event_types: Iterable[str] | None = None,
+        start: StartAt = END,
+        partitions: int = 12,
+        lease: float = 10.0,
+        max_attempts: int = 5,
+        dead_letter_stream: str = "",
+    ) -> gpb.GroupDescription:
+        """Create a consumer group reading the matching streams from ``start``."""
+        config = gpb.GroupConfig(
+            partitions=partitions,
+            filter=pb.Filter(
+                stream_prefixes=list(stream_prefixes or ()), event_types=list(event_types or ())
+            ),
+            dead_letter_stream=dead_letter_stream,
+        )
+        config.lease.FromMicroseconds(int(lease * 1e6))
+        config.retry.max_attempts = max_attempts
+        sp = _start(start)
+        if sp is not None:
+            config.start.CopyFrom(sp)
+        req = gpb.CreateGroupRequest(group=group, config=config)
+        return await self._call(self.groups_stub.CreateGroup(req, timeout=self.timeout))
+
+    async def describe_group(self, group: str) -> gpb.GroupDescription:
+        """Members, assignment, cursors and lag per partition."""
+        req = gpb.DescribeGroupRequest(group=group)
+        return await self._call(self.groups_stub.DescribeGroup(req, timeout=self.timeout))
+
+    async def list_groups(self) -> list[gpb.GroupDescription]:
+        resp = await self._call(self.groups_stub.ListGroups(gpb.ListGroupsRequest(), timeout=self.timeout))
+        return list(resp.groups)
+
+    async def delete_group(self, group: str) -> None:
+        await self._call(
+            self.groups_stub.DeleteGroup(gpb.DeleteGroupRequest(group=group), timeout=self.timeout)
+        )
+
+    async def reset_group(
+        self, group: str, to: StartAt, partitions: Iterable[int] = ()
+    ) -> gpb.GroupDescription:
+        """Move cursors (all, or the given partitions) to a start point."""
+        req = gpb.ResetCursorsRequest(group=group, partitions=list(partitions))
+        sp = _start(to)
+        if sp is not None:
+            req.to.CopyFrom(sp)
+        return await self._call(self.groups_stub.ResetCursors(req, timeout=self.timeout))
 
     # -- event sourcing ---------------------------------------------------------------
 
