@@ -29,17 +29,8 @@ from sluice.client import (
     new_event,
 )
 from sluice.errors import SluiceError
+from sluice.settings import parse_duration
 from sluice.v1 import streams_pb2 as pb
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str) -> float:
-    """``30s``, ``5m``, ``2h``, ``7d`` or plain seconds."""
-    text = text.strip()
-    if text and text[-1] in _UNITS:
-        return float(text[:-1]) * _UNITS[text[-1]]
-    return float(text)
 
 
 def parse_start(text: str | None) -> StartAt:

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import os
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
 
+from sluice import settings
+from sluice.settings import ConfigError, Option, parse_bool
 from sluice_store.retention import Policy, parse_duration
 
-
-class ConfigError(ValueError):
-    """A setting is missing or malformed; the message names it."""
+__all__ = ["OPTIONS", "ConfigError", "Settings", "load"]
 
 
 def _parse_prefix_rules(text: str) -> dict[str, Policy]:
@@ -24,34 +21,6 @@ def _parse_prefix_rules(text: str) -> dict[str, Policy]:
             raise ValueError(f"expected PREFIX=RULES, got {chunk!r}")
         rules[prefix] = Policy.parse(spec)
     return rules
-
-
-def _parse_bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"expected true or false, got {text!r}")
-
-
-@dataclasses.dataclass(frozen=True)
-class Option:
-    """One setting: its flag, environment variable, parser and help."""
-
-    name: str
-    default: Any
-    parse: Callable[[str], Any]
-    help: str
-    env_name: str = ""
-
-    @property
-    def env(self) -> str:
-        return self.env_name or "SLUICE_" + self.name.upper()
-
-    @property
-    def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -92,7 +61,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("heartbeat_interval", 5.0, parse_duration, "default subscription heartbeat interval"),
     Option("stream_cache", 200_000, int, "stream states kept in memory"),
     Option("grace", 10.0, parse_duration, "seconds in-flight RPCs get on shutdown"),
-    Option("uvloop", True, _parse_bool, "use uvloop when installed"),
+    Option("uvloop", True, parse_bool, "use uvloop when installed"),
 )
 
 
@@ -136,30 +105,5 @@ class Settings:
 
 
 def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
-    """Settings from flags, then ``SLUICE_*`` variables, then defaults; bad values name themselves."""
-    env = os.environ if env is None else env
-    parser = argparse.ArgumentParser(prog="sluice-store", description="Run the Sluice store.")
-    for opt in OPTIONS:
-        parser.add_argument(
-            opt.flag, dest=opt.name, default=None, help=f"{opt.help} [{opt.env}; {opt.default!r}]"
-        )
-    args = parser.parse_args(argv)
-    values: dict[str, Any] = {}
-    sources: dict[str, str] = {}
-    for opt in OPTIONS:
-        raw = getattr(args, opt.name)
-        source = opt.flag
-        if raw is None and opt.env in env:
-            raw, source = env[opt.env], opt.env
-        if raw is None:
-            continue
-        try:
-            values[opt.name] = opt.parse(raw)
-        except ValueError as e:
-            raise ConfigError(f"{source}: {e}") from e
-        sources[opt.name] = source
-    try:
-        return Settings(**values)
-    except ConfigError as e:
-        name, _, rest = str(e).partition(":")
-        raise ConfigError(f"{sources.get(name, name)}:{rest}") from e
+    """The store's settings from flags, ``SLUICE_*`` variables and defaults."""
+    return settings.load(Settings, OPTIONS, "sluice-store", "Run the Sluice store.", argv, env)

@@ -12,19 +12,11 @@ import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 
+from sluice.settings import parse_duration
 from sluice.v1 import streams_pb2 as pb
 
 US = 1_000_000
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-
-
-def parse_duration(text: str) -> float:
-    """``"30s"``, ``"5m"``, ``"7d"``, ``"250ms"`` or plain seconds -> seconds."""
-    m = _DURATION.match(text)
-    if not m:
-        raise ValueError(f"expected a duration like 30s, 5m, 7d, got {text!r}")
-    return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+__all__ = ["US", "Policy", "parse_duration"]
 
 
 @dataclasses.dataclass(frozen=True)
