@@ -360,6 +360,8 @@ class Client:
         partitions: int = 12,
         lease: float = 10.0,
         max_attempts: int = 5,
+        initial_backoff: float = 1.0,
+        max_backoff: float = 60.0,
         dead_letter_stream: str = "",
     ) -> gpb.GroupDescription:
         """Create a consumer group reading the matching streams from ``start``."""
@@ -372,6 +374,8 @@ class Client:
         )
         config.lease.FromMicroseconds(int(lease * 1e6))
         config.retry.max_attempts = max_attempts
+        config.retry.initial_backoff.FromMicroseconds(int(initial_backoff * 1e6))
+        config.retry.max_backoff.FromMicroseconds(int(max_backoff * 1e6))
         sp = _start(start)
         if sp is not None:
             config.start.CopyFrom(sp)

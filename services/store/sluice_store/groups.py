@@ -29,6 +29,7 @@ from sluice_store.storage.base import Storage
 DEFAULT_PARTITIONS = 12
 MAX_PARTITIONS = 1024
 DEFAULT_LEASE_US = 10 * US
+DEFAULT_HEARTBEAT_US = 1 * US
 DEFAULT_ATTEMPTS = 5
 GROUP_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
@@ -185,7 +186,8 @@ def normalized(config: gpb.GroupConfig, creating: bool) -> gpb.GroupConfig:
     if lease < 100_000:
         raise InvalidArgument("lease must be at least 100ms", field="config.lease")
     if not c.HasField("heartbeat_interval"):
-        c.heartbeat_interval.FromMicroseconds(lease // 3)
+        # Members learn of moved partitions at their next heartbeat: keep it short.
+        c.heartbeat_interval.FromMicroseconds(min(lease // 3, DEFAULT_HEARTBEAT_US))
     if not 0 < c.heartbeat_interval.ToMicroseconds() < lease:
         raise InvalidArgument("heartbeat_interval must be positive and below lease", field="config")
     if not c.retry.max_attempts:

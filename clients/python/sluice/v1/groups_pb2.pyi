@@ -82,7 +82,7 @@ class GroupConfig(_message.Message):
     partitions: _builtins.int
     """Number of partitions, 1..1024 (default 12). Fixed once created."""
     dead_letter_stream: _builtins.str
-    """Where events go after max_attempts failures (default "$dlq-<group>")."""
+    """Where events go after max_attempts failures (default "dlq.<group>")."""
     @_builtins.property
     def filter(self) -> _streams_pb2.Filter:
         """Which events the group reads (stream prefixes, event types); partition fields unused."""
@@ -97,7 +97,9 @@ class GroupConfig(_message.Message):
 
     @_builtins.property
     def heartbeat_interval(self) -> _duration_pb2.Duration:
-        """How often members should heartbeat (default lease / 3)."""
+        """How often members should heartbeat, and so how soon they learn of moved
+        partitions (default: lease / 3, at most 1s).
+        """
 
     @_builtins.property
     def retry(self) -> Global___RetryPolicy: ...

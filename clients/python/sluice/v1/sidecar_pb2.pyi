@@ -204,14 +204,15 @@ class PartitionStatus(_message.Message):
     COMMITTED_FIELD_NUMBER: _builtins.int
     HANDLED_FIELD_NUMBER: _builtins.int
     IN_FLIGHT_FIELD_NUMBER: _builtins.int
-    LAG_EVENTS_FIELD_NUMBER: _builtins.int
+    LAG_POSITIONS_FIELD_NUMBER: _builtins.int
     partition: _builtins.int
     committed: _builtins.int
     """Every event of the partition below this was handled (as last committed)."""
     handled: _builtins.int
     """Handled so far in this sidecar (may be ahead of committed)."""
     in_flight: _builtins.int
-    lag_events: _builtins.int
+    lag_positions: _builtins.int
+    """head_position - handled: an upper bound on the events still to handle."""
     def __init__(
         self,
         *,
@@ -219,11 +220,11 @@ class PartitionStatus(_message.Message):
         committed: _builtins.int = ...,
         handled: _builtins.int = ...,
         in_flight: _builtins.int = ...,
-        lag_events: _builtins.int = ...,
+        lag_positions: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["committed", b"committed", "handled", b"handled", "in_flight", b"in_flight", "lag_events", b"lag_events", "partition", b"partition"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["committed", b"committed", "handled", b"handled", "in_flight", b"in_flight", "lag_positions", b"lag_positions", "partition", b"partition"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -243,6 +244,8 @@ class SidecarStatus(_message.Message):
     RETRIED_FIELD_NUMBER: _builtins.int
     DEAD_LETTERED_FIELD_NUMBER: _builtins.int
     HEAD_POSITION_FIELD_NUMBER: _builtins.int
+    PULL_OUTSTANDING_FIELD_NUMBER: _builtins.int
+    PULL_OUTSTANDING_MAX_FIELD_NUMBER: _builtins.int
     group: _builtins.str
     member_id: _builtins.str
     member_epoch: _builtins.int
@@ -252,6 +255,9 @@ class SidecarStatus(_message.Message):
     retried: _builtins.int
     dead_lettered: _builtins.int
     head_position: _builtins.int
+    pull_outstanding: _builtins.int
+    """Pull mode: deliveries sent and not yet acked, now and at most so far."""
+    pull_outstanding_max: _builtins.int
     @_builtins.property
     def partitions(self) -> _containers.RepeatedCompositeFieldContainer[Global___PartitionStatus]: ...
     def __init__(
@@ -267,10 +273,12 @@ class SidecarStatus(_message.Message):
         retried: _builtins.int = ...,
         dead_lettered: _builtins.int = ...,
         head_position: _builtins.int = ...,
+        pull_outstanding: _builtins.int = ...,
+        pull_outstanding_max: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dead_lettered", b"dead_lettered", "delivered", b"delivered", "group", b"group", "head_position", b"head_position", "in_flight", b"in_flight", "member_epoch", b"member_epoch", "member_id", b"member_id", "partitions", b"partitions", "ready", b"ready", "retried", b"retried"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dead_lettered", b"dead_lettered", "delivered", b"delivered", "group", b"group", "head_position", b"head_position", "in_flight", b"in_flight", "member_epoch", b"member_epoch", "member_id", b"member_id", "partitions", b"partitions", "pull_outstanding", b"pull_outstanding", "pull_outstanding_max", b"pull_outstanding_max", "ready", b"ready", "retried", b"retried"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

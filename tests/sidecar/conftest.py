@@ -1,0 +1,182 @@
+"""End-to-end fixtures: a store process, sidecar processes, and a plain aiohttp app receiving pushes."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from tests.conftest import StoreProcess, free_port
+
+WAIT = 30.0
+
+
+@dataclasses.dataclass
+class Received:
+    sidecar: str
+    id: str
+    stream: str
+    revision: int
+    position: int
+    partition: int
+    attempt: int
+    type: str
+
+
+class App:
+    """An existing HTTP service: it knows CloudEvents headers, nothing of Sluice's code."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.received: list[Received] = []
+        self.acked: list[Received] = []
+        self.script: dict[str, list[int]] = {}  # stream -> statuses for its next deliveries
+        self.poison: set[str] = set()  # event types answered with 500, always
+        self._changed = asyncio.Condition()
+        self._runner: web.AppRunner | None = None
+
+    def url(self, sidecar: str) -> str:
+        return f"http://127.0.0.1:{self.port}/events/{sidecar}"
+
+    async def _events(self, request: web.Request) -> web.Response:
+        h = request.headers
+        await request.read()
+        got = Received(
+            request.match_info["sidecar"],
+            h["ce-id"],
+            h["ce-subject"],
+            int(h["ce-sluicerevision"]),
+            int(h["ce-sluiceposition"]),
+            int(h["ce-sluicepartition"]),
+            int(h["ce-sluiceattempt"]),
+            h["ce-type"],
+        )
+        status = 200
+        if got.type in self.poison:
+            status = 500
+        elif self.script.get(got.stream):
+            status = self.script[got.stream].pop(0)
+        async with self._changed:
+            self.received.append(got)
+            if status == 200:
+                self.acked.append(got)
+            self._changed.notify_all()
+        return web.Response(status=status, text="ok" if status == 200 else "not now")
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.add_routes([web.post("/events/{sidecar}", self._events)])
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        if self._runner:
+            await self._runner.cleanup()
+
+    async def wait(self, check: Callable[[], bool], timeout: float = WAIT) -> None:
+        """Wait until check() holds after some delivery; fail after timeout."""
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(check), timeout)
+
+    def acked_ids(self) -> set[str]:
+        return {r.id for r in self.acked}
+
+
+class Sidecar:
+    """``python -m sluice_sidecar`` as a real process."""
+
+    def __init__(self, name: str, store: str, group: str, app_url: str, *extra: str) -> None:
+        self.name = name
+        self.http = f"127.0.0.1:{free_port()}"
+        self.grpc = f"127.0.0.1:{free_port()}"
+        self.args = [
+            *(sys.executable, "-m", "sluice_sidecar", "--store", store, "--group", group),
+            *("--member-id", name, "--app-url", app_url, "--http-addr", self.http, "--grpc-addr", self.grpc),
+            *extra,
+        ]
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+        )
+        assert self.proc.stdout is not None
+        async with asyncio.timeout(WAIT):
+            while b"sluice sidecar" not in await self.proc.stdout.readline():
+                if self.proc.returncode is not None:
+                    raise RuntimeError(f"sidecar {self.name} exited at start")
+            while not (await self.get("/readyz", ok_only=False)).get("ready"):  # noqa: ASYNC110 (readiness can only be polled)
+                await asyncio.sleep(0.05)
+
+    async def get(self, path: str, ok_only: bool = True) -> dict[str, Any]:
+        async with aiohttp.ClientSession() as s, s.get(f"http://{self.http}{path}") as r:
+            if ok_only:
+                r.raise_for_status()
+            data: dict[str, Any] = await r.json()
+            return data
+
+    async def status(self) -> dict[str, Any]:
+        return await self.get("/v1/status")
+
+    async def partitions(self) -> set[int]:
+        return {int(p["partition"]) for p in (await self.status()).get("partitions", [])}
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    async def wait(self, timeout: float = WAIT) -> int:
+        assert self.proc is not None
+        return await asyncio.wait_for(self.proc.wait(), timeout)
+
+
+@pytest.fixture
+async def app() -> AsyncIterator[App]:
+    a = App()
+    await a.start()
+    yield a
+    await a.stop()
+
+
+@pytest.fixture
+async def store_proc(tmp_path: Path) -> AsyncIterator[StoreProcess]:
+    store = StoreProcess(f"sqlite:///{tmp_path}/mesh.db", "--durability", "normal")
+    await store.start()
+    yield store
+    if store.proc and store.proc.returncode is None:
+        store.proc.kill()
+        await store.proc.wait()
+
+
+@pytest.fixture
+async def sidecars(store_proc: StoreProcess, app: App) -> AsyncIterator[Callable[..., Sidecar]]:
+    made: list[Sidecar] = []
+
+    def make(name: str, *extra: str, group: str = "app") -> Sidecar:
+        defaults = ["--prefixes", "orders-", "--start", "start", "--lease", "2s", "--initial-backoff", "50ms"]
+        sc = Sidecar(name, store_proc.addr, group, app.url(name), *defaults, *extra)
+        made.append(sc)
+        return sc
+
+    yield make
+    for sc in made:
+        if sc.proc and sc.proc.returncode is None:
+            sc.proc.send_signal(signal.SIGCONT)
+            sc.proc.kill()
+            await sc.proc.wait()
+
+
+async def eventually_true(check: Callable[[], Any], timeout: float = WAIT) -> None:
+    """Poll an async check until it holds (for state only observable by asking)."""
+    async with asyncio.timeout(timeout):
+        while not await check():  # noqa: ASYNC110 (sidecar status can only be polled)
+            await asyncio.sleep(0.05)

@@ -1,0 +1,135 @@
+"""The store and several sidecars as real processes, pushing to a real HTTP app."""
+
+from __future__ import annotations
+
+import collections
+import signal
+import time
+from collections.abc import Callable
+
+from sluice import Client, new_event
+from sluice.partition import partition_of
+from tests.conftest import StoreProcess
+from tests.sidecar.conftest import App, Sidecar, eventually_true
+
+
+async def produce(store: StoreProcess, streams: int, per_stream: int, prefix: str = "orders-") -> list[str]:
+    """Append per_stream events to each stream, interleaved; the appended ids in order."""
+    ids = []
+    async with Client(store.addr) as c:
+        for rev in range(per_stream):
+            for s in range(streams):
+                ev = new_event("Placed", {"s": s, "rev": rev})
+                await c.append(f"{prefix}{s}", [ev])
+                ids.append(ev.id)
+    return ids
+
+
+def in_order_per_stream(received: list) -> bool:  # type: ignore[type-arg]
+    """Each stream's first deliveries come in revision order."""
+    seen: dict[str, list[int]] = collections.defaultdict(list)
+    for r in received:
+        if r.revision not in seen[r.stream]:
+            seen[r.stream].append(r.revision)
+    return all(revs == sorted(revs) for revs in seen.values())
+
+
+async def balanced(scs: list[Sidecar], total: int = 12) -> bool:
+    parts = [await sc.partitions() for sc in scs]
+    union = set().union(*parts)
+    return (
+        len(union) == total
+        and sum(map(len, parts)) == total
+        and max(map(len, parts)) - min(map(len, parts)) <= 1
+    )
+
+
+async def test_three_sidecars_share_partitions_in_order_exactly_once(
+    store_proc: StoreProcess, app: App, sidecars: Callable[..., Sidecar]
+) -> None:
+    scs = [sidecars(f"sc{i}") for i in range(3)]
+    for sc in scs:
+        await sc.start()
+    await eventually_true(lambda: balanced(scs))
+    assert [len(await sc.partitions()) for sc in scs] == [4, 4, 4]
+    ids = await produce(store_proc, streams=30, per_stream=4)
+    await app.wait(lambda: app.acked_ids() >= set(ids))
+    assert len(app.received) == len(ids)  # without faults: exactly once
+    assert in_order_per_stream(app.received)
+    owners = {sc.name: await sc.partitions() for sc in scs}
+    for r in app.received:  # each event came through the sidecar owning its partition
+        assert partition_of(r.stream, 12) == r.partition and r.partition in owners[r.sidecar]
+
+
+async def test_kill_9_moves_partitions_within_the_lease_and_loses_nothing(
+    store_proc: StoreProcess, app: App, sidecars: Callable[..., Sidecar]
+) -> None:
+    scs = [sidecars(f"k{i}", "--commit-interval", "5s") for i in range(3)]
+    for sc in scs:
+        await sc.start()
+    await eventually_true(lambda: balanced(scs))
+    first = await produce(store_proc, streams=30, per_stream=2)
+    await app.wait(lambda: app.acked_ids() >= set(first))
+    victim, rest = scs[1], [scs[0], scs[2]]
+    killed_at = time.monotonic()
+    victim.signal(signal.SIGKILL)
+    await victim.wait()
+    await eventually_true(lambda: balanced(rest))
+    moved_after = time.monotonic() - killed_at
+    assert moved_after < 2.0 + 2.0 / 3 + 1.0  # lease + one heartbeat (+ polling slack)
+    second = await produce(store_proc, streams=30, per_stream=2)
+    await app.wait(lambda: app.acked_ids() >= set(first) | set(second))
+    counts = collections.Counter(r.id for r in app.acked)
+    duplicates = {i for i, n in counts.items() if n > 1}
+    # Only what the killed sidecar had handled but not committed (commits every 5s) comes again.
+    by_victim = {r.id for r in app.acked if r.sidecar == victim.name}
+    assert duplicates <= by_victim
+    assert in_order_per_stream([r for r in app.received if r.sidecar != victim.name])
+
+
+async def test_sigterm_hands_over_at_once_without_duplicates(
+    store_proc: StoreProcess, app: App, sidecars: Callable[..., Sidecar]
+) -> None:
+    scs = [sidecars(f"t{i}", "--lease", "20s", "--commit-interval", "10s") for i in range(2)]
+    for sc in scs:
+        await sc.start()
+    await eventually_true(lambda: balanced(scs))
+    first = await produce(store_proc, streams=20, per_stream=2)
+    await app.wait(lambda: app.acked_ids() >= set(first))
+    leaving_at = time.monotonic()
+    scs[1].signal(signal.SIGTERM)
+    assert await scs[1].wait() == 0
+    await eventually_true(lambda: balanced([scs[0]]))
+    assert time.monotonic() - leaving_at < 5.0  # far sooner than the 20s lease
+    second = await produce(store_proc, streams=20, per_stream=2)
+    await app.wait(lambda: app.acked_ids() >= set(first) | set(second))
+    assert len(app.acked) == len(first) + len(second)  # no duplicates: it committed before leaving
+
+
+async def test_retries_with_backoff_then_dead_letters_poison(
+    store_proc: StoreProcess, app: App, sidecars: Callable[..., Sidecar]
+) -> None:
+    sc = sidecars("r0", "--max-attempts", "3")
+    await sc.start()
+    app.script["orders-flaky"] = [503, 503]
+    app.poison.add("Poison")
+    async with Client(store_proc.addr) as c:
+        flaky = new_event("Placed", {"n": 1})
+        await c.append("orders-flaky", [flaky])
+        poison = new_event("Poison", {"n": 2})
+        after = new_event("Placed", {"n": 3})
+        await c.append("orders-bad", [poison])
+        await c.append("orders-bad", [after])
+        await app.wait(lambda: {flaky.id, after.id} <= app.acked_ids())
+        attempts = [r.attempt for r in app.received if r.id == flaky.id]
+        assert attempts == [1, 2, 3]
+        assert [r.attempt for r in app.received if r.id == poison.id] == [1, 2, 3]
+        # The partition moved on past the poison event, in order.
+        order = [r.id for r in app.received if r.stream == "orders-bad"]
+        assert order.index(after.id) > max(i for i, x in enumerate(order) if x == poison.id)
+        (dead,) = await c.read_list("dlq.app")
+        assert dead.type == "Poison" and dead.data == poison.data
+        assert dead.metadata["dlq-attempts"] == "3" and "HTTP 500" in dead.metadata["dlq-reason"]
+        assert dead.metadata["dlq-stream"] == "orders-bad" and dead.metadata["dlq-event-id"] == poison.id
+    status = await sc.status()
+    assert int(status["retried"]) >= 4 and int(status["dead_lettered"]) == 1
