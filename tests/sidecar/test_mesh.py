@@ -10,7 +10,7 @@ from collections.abc import Callable
 from sluice import Client, new_event
 from sluice.partition import partition_of
 from tests.conftest import StoreProcess
-from tests.sidecar.conftest import App, Sidecar, eventually_true
+from tests.sidecar.conftest import App, Received, Sidecar, eventually_true
 
 
 async def produce(store: StoreProcess, streams: int, per_stream: int, prefix: str = "orders-") -> list[str]:
@@ -25,13 +25,19 @@ async def produce(store: StoreProcess, streams: int, per_stream: int, prefix: st
     return ids
 
 
-def in_order_per_stream(received: list) -> bool:  # type: ignore[type-arg]
+def in_order_per_stream(received: list[Received]) -> bool:
     """Each stream's first deliveries come in revision order."""
     seen: dict[str, list[int]] = collections.defaultdict(list)
     for r in received:
         if r.revision not in seen[r.stream]:
             seen[r.stream].append(r.revision)
     return all(revs == sorted(revs) for revs in seen.values())
+
+
+async def group_lag_is_zero(store: StoreProcess, group: str = "app") -> bool:
+    async with Client(store.addr) as c:
+        desc = await c.describe_group(group)
+    return sum(p.lag_events for p in desc.partitions) == 0
 
 
 async def balanced(scs: list[Sidecar], total: int = 12) -> bool:
@@ -133,3 +139,66 @@ async def test_retries_with_backoff_then_dead_letters_poison(
         assert dead.metadata["dlq-stream"] == "orders-bad" and dead.metadata["dlq-event-id"] == poison.id
     status = await sc.status()
     assert int(status["retried"]) >= 4 and int(status["dead_lettered"]) == 1
+
+
+async def test_a_paused_member_past_its_lease_cannot_commit_or_deliver(
+    store_proc: StoreProcess, app: App, sidecars: Callable[..., Sidecar]
+) -> None:
+    scs = [sidecars(f"p{i}") for i in range(2)]
+    for sc in scs:
+        await sc.start()
+    await eventually_true(lambda: balanced(scs))
+    first = await produce(store_proc, streams=20, per_stream=1)
+    await app.wait(lambda: app.acked_ids() >= set(first))
+    paused, other = scs[1], scs[0]
+    lost = await paused.partitions()
+    await eventually_true(lambda: group_lag_is_zero(store_proc))  # everything committed
+    paused.signal(signal.SIGSTOP)
+    await eventually_true(lambda: balanced([other]))  # its lease ran out: all to the other
+    during = await produce(store_proc, streams=20, per_stream=1)
+    await app.wait(lambda: app.acked_ids() >= set(first) | set(during))
+    seen_before = len(app.received)
+    paused.signal(signal.SIGCONT)
+    await eventually_true(lambda: balanced(scs))  # it rejoined and got a share again
+    after = await produce(store_proc, streams=20, per_stream=1)
+    await app.wait(lambda: app.acked_ids() >= set(first) | set(during) | set(after))
+    late = app.received[seen_before:]
+    # Nothing it fetched before the pause was delivered by it afterwards: each event once.
+    assert len(app.acked) == len(first) + len(during) + len(after)
+    assert not [r for r in late if r.sidecar == paused.name and r.id in set(during)]
+    assert lost  # it had partitions to lose
+    await eventually_true(lambda: group_lag_is_zero(store_proc))
+
+
+async def test_store_restart_during_delivery_loses_nothing(
+    store_proc: StoreProcess, app: App, sidecars: Callable[..., Sidecar]
+) -> None:
+    scs = [sidecars(f"s{i}") for i in range(2)]
+    for sc in scs:
+        await sc.start()
+    await eventually_true(lambda: balanced(scs))
+    first = await produce(store_proc, streams=20, per_stream=2)
+    assert store_proc.proc is not None
+    store_proc.proc.send_signal(signal.SIGKILL)
+    await store_proc.wait()
+    await store_proc.start()  # same address, same database
+    second = await produce(store_proc, streams=20, per_stream=2)
+    await app.wait(lambda: app.acked_ids() >= set(first) | set(second))
+    assert in_order_per_stream(app.received)
+
+
+async def test_reset_to_a_time_replays_from_there(
+    store_proc: StoreProcess, app: App, sidecars: Callable[..., Sidecar]
+) -> None:
+    sc = sidecars("z0")
+    await sc.start()
+    first = await produce(store_proc, streams=5, per_stream=2)
+    second = await produce(store_proc, streams=5, per_stream=2)
+    await app.wait(lambda: app.acked_ids() >= set(first) | set(second))
+    async with Client(store_proc.addr) as c:
+        (start_of_second,) = [e for e in await c.read_list() if e.id == second[0]]
+        await c.reset_group("app", start_of_second.created)
+    await app.wait(lambda: len(app.acked) >= len(first) + 2 * len(second))
+    replayed = collections.Counter(r.id for r in app.acked)
+    assert {i for i, n in replayed.items() if n == 2} == set(second)
+    assert all(replayed[i] == 1 for i in first)

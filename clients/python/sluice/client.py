@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import empty_pb2
+from google.protobuf import empty_pb2, timestamp_pb2
 
 from sluice import telemetry
 from sluice.errors import SluiceError, WrongExpectedRevision, from_rpc_error, from_status
@@ -60,7 +60,7 @@ class Position:
     value: int
 
 
-StartAt = str | Revision | Position | datetime | None
+StartAt = str | Revision | Position | datetime | timestamp_pb2.Timestamp | None
 
 
 def new_event(
@@ -116,6 +116,10 @@ def _start(at: StartAt) -> pb.StartPoint | None:
     if isinstance(at, datetime):
         sp = pb.StartPoint()
         sp.time.FromDatetime(at)
+        return sp
+    if isinstance(at, timestamp_pb2.Timestamp):  # e.g. an event's `created`
+        sp = pb.StartPoint()
+        sp.time.CopyFrom(at)
         return sp
     raise ValueError(f"unknown start point {at!r}")
 
