@@ -227,6 +227,7 @@ class PullHub(Deliverer):
         self._changed = asyncio.Condition()
         self._outbox: collections.deque[spb.Delivery] = collections.deque()
         self._waiting: dict[int, asyncio.Future[Result]] = {}
+        self._sent: set[int] = set()  # delivered to the app, not yet acked
         self._ids = itertools.count(1)
         self.outstanding = 0
         self.max_outstanding = 0  # the most deliveries ever outstanding at once (for tests)
@@ -252,6 +253,15 @@ class PullHub(Deliverer):
             return Result(RETRY, "no ack from the app in time")
         finally:
             self._waiting.pop(did, None)
+            if d in self._outbox:
+                self._outbox.remove(d)  # never sent: it will be offered again as a retry
+            self._settle(did)
+
+    def _settle(self, delivery_id: int) -> None:
+        """A sent delivery was acked, or expired: it is no longer outstanding."""
+        if delivery_id in self._sent:
+            self._sent.discard(delivery_id)
+            self.outstanding -= 1
 
     async def serve(self, requests: AsyncIterator[spb.PullRequest]) -> AsyncIterator[spb.PullResponse]:
         """One app connection: read credits and acks, send deliveries within the credits."""
@@ -267,9 +277,9 @@ class PullHub(Deliverer):
                         if kind == "credits":
                             self.credits += req.credits
                         elif kind == "ack":
+                            self._settle(req.ack.delivery_id)
                             fut = self._waiting.get(req.ack.delivery_id)
                             if fut is not None and not fut.done():
-                                self.outstanding -= 1
                                 fut.set_result(_from_proto(req.ack.result))
                         self._changed.notify_all()
             finally:
@@ -287,6 +297,7 @@ class PullHub(Deliverer):
                         break
                     d = self._outbox.popleft()
                     self.credits -= 1
+                    self._sent.add(d.delivery_id)
                     self.outstanding += 1
                     self.max_outstanding = max(self.max_outstanding, self.outstanding)
                 yield spb.PullResponse(delivery=d)

@@ -40,6 +40,7 @@ class App:
         self.acked: list[Received] = []
         self.script: dict[str, list[int]] = {}  # stream -> statuses for its next deliveries
         self.poison: set[str] = set()  # event types answered with 500, always
+        self.batches: list[int] = []  # sizes of batched deliveries
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
 
@@ -48,6 +49,8 @@ class App:
 
     async def _events(self, request: web.Request) -> web.Response:
         h = request.headers
+        if h.get("content-type") == "application/cloudevents-batch+json":
+            return await self._batch(request)
         await request.read()
         got = Received(
             request.match_info["sidecar"],
@@ -70,6 +73,28 @@ class App:
                 self.acked.append(got)
             self._changed.notify_all()
         return web.Response(status=status, text="ok" if status == 200 else "not now")
+
+    async def _batch(self, request: web.Request) -> web.Response:
+        events = await request.json()
+        batch = [
+            Received(
+                request.match_info["sidecar"],
+                e["id"],
+                e["subject"],
+                int(e["sluicerevision"]),
+                int(e["sluiceposition"]),
+                int(e["sluicepartition"]),
+                int(e["sluiceattempt"]),
+                e["type"],
+            )
+            for e in events
+        ]
+        async with self._changed:
+            self.received += batch
+            self.acked += batch
+            self.batches.append(len(batch))
+            self._changed.notify_all()
+        return web.Response(status=204)
 
     async def start(self) -> None:
         app = web.Application()

@@ -1,0 +1,141 @@
+"""Delivery modes besides single HTTP push, and publishing through the sidecar."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+
+import aiohttp
+import grpc
+
+from sluice import Client, new_event
+from sluice.v1 import sidecar_pb2 as spb
+from sluice.v1 import sidecar_pb2_grpc as spb_grpc
+from sluice.v1 import streams_pb2 as pb
+from tests.conftest import StoreProcess, free_port
+from tests.sidecar.conftest import WAIT, App, Sidecar, eventually_true
+from tests.sidecar.test_mesh import in_order_per_stream, produce
+
+
+async def test_batched_push_keeps_order(
+    store_proc: StoreProcess, app: App, sidecars: Callable[..., Sidecar]
+) -> None:
+    ids = await produce(store_proc, streams=3, per_stream=40)  # waiting before the sidecar starts
+    sc = sidecars("b0", "--batch", "25")
+    await sc.start()
+    await app.wait(lambda: app.acked_ids() >= set(ids))
+    assert len(app.received) == len(ids)
+    assert max(app.batches) > 1  # events really travelled together
+    assert in_order_per_stream(app.received)
+
+
+async def test_pull_mode_never_has_more_outstanding_than_granted(
+    store_proc: StoreProcess, sidecars: Callable[..., Sidecar]
+) -> None:
+    sc = sidecars("pull0", "--delivery", "pull")
+    await sc.start()
+    ids = await produce(store_proc, streams=12, per_stream=3)
+    requests: asyncio.Queue[spb.PullRequest] = asyncio.Queue()
+
+    async def outgoing() -> AsyncIterator[spb.PullRequest]:
+        while True:
+            yield await requests.get()
+
+    async with grpc.aio.insecure_channel(sc.grpc) as ch:
+        call = spb_grpc.SidecarStub(ch).Pull(outgoing())
+        granted = 5
+        await requests.put(spb.PullRequest(credits=granted))
+        got: list[spb.Delivery] = []
+        for _ in range(granted):
+            got.append((await asyncio.wait_for(call.read(), WAIT)).delivery)
+
+        async def many_waiting() -> bool:
+            status = await sc.status()
+            return int(status["in_flight"]) > granted and int(status["pull_outstanding"]) == granted
+
+        await eventually_true(many_waiting)  # more events wait for credit ...
+        assert int((await sc.status())["pull_outstanding_max"]) == granted  # ... and none went out
+        # From here on the app acks each delivery at once and grants one credit for it.
+        delivered = 0
+        while delivered < len(ids):
+            d = got.pop(0) if got else (await asyncio.wait_for(call.read(), WAIT)).delivery
+            ok = spb.DeliveryResult(outcome=spb.ACK)
+            await requests.put(spb.PullRequest(ack=spb.Ack(delivery_id=d.delivery_id, result=ok)))
+            await requests.put(spb.PullRequest(credits=1))
+            delivered += 1
+
+        async def all_delivered() -> bool:
+            return int((await sc.status())["delivered"]) == len(ids)
+
+        await eventually_true(all_delivered)  # the last acks reached the sidecar
+        call.cancel()
+    assert int((await sc.status())["pull_outstanding_max"]) == granted
+
+
+class Callback(spb_grpc.AppCallbackServicer):
+    """An app in gRPC callback mode: asks for one retry of every event, then acks."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int]] = []
+        self.done: asyncio.Queue[str] = asyncio.Queue()
+
+    async def Deliver(self, request: spb.Delivery, context: grpc.aio.ServicerContext) -> spb.DeliveryResult:
+        self.calls.append((request.event.id, request.attempt))
+        if request.attempt == 1:
+            result = spb.DeliveryResult(outcome=spb.RETRY)
+            result.retry_after.FromMilliseconds(10)
+            return result
+        await self.done.put(request.event.id)
+        return spb.DeliveryResult(outcome=spb.ACK)
+
+
+async def test_grpc_callback_mode(store_proc: StoreProcess, sidecars: Callable[..., Sidecar]) -> None:
+    port = free_port()
+    server = grpc.aio.server()
+    callback = Callback()
+    spb_grpc.add_AppCallbackServicer_to_server(callback, server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    try:
+        sc = sidecars("cb0", "--delivery", "grpc", "--app-grpc", f"127.0.0.1:{port}")
+        await sc.start()
+        ids = await produce(store_proc, streams=4, per_stream=2)
+        done = {await asyncio.wait_for(callback.done.get(), WAIT) for _ in ids}
+        assert done == set(ids)
+        assert sorted(callback.calls) == sorted([(i, 1) for i in ids] + [(i, 2) for i in ids])
+    finally:
+        await server.stop(0)
+
+
+async def test_publish_through_the_sidecar(
+    store_proc: StoreProcess, sidecars: Callable[..., Sidecar]
+) -> None:
+    sc = sidecars("pub0")
+    await sc.start()
+    trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    async with aiohttp.ClientSession() as http:
+        resp = await http.post(
+            f"http://{sc.http}/v1/publish/orders-pub",
+            data=b'{"total": 12}',
+            headers={
+                "ce-type": "OrderPlaced",
+                "content-type": "application/json",
+                "traceparent": trace,
+                "sluice-meta-tenant": "t1",
+            },
+        )
+        assert resp.status == 200
+        assert int((await resp.json())["first_position"]) >= 1
+        bad = await http.post(f"http://{sc.http}/v1/publish/$nope", data=b"x", headers={"ce-type": "T"})
+        assert bad.status == 400 and (await bad.json())["reason"] == "SYSTEM_STREAM_RESERVED"
+    async with grpc.aio.insecure_channel(sc.grpc) as ch:
+        await spb_grpc.SidecarStub(ch).Publish(
+            pb.AppendRequest(stream="orders-pub", events=[new_event("OrderPaid")])
+        )
+    async with Client(store_proc.addr) as c:
+        placed, paid = await c.read_list("orders-pub")
+    assert placed.type == "OrderPlaced" and json.loads(placed.data) == {"total": 12}
+    assert placed.metadata["traceparent"] == trace and placed.metadata["tenant"] == "t1"
+    assert placed.metadata["source-app"] == "app" and placed.metadata["source-member"] == "pub0"
+    assert paid.metadata["source-member"] == "pub0"
