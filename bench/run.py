@@ -525,6 +525,136 @@ async def bench_scale(res: Results, a: argparse.Namespace) -> None:
         )
 
 
+# -- sidecar delivery -----------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def process(*args: str, ready: bytes | None = None) -> AsyncIterator[asyncio.subprocess.Process]:
+    proc = await asyncio.create_subprocess_exec(
+        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+    )
+    try:
+        if ready is not None:
+            assert proc.stdout is not None
+            async with asyncio.timeout(30):
+                while ready not in await proc.stdout.readline():
+                    pass
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            await proc.wait()
+
+
+async def bench_sidecar(res: Results, a: argparse.Namespace) -> None:
+    import aiohttp
+
+    n, streams = a.sidecar_events, 240
+    body = payload(3)
+    port = free_port()
+    app_url = f"http://127.0.0.1:{port}"
+
+    async def app_state(http: aiohttp.ClientSession) -> dict[str, float]:
+        async with http.get(f"{app_url}/count") as r:
+            state: dict[str, float] = await r.json()
+            return state
+
+    async def measured(http: aiohttp.ClientSession) -> float:
+        """Events/s at the app from the first arrival to the n-th (start-up left out)."""
+        async with asyncio.timeout(300):
+            while (state := await app_state(http))["count"] < n:  # noqa: ASYNC110 (another process)
+                await asyncio.sleep(0.02)
+        return rate(n - 1, state["last"] - state["first"])
+
+    rates: dict[str, float] = {}
+    async with process(sys.executable, str(ROOT / "app.py"), str(port)), aiohttp.ClientSession() as http:
+        async with asyncio.timeout(30):
+            while True:
+                try:
+                    await app_state(http)
+                    break
+                except aiohttp.ClientError:
+                    await asyncio.sleep(0.05)
+
+        # Direct: the same events posted straight to the app, 12 at a time (like 12 partitions).
+        sem = asyncio.Semaphore(12)
+
+        async def post(i: int) -> None:
+            async with sem:
+                # The headers a sidecar sends for the same event (CloudEvents binary mode).
+                headers = {
+                    "ce-specversion": "1.0",
+                    "ce-id": str(i),
+                    "ce-source": f"/streams/acct-{i % streams}",
+                    "ce-type": "E",
+                    "ce-subject": f"acct-{i % streams}",
+                    "ce-time": "2026-01-01T00:00:00.000001Z",
+                    "content-type": "application/octet-stream",
+                    "ce-sluiceposition": str(i + 1),
+                    "ce-sluicerevision": str(i // streams),
+                    "ce-sluicepartition": str(i % 12),
+                    "ce-sluiceattempt": "1",
+                    "ce-sluicegroup": "bench",
+                }
+                async with http.post(f"{app_url}/events", data=body, headers=headers) as r:
+                    r.raise_for_status()
+
+        await http.post(f"{app_url}/reset")
+        await asyncio.gather(*(post(i) for i in range(n)))
+        rates["direct"] = await measured(http)
+
+        async with sluice_store(a.durability) as c:
+            for s in range(streams):
+                count = n // streams + (1 if s < n % streams else 0)
+                await c.append(f"acct-{s}", [new_event("E", body) for _ in range(count)])
+            for label, count, batch in (
+                ("single x1", 1, 0),
+                ("single x3", 3, 0),
+                ("batch x1", 1, 100),
+                ("batch x3", 3, 100),
+            ):
+                group = f"bench-{label.replace(' ', '-')}"
+                await http.post(f"{app_url}/reset")
+                await c.create_group(group, stream_prefixes=["acct-"], start="start")
+                args = [
+                    *("--store", c.target, "--group", group, "--app-url", f"{app_url}/events"),
+                    *("--batch", str(batch)),
+                ]
+                async with contextlib.AsyncExitStack() as stack:
+                    await asyncio.gather(
+                        *(
+                            stack.enter_async_context(
+                                process(
+                                    *(sys.executable, "-m", "sluice_sidecar", *args, "--member-id", f"m{i}"),
+                                    *("--http-addr", f"127.0.0.1:{free_port()}"),
+                                    *("--grpc-addr", f"127.0.0.1:{free_port()}"),
+                                    ready=b"sluice sidecar",
+                                )
+                            )
+                            for i in range(count)
+                        )
+                    )
+                    rates[label] = await measured(http)
+    for label, target in (
+        ("single x1", ">= 70% of direct"),
+        ("single x3", ">= 70% of direct"),
+        ("batch x1", ">= 20,000/s"),
+        ("batch x3", ">= 20,000/s"),
+    ):
+        kind, _, scs = label.partition(" ")
+        what = "one event per request" if kind == "single" else "batches of up to 100 (cloudevents-batch)"
+        res.add(
+            Row(
+                "sidecar push",
+                f"{n:,} events to an HTTP app through {scs[1:]} sidecar(s), {what}",
+                "events/s",
+                rates[label],
+                {"direct aiohttp posting": rates["direct"]},
+                target=target,
+            )
+        )
+
+
 # -- report ---------------------------------------------------------------------------
 
 
@@ -563,11 +693,13 @@ async def main() -> None:
     a.latency_seconds = 3.0 if a.quick else 8.0
     a.streams = 100_000 if a.quick else 1_000_000
     a.scale_ops = 1000 if a.quick else 5000
+    a.sidecar_events = 5_000 if a.quick else 20_000
     sections = {
         "appends": bench_appends,
         "catchup": bench_catch_up,
         "latency": bench_latency,
         "scale": bench_scale,
+        "sidecar": bench_sidecar,
     }
     chosen = a.only.split(",") if a.only else list(sections)
     res = Results()

@@ -20,10 +20,11 @@ import asyncio
 import base64
 import collections
 import dataclasses
+import functools
 import itertools
 import json
 from collections.abc import AsyncIterator, Sequence
-from datetime import UTC
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -67,15 +68,20 @@ def _retry_after(value: str | None) -> float | None:
     except ValueError:
         pass
     try:
-        from datetime import datetime
-
         return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
     except (TypeError, ValueError):
         return None
 
 
+@functools.lru_cache(maxsize=1024)
+def _second(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
 def _time(ev: pb.RecordedEvent) -> str:
-    return ev.created.ToDatetime(tzinfo=UTC).isoformat().replace("+00:00", "Z")
+    """RFC 3339 time of the event, to the microsecond."""
+    created = ev.created
+    return f"{_second(created.seconds)}.{created.nanos // 1000:06d}Z"
 
 
 class HttpDeliverer(Deliverer):

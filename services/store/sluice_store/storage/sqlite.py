@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import sqlite3
@@ -21,6 +22,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
+from sluice.partition import fnv1a_32
 from sluice.v1 import streams_pb2 as pb
 from sluice_store import codec
 from sluice_store.errors import StoreUnavailable, StreamNotFound
@@ -49,6 +51,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS streams (
     id             INTEGER PRIMARY KEY,
     name           TEXT NOT NULL UNIQUE,
+    hash           INTEGER NOT NULL,  -- FNV-1a-32 of the name: partition = hash % count
     last_revision  INTEGER NOT NULL,
     last_position  INTEGER NOT NULL,
     state          INTEGER NOT NULL,
@@ -91,7 +94,7 @@ STREAM_COLUMNS = (
     "first_stored, retention, created_us, updated_us"
 )
 SAVE_STREAM = f"""
-INSERT INTO streams ({STREAM_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+INSERT INTO streams ({STREAM_COLUMNS}, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (id) DO UPDATE SET
     last_revision = excluded.last_revision, last_position = excluded.last_position,
     state = excluded.state, deleted_before = excluded.deleted_before,
@@ -103,7 +106,7 @@ INSERT_EVENT = (
     "INSERT INTO events (position, stream_id, revision, created_us, head, data, type, event_id, size)"
     " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?8, ?9, ?10)"
 )
-ROW_COLUMNS = "position, stream_id, revision, created_us, head, {data}"
+ROW_COLUMNS = "events.position, events.stream_id, events.revision, events.created_us, events.head, {data}"
 INLINE_EVENTS = 8  # group commits this small run on the event loop thread ...
 INLINE_LOOKUPS = 4  # ... when at most this many streams must be read from the database
 SYNC_MODES = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
@@ -123,7 +126,13 @@ def _params(meta: StreamMeta) -> tuple[Any, ...]:
         meta.own.to_json() if meta.own else None,
         meta.created_us,
         meta.updated_us,
+        _name_hash(meta.name),
     )
+
+
+@functools.lru_cache(maxsize=65536)
+def _name_hash(name: str) -> int:
+    return fnv1a_32(name.encode())
 
 
 @contextlib.contextmanager
@@ -452,7 +461,7 @@ class SQLiteStorage(Storage):
             params.append(start.value)
         params.append(limit)
         order = "DESC" if backwards else "ASC"
-        cols = ROW_COLUMNS.format(data="data" if with_data else "x''")
+        cols = ROW_COLUMNS.format(data="events.data" if with_data else "x''")
         sql = (
             f"SELECT {cols} FROM events WHERE stream_id = ? AND revision >= ? AND revision <= ?"
             f" AND created_us >= ?{extra} ORDER BY revision {order} LIMIT ?"
@@ -464,7 +473,7 @@ class SQLiteStorage(Storage):
         self, position: int, backwards: bool, limit: int, filt: StreamFilter, with_data: bool
     ) -> tuple[list[Row], int, bool]:
         head = self._head
-        cols = ROW_COLUMNS.format(data="data" if with_data else "x''")
+        cols = ROW_COLUMNS.format(data="events.data" if with_data else "x''")
         where = ["position <= ?" if backwards else "position >= ?"]
         params: list[Any] = [position]
         if filt.types:
@@ -476,16 +485,16 @@ class SQLiteStorage(Storage):
             for p in filt.prefixes:
                 params += [p, p + PREFIX_END]
         order = "DESC" if backwards else "ASC"
-        if filt.partition_count:  # the partition of a stream comes from its name
-            cols += ", (SELECT name FROM streams WHERE id = stream_id)"
-        sql = f"SELECT {cols} FROM events WHERE {' AND '.join(where)} ORDER BY position {order} LIMIT ?"
+        source = "events"
+        if filt.partition_count:  # a stream's partition is its name's hash modulo the count
+            source = "events JOIN streams ON streams.id = stream_id"
+            where.append(f"streams.hash % ? IN ({','.join('?' * len(filt.partitions))})")
+            params += [filt.partition_count, *sorted(filt.partitions)]
+        sql = f"SELECT {cols} FROM {source} WHERE {' AND '.join(where)} ORDER BY position {order} LIMIT ?"
         params.append(limit)
         async with self._reader() as r:
-            raw: list[Any] = list(await r.execute_fetchall(sql, params))
-        if filt.partition_count:
-            rows = self._visible([row[:6] for row in raw if filt.in_partitions(row[6])])
-        else:
-            rows = self._visible(raw)
+            raw: list[Row] = list(await r.execute_fetchall(sql, params))  # type: ignore[arg-type]
+        rows = self._visible(raw)
         done = len(raw) < limit
         if backwards:
             return rows, (raw[-1][0] - 1 if raw else 0), done or (bool(raw) and raw[-1][0] <= 1)
