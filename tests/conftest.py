@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -109,3 +110,18 @@ async def spawn(tmp_path: Path) -> AsyncIterator[Callable[..., StoreProcess]]:
         if p.proc and p.proc.returncode is None:
             p.proc.kill()
             await p.proc.wait()
+
+
+def console_spans(out: str) -> list[dict[str, Any]]:
+    """The JSON objects the console exporter printed, one per span."""
+    spans, depth, start = [], 0, -1
+    for i, ch in enumerate(out):
+        if ch == "{":
+            if depth == 0:
+                start = i
+            depth += 1
+        elif ch == "}" and depth:
+            depth -= 1
+            if depth == 0:
+                spans.append(json.loads(out[start : i + 1]))
+    return [s for s in spans if "context" in s]

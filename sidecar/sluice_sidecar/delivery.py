@@ -30,6 +30,7 @@ from typing import Any
 
 import aiohttp
 import grpc
+from opentelemetry import propagate, trace
 
 from sluice.v1 import sidecar_pb2 as spb
 from sluice.v1 import sidecar_pb2_grpc as spb_grpc
@@ -123,6 +124,8 @@ class HttpDeliverer(Deliverer):
         for key in ("traceparent", "tracestate"):
             if key in ev.metadata:
                 headers[key] = ev.metadata[key]
+        if trace.get_current_span().get_span_context().is_valid:
+            propagate.inject(headers)  # the delivery span, child of the producer's
         if ev.metadata:
             headers["sluice-metadata"] = json.dumps(dict(ev.metadata), separators=(",", ":"))
         return headers

@@ -25,6 +25,7 @@ from sluice.v1 import sidecar_pb2 as spb
 from sluice.v1 import streams_pb2 as pb
 from sluice_sidecar.config import Settings
 from sluice_sidecar.delivery import ACK, DEAD_LETTER, Deliverer, PullHub, Result
+from sluice_sidecar.telemetry import Telemetry
 
 log = logging.getLogger("sluice_sidecar")
 
@@ -109,16 +110,19 @@ class PartitionWorker:
             async with m.slots:
                 self.in_flight += len(chunk)
                 try:
-                    result = await m.deliverer.deliver(chunk, self.partition, attempt)
+                    with m.telemetry.delivery(chunk, self.partition, attempt):
+                        result = await m.deliverer.deliver(chunk, self.partition, attempt)
                 finally:
                     self.in_flight -= len(chunk)
             if result.outcome == ACK:
                 m.delivered += len(chunk)
+                m.telemetry.delivered.add(len(chunk), {"group": m.settings.group})
                 return
             if result.outcome == DEAD_LETTER or attempt >= retry.max_attempts:
                 await m.dead_letter(chunk, result, attempt)
                 return
             m.retried += 1
+            m.telemetry.retried.add(len(chunk), {"group": m.settings.group})
             await asyncio.sleep(self._backoff(result, attempt))
             attempt += 1
 
@@ -168,6 +172,7 @@ class Member:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._releasing: set[asyncio.Task[None]] = set()
+        self.telemetry = Telemetry(self)
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -373,6 +378,7 @@ class Member:
             try:
                 await self.client.append(self.dead_letter_stream, out)
                 self.dead_lettered += len(out)
+                self.telemetry.dead_lettered.add(len(out), {"group": self.settings.group})
                 return
             except SluiceError as e:
                 log.warning("dead-letter append failed (%s); retrying", e)

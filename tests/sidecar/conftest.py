@@ -41,6 +41,7 @@ class App:
         self.script: dict[str, list[int]] = {}  # stream -> statuses for its next deliveries
         self.poison: set[str] = set()  # event types answered with 500, always
         self.batches: list[int] = []  # sizes of batched deliveries
+        self.traceparents: dict[str, str] = {}  # event id -> traceparent header
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
 
@@ -62,6 +63,8 @@ class App:
             int(h["ce-sluiceattempt"]),
             h["ce-type"],
         )
+        if "traceparent" in h:
+            self.traceparents[got.id] = h["traceparent"]
         status = 200
         if got.type in self.poison:
             status = 500
@@ -119,8 +122,11 @@ class App:
 class Sidecar:
     """``python -m sluice_sidecar`` as a real process."""
 
-    def __init__(self, name: str, store: str, group: str, app_url: str, *extra: str) -> None:
+    def __init__(
+        self, name: str, store: str, group: str, app_url: str, *extra: str, env: dict[str, str] | None = None
+    ) -> None:
         self.name = name
+        self.env = env
         self.http = f"127.0.0.1:{free_port()}"
         self.grpc = f"127.0.0.1:{free_port()}"
         self.args = [
@@ -132,7 +138,7 @@ class Sidecar:
 
     async def start(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
-            *self.args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+            *self.args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, env=self.env
         )
         assert self.proc.stdout is not None
         async with asyncio.timeout(WAIT):
@@ -186,9 +192,9 @@ async def store_proc(tmp_path: Path) -> AsyncIterator[StoreProcess]:
 async def sidecars(store_proc: StoreProcess, app: App) -> AsyncIterator[Callable[..., Sidecar]]:
     made: list[Sidecar] = []
 
-    def make(name: str, *extra: str, group: str = "app") -> Sidecar:
+    def make(name: str, *extra: str, group: str = "app", env: dict[str, str] | None = None) -> Sidecar:
         defaults = ["--prefixes", "orders-", "--start", "start", "--lease", "2s", "--initial-backoff", "50ms"]
-        sc = Sidecar(name, store_proc.addr, group, app.url(name), *defaults, *extra)
+        sc = Sidecar(name, store_proc.addr, group, app.url(name), *defaults, *extra, env=env)
         made.append(sc)
         return sc
 

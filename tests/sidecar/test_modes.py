@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 import grpc
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
 
 from sluice import Client, new_event
 from sluice.v1 import sidecar_pb2 as spb
 from sluice.v1 import sidecar_pb2_grpc as spb_grpc
 from sluice.v1 import streams_pb2 as pb
-from tests.conftest import StoreProcess, free_port
+from tests.conftest import StoreProcess, console_spans, free_port
 from tests.sidecar.conftest import WAIT, App, Sidecar, eventually_true
 from tests.sidecar.test_mesh import in_order_per_stream, produce
 
@@ -139,3 +143,31 @@ async def test_publish_through_the_sidecar(
     assert placed.metadata["traceparent"] == trace and placed.metadata["tenant"] == "t1"
     assert placed.metadata["source-app"] == "app" and placed.metadata["source-member"] == "pub0"
     assert paid.metadata["source-member"] == "pub0"
+
+
+async def test_delivery_span_continues_the_producers_trace(
+    store_proc: StoreProcess, app: App, sidecars: Callable[..., Sidecar], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = {**os.environ, "OTEL_TRACES_EXPORTER": "console", "OTEL_SERVICE_NAME": "sidecar-under-test"}
+    sc = sidecars("o0", env=env)
+    await sc.start()
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")  # the producer's client propagates
+    tracer = TracerProvider().get_tracer("producer")
+    with tracer.start_as_current_span("checkout") as span:
+        trace_id = format(span.get_span_context().trace_id, "032x")
+        producer_span = format(span.get_span_context().span_id, "016x")
+        async with Client(store_proc.addr) as c:
+            ev = new_event("Placed", {"n": 1})
+            await c.append("orders-traced", [ev])
+    await app.wait(lambda: ev.id in app.acked_ids())
+    _, tid, parent, _ = app.traceparents[ev.id].split("-")
+    assert tid == trace_id and parent != producer_span  # the app's parent is the delivery span
+    sc.signal(signal.SIGTERM)
+    assert sc.proc is not None and sc.proc.stdout is not None
+    out = (await asyncio.wait_for(sc.proc.stdout.read(), WAIT)).decode()
+    await sc.wait()
+    spans = [s for s in console_spans(out) if s["name"] == "deliver Placed"]
+    assert spans and spans[0]["context"]["trace_id"] == "0x" + trace_id
+    assert spans[0]["context"]["span_id"] == "0x" + parent
+    assert spans[0]["parent_id"] == "0x" + producer_span
+    assert spans[0]["kind"] == "SpanKind.CONSUMER"

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 from opentelemetry import trace
@@ -14,7 +12,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from sluice import Client, new_event
 from sluice.telemetry import tracing_enabled
-from tests.conftest import free_port
+from tests.conftest import console_spans, free_port
 
 
 def test_tracing_follows_the_standard_variables() -> None:
@@ -57,24 +55,9 @@ async def test_trace_travels_from_producer_through_store_into_event_metadata(
     proc.terminate()
     out = (await asyncio.wait_for(proc.stdout.read(), 20)).decode()
     await proc.wait()
-    spans = _console_spans(out)
+    spans = console_spans(out)
     appends = [s for s in spans if s["name"] == "/sluice.v1.Streams/Append"]
     assert appends, f"no Append server span in {[s['name'] for s in spans]}"
     assert any(s["context"]["trace_id"] == "0x" + trace_id for s in appends)
     assert all(s["resource"]["attributes"]["service.name"] == "store-under-test" for s in spans)
     assert trace.get_current_span().get_span_context().is_valid is False
-
-
-def _console_spans(out: str) -> list[dict[str, Any]]:
-    """The JSON objects the console exporter printed, one per span."""
-    spans, depth, start = [], 0, -1
-    for i, ch in enumerate(out):
-        if ch == "{":
-            if depth == 0:
-                start = i
-            depth += 1
-        elif ch == "}" and depth:
-            depth -= 1
-            if depth == 0:
-                spans.append(json.loads(out[start : i + 1]))
-    return [s for s in spans if "context" in s]
