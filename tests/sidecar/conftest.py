@@ -42,6 +42,8 @@ class App:
         self.poison: set[str] = set()  # event types answered with 500, always
         self.batches: list[int] = []  # sizes of batched deliveries
         self.traceparents: dict[str, str] = {}  # event id -> traceparent header
+        self.hold: dict[str, asyncio.Event] = {}  # stream -> answer only once this is set
+        self.holding = asyncio.Event()  # set while a delivery is held
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
 
@@ -65,6 +67,9 @@ class App:
         )
         if "traceparent" in h:
             self.traceparents[got.id] = h["traceparent"]
+        if got.stream in self.hold:
+            self.holding.set()
+            await self.hold[got.stream].wait()
         status = 200
         if got.type in self.poison:
             status = 500

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import signal
 import time
@@ -202,3 +203,28 @@ async def test_reset_to_a_time_replays_from_there(
     replayed = collections.Counter(r.id for r in app.acked)
     assert {i for i, n in replayed.items() if n == 2} == set(second)
     assert all(replayed[i] == 1 for i in first)
+
+
+async def test_sigterm_goes_unready_then_finishes_in_flight_work(
+    store_proc: StoreProcess, app: App, sidecars: Callable[..., Sidecar]
+) -> None:
+    sc = sidecars("d0", "--lease", "20s")
+    await sc.start()
+    release = app.hold["orders-slow"] = asyncio.Event()
+    async with Client(store_proc.addr) as c:
+        slow = new_event("Placed")
+        await c.append("orders-slow", [slow])
+        await asyncio.wait_for(app.holding.wait(), 30)  # the delivery is in flight
+        sc.signal(signal.SIGTERM)
+
+        async def unready() -> bool:
+            return (await sc.get("/readyz", ok_only=False)).get("ready") is False
+
+        await eventually_true(unready)  # unready first, while the delivery is still held
+        assert sc.proc is not None and sc.proc.returncode is None
+        release.set()
+        assert await sc.wait() == 0
+        assert [r.id for r in app.acked] == [slow.id]
+        desc = await c.describe_group("app")
+    assert desc.members == [] or all(not m.assigned for m in desc.members)  # it left the group
+    assert sum(p.lag_events for p in desc.partitions) == 0  # and committed the held event

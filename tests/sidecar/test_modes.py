@@ -74,6 +74,9 @@ async def test_pull_mode_never_has_more_outstanding_than_granted(
 
         await eventually_true(all_delivered)  # the last acks reached the sidecar
         call.cancel()
+        over_grpc = await spb_grpc.SidecarStub(ch).Status(spb.StatusRequest())
+        assert over_grpc.delivered == len(ids) and over_grpc.member_id == "pull0" and over_grpc.ready
+        assert len(over_grpc.partitions) == 12
     assert int((await sc.status())["pull_outstanding_max"]) == granted
 
 
