@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
+import logging
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+import sys
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -93,3 +96,30 @@ def load(
     except ConfigError as e:
         name, _, rest = str(e).partition(":")
         raise ConfigError(f"{sources.get(name, name)}:{rest}") from e
+
+
+def run_main(
+    prog: str,
+    load_settings: Callable[[], T],
+    serve: Callable[[T], Coroutine[Any, Any, None]],
+    use_uvloop: Callable[[T], bool] = lambda _: True,
+) -> None:
+    """A Sluice process's entry point: logging, settings that fail fast, uvloop, asyncio.run."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load_settings()
+    except ConfigError as e:
+        sys.exit(f"{prog}: configuration error: {e}")
+    if use_uvloop(settings):
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            uvloop.install()
+    try:
+        asyncio.run(serve(settings))
+    except ConfigError as e:
+        sys.exit(f"{prog}: configuration error: {e}")
+    except OSError as e:
+        sys.exit(f"{prog}: {e}")

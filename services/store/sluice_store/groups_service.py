@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import grpc
-from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
 
 from sluice.v1 import groups_pb2 as gpb
 from sluice_store.groups import Coordinator, GroupState, Member, duration
 from sluice_store.retention import US, now_us
-from sluice_store.service import StreamsService, unary_handler
+from sluice_store.service import StreamsService, timestamp, unary_handler
 from sluice_store.storage.base import P_CREATED, StreamFilter
 
 #: Describe counts lag by scanning at most this many events per partition.
 LAG_SCAN_LIMIT = 100_000
-
-
-def _timestamp(us: int) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromMicroseconds(us)
-    return ts
 
 
 class GroupsService:
@@ -53,7 +46,7 @@ class GroupsService:
         out = gpb.GroupDescription(
             group=state.name,
             config=state.config,
-            created=_timestamp(state.created_us),
+            created=timestamp(state.created_us),
             head_position=self.streams.storage.head_position,
         )
         for m in sorted(state.members.values(), key=lambda m: m.id):
@@ -62,7 +55,7 @@ class GroupsService:
                 member_epoch=m.epoch,
                 assigned=sorted(m.assigned),
                 pending=sorted(self._pending(state, m)),
-                lease_expires=_timestamp(m.lease_expires_us),
+                lease_expires=timestamp(m.lease_expires_us),
             )
         for p in range(state.partitions):
             lag_events, lag_seconds = await self._lag(state, p)

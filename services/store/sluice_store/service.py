@@ -107,7 +107,8 @@ def _parse_uuid(text: str) -> tuple[bytes, str]:
     return eid.bytes, str(eid)
 
 
-def _timestamp(us: int) -> timestamp_pb2.Timestamp:
+def timestamp(us: int) -> timestamp_pb2.Timestamp:
+    """A Timestamp from microseconds since the epoch."""
     ts = timestamp_pb2.Timestamp()
     ts.FromMicroseconds(us)
     return ts
@@ -523,7 +524,7 @@ class StreamsService:
                         yield pb.SubscribeResponse(checkpoint=pb.Checkpoint(position=cursor.position))
                     yield pb.SubscribeResponse(
                         heartbeat=pb.Heartbeat(
-                            head_position=self.storage.head_position, time=_timestamp(now_us())
+                            head_position=self.storage.head_position, time=timestamp(now_us())
                         )
                     )
                     continue
@@ -558,8 +559,8 @@ class StreamsService:
         info.last_position = meta.last_position
         info.first_revision = await self._first_revision(meta) if has else 0
         info.event_count = await self.storage.count_events(meta) if has else 0
-        info.created.CopyFrom(_timestamp(meta.created_us))
-        info.updated.CopyFrom(_timestamp(meta.updated_us))
+        info.created.CopyFrom(timestamp(meta.created_us))
+        info.updated.CopyFrom(timestamp(meta.updated_us))
         info.retention.CopyFrom(meta.own.to_proto())
         info.effective_retention.CopyFrom(meta.policy.to_proto())
         info.retention_source = meta.source
