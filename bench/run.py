@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import json
 import os
 import platform
@@ -706,6 +707,7 @@ async def main() -> None:
     t0 = time.perf_counter()
     for name in chosen:
         log(f"== {name}")
+        gc.collect()  # start each section without garbage from the last (fair to every system)
         await sections[name](res, a)
     text = report(res, a, time.perf_counter() - t0)
     print(text)
