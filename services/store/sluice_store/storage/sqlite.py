@@ -107,6 +107,7 @@ INSERT_EVENT = (
     " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?8, ?9, ?10)"
 )
 ROW_COLUMNS = "events.position, events.stream_id, events.revision, events.created_us, events.head, {data}"
+CHECKPOINT_INTERVAL = 0.5  # seconds between WAL checkpoints while there are commits
 INLINE_EVENTS = 8  # group commits this small run on the event loop thread ...
 INLINE_LOOKUPS = 4  # ... when at most this many streams must be read from the database
 SYNC_MODES = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
@@ -174,6 +175,9 @@ class SQLiteStorage(Storage):
         self._next_stream_id = 1
         self._last_created = 0
         self._closed = False
+        self._checkpointer: aiosqlite.Connection | None = None
+        self._checkpoint_task: asyncio.Task[None] | None = None
+        self._commits = 0  # commits since the last checkpoint
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -195,6 +199,8 @@ class SQLiteStorage(Storage):
             )
             for row in retained:
                 self._remember(self._meta(row))
+            self._checkpointer = await self._connect()
+            self._checkpoint_task = asyncio.create_task(self._checkpoints())
             for _ in range(self.n_readers):
                 r = await self._connect()
                 await r.execute("PRAGMA query_only = 1")
@@ -212,6 +218,9 @@ class SQLiteStorage(Storage):
         w.execute("PRAGMA cache_size = -65536")
         w.execute("PRAGMA journal_mode = WAL")
         w.execute(f"PRAGMA synchronous = {SYNC_MODES[self.durability]}")
+        # Checkpoints run on their own connection and thread (see _checkpoints), not inside
+        # a commit on the write path, where they would stall appends for tens of ms.
+        w.execute("PRAGMA wal_autocheckpoint = 0")
         w.executescript(SCHEMA)
         rows = w.execute("SELECT version FROM schema_version").fetchall()
         if not rows:
@@ -236,12 +245,31 @@ class SQLiteStorage(Storage):
         if self._closed:
             return
         self._closed = True
+        if self._checkpoint_task is not None:
+            self._checkpoint_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checkpoint_task
         async with self._lock:
+            if self._checkpointer is not None:
+                await self._checkpointer.close()
             for conn in self._all_readers:
                 await conn.close()
             if self._writer is not None:
                 await self._in_writer(self._writer.close)
         self._wthread.shutdown(wait=True)
+
+    async def _checkpoints(self) -> None:
+        """Copy the WAL into the database now and then, beside the writer (PASSIVE mode)."""
+        assert self._checkpointer is not None
+        while True:
+            await asyncio.sleep(CHECKPOINT_INTERVAL)
+            if not self._commits:
+                continue
+            self._commits = 0
+            try:
+                await self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error as e:
+                log.warning("WAL checkpoint failed, will retry: %s", e)
 
     @contextlib.asynccontextmanager
     async def _reader(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -354,6 +382,7 @@ class SQLiteStorage(Storage):
                 if meta is not None:
                     self._remember(meta)
             self._head = plan.next_position - 1
+            self._commits += 1
             self._next_stream_id = plan.next_stream_id
             self._last_created = created
             for meta in plan.streams.values():
