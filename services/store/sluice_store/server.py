@@ -130,7 +130,7 @@ async def serve(settings: Settings) -> None:
     # generations, and collect less often, to shorten pauses on the hot paths.
     gc.collect()
     gc.freeze()
-    gc.set_threshold(20_000, 20, 20)
+    gc.set_threshold(20_000, 50, 100)
     print(f"sluice store listening on {server.address} (db {settings.db})", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
