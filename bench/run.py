@@ -151,9 +151,15 @@ async def jetstream(name: str) -> AsyncIterator[tuple[Any, Any, str]]:
         await nc.close()
 
 
+def redis_client() -> aioredis.Redis:
+    """A client whose callers wait for a free connection instead of failing when all are busy."""
+    pool = aioredis.BlockingConnectionPool.from_url(REDIS_URL, max_connections=64, timeout=60)
+    return aioredis.Redis(connection_pool=pool)
+
+
 @contextlib.asynccontextmanager
 async def redis_stream(name: str) -> AsyncIterator[tuple[Any, str]]:
-    r = aioredis.from_url(REDIS_URL)
+    r = redis_client()
     key = f"bench:{name}:{uuid.uuid4().hex[:8]}"
     try:
         yield r, key
@@ -450,7 +456,7 @@ async def bench_latency(res: Results, a: argparse.Namespace) -> None:
         jet = await measure(j_sub, j_send)
 
     async with redis_stream("live") as (r, key):
-        reader = aioredis.from_url(REDIS_URL)
+        reader = redis_client()
 
         async def r_sub(lat: list[float], ready: asyncio.Event) -> None:
             last = "0-0"  # the key is new and empty: every entry counts
