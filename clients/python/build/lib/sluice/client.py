@@ -1,0 +1,614 @@
+"""The async Python client for the Sluice store."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import json
+import os
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import empty_pb2, timestamp_pb2
+
+from sluice import telemetry
+from sluice.errors import SluiceError, WrongExpectedRevision, from_rpc_error, from_status
+from sluice.ids import uuid7
+from sluice.v1 import groups_pb2 as gpb
+from sluice.v1 import groups_pb2_grpc as gpb_grpc
+from sluice.v1 import streams_pb2 as pb
+from sluice.v1 import streams_pb2_grpc as pb_grpc
+
+DEFAULT_ADDR = "127.0.0.1:50051"
+S = TypeVar("S")
+
+
+class _Marker:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+#: Expected-revision markers; an ``int`` means an exact revision.
+ANY = _Marker("ANY")
+NO_STREAM = _Marker("NO_STREAM")
+STREAM_EXISTS = _Marker("STREAM_EXISTS")
+Expected = _Marker | int
+
+#: Start-point markers; see Revision, Position, or pass a datetime.
+START = "start"
+END = "end"
+
+
+@dataclasses.dataclass(frozen=True)
+class Revision:
+    """Start at this stream revision (inclusive)."""
+
+    value: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Position:
+    """Start at this global position (inclusive): a cursor. Resume with last seen + 1."""
+
+    value: int
+
+
+StartAt = str | Revision | Position | datetime | timestamp_pb2.Timestamp | None
+
+
+def new_event(
+    type: str,
+    data: bytes | str | Mapping[str, Any] | Sequence[Any] | None = None,
+    metadata: Mapping[str, str] | None = None,
+    id: str | uuid.UUID | None = None,
+    content_type: str | None = None,
+) -> pb.EventData:
+    """An event with a fresh UUID (so retries are idempotent); dicts and lists become JSON."""
+    raw: bytes
+    if isinstance(data, bytes):
+        raw = data
+    elif isinstance(data, str):
+        raw = data.encode()
+    elif data is None:
+        raw = b""
+    else:
+        raw = json.dumps(data, separators=(",", ":")).encode()
+        content_type = content_type or "application/json"
+    md = dict(metadata) if metadata else {}
+    telemetry.inject(md)
+    return pb.EventData(
+        id=str(id) if id else uuid7()[1],
+        type=type,
+        data=raw,
+        metadata=md,
+        content_type=content_type or "",
+    )
+
+
+def _expected(expected: Expected) -> pb.ExpectedRevision:
+    if isinstance(expected, int):
+        return pb.ExpectedRevision(revision=expected)
+    if expected is NO_STREAM:
+        return pb.ExpectedRevision(no_stream=empty_pb2.Empty())
+    if expected is STREAM_EXISTS:
+        return pb.ExpectedRevision(stream_exists=empty_pb2.Empty())
+    return pb.ExpectedRevision(any=empty_pb2.Empty())
+
+
+def _start(at: StartAt) -> pb.StartPoint | None:
+    if at is None:
+        return None
+    if at == START:
+        return pb.StartPoint(start=empty_pb2.Empty())
+    if at == END:
+        return pb.StartPoint(end=empty_pb2.Empty())
+    if isinstance(at, Revision):
+        return pb.StartPoint(revision=at.value)
+    if isinstance(at, Position):
+        return pb.StartPoint(position=at.value)
+    if isinstance(at, datetime):
+        sp = pb.StartPoint()
+        sp.time.FromDatetime(at)
+        return sp
+    if isinstance(at, timestamp_pb2.Timestamp):  # e.g. an event's `created`
+        sp = pb.StartPoint()
+        sp.time.CopyFrom(at)
+        return sp
+    raise ValueError(f"unknown start point {at!r}")
+
+
+def _where(
+    req: pb.ReadRequest | pb.SubscribeRequest,
+    start: StartAt,
+    prefixes: Iterable[str] | None,
+    types: Iterable[str] | None,
+) -> None:
+    """Set a read or subscription's start point and filter."""
+    sp = _start(start)
+    if sp is not None:
+        getattr(req, "from").CopyFrom(sp)
+    if prefixes or types:
+        req.filter.CopyFrom(pb.Filter(stream_prefixes=list(prefixes or ()), event_types=list(types or ())))
+
+
+def _request(stream: str, events: Iterable[pb.EventData], expected: Expected) -> pb.AppendRequest:
+    if expected is ANY:  # unset means any: one message less to build and send
+        return pb.AppendRequest(stream=stream, events=events)
+    return pb.AppendRequest(stream=stream, expected=_expected(expected), events=events)
+
+
+SubscriptionItem = pb.RecordedEvent | pb.CaughtUp | pb.Checkpoint | pb.Heartbeat | pb.FellBehind
+
+
+class Client:
+    """A connection to a Sluice store. Use ``async with Client(addr) as c:``."""
+
+    def __init__(
+        self,
+        target: str | None = None,
+        *,
+        channel: grpc.aio.Channel | None = None,
+        timeout: float | None = 30.0,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self.target = target or os.environ.get("SLUICE_STORE_ADDR", DEFAULT_ADDR)
+        interceptors: list[Any] = []
+        if channel is None and telemetry.tracing_enabled():
+            from opentelemetry.instrumentation.grpc import aio_client_interceptors
+
+            interceptors = aio_client_interceptors()  # type: ignore[no-untyped-call]
+        self._channel = channel or grpc.aio.insecure_channel(
+            self.target,
+            options=[
+                ("grpc.max_receive_message_length", 64 << 20),
+                ("grpc.max_send_message_length", 64 << 20),
+                *options,
+            ],
+            interceptors=interceptors or None,
+        )
+        self._stub = pb_grpc.StreamsStub(self._channel)
+        #: The sluice.v1.Groups stub, for members (Heartbeat, CommitCursor).
+        self.groups_stub = gpb_grpc.GroupsStub(self._channel)
+        self.timeout = timeout
+        self._closed = False
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the channel; safe to call more than once."""
+        if not self._closed:
+            self._closed = True
+            await self._channel.close()
+
+    async def wait_ready(self, timeout: float = 10.0) -> None:
+        """Wait until the channel connects."""
+        await asyncio.wait_for(self._channel.channel_ready(), timeout)
+
+    async def _call(self, awaitable: Awaitable[S]) -> S:
+        try:
+            return await awaitable
+        except grpc.aio.AioRpcError as e:
+            raise from_rpc_error(e) from None
+
+    # -- appends ----------------------------------------------------------------------
+
+    async def append(
+        self, stream: str, events: Iterable[pb.EventData], expected: Expected = ANY
+    ) -> pb.AppendResponse:
+        """Append events atomically; raises WrongExpectedRevision on a conflict."""
+        return await self._call(self._stub.Append(_request(stream, events, expected), timeout=self.timeout))
+
+    async def append_many(
+        self, parts: Iterable[tuple[str, Iterable[pb.EventData], Expected]]
+    ) -> list[pb.AppendResponse]:
+        """Append to several streams in one atomic step."""
+        req = pb.AppendManyRequest(appends=[_request(s, e, x) for s, e, x in parts])
+        resp = await self._call(self._stub.AppendMany(req, timeout=self.timeout))
+        return list(resp.results)
+
+    def session(self) -> AppendSession:
+        """A pipelined append session: ``async with client.session() as s: await s.append(...)``."""
+        return AppendSession(self._stub)
+
+    # -- reads ------------------------------------------------------------------------
+
+    async def read_batches(
+        self,
+        stream: str = "",
+        *,
+        start: StartAt = None,
+        backwards: bool = False,
+        max_count: int = 0,
+        stream_prefixes: Iterable[str] | None = None,
+        event_types: Iterable[str] | None = None,
+        notifications_only: bool = False,
+        batch_size: int = 0,
+    ) -> AsyncGenerator[Sequence[pb.RecordedEvent], None]:
+        """Read events in the batches the server sends them (the fastest way to read)."""
+        req = pb.ReadRequest(
+            stream=stream,
+            backwards=backwards,
+            max_count=max_count,
+            notifications_only=notifications_only,
+            batch_size=batch_size,
+        )
+        _where(req, start, stream_prefixes, event_types)
+        call = self._stub.Read(req)
+        try:
+            async for msg in call:
+                if msg.events:
+                    yield msg.events
+        except grpc.aio.AioRpcError as e:
+            raise from_rpc_error(e) from None
+        finally:
+            call.cancel()
+
+    async def read(self, stream: str = "", **kwargs: Any) -> AsyncGenerator[pb.RecordedEvent, None]:
+        """Read events one by one; keywords as read_batches."""
+        async for batch in self.read_batches(stream, **kwargs):
+            for ev in batch:
+                yield ev
+
+    async def read_list(self, stream: str = "", **kwargs: Any) -> list[pb.RecordedEvent]:
+        return [ev async for ev in self.read(stream, **kwargs)]
+
+    async def subscribe(
+        self,
+        stream: str = "",
+        *,
+        start: StartAt = END,
+        stream_prefixes: Iterable[str] | None = None,
+        event_types: Iterable[str] | None = None,
+        notifications_only: bool = False,
+        max_batch: int = 0,
+        heartbeat_interval: float = 0.0,
+    ) -> AsyncGenerator[SubscriptionItem, None]:
+        """Catch up from ``start``, then follow live events. Yields events and control messages."""
+        req = pb.SubscribeRequest(
+            stream=stream,
+            notifications_only=notifications_only,
+            max_batch=max_batch,
+            heartbeat_interval_ms=int(heartbeat_interval * 1000),
+        )
+        _where(req, start, stream_prefixes, event_types)
+        call = self._stub.Subscribe(req)
+        try:
+            async for msg in call:
+                kind = msg.WhichOneof("content")
+                if kind == "events":
+                    for ev in msg.events.events:
+                        yield ev
+                elif kind is not None:
+                    yield getattr(msg, kind)
+        except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.CANCELLED and call.cancelled():
+                return
+            raise from_rpc_error(e) from None
+        finally:
+            call.cancel()
+
+    # -- administration ---------------------------------------------------------------
+
+    async def stream_info(self, stream: str) -> pb.StreamInfo:
+        return await self._call(
+            self._stub.GetStreamInfo(pb.GetStreamInfoRequest(stream=stream), timeout=self.timeout)
+        )
+
+    async def set_retention(
+        self,
+        stream: str,
+        *,
+        max_count: int = 0,
+        max_age: float = 0.0,
+        max_bytes: int = 0,
+        truncate_before: int = 0,
+        time_to_live: float = 0.0,
+    ) -> pb.StreamInfo:
+        """Replace the stream's own retention policy (ages in seconds; zero: no limit)."""
+        policy = pb.RetentionPolicy(max_count=max_count, max_bytes=max_bytes, truncate_before=truncate_before)
+        if max_age:
+            policy.max_age.FromMicroseconds(int(max_age * 1e6))
+        if time_to_live:
+            policy.time_to_live.FromMicroseconds(int(time_to_live * 1e6))
+        req = pb.SetRetentionRequest(stream=stream, retention=policy)
+        return await self._call(self._stub.SetRetention(req, timeout=self.timeout))
+
+    async def delete_stream(self, stream: str, expected: Expected = ANY) -> int:
+        """Soft-delete: the stream is hidden, and a later append recreates it."""
+        req = pb.DeleteStreamRequest(stream=stream, expected=_expected(expected))
+        resp: pb.DeleteStreamResponse = await self._call(self._stub.DeleteStream(req, timeout=self.timeout))
+        return resp.position
+
+    async def tombstone_stream(self, stream: str, expected: Expected = ANY) -> int:
+        """Delete for good: the name can never be appended to again."""
+        req = pb.DeleteStreamRequest(stream=stream, expected=_expected(expected), tombstone=True)
+        resp: pb.DeleteStreamResponse = await self._call(self._stub.DeleteStream(req, timeout=self.timeout))
+        return resp.position
+
+    async def list_streams(
+        self, prefix: str = "", *, page_size: int = 100, include_deleted: bool = False
+    ) -> AsyncIterator[pb.StreamInfo]:
+        """Every stream whose name starts with prefix, in name order (pages fetched as needed)."""
+        token = ""
+        while True:
+            req = pb.ListStreamsRequest(
+                prefix=prefix, page_size=page_size, page_token=token, include_deleted=include_deleted
+            )
+            resp = await self._call(self._stub.ListStreams(req, timeout=self.timeout))
+            for info in resp.streams:
+                yield info
+            token = resp.next_page_token
+            if not token:
+                return
+
+    # -- consumer groups --------------------------------------------------------------
+
+    async def create_group(
+        self,
+        group: str,
+        *,
+        stream_prefixes: Iterable[str] | None = None,
+        event_types: Iterable[str] | None = None,
+        start: StartAt = END,
+        partitions: int = 12,
+        lease: float = 10.0,
+        max_attempts: int = 5,
+        initial_backoff: float = 1.0,
+        max_backoff: float = 60.0,
+        dead_letter_stream: str = "",
+    ) -> gpb.GroupDescription:
+        """Create a consumer group reading the matching streams from ``start``."""
+        config = gpb.GroupConfig(
+            partitions=partitions,
+            filter=pb.Filter(
+                stream_prefixes=list(stream_prefixes or ()), event_types=list(event_types or ())
+            ),
+            dead_letter_stream=dead_letter_stream,
+        )
+        config.lease.FromMicroseconds(int(lease * 1e6))
+        config.retry.max_attempts = max_attempts
+        config.retry.initial_backoff.FromMicroseconds(int(initial_backoff * 1e6))
+        config.retry.max_backoff.FromMicroseconds(int(max_backoff * 1e6))
+        sp = _start(start)
+        if sp is not None:
+            config.start.CopyFrom(sp)
+        req = gpb.CreateGroupRequest(group=group, config=config)
+        return await self._call(self.groups_stub.CreateGroup(req, timeout=self.timeout))
+
+    async def describe_group(self, group: str) -> gpb.GroupDescription:
+        """Members, assignment, cursors and lag per partition."""
+        req = gpb.DescribeGroupRequest(group=group)
+        return await self._call(self.groups_stub.DescribeGroup(req, timeout=self.timeout))
+
+    async def list_groups(self) -> list[gpb.GroupDescription]:
+        resp = await self._call(self.groups_stub.ListGroups(gpb.ListGroupsRequest(), timeout=self.timeout))
+        return list(resp.groups)
+
+    async def delete_group(self, group: str) -> None:
+        await self._call(
+            self.groups_stub.DeleteGroup(gpb.DeleteGroupRequest(group=group), timeout=self.timeout)
+        )
+
+    async def reset_group(
+        self, group: str, to: StartAt, partitions: Iterable[int] = ()
+    ) -> gpb.GroupDescription:
+        """Move cursors (all, or the given partitions) to a start point."""
+        req = gpb.ResetCursorsRequest(group=group, partitions=list(partitions))
+        sp = _start(to)
+        if sp is not None:
+            req.to.CopyFrom(sp)
+        return await self._call(self.groups_stub.ResetCursors(req, timeout=self.timeout))
+
+    # -- event sourcing ---------------------------------------------------------------
+
+    async def fold(
+        self, stream: str, apply: Callable[[S, pb.RecordedEvent], S], initial: S
+    ) -> tuple[S, Expected]:
+        """Read a stream from the start and fold it into state.
+
+        Returns the state and the expected revision to append with next (NO_STREAM for a
+        stream that does not exist yet).
+        """
+        state: S = initial
+        revision: Expected = NO_STREAM
+        try:
+            async for ev in self.read(stream):
+                state = apply(state, ev)
+                revision = ev.revision
+        except SluiceError as e:
+            if e.reason != "STREAM_NOT_FOUND":
+                raise
+        return state, revision
+
+    async def decide_and_append(
+        self,
+        stream: str,
+        apply: Callable[[S, pb.RecordedEvent], S],
+        initial: S,
+        decide: Callable[[S], Iterable[pb.EventData]],
+        retries: int = 5,
+    ) -> pb.AppendResponse | None:
+        """Fold the stream, decide new events from the state, append with the expected
+        revision; on a conflict, fold again and retry. Returns None if nothing was decided."""
+        for attempt in range(retries + 1):
+            state, revision = await self.fold(stream, apply, initial)
+            events = list(decide(state))
+            if not events:
+                return None
+            try:
+                return await self.append(stream, events, expected=revision)
+            except WrongExpectedRevision:
+                if attempt == retries:
+                    raise
+        raise AssertionError("unreachable")
+
+
+class AppendSession:
+    """Many appends in flight on one bidirectional call; results come back in order.
+
+    Appends queued while the previous message is being written go out together in the
+    next message, so the per-message cost is shared when many are in flight.
+    """
+
+    max_per_message = 1000
+
+    def __init__(self, stub: pb_grpc.StreamsStub) -> None:
+        self._stub = stub
+        self._call: Any = None
+        self._queued: list[tuple[pb.AppendRequest, asyncio.Future[pb.AppendResponse]]] = []
+        self._sent: collections.deque[list[asyncio.Future[pb.AppendResponse]]] = collections.deque()
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._writer: asyncio.Task[None] | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._error: SluiceError | None = None
+
+    async def __aenter__(self) -> AppendSession:
+        self._call = self._stub.AppendSession()
+        self._writer = asyncio.create_task(self._write())
+        self._reader = asyncio.create_task(self._read())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _write(self) -> None:
+        try:
+            while True:
+                await self._wakeup.wait()
+                self._wakeup.clear()
+                while self._queued:
+                    batch = self._queued[: self.max_per_message]
+                    del self._queued[: self.max_per_message]
+                    self._sent.append([f for _, f in batch])
+                    await self._call.write(pb.AppendSessionRequest(appends=[r for r, _ in batch]))
+                if self._closing:
+                    await self._call.done_writing()
+                    return
+        except grpc.aio.AioRpcError as e:
+            self._fail(from_rpc_error(e))
+        except asyncio.InvalidStateError:  # the call ended while writing
+            self._fail(SluiceError("append session ended"))
+
+    async def _read(self) -> None:
+        try:
+            async for resp in self._call:
+                futures = self._sent.popleft()
+                for fut, result in zip(futures, resp.results, strict=True):
+                    if result.WhichOneof("result") == "success":
+                        fut.set_result(result.success)
+                    else:
+                        fut.set_exception(from_status(result.error))
+        except grpc.aio.AioRpcError as e:
+            self._fail(from_rpc_error(e))
+
+    def _fail(self, err: SluiceError) -> None:
+        self._error = err
+        for futures in [*self._sent, [f for _, f in self._queued]]:
+            for fut in futures:
+                if not fut.done():
+                    fut.set_exception(err)
+        self._sent.clear()
+        self._queued.clear()
+
+    def send(
+        self, stream: str, events: Iterable[pb.EventData], expected: Expected = ANY
+    ) -> asyncio.Future[pb.AppendResponse]:
+        """Queue one append; the returned future resolves with its result."""
+        if self._call is None or self._closing:
+            raise RuntimeError("the append session is not open")
+        fut: asyncio.Future[pb.AppendResponse] = asyncio.get_running_loop().create_future()
+        if self._error is not None:
+            fut.set_exception(self._error)
+            return fut
+        self._queued.append((_request(stream, events, expected), fut))
+        self._wakeup.set()
+        return fut
+
+    async def append(
+        self, stream: str, events: Iterable[pb.EventData], expected: Expected = ANY
+    ) -> pb.AppendResponse:
+        return await self.send(stream, events, expected)
+
+    async def close(self) -> None:
+        """Send what is queued, wait for every result, end the call."""
+        if self._call is None or self._closing:
+            return
+        self._closing = True
+        self._wakeup.set()
+        if self._writer:
+            await self._writer
+        if self._reader:
+            await self._reader
+
+
+class Batcher:
+    """Coalesces concurrent single-stream appends into AppendMany requests (like a producer linger).
+
+    Appends to the same stream are not combined into one part (each keeps its own
+    expected revision), so at most one pending append per stream goes in one request;
+    the rest wait for the next.
+    """
+
+    def __init__(self, client: Client, linger: float = 0.002, max_events: int = 1000) -> None:
+        self.client = client
+        self.linger = linger
+        self.max_events = max_events
+        self._pending: list[tuple[pb.AppendRequest, asyncio.Future[pb.AppendResponse]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def append(
+        self, stream: str, events: Iterable[pb.EventData], expected: Expected = ANY
+    ) -> pb.AppendResponse:
+        fut: asyncio.Future[pb.AppendResponse] = asyncio.get_running_loop().create_future()
+        self._pending.append((_request(stream, events, expected), fut))
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush_later())
+        return await fut
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(self.linger)
+        while self._pending:
+            batch: list[tuple[pb.AppendRequest, asyncio.Future[pb.AppendResponse]]] = []
+            rest = []
+            streams: set[str] = set()
+            total = 0
+            for item in self._pending:
+                req = item[0]
+                if req.stream in streams or (batch and total + len(req.events) > self.max_events):
+                    rest.append(item)
+                else:
+                    streams.add(req.stream)
+                    total += len(req.events)
+                    batch.append(item)
+            self._pending = rest
+            await self._send(batch)
+        self._flusher = None
+
+    async def _send(self, batch: list[tuple[pb.AppendRequest, asyncio.Future[pb.AppendResponse]]]) -> None:
+        # One request per atomic part would lose independence: a conflict in one part
+        # fails the whole AppendMany. So send as one request, and on failure retry the
+        # parts one by one to give each its own outcome.
+        try:
+            resp = await self.client._call(
+                self.client._stub.AppendMany(pb.AppendManyRequest(appends=[r for r, _ in batch]))
+            )
+            for (_, fut), result in zip(batch, resp.results, strict=True):
+                fut.set_result(result)
+        except SluiceError:
+            for req, fut in batch:
+                try:
+                    fut.set_result(await self.client._call(self.client._stub.Append(req)))
+                except SluiceError as e:
+                    fut.set_exception(e)

@@ -1,0 +1,114 @@
+"""Typed exceptions, mapped from the store's gRPC statuses and their ErrorInfo details."""
+
+from __future__ import annotations
+
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+
+class SluiceError(Exception):
+    """A refused or failed call. ``reason`` and ``metadata`` come from google.rpc.ErrorInfo."""
+
+    def __init__(
+        self,
+        message: str,
+        code: grpc.StatusCode = grpc.StatusCode.UNKNOWN,
+        reason: str = "",
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.reason = reason
+        self.metadata = metadata or {}
+
+
+class WrongExpectedRevision(SluiceError):
+    """The stream was not at the expected revision (optimistic concurrency conflict)."""
+
+    @property
+    def stream(self) -> str:
+        return self.metadata.get("stream", "")
+
+    @property
+    def expected(self) -> str:
+        return self.metadata.get("expected", "")
+
+    @property
+    def actual(self) -> str:
+        """The stream's last revision as text, or "no_stream"."""
+        return self.metadata.get("actual", "")
+
+    @property
+    def actual_revision(self) -> int | None:
+        return int(self.actual) if self.actual.isdigit() else None
+
+
+class StreamDeleted(SluiceError):
+    """The stream was deleted (tombstoned streams refuse appends forever)."""
+
+
+class StreamNotFound(SluiceError):
+    """The stream does not exist."""
+
+
+class DuplicateEventId(SluiceError):
+    """An event id is already stored at another place."""
+
+
+class InvalidArgument(SluiceError):
+    """The request broke a rule (stream name, event shape, ...)."""
+
+
+class LimitExceeded(SluiceError):
+    """A configured limit was exceeded; ``metadata["limit"]`` names it."""
+
+
+class Unavailable(SluiceError):
+    """The store cannot serve now (shutting down, restarting, unreachable): retry."""
+
+
+_BY_REASON: dict[str, type[SluiceError]] = {
+    "WRONG_EXPECTED_REVISION": WrongExpectedRevision,
+    "STREAM_DELETED": StreamDeleted,
+    "STREAM_NOT_FOUND": StreamNotFound,
+    "DUPLICATE_EVENT_ID": DuplicateEventId,
+    "INVALID_STREAM_NAME": InvalidArgument,
+    "INVALID_EVENT": InvalidArgument,
+    "INVALID_ARGUMENT": InvalidArgument,
+    "SYSTEM_STREAM_RESERVED": InvalidArgument,
+    "LIMIT_EXCEEDED": LimitExceeded,
+    "STORE_UNAVAILABLE": Unavailable,
+}
+_BY_CODE: dict[grpc.StatusCode, type[SluiceError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: LimitExceeded,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.NOT_FOUND: StreamNotFound,
+}
+_CODES = {c.value[0]: c for c in grpc.StatusCode}
+
+
+def from_status(status: status_pb2.Status) -> SluiceError:
+    """The typed exception for a google.rpc.Status."""
+    code = _CODES.get(status.code, grpc.StatusCode.UNKNOWN)
+    reason, metadata = "", {}
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            reason, metadata = info.reason, dict(info.metadata)
+    cls = _BY_REASON.get(reason) or _BY_CODE.get(code, SluiceError)
+    return cls(status.message, code, reason, metadata)
+
+
+def from_rpc_error(err: grpc.aio.AioRpcError | grpc.RpcError) -> SluiceError:
+    """The one place gRPC errors become typed exceptions."""
+    status = rpc_status.from_call(err)
+    if status is not None:
+        return from_status(status)
+    code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
+    message = err.details() if hasattr(err, "details") else str(err)
+    cls = _BY_CODE.get(code, SluiceError)
+    return cls(message or str(code), code)

@@ -1,0 +1,125 @@
+"""Settings for Sluice processes: each option is a flag and a ``SLUICE_*`` variable, typed once."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import os
+import re
+import sys
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+
+
+def parse_duration(text: str) -> float:
+    """``"30s"``, ``"5m"``, ``"7d"``, ``"250ms"`` or plain seconds -> seconds."""
+    m = _DURATION.match(text)
+    if not m:
+        raise ValueError(f"expected a duration like 30s, 5m, 7d, got {text!r}")
+    return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names it."""
+
+
+def parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """One setting: its flag, environment variable, parser and help."""
+
+    name: str
+    default: Any
+    parse: Callable[[str], Any]
+    help: str
+    env_name: str = ""
+
+    @property
+    def env(self) -> str:
+        return self.env_name or "SLUICE_" + self.name.upper()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def load(
+    cls: Callable[..., T],
+    options: Sequence[Option],
+    prog: str,
+    description: str,
+    argv: Sequence[str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> T:
+    """Settings from flags, then environment variables, then defaults; bad values name themselves.
+
+    ``cls`` validates in its constructor by raising ConfigError("<field>: <problem>"); the
+    message is rewritten to name the flag or variable the value came from.
+    """
+    env = os.environ if env is None else env
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    for opt in options:
+        parser.add_argument(
+            opt.flag, dest=opt.name, default=None, help=f"{opt.help} [{opt.env}; {opt.default!r}]"
+        )
+    args = parser.parse_args(argv)
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for opt in options:
+        raw = getattr(args, opt.name)
+        source = opt.flag
+        if raw is None and opt.env in env:
+            raw, source = env[opt.env], opt.env
+        if raw is None:
+            continue
+        try:
+            values[opt.name] = opt.parse(raw)
+        except ValueError as e:
+            raise ConfigError(f"{source}: {e}") from e
+        sources[opt.name] = source
+    try:
+        return cls(**values)
+    except ConfigError as e:
+        name, _, rest = str(e).partition(":")
+        raise ConfigError(f"{sources.get(name, name)}:{rest}") from e
+
+
+def run_main(
+    prog: str,
+    load_settings: Callable[[], T],
+    serve: Callable[[T], Coroutine[Any, Any, None]],
+    use_uvloop: Callable[[T], bool] = lambda _: True,
+) -> None:
+    """A Sluice process's entry point: logging, settings that fail fast, uvloop, asyncio.run."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load_settings()
+    except ConfigError as e:
+        sys.exit(f"{prog}: configuration error: {e}")
+    if use_uvloop(settings):
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            uvloop.install()
+    try:
+        asyncio.run(serve(settings))
+    except ConfigError as e:
+        sys.exit(f"{prog}: configuration error: {e}")
+    except OSError as e:
+        sys.exit(f"{prog}: {e}")

@@ -1,0 +1,66 @@
+"""OpenTelemetry wiring shared by the client and the services.
+
+Tracing is on when the standard variables ask for it (``OTEL_TRACES_EXPORTER`` other
+than ``none``, or an ``OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT``); otherwise nothing is
+installed and the hot paths pay nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, MutableMapping
+
+from opentelemetry import propagate, trace
+
+
+def tracing_enabled(env: Mapping[str, str] | None = None) -> bool:
+    env = os.environ if env is None else env
+    if env.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return False
+    exporter = env.get("OTEL_TRACES_EXPORTER", "")
+    if exporter:
+        return exporter.lower() != "none"
+    return bool(env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+
+
+def current_traceparent() -> str | None:
+    """The W3C traceparent of the current span, if one is recording."""
+    if not trace.get_current_span().get_span_context().is_valid:
+        return None
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier.get("traceparent")
+
+
+def inject(metadata: MutableMapping[str, str]) -> None:
+    """Put the current trace context into an event's metadata unless it has one.
+
+    Costs one context look-up when no span is active (the common case without tracing).
+    """
+    if "traceparent" in metadata or not trace.get_current_span().get_span_context().is_valid:
+        return
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    if "traceparent" in carrier:
+        metadata["traceparent"] = carrier["traceparent"]
+
+
+def setup_tracing(service_name: str) -> None:
+    """Install an SDK tracer provider exporting as the OTEL_* variables say (needs the SDK)."""
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+
+    if isinstance(trace.get_tracer_provider(), TracerProvider):
+        return
+    resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service_name)})
+    provider = TracerProvider(resource=resource)
+    exporter: SpanExporter
+    if os.environ.get("OTEL_TRACES_EXPORTER", "otlp").lower() == "console":
+        exporter = ConsoleSpanExporter()
+    else:
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        exporter = OTLPSpanExporter()
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)

@@ -1,0 +1,1 @@
+"""Sluice store: durable streams of events served over gRPC."""

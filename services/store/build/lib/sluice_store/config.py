@@ -1,0 +1,109 @@
+"""Store settings: every option is a flag and a ``SLUICE_*`` environment variable, typed here once."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+from sluice import settings
+from sluice.settings import ConfigError, Option, parse_bool
+from sluice_store.retention import Policy, parse_duration
+
+__all__ = ["OPTIONS", "ConfigError", "Settings", "load"]
+
+
+def _parse_prefix_rules(text: str) -> dict[str, Policy]:
+    """``"orders-=max_count:1000,max_age:7d;tmp.=ttl:30s"`` -> {prefix: Policy}."""
+    rules: dict[str, Policy] = {}
+    for chunk in filter(None, (c.strip() for c in text.split(";"))):
+        prefix, sep, spec = chunk.partition("=")
+        if not sep or not prefix:
+            raise ValueError(f"expected PREFIX=RULES, got {chunk!r}")
+        rules[prefix] = Policy.parse(spec)
+    return rules
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        "addr",
+        "127.0.0.1:50051",
+        str,
+        "address the gRPC server listens on (host:port)",
+        env_name="SLUICE_STORE_ADDR",  # the variable clients use to find the store
+    ),
+    Option(
+        "db",
+        "sqlite:///./data/sluice.db",
+        str,
+        "storage URL: sqlite:///path/to/file.db (the embedded default)",
+    ),
+    Option(
+        "durability",
+        "full",
+        str,
+        "SQLite sync mode: full (fsync each group commit; survives power loss), "
+        "normal (survives a crash of the process), off (tests only)",
+    ),
+    Option("archive_dir", "", str, "directory for archived events (gzip JSON Lines); empty: none"),
+    Option(
+        "retention",
+        "",
+        _parse_prefix_rules,
+        "retention by stream prefix: 'PREFIX=max_count:N,max_age:7d,max_bytes:N,ttl:30s;...'",
+    ),
+    Option("reclaim_interval", 1.0, parse_duration, "how often expired events are reclaimed"),
+    Option("max_event_bytes", 1 << 20, int, "largest serialized event accepted"),
+    Option("max_request_bytes", 16 << 20, int, "largest request message accepted"),
+    Option("max_events_per_request", 10_000, int, "most events in one append request"),
+    Option("max_stream_name", 256, int, "longest stream name, in characters"),
+    Option("max_read_batch", 1000, int, "most events in one Read/Subscribe message"),
+    Option("subscriber_buffer", 10_000, int, "live events buffered per subscriber before catch-up"),
+    Option("heartbeat_interval", 5.0, parse_duration, "default subscription heartbeat interval"),
+    Option("stream_cache", 200_000, int, "stream states kept in memory"),
+    Option("grace", 10.0, parse_duration, "seconds in-flight RPCs get on shutdown"),
+    Option("uvloop", True, parse_bool, "use uvloop when installed"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The store's configuration; see OPTIONS for each field's meaning."""
+
+    addr: str = "127.0.0.1:50051"
+    db: str = "sqlite:///./data/sluice.db"
+    durability: str = "full"
+    archive_dir: str = ""
+    retention: Mapping[str, Policy] = dataclasses.field(default_factory=dict)
+    reclaim_interval: float = 1.0
+    max_event_bytes: int = 1 << 20
+    max_request_bytes: int = 16 << 20
+    max_events_per_request: int = 10_000
+    max_stream_name: int = 256
+    max_read_batch: int = 1000
+    subscriber_buffer: int = 10_000
+    heartbeat_interval: float = 5.0
+    stream_cache: int = 200_000
+    grace: float = 10.0
+    uvloop: bool = True
+
+    def __post_init__(self) -> None:
+        if self.durability not in ("full", "normal", "off"):
+            raise ConfigError(f"durability: expected full, normal or off, got {self.durability!r}")
+        for name in (
+            "max_event_bytes",
+            "max_request_bytes",
+            "max_events_per_request",
+            "max_stream_name",
+            "max_read_batch",
+            "subscriber_buffer",
+            "stream_cache",
+        ):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name}: must be positive, got {getattr(self, name)}")
+        if self.max_event_bytes > self.max_request_bytes:
+            raise ConfigError("max_event_bytes: must not exceed max_request_bytes")
+
+
+def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """The store's settings from flags, ``SLUICE_*`` variables and defaults."""
+    return settings.load(Settings, OPTIONS, "sluice-store", "Run the Sluice store.", argv, env)

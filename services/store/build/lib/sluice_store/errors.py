@@ -1,0 +1,135 @@
+"""The store's errors, and the one table that turns them into gRPC statuses with details."""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from sluice.v1 import streams_pb2 as pb
+
+DOMAIN = "sluice.v1"
+
+
+class StoreError(Exception):
+    """A refused request: its reason (an ErrorReason name), message and structured metadata."""
+
+    reason: pb.ErrorReason.ValueType = pb.INVALID_ARGUMENT
+
+    def __init__(self, message: str, **metadata: object) -> None:
+        super().__init__(message)
+        self.message = message
+        self.metadata = {k: str(v) for k, v in metadata.items()}
+
+
+class WrongExpectedRevision(StoreError):
+    reason = pb.WRONG_EXPECTED_REVISION
+
+
+class StreamDeleted(StoreError):
+    reason = pb.STREAM_DELETED
+
+
+class StreamNotFound(StoreError):
+    reason = pb.STREAM_NOT_FOUND
+
+
+class DuplicateEventId(StoreError):
+    reason = pb.DUPLICATE_EVENT_ID
+
+
+class InvalidStreamName(StoreError):
+    reason = pb.INVALID_STREAM_NAME
+
+
+class SystemStreamReserved(StoreError):
+    reason = pb.SYSTEM_STREAM_RESERVED
+
+
+class InvalidEvent(StoreError):
+    reason = pb.INVALID_EVENT
+
+
+class InvalidArgument(StoreError):
+    reason = pb.INVALID_ARGUMENT
+
+
+class LimitExceeded(StoreError):
+    reason = pb.LIMIT_EXCEEDED
+
+
+class StoreUnavailable(StoreError):
+    reason = pb.STORE_UNAVAILABLE
+
+
+# reason -> gRPC status code. Reading a deleted stream is NOT_FOUND; writing one is
+# FAILED_PRECONDITION (see status_code).
+_CODES: dict[pb.ErrorReason.ValueType, grpc.StatusCode] = {
+    pb.WRONG_EXPECTED_REVISION: grpc.StatusCode.FAILED_PRECONDITION,
+    pb.STREAM_DELETED: grpc.StatusCode.FAILED_PRECONDITION,
+    pb.STREAM_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    pb.DUPLICATE_EVENT_ID: grpc.StatusCode.ALREADY_EXISTS,
+    pb.INVALID_STREAM_NAME: grpc.StatusCode.INVALID_ARGUMENT,
+    pb.SYSTEM_STREAM_RESERVED: grpc.StatusCode.INVALID_ARGUMENT,
+    pb.INVALID_EVENT: grpc.StatusCode.INVALID_ARGUMENT,
+    pb.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
+    pb.LIMIT_EXCEEDED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    pb.STORE_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    pb.GROUP_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    pb.GROUP_EXISTS: grpc.StatusCode.ALREADY_EXISTS,
+    pb.STALE_MEMBER_EPOCH: grpc.StatusCode.FAILED_PRECONDITION,
+    pb.NOT_PARTITION_OWNER: grpc.StatusCode.FAILED_PRECONDITION,
+    pb.UNKNOWN_MEMBER: grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+
+def status_code(err: StoreError, reading: bool = False) -> grpc.StatusCode:
+    if reading and err.reason == pb.STREAM_DELETED:
+        return grpc.StatusCode.NOT_FOUND
+    return _CODES[err.reason]
+
+
+def to_status(err: StoreError, reading: bool = False) -> status_pb2.Status:
+    """A google.rpc.Status with an ErrorInfo detail (and BadRequest for invalid fields)."""
+    code = status_code(err, reading)
+    details = []
+    info = error_details_pb2.ErrorInfo(
+        reason=pb.ErrorReason.Name(err.reason), domain=DOMAIN, metadata=err.metadata
+    )
+    details.append(info)
+    if code == grpc.StatusCode.INVALID_ARGUMENT and "field" in err.metadata:
+        details.append(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=err.metadata["field"], description=err.message
+                    )
+                ]
+            )
+        )
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "limit" in err.metadata:
+        details.append(
+            error_details_pb2.QuotaFailure(
+                violations=[
+                    error_details_pb2.QuotaFailure.Violation(
+                        subject=err.metadata["limit"], description=err.message
+                    )
+                ]
+            )
+        )
+    packed = []
+    for d in details:
+        a = any_pb2.Any()
+        a.Pack(d)
+        packed.append(a)
+    return status_pb2.Status(code=code.value[0], message=err.message, details=packed)
+
+
+def internal_status(message: str) -> status_pb2.Status:
+    return status_pb2.Status(code=code_pb2.INTERNAL, message=message)
+
+
+async def abort(context: grpc.aio.ServicerContext, err: StoreError, reading: bool = False) -> None:
+    """End the RPC with the error's status and details."""
+    await context.abort_with_status(rpc_status.to_status(to_status(err, reading)))

@@ -1,0 +1,361 @@
+"""Consumer-group coordination: membership, balanced sticky assignment, epochs, fenced cursors.
+
+The model follows Kafka's consumer group protocol (KIP-848), with the stream as the
+ordering unit: a heartbeat is also the assignment exchange, every change of a member's
+assignment raises its epoch, and a partition moves only after its old owner released it
+(stopped reporting it) or its lease expired.
+
+Group state lives in memory in the store process and is written through to storage on
+every change, so a restarted store carries on with the same members, leases, epochs and
+cursors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import re
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+
+from google.protobuf import duration_pb2
+
+from sluice.v1 import groups_pb2 as gpb
+from sluice.v1 import streams_pb2 as pb
+from sluice_store.errors import InvalidArgument, StoreError
+from sluice_store.retention import US, now_us
+from sluice_store.storage.base import Storage
+
+DEFAULT_PARTITIONS = 12
+MAX_PARTITIONS = 1024
+DEFAULT_LEASE_US = 10 * US
+DEFAULT_HEARTBEAT_US = 1 * US
+DEFAULT_ATTEMPTS = 5
+GROUP_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+
+class GroupNotFound(StoreError):
+    reason = pb.GROUP_NOT_FOUND
+
+
+class GroupExists(StoreError):
+    reason = pb.GROUP_EXISTS
+
+
+class StaleMemberEpoch(StoreError):
+    reason = pb.STALE_MEMBER_EPOCH
+
+
+class NotPartitionOwner(StoreError):
+    reason = pb.NOT_PARTITION_OWNER
+
+
+class UnknownMember(StoreError):
+    reason = pb.UNKNOWN_MEMBER
+
+
+@dataclasses.dataclass
+class Member:
+    """A member as the coordinator sees it."""
+
+    id: str
+    epoch: int = 0
+    #: Partitions the member may work on now.
+    assigned: set[int] = dataclasses.field(default_factory=set)
+    #: Partitions taken away that the member has not yet confirmed releasing.
+    revoking: set[int] = dataclasses.field(default_factory=set)
+    lease_expires_us: int = 0
+    #: Commits need an epoch above this (a cursor reset fences the epoch in use).
+    fenced: int = -1
+
+    @property
+    def held(self) -> set[int]:
+        return self.assigned | self.revoking
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "epoch": self.epoch,
+            "assigned": sorted(self.assigned),
+            "revoking": sorted(self.revoking),
+            "lease_expires_us": self.lease_expires_us,
+            "fenced": self.fenced,
+        }
+
+    @classmethod
+    def from_json(cls, member_id: str, d: Mapping[str, object]) -> Member:
+        return cls(
+            member_id,
+            int(d["epoch"]),  # type: ignore[call-overload]
+            set(d["assigned"]),  # type: ignore[call-overload]
+            set(d["revoking"]),  # type: ignore[call-overload]
+            int(d["lease_expires_us"]),  # type: ignore[call-overload]
+            int(d.get("fenced", -1)),  # type: ignore[call-overload]
+        )
+
+
+@dataclasses.dataclass
+class GroupState:
+    name: str
+    config: gpb.GroupConfig
+    created_us: int
+    members: dict[str, Member] = dataclasses.field(default_factory=dict)
+    cursors: dict[int, int] = dataclasses.field(default_factory=dict)
+
+    @property
+    def partitions(self) -> int:
+        return self.config.partitions
+
+    @property
+    def lease_us(self) -> int:
+        return self.config.lease.ToMicroseconds()
+
+    def members_json(self) -> str:
+        return json.dumps({m.id: m.to_json() for m in self.members.values()})
+
+    def owner(self, partition: int) -> str:
+        for m in self.members.values():
+            if partition in m.held:
+                return m.id
+        return ""
+
+
+def target_assignment(
+    partitions: int, members: Sequence[str], current: Mapping[str, Iterable[int]]
+) -> dict[str, set[int]]:
+    """Balanced (sizes differ by at most one) and sticky (keeps what members have) assignment."""
+    if not members:
+        return {}
+    base, extra = divmod(partitions, len(members))
+    # Members holding the most keep the larger quotas, so as few partitions move as can.
+    order = sorted(members, key=lambda m: (-len(set(current.get(m, ()))), m))
+    quota = {m: base + (1 if i < extra else 0) for i, m in enumerate(order)}
+    target: dict[str, set[int]] = {m: set() for m in members}
+    taken: set[int] = set()
+    for m in order:
+        for p in sorted(set(current.get(m, ()))):
+            if len(target[m]) < quota[m] and p not in taken and p < partitions:
+                target[m].add(p)
+                taken.add(p)
+    free = [p for p in range(partitions) if p not in taken]
+    for p in free:
+        m = min((m for m in order if len(target[m]) < quota[m]), key=lambda m: (len(target[m]), m))
+        target[m].add(p)
+    return target
+
+
+def expire(state: GroupState, now: int) -> None:
+    """Drop members past their lease: what they held is free at once."""
+    for m in [m for m in state.members.values() if m.lease_expires_us <= now]:
+        del state.members[m.id]
+
+
+def reconcile(state: GroupState, member: Member) -> None:
+    """Move one member toward its target assignment, as its heartbeat is answered.
+
+    A member learns of changes only through its own heartbeat, so its assignment and
+    epoch change only here: partitions leaving it go to ``revoking`` until it confirms
+    it let go, and partitions coming to it are granted only once nobody else holds them.
+    """
+    ids = sorted(state.members)
+    target = target_assignment(state.partitions, ids, {i: state.members[i].assigned for i in ids})
+    want = target.get(member.id, set())
+    held_by_others = {p for m in state.members.values() if m is not member for p in m.held}
+    member.revoking |= member.assigned - want
+    new = (member.assigned & want) | (want - held_by_others)
+    member.revoking -= new
+    if new != member.assigned or member.fenced >= member.epoch:
+        member.assigned = new
+        member.epoch += 1
+
+
+def normalized(config: gpb.GroupConfig, creating: bool) -> gpb.GroupConfig:
+    """A copy with defaults filled in; raises InvalidArgument for bad values."""
+    c = gpb.GroupConfig()
+    c.CopyFrom(config)
+    if creating and not c.partitions:
+        c.partitions = DEFAULT_PARTITIONS
+    if not 1 <= c.partitions <= MAX_PARTITIONS:
+        raise InvalidArgument(
+            f"partitions must be 1..{MAX_PARTITIONS}, got {c.partitions}", field="config.partitions"
+        )
+    if c.filter.partition_count or c.filter.partitions:
+        raise InvalidArgument("a group's filter takes no partitions", field="config.filter")
+    if not c.HasField("lease"):
+        c.lease.FromMicroseconds(DEFAULT_LEASE_US)
+    lease = c.lease.ToMicroseconds()
+    if lease < 100_000:
+        raise InvalidArgument("lease must be at least 100ms", field="config.lease")
+    if not c.HasField("heartbeat_interval"):
+        # Members learn of moved partitions at their next heartbeat: keep it short.
+        c.heartbeat_interval.FromMicroseconds(min(lease // 3, DEFAULT_HEARTBEAT_US))
+    if not 0 < c.heartbeat_interval.ToMicroseconds() < lease:
+        raise InvalidArgument("heartbeat_interval must be positive and below lease", field="config")
+    if not c.retry.max_attempts:
+        c.retry.max_attempts = DEFAULT_ATTEMPTS
+    if not c.retry.HasField("initial_backoff"):
+        c.retry.initial_backoff.FromSeconds(1)
+    if not c.retry.HasField("max_backoff"):
+        c.retry.max_backoff.FromSeconds(60)
+    return c
+
+
+class Coordinator:
+    """Owns every group of this store; all changes go through here, one at a time."""
+
+    def __init__(self, storage: Storage, resolve: Callable[[pb.StartPoint | None], Awaitable[int]]) -> None:
+        self.storage = storage
+        self.resolve = resolve
+        self.groups: dict[str, GroupState] = {}
+        self._lock = asyncio.Lock()
+
+    async def load(self) -> None:
+        for name, config, created, members, cursors in await self.storage.load_groups():
+            cfg = gpb.GroupConfig.FromString(config)
+            raw = json.loads(members)
+            state = GroupState(name, cfg, created, cursors=dict(cursors))
+            state.members = {mid: Member.from_json(mid, d) for mid, d in raw.items()}
+            self.groups[name] = state
+
+    def _get(self, name: str) -> GroupState:
+        try:
+            return self.groups[name]
+        except KeyError:
+            raise GroupNotFound(f"group {name!r} does not exist", group=name) from None
+
+    async def _save(self, state: GroupState, cursors: Mapping[int, int] | None = None) -> None:
+        await self.storage.save_group(
+            state.name, state.config.SerializeToString(), state.created_us, state.members_json(), cursors
+        )
+
+    async def create(self, name: str, config: gpb.GroupConfig) -> GroupState:
+        if not GROUP_NAME.fullmatch(name):
+            raise InvalidArgument("group names are 1 to 128 letters, digits, '.', '_' or '-'", field="group")
+        cfg = normalized(config, creating=True)
+        async with self._lock:
+            if name in self.groups:
+                raise GroupExists(f"group {name!r} already exists", group=name)
+            start = await self.resolve(cfg.start if cfg.HasField("start") else None)
+            state = GroupState(name, cfg, now_us(), cursors=dict.fromkeys(range(cfg.partitions), start))
+            await self._save(state, state.cursors)
+            self.groups[name] = state
+            return state
+
+    async def update(self, name: str, config: gpb.GroupConfig) -> GroupState:
+        async with self._lock:
+            state = self._get(name)
+            cfg = normalized(config, creating=False) if config.partitions else None
+            if cfg is None:
+                merged = gpb.GroupConfig()
+                merged.CopyFrom(config)
+                merged.partitions = state.partitions
+                cfg = normalized(merged, creating=False)
+            if cfg.partitions != state.partitions:
+                raise InvalidArgument("the partition count of a group is fixed", field="config.partitions")
+            cfg.start.CopyFrom(state.config.start)
+            state.config = cfg
+            await self._save(state)
+            return state
+
+    async def delete(self, name: str) -> None:
+        async with self._lock:
+            self._get(name)
+            await self.storage.delete_group(name)
+            del self.groups[name]
+
+    async def describe(self, name: str) -> GroupState:
+        async with self._lock:
+            state = self._get(name)
+            before = len(state.members)
+            expire(state, now_us())
+            if len(state.members) != before:
+                await self._save(state)
+            return state
+
+    async def heartbeat(self, req: gpb.HeartbeatRequest) -> tuple[GroupState, Member | None]:
+        if not req.member_id:
+            raise InvalidArgument("member_id is required", field="member_id")
+        async with self._lock:
+            state = self._get(req.group)
+            now = now_us()
+            member = state.members.get(req.member_id)
+            expire(state, now)
+            if req.leave:
+                state.members.pop(req.member_id, None)
+                await self._save(state)
+                return state, None
+            if req.member_epoch == 0:
+                # A (re)join: whatever this member id held before is given up.
+                member = Member(req.member_id, epoch=(member.epoch if member else 0) + 1)
+                state.members[req.member_id] = member
+            elif member is None:
+                raise UnknownMember(
+                    f"member {req.member_id!r} is not in group {req.group!r} (lease expired?): join again",
+                    group=req.group,
+                    member_id=req.member_id,
+                )
+            elif req.member_epoch != member.epoch:
+                raise StaleMemberEpoch(
+                    f"member {req.member_id!r} sent epoch {req.member_epoch}; current is {member.epoch}",
+                    group=req.group,
+                    member_id=req.member_id,
+                    epoch=req.member_epoch,
+                    current_epoch=member.epoch,
+                )
+            else:
+                member.revoking &= set(req.owned)  # what it no longer reports, it has let go
+            member.lease_expires_us = now + state.lease_us
+            reconcile(state, member)
+            await self._save(state)
+            return state, member
+
+    async def commit(self, req: gpb.CommitCursorRequest) -> None:
+        async with self._lock:
+            state = self._get(req.group)
+            member = state.members.get(req.member_id)
+            if member is None or member.lease_expires_us <= now_us():
+                raise UnknownMember(
+                    f"member {req.member_id!r} is not in group {req.group!r}",
+                    group=req.group,
+                    member_id=req.member_id,
+                )
+            if req.member_epoch != member.epoch or member.fenced >= member.epoch:
+                raise StaleMemberEpoch(
+                    f"member {req.member_id!r} committed with epoch {req.member_epoch}; "
+                    f"current is {member.epoch}",
+                    group=req.group,
+                    member_id=req.member_id,
+                    epoch=req.member_epoch,
+                    current_epoch=member.epoch,
+                )
+            if req.partition not in member.held:
+                raise NotPartitionOwner(
+                    f"member {req.member_id!r} does not own partition {req.partition}",
+                    group=req.group,
+                    member_id=req.member_id,
+                    partition=req.partition,
+                )
+            state.cursors[req.partition] = req.position
+            await self.storage.save_cursors(state.name, {req.partition: req.position})
+
+    async def reset(self, name: str, partitions: Sequence[int], to: pb.StartPoint | None) -> GroupState:
+        async with self._lock:
+            state = self._get(name)
+            chosen = set(partitions) or set(range(state.partitions))
+            if any(p >= state.partitions for p in chosen):
+                raise InvalidArgument("a partition is not in the group", field="partitions")
+            position = await self.resolve(to)
+            changed = dict.fromkeys(sorted(chosen), position)
+            state.cursors.update(changed)
+            # Owners must not commit over the reset: the epoch they hold is fenced, and
+            # their next heartbeat brings a new epoch and the new cursors.
+            for m in state.members.values():
+                if m.held & chosen:
+                    m.fenced = m.epoch
+            await self._save(state, changed)
+            return state
+
+
+def duration(us: int) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromMicroseconds(us)
+    return d

@@ -1,0 +1,136 @@
+"""The sluice.v1.Groups service: gRPC handlers over the coordinator."""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf.message import Message
+
+from sluice.v1 import groups_pb2 as gpb
+from sluice_store.groups import Coordinator, GroupState, Member, duration
+from sluice_store.retention import US, now_us
+from sluice_store.service import StreamsService, timestamp, unary_handler
+from sluice_store.storage.base import P_CREATED, StreamFilter
+
+#: Describe counts lag by scanning at most this many events per partition.
+LAG_SCAN_LIMIT = 100_000
+
+
+class GroupsService:
+    """Handlers for sluice.v1.Groups."""
+
+    def __init__(self, coordinator: Coordinator, streams: StreamsService) -> None:
+        self.coordinator = coordinator
+        self.streams = streams
+
+    async def _lag(self, state: GroupState, partition: int) -> tuple[int, float]:
+        cfg = state.config
+        filt = StreamFilter(
+            tuple(cfg.filter.stream_prefixes),
+            tuple(cfg.filter.event_types),
+            state.partitions,
+            frozenset((partition,)),
+        )
+        position, count, oldest = state.cursors.get(partition, 1), 0, 0
+        storage = self.streams.storage
+        while count < LAG_SCAN_LIMIT and position <= storage.head_position:
+            rows, position, done = await storage.read_all(position, False, 1000, filt, False)
+            if rows and not oldest:
+                oldest = rows[0][P_CREATED]
+            count += len(rows)
+            if done:
+                break
+        lag_seconds = max(0.0, (now_us() - oldest) / US) if oldest else 0.0
+        return count, lag_seconds
+
+    async def _describe(self, state: GroupState) -> gpb.GroupDescription:
+        out = gpb.GroupDescription(
+            group=state.name,
+            config=state.config,
+            created=timestamp(state.created_us),
+            head_position=self.streams.storage.head_position,
+        )
+        for m in sorted(state.members.values(), key=lambda m: m.id):
+            out.members.add(
+                member_id=m.id,
+                member_epoch=m.epoch,
+                assigned=sorted(m.assigned),
+                pending=sorted(self._pending(state, m)),
+                lease_expires=timestamp(m.lease_expires_us),
+            )
+        for p in range(state.partitions):
+            lag_events, lag_seconds = await self._lag(state, p)
+            out.partitions.add(
+                partition=p,
+                owner=state.owner(p),
+                cursor=state.cursors.get(p, 1),
+                lag_events=lag_events,
+                lag_seconds=lag_seconds,
+            )
+        return out
+
+    @staticmethod
+    def _pending(state: GroupState, member: Member) -> set[int]:
+        """Partitions the target gives this member that it does not have yet."""
+        from sluice_store.groups import target_assignment
+
+        ids = sorted(state.members)
+        target = target_assignment(state.partitions, ids, {i: state.members[i].assigned for i in ids})
+        return target.get(member.id, set()) - member.assigned
+
+    async def CreateGroup(self, request: gpb.CreateGroupRequest) -> gpb.GroupDescription:
+        return await self._describe(await self.coordinator.create(request.group, request.config))
+
+    async def UpdateGroup(self, request: gpb.UpdateGroupRequest) -> gpb.GroupDescription:
+        return await self._describe(await self.coordinator.update(request.group, request.config))
+
+    async def DescribeGroup(self, request: gpb.DescribeGroupRequest) -> gpb.GroupDescription:
+        return await self._describe(await self.coordinator.describe(request.group))
+
+    async def ListGroups(self, request: gpb.ListGroupsRequest) -> gpb.ListGroupsResponse:
+        names = sorted(self.coordinator.groups)
+        return gpb.ListGroupsResponse(
+            groups=[await self._describe(await self.coordinator.describe(n)) for n in names]
+        )
+
+    async def DeleteGroup(self, request: gpb.DeleteGroupRequest) -> gpb.DeleteGroupResponse:
+        await self.coordinator.delete(request.group)
+        return gpb.DeleteGroupResponse()
+
+    async def Heartbeat(self, request: gpb.HeartbeatRequest) -> gpb.HeartbeatResponse:
+        state, member = await self.coordinator.heartbeat(request)
+        out = gpb.HeartbeatResponse(
+            heartbeat_interval=state.config.heartbeat_interval,
+            lease=duration(state.lease_us),
+            config=state.config,
+        )
+        if member is not None:
+            out.member_epoch = member.epoch
+            for p in sorted(member.assigned):
+                out.assigned.add(partition=p, position=state.cursors.get(p, 1))
+        return out
+
+    async def CommitCursor(self, request: gpb.CommitCursorRequest) -> gpb.CommitCursorResponse:
+        await self.coordinator.commit(request)
+        return gpb.CommitCursorResponse()
+
+    async def ResetCursors(self, request: gpb.ResetCursorsRequest) -> gpb.GroupDescription:
+        to = request.to if request.HasField("to") else None
+        return await self._describe(await self.coordinator.reset(request.group, request.partitions, to))
+
+
+def methods(service: GroupsService) -> dict[str, grpc.RpcMethodHandler]:
+    def unary(name: str, req: type[Message], resp: type[Message]) -> grpc.RpcMethodHandler:
+        return grpc.unary_unary_rpc_method_handler(
+            unary_handler(getattr(service, name)), req.FromString, resp.SerializeToString
+        )
+
+    return {
+        "CreateGroup": unary("CreateGroup", gpb.CreateGroupRequest, gpb.GroupDescription),
+        "UpdateGroup": unary("UpdateGroup", gpb.UpdateGroupRequest, gpb.GroupDescription),
+        "DescribeGroup": unary("DescribeGroup", gpb.DescribeGroupRequest, gpb.GroupDescription),
+        "ListGroups": unary("ListGroups", gpb.ListGroupsRequest, gpb.ListGroupsResponse),
+        "DeleteGroup": unary("DeleteGroup", gpb.DeleteGroupRequest, gpb.DeleteGroupResponse),
+        "Heartbeat": unary("Heartbeat", gpb.HeartbeatRequest, gpb.HeartbeatResponse),
+        "CommitCursor": unary("CommitCursor", gpb.CommitCursorRequest, gpb.CommitCursorResponse),
+        "ResetCursors": unary("ResetCursors", gpb.ResetCursorsRequest, gpb.GroupDescription),
+    }

@@ -1,0 +1,685 @@
+"""The sluice.v1.Streams service: validation, group commit, reads and subscriptions."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf import timestamp_pb2
+
+from sluice import telemetry
+from sluice.ids import uuid7
+from sluice.v1 import streams_pb2 as pb
+from sluice_store import codec
+from sluice_store.broker import Broker, LiveSubscription
+from sluice_store.config import Settings
+from sluice_store.errors import (
+    InvalidArgument,
+    InvalidEvent,
+    InvalidStreamName,
+    LimitExceeded,
+    StoreError,
+    StoreUnavailable,
+    StreamDeleted,
+    StreamNotFound,
+    SystemStreamReserved,
+    abort,
+    to_status,
+)
+from sluice_store.retention import Policy, age_cutoff_us, now_us
+from sluice_store.storage.base import (
+    P_POSITION,
+    P_REVISION,
+    AppendPart,
+    Expect,
+    NewEvent,
+    Outcome,
+    Row,
+    Start,
+    State,
+    Storage,
+    StreamFilter,
+    StreamMeta,
+    validate_new_event_ids,
+)
+
+log = logging.getLogger(__name__)
+
+Response = pb.ReadResponse | pb.SubscribeResponse | bytes
+
+
+class Committer:
+    """Group commit: appends that arrive while a commit is running go into the next one."""
+
+    def __init__(self, storage: Storage, max_events: int = 20_000) -> None:
+        self.storage = storage
+        self.max_events = max_events
+        self._pending: list[tuple[list[AppendPart], int, asyncio.Future[Outcome]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def submit(self, op: list[AppendPart]) -> asyncio.Future[Outcome]:
+        fut: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._pending.append((op, sum(len(p.events) for p in op), fut))
+        if self._task is None:
+            self._task = asyncio.create_task(self._drain())
+        return fut
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                take, total = 0, 0
+                for _, n, _ in self._pending:
+                    if take and total + n > self.max_events:
+                        break
+                    take += 1
+                    total += n
+                batch, self._pending = self._pending[:take], self._pending[take:]
+                try:
+                    outcomes = await self.storage.append([op for op, _, _ in batch])
+                except StoreError as e:
+                    outcomes = [e] * len(batch)
+                except Exception as e:  # a bug or a driver fault: fail the batch, keep serving
+                    log.exception("append batch failed")
+                    outcomes = [StoreUnavailable(f"append failed: {e}")] * len(batch)
+                for (_, _, fut), outcome in zip(batch, outcomes, strict=True):
+                    if not fut.done():
+                        fut.set_result(outcome)
+        finally:
+            self._task = None
+
+
+_has_control = re.compile("[\x00-\x1f\x7f]").search
+
+
+def _parse_uuid(text: str) -> tuple[bytes, str]:
+    """Bytes and canonical text of a UUID; raises ValueError."""
+    if len(text) == 36 and text[8] == text[13] == text[18] == text[23] == "-":
+        raw = bytes.fromhex(text.replace("-", ""))  # ValueError on anything but hex
+        if len(raw) == 16:
+            return raw, text.lower()
+    eid = uuid.UUID(text)  # braces, urn:uuid:, no dashes
+    return eid.bytes, str(eid)
+
+
+def timestamp(us: int) -> timestamp_pb2.Timestamp:
+    """A Timestamp from microseconds since the epoch."""
+    ts = timestamp_pb2.Timestamp()
+    ts.FromMicroseconds(us)
+    return ts
+
+
+class StreamsService:
+    """Handlers for sluice.v1.Streams; registered with byte-passing serializers (see server)."""
+
+    def __init__(self, storage: Storage, broker: Broker, settings: Settings) -> None:
+        self.storage = storage
+        self.broker = broker
+        self.settings = settings
+        self.committer = Committer(storage)
+        self.tracing = telemetry.tracing_enabled()
+        self._good_names: set[str] = set()  # names that passed check_name
+        self._good_types: set[str] = set()
+
+    # -- validation -------------------------------------------------------------------
+
+    def check_name(self, name: str, field: str = "stream", writing: bool = True) -> None:
+        if writing and name in self._good_names:
+            return
+        limit = self.settings.max_stream_name
+        if not name:
+            raise InvalidStreamName("stream name is empty", field=field)
+        if len(name) > limit:
+            raise InvalidStreamName(
+                f"stream name is {len(name)} characters; max_stream_name is {limit}",
+                field=field,
+                limit="max_stream_name",
+                max=limit,
+            )
+        if _has_control(name):
+            raise InvalidStreamName("stream name contains a control character", field=field)
+        if writing and name.startswith("$"):
+            raise SystemStreamReserved(
+                f"stream names starting with '$' are reserved for the store: {name!r}", field=field
+            )
+        if writing:
+            if len(self._good_names) > 100_000:
+                self._good_names.clear()
+            self._good_names.add(name)
+
+    def _events(self, req: pb.AppendRequest, index: int) -> list[NewEvent]:
+        s = self.settings
+        prefix = f"appends[{index}]." if index >= 0 else ""
+        if not req.events:
+            raise InvalidArgument("an append needs at least one event", field=prefix + "events")
+        if len(req.events) > s.max_events_per_request:
+            raise LimitExceeded(
+                f"{len(req.events)} events in one request; max_events_per_request is "
+                f"{s.max_events_per_request}",
+                limit="max_events_per_request",
+                value=len(req.events),
+                max=s.max_events_per_request,
+            )
+        trace = telemetry.current_traceparent() if self.tracing else None
+        out: list[NewEvent] = []
+        max_bytes = s.max_event_bytes
+        good_types = self._good_types
+        for i, ev in enumerate(req.events):
+            etype = ev.type
+            if etype not in good_types:
+                if not etype or len(etype) > 256 or _has_control(etype):
+                    raise InvalidEvent(
+                        f"{prefix}events[{i}].type must be 1 to 256 characters without control characters",
+                        field=f"{prefix}events[{i}].type",
+                    )
+                if len(good_types) > 10_000:
+                    good_types.clear()
+                good_types.add(etype)
+            given = ev.id
+            if given:
+                try:
+                    eid, text = _parse_uuid(given)
+                except ValueError:
+                    raise InvalidEvent(
+                        f"{prefix}events[{i}].id is not a UUID: {given[:64]!r}",
+                        field=f"{prefix}events[{i}].id",
+                    ) from None
+                if text != given:
+                    ev.id = text
+            else:
+                eid, text = uuid7()
+                ev.id = text
+            metadata = ev.metadata
+            if metadata:
+                if "" in metadata:
+                    raise InvalidEvent(
+                        f"{prefix}events[{i}].metadata has an empty key",
+                        field=f"{prefix}events[{i}].metadata",
+                    )
+                if trace and "traceparent" not in metadata:
+                    metadata["traceparent"] = trace
+            elif trace:
+                metadata["traceparent"] = trace
+            data = ev.data
+            if data:
+                ev.ClearField("data")
+            body = ev.SerializeToString()
+            size = len(body) + len(data)
+            if size > max_bytes:
+                raise LimitExceeded(
+                    f"{prefix}events[{i}] is {size} bytes; max_event_bytes is {max_bytes}",
+                    limit="max_event_bytes",
+                    value=size,
+                    max=max_bytes,
+                    field=f"{prefix}events[{i}]",
+                )
+            out.append(NewEvent(eid, text, bool(given), etype, body, data))
+        return out
+
+    def _part(self, req: pb.AppendRequest, index: int = -1) -> AppendPart:
+        field = f"appends[{index}].stream" if index >= 0 else "stream"
+        self.check_name(req.stream, field)
+        expect, revision = self._expected(req.expected)
+        return AppendPart(req.stream, expect, revision, self._events(req, index))
+
+    @staticmethod
+    def _expected(msg: pb.ExpectedRevision) -> tuple[Expect, int]:
+        kind = msg.WhichOneof("expected")
+        if kind == "revision":
+            return Expect.EXACT, msg.revision
+        if kind == "no_stream":
+            return Expect.NO_STREAM, 0
+        if kind == "stream_exists":
+            return Expect.STREAM_EXISTS, 0
+        return Expect.ANY, 0
+
+    def _check_request_size(self, size: int) -> None:
+        if size > self.settings.max_request_bytes:
+            raise LimitExceeded(
+                f"request is {size} bytes; max_request_bytes is {self.settings.max_request_bytes}",
+                limit="max_request_bytes",
+                value=size,
+                max=self.settings.max_request_bytes,
+            )
+
+    @staticmethod
+    def _response(r: object) -> pb.AppendResponse:
+        return pb.AppendResponse(
+            stream=r.stream,  # type: ignore[attr-defined]
+            first_revision=r.first_revision,  # type: ignore[attr-defined]
+            last_revision=r.last_revision,  # type: ignore[attr-defined]
+            first_position=r.first_position,  # type: ignore[attr-defined]
+            last_position=r.last_position,  # type: ignore[attr-defined]
+            duplicate=r.duplicate,  # type: ignore[attr-defined]
+        )
+
+    async def _append(self, parts: list[AppendPart]) -> list[pb.AppendResponse]:
+        validate_new_event_ids(parts)
+        outcome = await self.committer.submit(parts)
+        if isinstance(outcome, StoreError):
+            raise outcome
+        return [self._response(r) for r in outcome]
+
+    # -- appends ----------------------------------------------------------------------
+
+    async def Append(self, request: pb.AppendRequest) -> pb.AppendResponse:
+        self._check_request_size(request.ByteSize())
+        (result,) = await self._append([self._part(request)])
+        return result
+
+    async def AppendMany(self, request: pb.AppendManyRequest) -> pb.AppendManyResponse:
+        self._check_request_size(request.ByteSize())
+        if not request.appends:
+            raise InvalidArgument("AppendMany needs at least one part", field="appends")
+        parts = [self._part(req, i) for i, req in enumerate(request.appends)]
+        return pb.AppendManyResponse(results=await self._append(parts))
+
+    async def AppendSession(
+        self,
+        requests: AsyncIterator[pb.AppendSessionRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.AppendSessionResponse]:
+        inflight: asyncio.Queue[list[asyncio.Future[Outcome] | StoreError] | None] = asyncio.Queue(1024)
+
+        def submit(req: pb.AppendRequest) -> asyncio.Future[Outcome] | StoreError:
+            try:
+                self._check_request_size(req.ByteSize())
+                parts = [self._part(req)]
+                validate_new_event_ids(parts)
+                return self.committer.submit(parts)
+            except StoreError as e:
+                return e
+
+        async def pump() -> None:
+            try:
+                async for msg in requests:
+                    await inflight.put([submit(req) for req in msg.appends])
+            finally:
+                await inflight.put(None)
+
+        reader = asyncio.create_task(pump())
+        try:
+            while (items := await inflight.get()) is not None:
+                results = []
+                for item in items:
+                    outcome = item if isinstance(item, StoreError) else await item
+                    if isinstance(outcome, StoreError):
+                        results.append(pb.AppendResult(error=to_status(outcome)))
+                    else:
+                        results.append(pb.AppendResult(success=self._response(outcome[0])))
+                yield pb.AppendSessionResponse(results=results)
+            await reader  # surfaces a transport error from the request stream
+        finally:
+            reader.cancel()
+
+    # -- reads ------------------------------------------------------------------------
+
+    def _filter(self, msg: pb.Filter) -> StreamFilter:
+        if msg.partitions and not msg.partition_count:
+            raise InvalidArgument("filter.partitions needs filter.partition_count", field="filter")
+        if any(p >= msg.partition_count for p in msg.partitions):
+            raise InvalidArgument("a partition is not below partition_count", field="filter.partitions")
+        return StreamFilter(
+            tuple(msg.stream_prefixes),
+            tuple(msg.event_types),
+            msg.partition_count,
+            frozenset(msg.partitions),
+        )
+
+    def _start(self, msg: pb.StartPoint, default: str) -> Start:
+        kind = msg.WhichOneof("point") or default
+        if kind == "time":
+            return Start("time", msg.time.ToMicroseconds())
+        if kind in ("revision", "position"):
+            return Start(kind, getattr(msg, kind))
+        return Start(kind)
+
+    async def _readable(self, name: str) -> StreamMeta:
+        meta = await self.storage.stream(name)
+        if meta is None or meta.state == State.MISSING or (meta.last_revision < 0):
+            raise StreamNotFound(f"stream {name!r} does not exist", stream=name)
+        if meta.state in (State.DELETED, State.TOMBSTONED):
+            raise StreamDeleted(f"stream {name!r} was deleted", stream=name)
+        return meta
+
+    async def _first_revision(self, meta: StreamMeta) -> int:
+        """The first revision still readable (count, size, truncation and age rules)."""
+        if not age_cutoff_us(meta.policy, now_us()):
+            return max(meta.floor(), meta.first_stored)
+        rows = await self.storage.read_stream(meta, Start("start"), False, 1, False)
+        return rows[0][P_REVISION] if rows else meta.last_revision + 1
+
+    async def Read(self, request: pb.ReadRequest) -> AsyncIterator[Response]:
+        s = self.settings
+        batch = min(request.batch_size or s.max_read_batch, s.max_read_batch)
+        remaining = request.max_count or (1 << 63)
+        backwards = request.backwards
+        with_data = not request.notifications_only
+        start = self._start(request.__getattribute__("from"), "end" if backwards else "start")
+        if request.stream:
+            self.check_name(request.stream, writing=False)
+            if request.HasField("filter"):
+                raise InvalidArgument("filter applies to reads of all streams only", field="filter")
+            meta = await self._readable(request.stream)
+            header = pb.ReadHeader(
+                first_revision=await self._first_revision(meta),
+                last_revision=meta.last_revision,
+                head_position=self.storage.head_position,
+            )
+            yield pb.ReadResponse(header=header)
+            while remaining > 0:
+                rows = await self.storage.read_stream(
+                    meta, start, backwards, min(batch, remaining), with_data
+                )
+                if not rows:
+                    return
+                yield codec.read_response([codec.event_bytes(r[4], r[5]) for r in rows])
+                remaining -= len(rows)
+                last = rows[-1][P_REVISION]
+                if last == 0 and backwards:
+                    return
+                start = Start("revision", last - 1 if backwards else last + 1)
+            return
+        if start.kind == "revision":
+            raise InvalidArgument("a revision start needs a stream", field="from.revision")
+        head = self.storage.head_position
+        yield pb.ReadResponse(header=pb.ReadHeader(head_position=head, first_position=1))
+        position = await self._position(start, backwards)
+        filt = self._filter(request.filter)
+        while remaining > 0 and (position >= 1 if backwards else position <= head):
+            rows, position, done = await self.storage.read_all(
+                position, backwards, min(batch, remaining), filt, with_data
+            )
+            if not backwards:
+                rows = [r for r in rows if r[P_POSITION] <= head]
+            if rows:
+                yield codec.read_response([codec.event_bytes(r[4], r[5]) for r in rows])
+                remaining -= len(rows)
+            if done:
+                return
+
+    async def cursor_at(self, msg: pb.StartPoint | None) -> int:
+        """The cursor (next position to read) for a start point; unset means the end."""
+        return await self._position(self._start(msg or pb.StartPoint(), "end"), False)
+
+    async def _position(self, start: Start, backwards: bool) -> int:
+        """A global position (inclusive) for a start point over all streams."""
+        head = self.storage.head_position
+        if start.kind == "start":
+            return 0 if backwards else 1
+        if start.kind == "end":
+            return head if backwards else head + 1
+        if start.kind == "time":
+            return await self.storage.position_at_time(start.value, backwards)
+        return max(start.value, 1) if not backwards else start.value
+
+    # -- subscriptions ----------------------------------------------------------------
+
+    async def Subscribe(self, request: pb.SubscribeRequest) -> AsyncIterator[Response]:
+        s = self.settings
+        stream = request.stream
+        heartbeat = (request.heartbeat_interval_ms / 1000) or s.heartbeat_interval
+        batch = min(request.max_batch or s.max_read_batch, s.max_read_batch)
+        with_data = not request.notifications_only
+        if stream:
+            self.check_name(stream, writing=False)
+            if request.HasField("filter"):
+                raise InvalidArgument("filter applies to subscriptions to all streams only", field="filter")
+        filt = StreamFilter() if stream else self._filter(request.filter)
+        cursor = _Cursor()
+        await self._resolve_start(cursor, stream, self._start(request.__getattribute__("from"), "end"))
+        sub = None
+        try:
+            while True:
+                async for msg in self._catch_up(cursor, stream, filt, batch, with_data):
+                    yield msg
+                sub = self.broker.register(stream, filt, s.subscriber_buffer)
+                sub.notify_at = cursor.position + sub.checkpoint_every
+                async for msg in self._catch_up(cursor, stream, filt, batch, with_data):
+                    yield msg
+                yield pb.SubscribeResponse(caught_up=pb.CaughtUp(position=cursor.position))
+                async for msg in self._live(sub, cursor, filt, batch, heartbeat, with_data):
+                    yield msg
+                self.broker.unregister(sub)
+                if sub.closed:
+                    return
+                sub = None
+                yield pb.SubscribeResponse(fell_behind=pb.FellBehind(position=cursor.position))
+        finally:
+            if sub is not None:
+                self.broker.unregister(sub)
+
+    async def _resolve_start(self, cursor: _Cursor, stream: str, start: Start) -> None:
+        head = self.storage.head_position
+        if not stream:
+            cursor.position = await self._position(start, False)
+            return
+        meta = await self.storage.stream(stream)
+        cursor.position = head + 1
+        if start.kind == "end":
+            cursor.revision = (meta.last_revision + 1) if meta else 0
+        elif start.kind == "revision":
+            cursor.revision = start.value
+            cursor.position = 1
+        elif start.kind in ("position", "time"):
+            cursor.position = await self._position(start, False)
+            cursor.revision = -1  # found on the first page
+        else:
+            cursor.revision = 0
+            cursor.position = 1
+
+    async def _catch_up(
+        self, cursor: _Cursor, stream: str, filt: StreamFilter, batch: int, with_data: bool
+    ) -> AsyncIterator[Response]:
+        while True:
+            if stream:
+                meta = await self.storage.stream(stream)
+                if meta is None or meta.state == State.TOMBSTONED:
+                    return
+                start = (
+                    Start("position", cursor.position)
+                    if cursor.revision < 0
+                    else Start("revision", cursor.revision)
+                )
+                rows: list[Row] = await self.storage.read_stream(meta, start, False, batch, with_data)
+                rows = [r for r in rows if r[P_POSITION] >= cursor.position]
+                done = len(rows) < batch
+                if rows:
+                    cursor.revision = rows[-1][P_REVISION] + 1
+                elif cursor.revision < 0:
+                    cursor.revision = meta.last_revision + 1
+            else:
+                rows, nxt, done = await self.storage.read_all(cursor.position, False, batch, filt, with_data)
+            if rows:
+                yield codec.subscribe_events([codec.event_bytes(r[4], r[5]) for r in rows])
+                cursor.position = rows[-1][P_POSITION] + 1
+            if not stream and nxt > cursor.position:
+                cursor.position = nxt
+                yield pb.SubscribeResponse(checkpoint=pb.Checkpoint(position=nxt))
+            if done:
+                return
+
+    async def _live(
+        self,
+        sub: LiveSubscription,
+        cursor: _Cursor,
+        filt: StreamFilter,
+        batch: int,
+        heartbeat: float,
+        with_data: bool,
+    ) -> AsyncIterator[Response]:
+        while not sub.closed:
+            if not sub.buffer and not sub.overflowed:
+                sub.wakeup.clear()
+                try:
+                    await asyncio.wait_for(sub.wakeup.wait(), heartbeat)
+                except TimeoutError:
+                    if filt and sub.seen >= cursor.position:
+                        cursor.position = sub.seen + 1
+                        yield pb.SubscribeResponse(checkpoint=pb.Checkpoint(position=cursor.position))
+                    yield pb.SubscribeResponse(
+                        heartbeat=pb.Heartbeat(
+                            head_position=self.storage.head_position, time=timestamp(now_us())
+                        )
+                    )
+                    continue
+            if sub.overflowed or sub.closed:
+                return
+            rows = [r for r in sub.take(batch) if r[P_POSITION] >= cursor.position]
+            if rows:
+                if with_data:
+                    yield codec.subscribe_events([codec.event_bytes(r[4], r[5]) for r in rows])
+                else:
+                    yield codec.subscribe_events([r[4] for r in rows])
+                cursor.position = rows[-1][P_POSITION] + 1
+                cursor.revision = rows[-1][P_REVISION] + 1
+            elif filt and not sub.buffer and sub.seen >= sub.notify_at:
+                cursor.position = max(cursor.position, sub.seen + 1)
+                sub.notify_at = cursor.position + sub.checkpoint_every
+                yield pb.SubscribeResponse(checkpoint=pb.Checkpoint(position=cursor.position))
+
+    # -- administration ---------------------------------------------------------------
+
+    async def _info(self, name: str, meta: StreamMeta | None) -> pb.StreamInfo:
+        info = pb.StreamInfo(stream=name, state=pb.STREAM_STATE_MISSING, retention_source="none")
+        if meta is None:
+            return info
+        has = meta.last_revision >= 0
+        state = meta.state
+        if state == State.ACTIVE and not has:
+            state = State.MISSING
+        info.state = int(state)  # type: ignore[assignment]
+        info.has_events_written = has
+        info.last_revision = max(meta.last_revision, 0)
+        info.last_position = meta.last_position
+        info.first_revision = await self._first_revision(meta) if has else 0
+        info.event_count = await self.storage.count_events(meta) if has else 0
+        info.created.CopyFrom(timestamp(meta.created_us))
+        info.updated.CopyFrom(timestamp(meta.updated_us))
+        info.retention.CopyFrom(meta.own.to_proto())
+        info.effective_retention.CopyFrom(meta.policy.to_proto())
+        info.retention_source = meta.source
+        return info
+
+    async def GetStreamInfo(self, request: pb.GetStreamInfoRequest) -> pb.StreamInfo:
+        self.check_name(request.stream, writing=False)
+        return await self._info(request.stream, await self.storage.stream(request.stream))
+
+    async def SetRetention(self, request: pb.SetRetentionRequest) -> pb.StreamInfo:
+        self.check_name(request.stream)
+        policy = Policy.from_proto(request.retention)
+        if min(policy.max_age_us, policy.ttl_us, 0) < 0:
+            raise InvalidArgument("durations must not be negative", field="retention")
+        meta = await self.storage.set_retention(request.stream, policy)
+        return await self._info(request.stream, meta)
+
+    async def DeleteStream(self, request: pb.DeleteStreamRequest) -> pb.DeleteStreamResponse:
+        self.check_name(request.stream)
+        expect, revision = self._expected(request.expected)
+        position = await self.storage.delete_stream(request.stream, expect, revision, request.tombstone)
+        return pb.DeleteStreamResponse(position=position)
+
+    async def ListStreams(self, request: pb.ListStreamsRequest) -> pb.ListStreamsResponse:
+        size = min(request.page_size or 100, 1000)
+        try:
+            after = base64.urlsafe_b64decode(request.page_token.encode()).decode()
+        except (ValueError, UnicodeDecodeError):
+            raise InvalidArgument("page_token is not one this server gave", field="page_token") from None
+        metas = await self.storage.list_streams(request.prefix, after, size + 1, request.include_deleted)
+        more = len(metas) > size
+        metas = metas[:size]
+        out = pb.ListStreamsResponse(streams=[await self._info(m.name, m) for m in metas])
+        if more:
+            out.next_page_token = base64.urlsafe_b64encode(metas[-1].name.encode()).decode()
+        return out
+
+
+class _Cursor:
+    """Where a subscription stands: next global position, and next revision for one stream."""
+
+    __slots__ = ("position", "revision")
+
+    def __init__(self) -> None:
+        self.position = 1
+        self.revision = 0
+
+
+Unary = Callable[[Any], Awaitable[Any]]
+Streaming = Callable[[Any], AsyncIterator[Response]]
+
+
+def unary_handler(
+    fn: Unary, reading: bool = False
+) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+    """A handler that ends the call with the status of a refused request."""
+
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await fn(request)
+        except StoreError as e:
+            await abort(context, e, reading)
+            raise AssertionError("unreachable") from e
+
+    return handler
+
+
+def _streaming(fn: Streaming) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Response]]:
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Response]:
+        try:
+            async for msg in fn(request):
+                yield msg
+        except StoreError as e:
+            await abort(context, e, reading=True)
+
+    return handler
+
+
+def methods(service: StreamsService) -> dict[str, grpc.RpcMethodHandler]:
+    """Method handlers; Read and Subscribe responses may be pre-serialized bytes."""
+    unary = grpc.unary_unary_rpc_method_handler
+    return {
+        "Append": unary(
+            unary_handler(service.Append), pb.AppendRequest.FromString, pb.AppendResponse.SerializeToString
+        ),
+        "AppendMany": unary(
+            unary_handler(service.AppendMany),
+            pb.AppendManyRequest.FromString,
+            pb.AppendManyResponse.SerializeToString,
+        ),
+        "AppendSession": grpc.stream_stream_rpc_method_handler(
+            service.AppendSession,
+            pb.AppendSessionRequest.FromString,
+            pb.AppendSessionResponse.SerializeToString,
+        ),
+        "Read": grpc.unary_stream_rpc_method_handler(
+            _streaming(service.Read), pb.ReadRequest.FromString, codec.serialize
+        ),
+        "Subscribe": grpc.unary_stream_rpc_method_handler(
+            _streaming(service.Subscribe), pb.SubscribeRequest.FromString, codec.serialize
+        ),
+        "GetStreamInfo": unary(
+            unary_handler(service.GetStreamInfo, reading=True),
+            pb.GetStreamInfoRequest.FromString,
+            pb.StreamInfo.SerializeToString,
+        ),
+        "SetRetention": unary(
+            unary_handler(service.SetRetention),
+            pb.SetRetentionRequest.FromString,
+            pb.StreamInfo.SerializeToString,
+        ),
+        "DeleteStream": unary(
+            unary_handler(service.DeleteStream),
+            pb.DeleteStreamRequest.FromString,
+            pb.DeleteStreamResponse.SerializeToString,
+        ),
+        "ListStreams": unary(
+            unary_handler(service.ListStreams),
+            pb.ListStreamsRequest.FromString,
+            pb.ListStreamsResponse.SerializeToString,
+        ),
+    }

@@ -1,0 +1,451 @@
+"""The storage interface every backend implements, and the append planning they share.
+
+Rows on the read paths are plain tuples, for speed:
+``(position, stream_id, revision, created_us, head, data)``; rows from the write path
+(LiveRow) add ``stream_name, type, event_id, size``.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import enum
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Final
+
+from sluice.partition import partition_of
+from sluice_store import codec
+from sluice_store.errors import (
+    DuplicateEventId,
+    InvalidArgument,
+    InvalidEvent,
+    StoreError,
+    StreamDeleted,
+    WrongExpectedRevision,
+)
+from sluice_store.retention import NO_POLICY, Policy, age_cutoff_us, floor_revision, resolve
+
+Row = tuple[int, int, int, int, bytes, bytes]
+#: A committed event as the write path makes it: a Row, then stream name, type, event
+#: id and stored size. The store inserts it whole and hands it to the commit listener.
+LiveRow = tuple[int, int, int, int, bytes, bytes, str, str, bytes, int]
+# Indexes into Row and LiveRow.
+P_POSITION: Final = 0
+P_STREAM_ID: Final = 1
+P_REVISION: Final = 2
+P_CREATED: Final = 3
+P_HEAD: Final = 4
+P_DATA: Final = 5
+P_STREAM: Final = 6
+P_TYPE: Final = 7
+
+
+class State(enum.IntEnum):
+    """Stored stream states; the values are sluice.v1.StreamState's."""
+
+    MISSING = 1
+    ACTIVE = 2
+    DELETED = 3
+    TOMBSTONED = 4
+
+
+class Expect(enum.IntEnum):
+    ANY = 0
+    NO_STREAM = 1
+    STREAM_EXISTS = 2
+    EXACT = 3
+
+
+@dataclasses.dataclass(slots=True)
+class NewEvent:
+    """A validated event ready to store; ``body`` is its EventData serialized without data."""
+
+    id: bytes
+    id_text: str
+    client_id: bool
+    type: str
+    body: bytes
+    data: bytes
+
+
+@dataclasses.dataclass(slots=True)
+class AppendPart:
+    """One stream's share of an atomic append."""
+
+    stream: str
+    expect: Expect
+    revision: int
+    events: list[NewEvent]
+
+
+@dataclasses.dataclass(slots=True)
+class PartResult:
+    stream: str
+    first_revision: int
+    last_revision: int
+    first_position: int
+    last_position: int
+    duplicate: bool = False
+
+
+Outcome = list[PartResult] | StoreError
+
+
+@dataclasses.dataclass(slots=True)
+class StreamMeta:
+    """What the store knows of a stream, kept in memory for the write path."""
+
+    id: int
+    name: str
+    last_revision: int = -1
+    last_position: int = 0
+    state: State = State.ACTIVE
+    deleted_before: int = 0
+    bytes_floor: int = 0
+    first_stored: int = 0
+    own: Policy = NO_POLICY
+    policy: Policy = NO_POLICY
+    source: str = "none"
+    created_us: int = 0
+    updated_us: int = 0
+    field: bytes = b""
+
+    def floor(self) -> int:
+        """The first revision still visible, by revision-based rules."""
+        return floor_revision(self.policy, self.last_revision, self.deleted_before, self.bytes_floor)
+
+    def visible(self, revision: int, created_us: int, now_us: int) -> bool:
+        if self.state == State.TOMBSTONED or revision < self.floor():
+            return False
+        cutoff = age_cutoff_us(self.policy, now_us)
+        return created_us >= cutoff
+
+    @property
+    def retained(self) -> bool:
+        """Whether some rule may hide events of this stream."""
+        return bool(self.policy) or self.deleted_before > 0 or self.state == State.TOMBSTONED
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StreamFilter:
+    """Stream-prefix, event-type and partition filter for reads of all streams; empty matches all."""
+
+    prefixes: tuple[str, ...] = ()
+    types: tuple[str, ...] = ()
+    partition_count: int = 0
+    partitions: frozenset[int] = frozenset()
+
+    def __bool__(self) -> bool:
+        return bool(self.prefixes or self.types or self.partition_count)
+
+    def matches(self, stream: str, type_: str) -> bool:
+        if self.types and type_ not in self.types:
+            return False
+        if self.prefixes and not stream.startswith(self.prefixes):
+            return False
+        return not self.partition_count or self.in_partitions(stream)
+
+    def in_partitions(self, stream: str) -> bool:
+        return partition_of_cached(stream, self.partition_count) in self.partitions
+
+
+@functools.lru_cache(maxsize=65536)
+def partition_of_cached(stream: str, count: int) -> int:
+    return partition_of(stream, count)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Start:
+    """A resolved start point: kind is start, end, revision, position or time (value in us)."""
+
+    kind: str
+    value: int = 0
+
+
+@dataclasses.dataclass(slots=True)
+class ReclaimStats:
+    streams: int = 0
+    events_removed: int = 0
+    events_archived: int = 0
+    archive_files: list[str] = dataclasses.field(default_factory=list)
+
+
+CommitListener = Callable[[list[LiveRow]], None]
+
+
+class Storage(abc.ABC):
+    """Durable events, streams and their metadata. One instance per store process."""
+
+    #: Called with the committed rows of each group commit, in position order.
+    listener: CommitListener | None = None
+
+    @property
+    @abc.abstractmethod
+    def head_position(self) -> int:
+        """The newest committed position (0 when the store is empty)."""
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Create or migrate the schema and load what the write path keeps in memory."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Finish pending work and release connections; safe to call twice."""
+
+    @abc.abstractmethod
+    async def append(self, ops: Sequence[list[AppendPart]]) -> list[Outcome]:
+        """Apply many atomic operations in one transaction; one outcome per operation."""
+
+    @abc.abstractmethod
+    async def stream(self, name: str) -> StreamMeta | None:
+        """The stream's metadata, or None if it was never written."""
+
+    @abc.abstractmethod
+    async def read_stream(
+        self, meta: StreamMeta, start: Start, backwards: bool, limit: int, with_data: bool
+    ) -> list[Row]:
+        """Visible events of one stream from a start point (inclusive), in revision order."""
+
+    @abc.abstractmethod
+    async def read_all(
+        self, position: int, backwards: bool, limit: int, filt: StreamFilter, with_data: bool
+    ) -> tuple[list[Row], int, bool]:
+        """Visible events of all streams from a position (inclusive).
+
+        Also returns the next position to scan from, and whether the scan reached the head
+        (forwards) or the beginning (backwards).
+        """
+
+    @abc.abstractmethod
+    async def position_at_time(self, time_us: int, backwards: bool) -> int:
+        """The first position created at or after a time (or the last at or before it)."""
+
+    @abc.abstractmethod
+    async def list_streams(
+        self, prefix: str, after: str, limit: int, include_deleted: bool
+    ) -> list[StreamMeta]:
+        """Streams with names starting with prefix and greater than after, in name order."""
+
+    @abc.abstractmethod
+    async def count_events(self, meta: StreamMeta) -> int:
+        """Visible events of a stream."""
+
+    @abc.abstractmethod
+    async def set_retention(self, name: str, policy: Policy) -> StreamMeta:
+        """Set a stream's own retention policy, creating the stream record if needed."""
+
+    @abc.abstractmethod
+    async def delete_stream(self, name: str, expect: Expect, revision: int, tombstone: bool) -> int:
+        """Soft-delete or tombstone a stream; return the head position at that moment."""
+
+    @abc.abstractmethod
+    async def reclaim(self) -> ReclaimStats:
+        """Remove events no rule keeps any more, archiving them first where configured."""
+
+    @abc.abstractmethod
+    async def load_groups(self) -> list[tuple[str, bytes, int, str, dict[int, int]]]:
+        """Every consumer group: name, config, created_us, members (JSON), cursors."""
+
+    @abc.abstractmethod
+    async def save_group(
+        self, name: str, config: bytes, created_us: int, members: str, cursors: Mapping[int, int] | None
+    ) -> None:
+        """Create or update a group, and the given cursors, in one transaction."""
+
+    @abc.abstractmethod
+    async def save_cursors(self, name: str, cursors: Mapping[int, int]) -> None:
+        """Set some cursors of a group."""
+
+    @abc.abstractmethod
+    async def delete_group(self, name: str) -> None:
+        """Remove a group and its cursors."""
+
+
+def check_expected(meta: StreamMeta | None, expect: Expect, revision: int, stream: str) -> None:
+    """Raise WrongExpectedRevision or StreamDeleted unless the stream is as expected."""
+    if meta is not None and meta.state == State.TOMBSTONED:
+        raise StreamDeleted(f"stream {stream!r} is tombstoned", stream=stream)
+    live = meta is not None and meta.state == State.ACTIVE and meta.last_revision >= 0
+    actual = str(meta.last_revision) if live and meta is not None else "no_stream"
+    if expect == Expect.ANY:
+        return
+    if expect == Expect.NO_STREAM:
+        ok = not live
+        expected = "no_stream"
+    elif expect == Expect.STREAM_EXISTS:
+        ok = live
+        expected = "stream_exists"
+    else:
+        ok = live and meta is not None and meta.last_revision == revision
+        expected = str(revision)
+    if not ok:
+        raise WrongExpectedRevision(
+            f"stream {stream!r}: expected revision {expected}, actual {actual}",
+            stream=stream,
+            expected=expected,
+            actual=actual,
+        )
+
+
+EventRow = LiveRow
+
+
+@dataclasses.dataclass
+class Plan:
+    """What one group commit writes: event rows, stream states and per-operation outcomes."""
+
+    rows: list[EventRow]
+    streams: dict[str, StreamMeta]
+    outcomes: list[Outcome]
+    next_position: int
+    next_stream_id: int
+    #: A part with client event ids was refused before its ids were checked against
+    #: storage: it may be the retry of an append that succeeded. Plan again with ids.
+    check_ids: bool = False
+
+
+def plan_append(
+    ops: Sequence[list[AppendPart]],
+    known: Mapping[str, StreamMeta | None],
+    next_position: int,
+    next_stream_id: int,
+    created_us: int,
+    prefix_rules: Mapping[str, Policy],
+    stored_ids: Mapping[bytes, tuple[str, int, int]] | None = None,
+) -> Plan:
+    """Validate operations in order against stream state and assign revisions and positions.
+
+    ``known`` holds the current state of every stream the operations touch (None for a
+    stream never written). ``stored_ids`` maps event ids already in storage to
+    (stream, revision, position); when None, ids are assumed new and the unique index
+    has the last word (the caller re-plans with stored_ids if it objects).
+    Nothing in ``known`` is modified: changed streams are returned as copies.
+    """
+    created = codec.created_field(created_us)
+    head = codec.head
+    staged: dict[str, StreamMeta] = {}
+    batch_ids: dict[bytes, tuple[str, int, int]] = {}
+    rows: list[EventRow] = []
+    outcomes: list[Outcome] = []
+    check_ids = False
+    for op in ops:
+        fresh: dict[str, StreamMeta] = {}  # copies and new streams made by this operation
+        undo: list[tuple[StreamMeta, int, int, State, int]] = []
+        op_rows: list[EventRow] = []
+        op_ids: dict[bytes, tuple[str, int, int]] = {}
+        results: list[PartResult] = []
+        pos, sid = next_position, next_stream_id
+        part: AppendPart | None = None
+        try:
+            if len(op) > 1 and len({p.stream for p in op}) != len(op):
+                raise InvalidArgument("a stream may appear only once in an atomic append")
+            for part in op:
+                if batch_ids or stored_ids:
+                    dup = _duplicate(part, stored_ids, batch_ids)
+                    if dup is not None:
+                        results.append(dup)
+                        continue
+                name = part.stream
+                meta = staged.get(name)
+                if meta is not None:
+                    check_expected(meta, part.expect, part.revision, name)
+                    undo.append((meta, meta.last_revision, meta.last_position, meta.state, meta.updated_us))
+                else:
+                    current = known.get(name)
+                    check_expected(current, part.expect, part.revision, name)
+                    if current is None:
+                        policy, source = resolve(name, NO_POLICY, prefix_rules)
+                        meta = StreamMeta(
+                            id=sid,
+                            name=name,
+                            created_us=created_us,
+                            policy=policy,
+                            source=source,
+                            field=codec.stream_field(name),
+                        )
+                        sid += 1
+                    else:
+                        meta = dataclasses.replace(current)
+                    fresh[name] = meta
+                if meta.state == State.DELETED:
+                    meta.state = State.ACTIVE
+                mid, field = meta.id, meta.field
+                rev = first_rev = meta.last_revision + 1
+                first_pos = pos
+                for ev in part.events:
+                    h = head(ev.body, field, rev, pos, created)
+                    data = ev.data
+                    op_rows.append(
+                        (pos, mid, rev, created_us, h, data, name, ev.type, ev.id, len(h) + len(data))
+                    )
+                    if ev.client_id:
+                        op_ids[ev.id] = (name, rev, pos)
+                    rev += 1
+                    pos += 1
+                meta.last_revision = rev - 1
+                meta.last_position = pos - 1
+                meta.updated_us = created_us
+                results.append(PartResult(name, first_rev, rev - 1, first_pos, pos - 1))
+        except StoreError as err:
+            for meta, last_revision, last_position, state, updated in undo:
+                meta.last_revision, meta.last_position = last_revision, last_position
+                meta.state, meta.updated_us = state, updated
+            if stored_ids is None and part is not None and any(e.client_id for e in part.events):
+                check_ids = True
+            outcomes.append(err)
+            continue
+        staged.update(fresh)
+        rows.extend(op_rows)
+        if op_ids:
+            batch_ids.update(op_ids)
+        next_position, next_stream_id = pos, sid
+        outcomes.append(results)
+    return Plan(rows, staged, outcomes, next_position, next_stream_id, check_ids)
+
+
+def _duplicate(
+    part: AppendPart,
+    stored: Mapping[bytes, tuple[str, int, int]] | None,
+    batch: Mapping[bytes, tuple[str, int, int]],
+) -> PartResult | None:
+    """The original result if every event of the part is already stored in order here.
+
+    Raises DuplicateEventId when some id is used elsewhere (or only some are stored).
+    """
+    found: list[tuple[str, int, int]] = []
+    for ev in part.events:
+        if not ev.client_id:
+            continue
+        hit = batch.get(ev.id) or (stored.get(ev.id) if stored else None)
+        if hit is not None:
+            found.append(hit)
+    if not found:
+        return None
+    first = found[0]
+    exact = len(found) == len(part.events) and all(
+        f[0] == part.stream and f[1] == first[1] + i for i, f in enumerate(found)
+    )
+    if not exact:
+        ev = next(e for e in part.events if e.client_id and (batch.get(e.id) or (stored or {}).get(e.id)))
+        where = batch.get(ev.id) or (stored or {})[ev.id]
+        raise DuplicateEventId(
+            f"event id {ev.id_text} is already stored in stream {where[0]!r} at revision {where[1]}",
+            event_id=ev.id_text,
+            stream=where[0],
+            revision=where[1],
+        )
+    return PartResult(part.stream, first[1], found[-1][1], first[2], found[-1][2], duplicate=True)
+
+
+def validate_new_event_ids(parts: Sequence[AppendPart]) -> None:
+    """Refuse a request that names the same event id twice."""
+    seen: set[bytes] = set()
+    for part in parts:
+        for ev in part.events:
+            if ev.client_id:
+                if ev.id in seen:
+                    raise InvalidEvent(
+                        f"event id {ev.id_text} appears twice in the request", field="events.id"
+                    )
+                seen.add(ev.id)

@@ -1,0 +1,777 @@
+"""The embedded backend: one SQLite file in WAL mode, through aiosqlite.
+
+One writer connection applies group commits (one transaction each); a small pool of
+read-only connections serves reads, which WAL lets run beside the writer. Stream state
+for the write path lives in an LRU cache; streams that retention rules touch stay pinned
+in memory so reads of all streams can hide expired events without a join.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import dataclasses
+import functools
+import logging
+import os
+import sqlite3
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
+
+import aiosqlite
+
+from sluice.partition import fnv1a_32
+from sluice.v1 import streams_pb2 as pb
+from sluice_store import codec
+from sluice_store.errors import StoreUnavailable, StreamNotFound
+from sluice_store.retention import NO_POLICY, Policy, age_cutoff_us, now_us, resolve, write_archive
+from sluice_store.storage.base import (
+    AppendPart,
+    Expect,
+    Outcome,
+    Plan,
+    ReclaimStats,
+    Row,
+    Start,
+    State,
+    Storage,
+    StreamFilter,
+    StreamMeta,
+    check_expected,
+    plan_append,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS streams (
+    id             INTEGER PRIMARY KEY,
+    name           TEXT NOT NULL UNIQUE,
+    hash           INTEGER NOT NULL,  -- FNV-1a-32 of the name: partition = hash % count
+    last_revision  INTEGER NOT NULL,
+    last_position  INTEGER NOT NULL,
+    state          INTEGER NOT NULL,
+    deleted_before INTEGER NOT NULL DEFAULT 0,
+    bytes_floor    INTEGER NOT NULL DEFAULT 0,
+    first_stored   INTEGER NOT NULL DEFAULT 0,
+    retention      TEXT,
+    created_us     INTEGER NOT NULL,
+    updated_us     INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    position   INTEGER PRIMARY KEY,
+    stream_id  INTEGER NOT NULL,
+    revision   INTEGER NOT NULL,
+    event_id   BLOB NOT NULL,
+    type       TEXT NOT NULL,
+    created_us INTEGER NOT NULL,
+    size       INTEGER NOT NULL,
+    head       BLOB NOT NULL,
+    data       BLOB NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS events_by_stream ON events (stream_id, revision);
+CREATE UNIQUE INDEX IF NOT EXISTS events_by_id ON events (event_id);
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS groups (
+    name       TEXT PRIMARY KEY,
+    config     BLOB NOT NULL,
+    created_us INTEGER NOT NULL,
+    members    TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS group_cursors (
+    grp        TEXT NOT NULL,
+    partition  INTEGER NOT NULL,
+    position   INTEGER NOT NULL,
+    PRIMARY KEY (grp, partition)
+) WITHOUT ROWID;
+"""
+STREAM_COLUMNS = (
+    "id, name, last_revision, last_position, state, deleted_before, bytes_floor, "
+    "first_stored, retention, created_us, updated_us"
+)
+SAVE_STREAM = f"""
+INSERT INTO streams ({STREAM_COLUMNS}, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (id) DO UPDATE SET
+    last_revision = excluded.last_revision, last_position = excluded.last_position,
+    state = excluded.state, deleted_before = excluded.deleted_before,
+    bytes_floor = excluded.bytes_floor, first_stored = excluded.first_stored,
+    retention = excluded.retention, updated_us = excluded.updated_us
+"""
+# Binds an EventRow by number; ?7, the stream name, is not stored per event.
+INSERT_EVENT = (
+    "INSERT INTO events (position, stream_id, revision, created_us, head, data, type, event_id, size)"
+    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?8, ?9, ?10)"
+)
+ROW_COLUMNS = "events.position, events.stream_id, events.revision, events.created_us, events.head, {data}"
+CHECKPOINT_INTERVAL = 0.5  # seconds between WAL checkpoints while there are commits
+INLINE_EVENTS = 8  # group commits this small run on the event loop thread ...
+INLINE_LOOKUPS = 4  # ... when at most this many streams must be read from the database
+SYNC_MODES = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
+PREFIX_END = "\U0010ffff"
+
+
+def _params(meta: StreamMeta) -> tuple[Any, ...]:
+    return (
+        meta.id,
+        meta.name,
+        meta.last_revision,
+        meta.last_position,
+        int(meta.state),
+        meta.deleted_before,
+        meta.bytes_floor,
+        meta.first_stored,
+        meta.own.to_json() if meta.own else None,
+        meta.created_us,
+        meta.updated_us,
+        _name_hash(meta.name),
+    )
+
+
+@functools.lru_cache(maxsize=65536)
+def _name_hash(name: str) -> int:
+    return fnv1a_32(name.encode())
+
+
+@contextlib.contextmanager
+def _translated() -> Iterator[None]:
+    """Driver errors become the store's own: the storage is unavailable."""
+    try:
+        yield
+    except sqlite3.Error as e:
+        raise StoreUnavailable(f"storage error: {e}") from e
+
+
+class SQLiteStorage(Storage):
+    """Events in one SQLite file. ``path`` may be ``:memory:``-free paths only (WAL needs a file)."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        durability: str = "full",
+        archive_dir: str = "",
+        prefix_rules: Mapping[str, Policy] | None = None,
+        cache_size: int = 200_000,
+        readers: int = 2,
+    ) -> None:
+        self.path = path
+        self.durability = durability
+        self.archive_dir = archive_dir
+        self.prefix_rules = dict(prefix_rules or {})
+        self.cache_size = cache_size
+        self.n_readers = readers
+        self._writer: sqlite3.Connection | None = None
+        self._wthread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sluice-sqlite-writer")
+        self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
+        self._all_readers: list[aiosqlite.Connection] = []
+        self._lock = asyncio.Lock()
+        self._cache: OrderedDict[str, StreamMeta] = OrderedDict()
+        self._retained: dict[int, StreamMeta] = {}
+        self._head = 0
+        self._next_stream_id = 1
+        self._last_created = 0
+        self._closed = False
+        self._checkpointer: aiosqlite.Connection | None = None
+        self._checkpoint_task: asyncio.Task[None] | None = None
+        self._commits = 0  # commits since the last checkpoint
+
+    # -- life cycle -------------------------------------------------------------------
+
+    @property
+    def head_position(self) -> int:
+        return self._head
+
+    async def _connect(self) -> aiosqlite.Connection:
+        conn = await aiosqlite.connect(self.path)
+        await conn.execute("PRAGMA busy_timeout = 10000")
+        await conn.execute("PRAGMA cache_size = -65536")
+        await conn.execute("PRAGMA temp_store = MEMORY")
+        return conn
+
+    async def open(self) -> None:
+        with _translated():
+            self._head, self._next_stream_id, self._last_created, retained = await self._in_writer(
+                self._open_writer
+            )
+            for row in retained:
+                self._remember(self._meta(row))
+            self._checkpointer = await self._connect()
+            self._checkpoint_task = asyncio.create_task(self._checkpoints())
+            for _ in range(self.n_readers):
+                r = await self._connect()
+                await r.execute("PRAGMA query_only = 1")
+                self._all_readers.append(r)
+                self._readers.put_nowait(r)
+
+    async def _in_writer(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run fn on the writer thread: one thread hop for a whole group commit."""
+        return await asyncio.get_running_loop().run_in_executor(self._wthread, fn, *args)
+
+    def _open_writer(self) -> tuple[int, int, int, list[Any]]:
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        w = self._writer = sqlite3.connect(self.path, check_same_thread=False)
+        w.execute("PRAGMA busy_timeout = 10000")
+        w.execute("PRAGMA cache_size = -65536")
+        w.execute("PRAGMA journal_mode = WAL")
+        w.execute(f"PRAGMA synchronous = {SYNC_MODES[self.durability]}")
+        # Checkpoints run on their own connection and thread (see _checkpoints), not inside
+        # a commit on the write path, where they would stall appends for tens of ms.
+        w.execute("PRAGMA wal_autocheckpoint = 0")
+        w.executescript(SCHEMA)
+        rows = w.execute("SELECT version FROM schema_version").fetchall()
+        if not rows:
+            w.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+        elif rows[0][0] > SCHEMA_VERSION:
+            raise StoreUnavailable(f"database schema {rows[0][0]} is newer than this store's")
+        w.commit()
+        head_e, head_s, max_id, last_created = w.execute(
+            "SELECT (SELECT MAX(position) FROM events), (SELECT MAX(last_position) FROM streams),"
+            " (SELECT MAX(id) FROM streams), (SELECT MAX(created_us) FROM events)"
+        ).fetchone()
+        clauses = ["retention IS NOT NULL", "state != 2", "deleted_before > 0"]
+        params: list[Any] = []
+        for prefix in self.prefix_rules:
+            clauses.append("(name >= ? AND name < ?)")
+            params += [prefix, prefix + PREFIX_END]
+        sql = f"SELECT {STREAM_COLUMNS} FROM streams WHERE " + " OR ".join(clauses)
+        retained = w.execute(sql, params).fetchall()
+        return max(head_e or 0, head_s or 0), (max_id or 0) + 1, last_created or 0, retained
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._checkpoint_task is not None:
+            self._checkpoint_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checkpoint_task
+        async with self._lock:
+            if self._checkpointer is not None:
+                await self._checkpointer.close()
+            for conn in self._all_readers:
+                await conn.close()
+            if self._writer is not None:
+                await self._in_writer(self._writer.close)
+        self._wthread.shutdown(wait=True)
+
+    async def _checkpoints(self) -> None:
+        """Copy the WAL into the database now and then, beside the writer (PASSIVE mode)."""
+        assert self._checkpointer is not None
+        while True:
+            await asyncio.sleep(CHECKPOINT_INTERVAL)
+            if not self._commits:
+                continue
+            self._commits = 0
+            try:
+                await self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error as e:
+                log.warning("WAL checkpoint failed, will retry: %s", e)
+
+    @contextlib.asynccontextmanager
+    async def _reader(self) -> AsyncIterator[aiosqlite.Connection]:
+        if self._closed:
+            raise StoreUnavailable("the store is shutting down")
+        conn = await self._readers.get()
+        try:
+            with _translated():
+                yield conn
+        finally:
+            self._readers.put_nowait(conn)
+
+    # -- stream state -----------------------------------------------------------------
+
+    def _meta(self, row: Sequence[Any]) -> StreamMeta:
+        own = Policy.from_json(row[8])
+        policy, source = resolve(row[1], own, self.prefix_rules)
+        return StreamMeta(
+            id=row[0],
+            name=row[1],
+            last_revision=row[2],
+            last_position=row[3],
+            state=State(row[4]),
+            deleted_before=row[5],
+            bytes_floor=row[6],
+            first_stored=row[7],
+            own=own,
+            policy=policy,
+            source=source,
+            created_us=row[9],
+            updated_us=row[10],
+            field=codec.stream_field(row[1]),
+        )
+
+    def _remember(self, meta: StreamMeta) -> None:
+        self._cache[meta.name] = meta
+        self._cache.move_to_end(meta.name)
+        if meta.retained:
+            self._retained[meta.id] = meta
+        else:
+            self._retained.pop(meta.id, None)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+
+    def _cached(self, names: Sequence[str]) -> tuple[dict[str, StreamMeta | None], list[str]]:
+        """Stream states known in memory, and the names to look up in the database."""
+        found: dict[str, StreamMeta | None] = {}
+        missing: list[str] = []
+        for name in names:
+            meta = self._cache.get(name)
+            if meta is None:
+                missing.append(name)
+            else:
+                found[name] = meta
+        return found, missing
+
+    def _fetch_streams(self, names: Sequence[str]) -> dict[str, StreamMeta | None]:
+        """(writer thread) Stream rows by name; None for names never written."""
+        assert self._writer is not None
+        found: dict[str, StreamMeta | None] = dict.fromkeys(names)
+        for i in range(0, len(names), 500):
+            chunk = names[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT {STREAM_COLUMNS} FROM streams WHERE name IN ({marks})"
+            for row in self._writer.execute(sql, chunk):
+                found[row[1]] = self._meta(row)
+        return found
+
+    async def _lookup(self, names: Sequence[str]) -> dict[str, StreamMeta | None]:
+        found, missing = self._cached(names)
+        if missing:
+            fetched = await self._in_writer(self._fetch_streams, missing)
+            for meta in fetched.values():
+                if meta is not None:
+                    self._remember(meta)
+            found.update(fetched)
+        return found
+
+    async def stream(self, name: str) -> StreamMeta | None:
+        meta = self._cache.get(name)
+        if meta is not None:
+            return meta
+        async with self._reader() as r:
+            rows = list(
+                await r.execute_fetchall(f"SELECT {STREAM_COLUMNS} FROM streams WHERE name = ?", (name,))
+            )
+        return self._meta(rows[0]) if rows else None
+
+    # -- appends ----------------------------------------------------------------------
+
+    async def append(self, ops: Sequence[list[AppendPart]]) -> list[Outcome]:
+        if self._closed:
+            raise StoreUnavailable("the store is shutting down")
+        async with self._lock:
+            created = max(now_us(), self._last_created)
+            names = list(dict.fromkeys(p.stream for op in ops for p in op))
+            known, missing = self._cached(names)
+            args = (self._head + 1, self._next_stream_id, created)
+            with _translated():
+                if (
+                    len(missing) <= INLINE_LOOKUPS
+                    and sum(len(p.events) for op in ops for p in op) <= INLINE_EVENTS
+                ):
+                    # A few events (and stream look-ups by the unique name index): committing
+                    # here costs less than the two thread switches of a hop to the writer.
+                    plan, fetched = self._append_sync(ops, known, missing, args)
+                else:
+                    plan, fetched = await self._in_writer(self._append_sync, ops, known, missing, args)
+            for meta in fetched.values():
+                if meta is not None:
+                    self._remember(meta)
+            self._head = plan.next_position - 1
+            self._commits += 1
+            self._next_stream_id = plan.next_stream_id
+            self._last_created = created
+            for meta in plan.streams.values():
+                self._remember(meta)
+            if plan.rows and self.listener is not None:
+                self.listener(plan.rows)
+        return plan.outcomes
+
+    def _append_sync(
+        self,
+        ops: Sequence[list[AppendPart]],
+        known: dict[str, StreamMeta | None],
+        missing: list[str],
+        args: tuple[int, int, int],
+    ) -> tuple[Plan, dict[str, StreamMeta | None]]:
+        """(writer thread) Look up, plan, write and commit one group of appends."""
+        assert self._writer is not None
+        w = self._writer
+        fetched = self._fetch_streams(missing) if missing else {}
+        known = {**known, **fetched}
+        plan = plan_append(ops, known, *args, self.prefix_rules)
+        if plan.check_ids:
+            plan = plan_append(ops, known, *args, self.prefix_rules, self._stored_ids(ops))
+        try:
+            self._write(plan)
+        except sqlite3.IntegrityError:
+            # An event id is already stored: look them up and plan again knowing them.
+            w.rollback()
+            plan = plan_append(ops, known, *args, self.prefix_rules, self._stored_ids(ops))
+            self._write(plan)
+        except BaseException:
+            w.rollback()
+            raise
+        return plan, fetched
+
+    def _write(self, plan: Plan) -> None:
+        assert self._writer is not None
+        w = self._writer
+        if not plan.rows:
+            return
+        w.executemany(INSERT_EVENT, plan.rows)
+        for meta in plan.streams.values():
+            if meta.policy.max_bytes:
+                meta.bytes_floor = self._bytes_floor(meta)
+        w.executemany(SAVE_STREAM, [_params(m) for m in plan.streams.values()])
+        w.commit()
+
+    def _bytes_floor(self, meta: StreamMeta) -> int:
+        """(writer thread) The revision below which the stream holds more than max_bytes."""
+        assert self._writer is not None
+        row = self._writer.execute(
+            "SELECT revision FROM (SELECT revision, SUM(size) OVER (ORDER BY revision DESC) AS total"
+            " FROM events WHERE stream_id = ? AND revision >= ?) WHERE total > ? LIMIT 1",
+            (meta.id, max(meta.bytes_floor, meta.first_stored), meta.policy.max_bytes),
+        ).fetchone()
+        return max(meta.bytes_floor, row[0] + 1) if row else meta.bytes_floor
+
+    def _stored_ids(self, ops: Sequence[list[AppendPart]]) -> dict[bytes, tuple[str, int, int]]:
+        """(writer thread) Where the client-given event ids of ops are already stored."""
+        assert self._writer is not None
+        ids = [ev.id for op in ops for part in op for ev in part.events if ev.client_id]
+        stored: dict[bytes, tuple[str, int, int]] = {}
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self._writer.execute(
+                "SELECT e.event_id, s.name, e.revision, e.position FROM events e"
+                f" JOIN streams s ON s.id = e.stream_id WHERE e.event_id IN ({marks})",
+                chunk,
+            )
+            for event_id, name, revision, position in rows:
+                stored[event_id] = (name, revision, position)
+        return stored
+
+    # -- reads ------------------------------------------------------------------------
+
+    async def read_stream(
+        self, meta: StreamMeta, start: Start, backwards: bool, limit: int, with_data: bool
+    ) -> list[Row]:
+        floor = meta.floor()
+        cutoff = age_cutoff_us(meta.policy, now_us())
+        lo, hi = floor, meta.last_revision
+        extra = ""
+        params: list[Any] = [meta.id]
+        if start.kind == "revision":
+            if backwards:
+                hi = min(hi, start.value)
+            else:
+                lo = max(lo, start.value)
+        elif start.kind == "position":
+            extra = " AND position <= ?" if backwards else " AND position >= ?"
+        elif start.kind == "time":
+            if backwards:
+                extra = " AND created_us <= ?"
+            else:
+                cutoff = max(cutoff, start.value)
+        elif start.kind == "end" and not backwards:
+            return []
+        elif start.kind == "start" and backwards:
+            hi = min(hi, lo)
+        if lo > hi:
+            return []
+        params += [lo, hi, cutoff]
+        if extra:
+            params.append(start.value)
+        params.append(limit)
+        order = "DESC" if backwards else "ASC"
+        cols = ROW_COLUMNS.format(data="events.data" if with_data else "x''")
+        sql = (
+            f"SELECT {cols} FROM events WHERE stream_id = ? AND revision >= ? AND revision <= ?"
+            f" AND created_us >= ?{extra} ORDER BY revision {order} LIMIT ?"
+        )
+        async with self._reader() as r:
+            return list(await r.execute_fetchall(sql, params))  # type: ignore[arg-type]
+
+    async def read_all(
+        self, position: int, backwards: bool, limit: int, filt: StreamFilter, with_data: bool
+    ) -> tuple[list[Row], int, bool]:
+        head = self._head
+        cols = ROW_COLUMNS.format(data="events.data" if with_data else "x''")
+        where = ["position <= ?" if backwards else "position >= ?"]
+        params: list[Any] = [position]
+        if filt.types:
+            where.append(f"type IN ({','.join('?' * len(filt.types))})")
+            params += filt.types
+        if filt.prefixes:
+            ranges = " OR ".join("(name >= ? AND name < ?)" for _ in filt.prefixes)
+            where.append(f"stream_id IN (SELECT id FROM streams WHERE {ranges})")
+            for p in filt.prefixes:
+                params += [p, p + PREFIX_END]
+        order = "DESC" if backwards else "ASC"
+        source = "events"
+        if filt.partition_count:  # a stream's partition is its name's hash modulo the count
+            source = "events JOIN streams ON streams.id = stream_id"
+            where.append(f"streams.hash % ? IN ({','.join('?' * len(filt.partitions))})")
+            params += [filt.partition_count, *sorted(filt.partitions)]
+        sql = f"SELECT {cols} FROM {source} WHERE {' AND '.join(where)} ORDER BY position {order} LIMIT ?"
+        params.append(limit)
+        async with self._reader() as r:
+            raw: list[Row] = list(await r.execute_fetchall(sql, params))  # type: ignore[arg-type]
+        rows = self._visible(raw)
+        done = len(raw) < limit
+        if backwards:
+            return rows, (raw[-1][0] - 1 if raw else 0), done or (bool(raw) and raw[-1][0] <= 1)
+        nxt = raw[-1][0] + 1 if raw else position
+        if done:
+            nxt = max(nxt, head + 1)
+        return rows, nxt, done
+
+    def _visible(self, raw: list[Row]) -> list[Row]:
+        retained = self._retained
+        if not retained:
+            return raw
+        now = now_us()
+        out = []
+        for row in raw:
+            meta = retained.get(row[1])
+            if meta is None or meta.visible(row[2], row[3], now):
+                out.append(row)
+        return out
+
+    async def position_at_time(self, time_us: int, backwards: bool) -> int:
+        # created_us never decreases with position, so a binary search over the primary
+        # key finds the boundary without an index on time (which would slow every append).
+        forward_sql = "SELECT position, created_us FROM events WHERE position >= ? ORDER BY position LIMIT 1"
+        backward_sql = (
+            "SELECT position, created_us FROM events WHERE position <= ? ORDER BY position DESC LIMIT 1"
+        )
+        lo, hi = 1, self._head
+        found = 0 if backwards else self._head + 1
+        async with self._reader() as r:
+            while lo <= hi:
+                mid = (lo + hi) // 2
+                rows = list(await r.execute_fetchall(backward_sql if backwards else forward_sql, (mid,)))
+                if not rows:
+                    if backwards:
+                        lo = mid + 1
+                    else:
+                        hi = mid - 1
+                    continue
+                pos, created = rows[0]
+                if backwards:
+                    if created <= time_us:
+                        found, lo = pos, mid + 1
+                    else:
+                        hi = pos - 1
+                elif created >= time_us:
+                    found, hi = pos, mid - 1
+                else:
+                    lo = pos + 1
+        return int(found)
+
+    async def list_streams(
+        self, prefix: str, after: str, limit: int, include_deleted: bool
+    ) -> list[StreamMeta]:
+        sql = f"SELECT {STREAM_COLUMNS} FROM streams WHERE name >= ? AND name < ? AND name > ?"
+        if not include_deleted:
+            sql += " AND state = 2"
+        sql += " ORDER BY name LIMIT ?"
+        async with self._reader() as r:
+            rows = await r.execute_fetchall(sql, (prefix, prefix + PREFIX_END, after, limit))
+        return [self._cache.get(row[1]) or self._meta(row) for row in rows]
+
+    async def count_events(self, meta: StreamMeta) -> int:
+        if meta.last_revision < 0 or meta.state == State.TOMBSTONED:
+            return 0
+        cutoff = age_cutoff_us(meta.policy, now_us())
+        if not cutoff:
+            return max(0, meta.last_revision + 1 - max(meta.floor(), meta.first_stored))
+        async with self._reader() as r:
+            ((n,),) = await r.execute_fetchall(
+                "SELECT COUNT(*) FROM events WHERE stream_id = ? AND revision >= ? AND created_us >= ?",
+                (meta.id, meta.floor(), cutoff),
+            )
+        return int(n)
+
+    # -- administration ---------------------------------------------------------------
+
+    def _save_sync(self, meta: StreamMeta) -> None:
+        assert self._writer is not None
+        if meta.policy.max_bytes:
+            meta.bytes_floor = self._bytes_floor(meta)
+        self._writer.execute(SAVE_STREAM, _params(meta))
+        self._writer.commit()
+
+    async def _save(self, meta: StreamMeta) -> None:
+        with _translated():
+            await self._in_writer(self._save_sync, meta)
+        self._remember(meta)
+
+    async def _editable(self, name: str) -> tuple[StreamMeta | None, StreamMeta]:
+        """The stream's current state (None if never written) and a copy to change and save."""
+        with _translated():
+            current = (await self._lookup([name]))[name]
+        now = now_us()
+        if current is None:
+            policy, source = resolve(name, NO_POLICY, self.prefix_rules)
+            meta = StreamMeta(
+                id=self._next_stream_id,
+                name=name,
+                created_us=now,
+                policy=policy,
+                source=source,
+                field=codec.stream_field(name),
+            )
+            self._next_stream_id += 1
+        else:
+            meta = dataclasses.replace(current)
+        meta.updated_us = now
+        return current, meta
+
+    async def set_retention(self, name: str, policy: Policy) -> StreamMeta:
+        async with self._lock:
+            _, meta = await self._editable(name)
+            meta.own = policy
+            meta.policy, meta.source = resolve(name, policy, self.prefix_rules)
+            await self._save(meta)
+            return meta
+
+    async def delete_stream(self, name: str, expect: Expect, revision: int, tombstone: bool) -> int:
+        async with self._lock:
+            current, meta = await self._editable(name)
+            check_expected(current, expect, revision, name)
+            if not tombstone and (current is None or current.last_revision < 0):
+                raise StreamNotFound(f"stream {name!r} does not exist", stream=name)
+            meta.deleted_before = meta.last_revision + 1
+            meta.state = State.TOMBSTONED if tombstone else State.DELETED
+            await self._save(meta)
+            return self._head
+
+    # -- retention --------------------------------------------------------------------
+
+    async def reclaim(self) -> ReclaimStats:
+        stats = ReclaimStats()
+        for meta in list(self._retained.values()):
+            upto = await self._removable_upto(meta)
+            if upto <= meta.first_stored:
+                continue
+            archive = bool(self.archive_dir) and not meta.policy.ttl_us
+            removed = 0
+            lo = meta.first_stored
+            while lo < upto:
+                hi = min(upto, lo + 10_000)
+                if archive:
+                    events = await self._recorded(meta, lo, hi)
+                    path = await asyncio.to_thread(write_archive, self.archive_dir, meta.name, events)
+                    if path:
+                        stats.archive_files.append(path)
+                        stats.events_archived += len(events)
+                async with self._lock:
+                    current = self._retained.get(meta.id, meta)
+                    with _translated():
+                        removed += await self._in_writer(self._remove_sync, meta.id, hi)
+                    current.first_stored = hi
+                lo = hi
+            stats.streams += 1
+            stats.events_removed += removed
+        return stats
+
+    def _remove_sync(self, stream_id: int, below: int) -> int:
+        """(writer thread) Delete a stream's events below a revision; how many went."""
+        assert self._writer is not None
+        cur = self._writer.execute(
+            "DELETE FROM events WHERE stream_id = ? AND revision < ?", (stream_id, below)
+        )
+        self._writer.execute("UPDATE streams SET first_stored = ? WHERE id = ?", (below, stream_id))
+        self._writer.commit()
+        return max(cur.rowcount, 0)
+
+    async def _removable_upto(self, meta: StreamMeta) -> int:
+        """Every stored revision below this may be removed."""
+        if meta.state == State.TOMBSTONED:
+            return meta.last_revision + 1
+        upto = meta.floor()
+        cutoff = age_cutoff_us(meta.policy, now_us())
+        if cutoff:
+            async with self._reader() as r:
+                ((first_young,),) = await r.execute_fetchall(
+                    "SELECT MIN(revision) FROM events WHERE stream_id = ? AND revision >= ?"
+                    " AND created_us >= ?",
+                    (meta.id, meta.first_stored, cutoff),
+                )
+            upto = max(upto, meta.last_revision + 1 if first_young is None else first_young)
+        return upto
+
+    async def _recorded(self, meta: StreamMeta, lo: int, hi: int) -> list[pb.RecordedEvent]:
+        async with self._reader() as r:
+            rows = await r.execute_fetchall(
+                "SELECT head, data FROM events WHERE stream_id = ? AND revision >= ? AND revision < ?"
+                " ORDER BY revision",
+                (meta.id, lo, hi),
+            )
+        return [pb.RecordedEvent.FromString(codec.event_bytes(h, d)) for h, d in rows]
+
+    # -- consumer groups --------------------------------------------------------------
+    # Small writes: they run on the loop thread under the write lock, like tiny appends.
+
+    async def load_groups(self) -> list[tuple[str, bytes, int, str, dict[int, int]]]:
+        async with self._reader() as r:
+            groups = await r.execute_fetchall("SELECT name, config, created_us, members FROM groups")
+            cursors: dict[str, dict[int, int]] = {}
+            for grp, partition, position in await r.execute_fetchall(
+                "SELECT grp, partition, position FROM group_cursors"
+            ):
+                cursors.setdefault(grp, {})[partition] = position
+        return [(n, c, t, m, cursors.get(n, {})) for n, c, t, m in groups]
+
+    def _group_sync(self, sql: str, params: Sequence[Any], cursors: Sequence[tuple[Any, ...]]) -> None:
+        assert self._writer is not None
+        w = self._writer
+        try:
+            if sql:
+                w.execute(sql, params)
+            if cursors:
+                w.executemany(
+                    "INSERT INTO group_cursors (grp, partition, position) VALUES (?, ?, ?)"
+                    " ON CONFLICT (grp, partition) DO UPDATE SET position = excluded.position",
+                    cursors,
+                )
+            w.commit()
+        except BaseException:
+            w.rollback()
+            raise
+
+    async def _group_write(
+        self, sql: str, params: Sequence[Any], cursors: Sequence[tuple[Any, ...]] = ()
+    ) -> None:
+        if self._closed:
+            raise StoreUnavailable("the store is shutting down")
+        async with self._lock:
+            with _translated():
+                self._group_sync(sql, params, cursors)
+
+    async def save_group(
+        self, name: str, config: bytes, created_us: int, members: str, cursors: Mapping[int, int] | None
+    ) -> None:
+        await self._group_write(
+            "INSERT INTO groups (name, config, created_us, members) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET config = excluded.config, members = excluded.members",
+            (name, config, created_us, members),
+            [(name, p, pos) for p, pos in (cursors or {}).items()],
+        )
+
+    async def save_cursors(self, name: str, cursors: Mapping[int, int]) -> None:
+        await self._group_write("", (), [(name, p, pos) for p, pos in cursors.items()])
+
+    async def delete_group(self, name: str) -> None:
+        async with self._lock:
+            assert self._writer is not None
+            with _translated():
+                self._writer.execute("DELETE FROM group_cursors WHERE grp = ?", (name,))
+                self._group_sync("DELETE FROM groups WHERE name = ?", (name,), ())

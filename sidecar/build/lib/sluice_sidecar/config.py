@@ -1,0 +1,94 @@
+"""Sidecar settings: flags and ``SLUICE_*`` variables, typed once."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from collections.abc import Mapping, Sequence
+
+from sluice import settings
+from sluice.settings import ConfigError, Option, parse_bool, parse_duration
+
+__all__ = ["OPTIONS", "ConfigError", "Settings", "load"]
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in text.split(",") if p.strip())
+
+
+def _default_member() -> str:
+    return os.environ.get("POD_NAME") or os.environ.get("HOSTNAME") or socket.gethostname()
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("store", "127.0.0.1:50051", str, "the store's address", env_name="SLUICE_STORE_ADDR"),
+    Option("group", "", str, "consumer group to join (required)"),
+    Option("member_id", "", str, "stable member id; default: POD_NAME, HOSTNAME or the host name"),
+    Option("create_group", True, parse_bool, "create the group at start if it does not exist"),
+    Option("prefixes", (), _csv, "create: stream prefixes the group reads, comma-separated"),
+    Option("types", (), _csv, "create: event types the group reads, comma-separated"),
+    Option("partitions", 12, int, "create: partition count"),
+    Option("start", "end", str, "create: where the group starts: start or end"),
+    Option("lease", 10.0, parse_duration, "create: member lease"),
+    Option("max_attempts", 5, int, "create: deliveries before an event is dead-lettered"),
+    Option("initial_backoff", 1.0, parse_duration, "create: wait before the first retry (doubles)"),
+    Option("max_backoff", 60.0, parse_duration, "create: longest wait between retries"),
+    Option("delivery", "http", str, "how events reach the app: http, grpc or pull"),
+    Option("app_url", "http://127.0.0.1:8080/events", str, "http: where events are POSTed"),
+    Option("app_grpc", "127.0.0.1:50062", str, "grpc: the app's AppCallback address"),
+    Option("batch", 0, int, "http: deliver up to this many events per request (0: one at a time)"),
+    Option("max_in_flight", 64, int, "deliveries in progress at once, across partitions"),
+    Option("delivery_timeout", 10.0, parse_duration, "how long one delivery may take"),
+    Option("commit_interval", 0.2, parse_duration, "how often handled positions are committed"),
+    Option("drain_timeout", 10.0, parse_duration, "on SIGTERM, how long in-flight work may finish"),
+    Option("http_addr", "127.0.0.1:3500", str, "local HTTP: publish, status, health, readiness"),
+    Option("grpc_addr", "127.0.0.1:50061", str, "local gRPC: Pull, Publish, Status"),
+    Option("app_id", "", str, "the app's name in published events' metadata; default: the group"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    store: str = "127.0.0.1:50051"
+    group: str = ""
+    member_id: str = ""
+    create_group: bool = True
+    prefixes: tuple[str, ...] = ()
+    types: tuple[str, ...] = ()
+    partitions: int = 12
+    start: str = "end"
+    lease: float = 10.0
+    max_attempts: int = 5
+    initial_backoff: float = 1.0
+    max_backoff: float = 60.0
+    delivery: str = "http"
+    app_url: str = "http://127.0.0.1:8080/events"
+    app_grpc: str = "127.0.0.1:50062"
+    batch: int = 0
+    max_in_flight: int = 64
+    delivery_timeout: float = 10.0
+    commit_interval: float = 0.2
+    drain_timeout: float = 10.0
+    http_addr: str = "127.0.0.1:3500"
+    grpc_addr: str = "127.0.0.1:50061"
+    app_id: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.group:
+            raise ConfigError("group: required (SLUICE_GROUP or --group)")
+        if self.delivery not in ("http", "grpc", "pull"):
+            raise ConfigError(f"delivery: expected http, grpc or pull, got {self.delivery!r}")
+        if self.start not in ("start", "end"):
+            raise ConfigError(f"start: expected start or end, got {self.start!r}")
+        if self.max_in_flight < 1 or self.batch < 0 or self.partitions < 1:
+            raise ConfigError("max_in_flight: must be positive (and batch, partitions not negative)")
+        if not self.member_id:
+            object.__setattr__(self, "member_id", _default_member())
+        if not self.app_id:
+            object.__setattr__(self, "app_id", self.group)
+
+
+def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """The sidecar's settings from flags, ``SLUICE_*`` variables and defaults."""
+    return settings.load(Settings, OPTIONS, "sluice-sidecar", "Run a Sluice sidecar.", argv, env)

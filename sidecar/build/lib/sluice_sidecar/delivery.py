@@ -1,0 +1,314 @@
+"""Getting events to the app: HTTP push (CloudEvents), gRPC callback, or pull with credits.
+
+Every deliverer answers with a typed result: ack, retry (maybe after a delay the app
+asked for), or dead-letter with a reason.
+
+HTTP status contract (documented in the README):
+
+* 2xx: handled. A ``Sluice-Outcome: retry`` or ``Sluice-Outcome: dead-letter`` header
+  overrides this.
+* 408, 409, 425, 429 and 5xx: retry, after ``Retry-After`` when the app sends it.
+* Any other 4xx: the app refuses the event itself; it goes to the dead-letter stream at
+  once, with the status and the start of the body as the reason.
+* No answer in time, or no connection: retry.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import base64
+import collections
+import dataclasses
+import functools
+import itertools
+import json
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import aiohttp
+import grpc
+from opentelemetry import propagate, trace
+
+from sluice.v1 import sidecar_pb2 as spb
+from sluice.v1 import sidecar_pb2_grpc as spb_grpc
+from sluice.v1 import streams_pb2 as pb
+
+ACK, RETRY, DEAD_LETTER = spb.ACK, spb.RETRY, spb.DEAD_LETTER
+RETRY_STATUSES = {408, 409, 425, 429}
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    outcome: int
+    reason: str = ""
+    retry_after: float | None = None
+
+
+ACKED = Result(ACK)
+
+
+class Deliverer(abc.ABC):
+    """Hands events to the app."""
+
+    @abc.abstractmethod
+    async def deliver(self, events: Sequence[pb.RecordedEvent], partition: int, attempt: int) -> Result:
+        """Deliver events of one partition (one event, or a batch in order); the outcome covers all."""
+
+    async def close(self) -> None:  # noqa: B027 (most deliverers hold nothing to release)
+        """Release connections."""
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
+    except (TypeError, ValueError):
+        return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _second(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def _time(ev: pb.RecordedEvent) -> str:
+    """RFC 3339 time of the event, to the microsecond."""
+    created = ev.created
+    return f"{_second(created.seconds)}.{created.nanos // 1000:06d}Z"
+
+
+class HttpDeliverer(Deliverer):
+    """CloudEvents 1.0 over HTTP: binary mode for one event, batched JSON for several."""
+
+    def __init__(self, url: str, group: str, timeout: float) -> None:
+        self.url = url
+        self.group = group
+        self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=self.timeout, connector=aiohttp.TCPConnector(limit=256)
+            )
+        return self._session
+
+    def _extensions(self, ev: pb.RecordedEvent, partition: int, attempt: int) -> dict[str, str]:
+        return {
+            "sluiceposition": str(ev.position),
+            "sluicerevision": str(ev.revision),
+            "sluicepartition": str(partition),
+            "sluiceattempt": str(attempt),
+            "sluicegroup": self.group,
+        }
+
+    def _binary(self, ev: pb.RecordedEvent, partition: int, attempt: int) -> dict[str, str]:
+        headers = {
+            "ce-specversion": "1.0",
+            "ce-id": ev.id,
+            "ce-source": f"/streams/{ev.stream}",
+            "ce-type": ev.type,
+            "ce-subject": ev.stream,
+            "ce-time": _time(ev),
+            "content-type": ev.content_type or "application/octet-stream",
+        }
+        headers.update({f"ce-{k}": v for k, v in self._extensions(ev, partition, attempt).items()})
+        for key in ("traceparent", "tracestate"):
+            if key in ev.metadata:
+                headers[key] = ev.metadata[key]
+        if trace.get_current_span().get_span_context().is_valid:
+            propagate.inject(headers)  # the delivery span, child of the producer's
+        if ev.metadata:
+            headers["sluice-metadata"] = json.dumps(dict(ev.metadata), separators=(",", ":"))
+        return headers
+
+    def _structured(self, ev: pb.RecordedEvent, partition: int, attempt: int) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "specversion": "1.0",
+            "id": ev.id,
+            "source": f"/streams/{ev.stream}",
+            "type": ev.type,
+            "subject": ev.stream,
+            "time": _time(ev),
+            **self._extensions(ev, partition, attempt),
+        }
+        if ev.content_type:
+            out["datacontenttype"] = ev.content_type
+        if "traceparent" in ev.metadata:
+            out["traceparent"] = ev.metadata["traceparent"]
+        if ev.content_type.endswith("json"):
+            try:
+                out["data"] = json.loads(ev.data)
+                return out
+            except ValueError:
+                pass
+        out["data_base64"] = base64.b64encode(ev.data).decode()
+        return out
+
+    async def deliver(self, events: Sequence[pb.RecordedEvent], partition: int, attempt: int) -> Result:
+        try:
+            if len(events) == 1:
+                ev = events[0]
+                request = self._http().post(
+                    self.url, data=ev.data, headers=self._binary(ev, partition, attempt)
+                )
+            else:
+                body = json.dumps([self._structured(e, partition, attempt) for e in events])
+                request = self._http().post(
+                    self.url,
+                    data=body.encode(),
+                    headers={"content-type": "application/cloudevents-batch+json"},
+                )
+            async with request as resp:
+                text = (await resp.text(errors="replace"))[:200]
+                return self._result(resp.status, resp.headers, text)
+        except (aiohttp.ClientError, TimeoutError) as e:
+            return Result(RETRY, f"no answer from the app: {type(e).__name__}: {e}")
+
+    @staticmethod
+    def _result(status: int, headers: Any, body: str) -> Result:
+        override = (headers.get("sluice-outcome") or "").lower()
+        retry_after = _retry_after(headers.get("retry-after"))
+        if override == "dead-letter":
+            return Result(DEAD_LETTER, f"the app asked to dead-letter it (HTTP {status}): {body}")
+        if override == "retry":
+            return Result(RETRY, f"the app asked to retry (HTTP {status})", retry_after)
+        if 200 <= status < 300:
+            return ACKED
+        if status in RETRY_STATUSES or status >= 500:
+            return Result(RETRY, f"HTTP {status}: {body}", retry_after)
+        return Result(DEAD_LETTER, f"HTTP {status}: {body}")
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+class GrpcDeliverer(Deliverer):
+    """Calls the app's sluice.v1.AppCallback/Deliver for each event."""
+
+    def __init__(self, target: str, group: str, timeout: float) -> None:
+        self.group = group
+        self.timeout = timeout
+        self._channel = grpc.aio.insecure_channel(target)
+        self._stub = spb_grpc.AppCallbackStub(self._channel)
+        self._ids = itertools.count(1)
+
+    async def deliver(self, events: Sequence[pb.RecordedEvent], partition: int, attempt: int) -> Result:
+        for ev in events:
+            d = spb.Delivery(
+                delivery_id=next(self._ids), event=ev, partition=partition, attempt=attempt, group=self.group
+            )
+            try:
+                r = await self._stub.Deliver(d, timeout=self.timeout)
+            except grpc.aio.AioRpcError as e:
+                return Result(RETRY, f"the app's callback failed: {e.code().name}: {e.details()}")
+            result = _from_proto(r)
+            if result.outcome != ACK:
+                return result
+        return ACKED
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+
+def _from_proto(r: spb.DeliveryResult) -> Result:
+    delay = r.retry_after.ToMicroseconds() / 1e6 if r.HasField("retry_after") else None
+    outcome = r.outcome or ACK
+    return Result(outcome, r.reason, delay)
+
+
+class PullHub(Deliverer):
+    """Pull mode: apps connected to Sidecar.Pull take deliveries within the credits they grant."""
+
+    def __init__(self, group: str, timeout: float) -> None:
+        self.group = group
+        self.timeout = timeout
+        self.credits = 0
+        self._changed = asyncio.Condition()
+        self._outbox: collections.deque[spb.Delivery] = collections.deque()
+        self._waiting: dict[int, asyncio.Future[Result]] = {}
+        self._sent: set[int] = set()  # delivered to the app, not yet acked
+        self._ids = itertools.count(1)
+        self.outstanding = 0
+        self.max_outstanding = 0  # the most deliveries ever outstanding at once (for tests)
+
+    async def deliver(self, events: Sequence[pb.RecordedEvent], partition: int, attempt: int) -> Result:
+        for ev in events:
+            result = await self._one(ev, partition, attempt)
+            if result.outcome != ACK:
+                return result
+        return ACKED
+
+    async def _one(self, ev: pb.RecordedEvent, partition: int, attempt: int) -> Result:
+        did = next(self._ids)
+        fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._waiting[did] = fut
+        d = spb.Delivery(delivery_id=did, event=ev, partition=partition, attempt=attempt, group=self.group)
+        async with self._changed:
+            self._outbox.append(d)
+            self._changed.notify_all()
+        try:
+            return await asyncio.wait_for(fut, self.timeout)
+        except TimeoutError:
+            return Result(RETRY, "no ack from the app in time")
+        finally:
+            self._waiting.pop(did, None)
+            if d in self._outbox:
+                self._outbox.remove(d)  # never sent: it will be offered again as a retry
+            self._settle(did)
+
+    def _settle(self, delivery_id: int) -> None:
+        """A sent delivery was acked, or expired: it is no longer outstanding."""
+        if delivery_id in self._sent:
+            self._sent.discard(delivery_id)
+            self.outstanding -= 1
+
+    async def serve(self, requests: AsyncIterator[spb.PullRequest]) -> AsyncIterator[spb.PullResponse]:
+        """One app connection: read credits and acks, send deliveries within the credits."""
+
+        closed = False
+
+        async def read() -> None:
+            nonlocal closed
+            try:
+                async for req in requests:
+                    kind = req.WhichOneof("request")
+                    async with self._changed:
+                        if kind == "credits":
+                            self.credits += req.credits
+                        elif kind == "ack":
+                            self._settle(req.ack.delivery_id)
+                            fut = self._waiting.get(req.ack.delivery_id)
+                            if fut is not None and not fut.done():
+                                fut.set_result(_from_proto(req.ack.result))
+                        self._changed.notify_all()
+            finally:
+                async with self._changed:
+                    closed = True
+                    self.credits = 0  # credits belong to the connection that granted them
+                    self._changed.notify_all()
+
+        reader = asyncio.create_task(read())
+        try:
+            while True:
+                async with self._changed:
+                    await self._changed.wait_for(lambda: closed or (self.credits > 0 and bool(self._outbox)))
+                    if closed:
+                        break
+                    d = self._outbox.popleft()
+                    self.credits -= 1
+                    self._sent.add(d.delivery_id)
+                    self.outstanding += 1
+                    self.max_outstanding = max(self.max_outstanding, self.outstanding)
+                yield spb.PullResponse(delivery=d)
+        finally:
+            reader.cancel()

@@ -1,0 +1,426 @@
+"""The sidecar's membership in a consumer group: heartbeats, partition workers, commits.
+
+One task (``_coordinate``) commits handled positions and heartbeats; one worker per
+assigned partition subscribes to the store for that partition and delivers its events
+to the app in order. A worker delivers only while the member's lease is known to be
+valid (a member paused past its lease stops before delivering anything more), and a
+fenced member (unknown, or with a stale epoch) drops its partitions without committing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import uuid
+from collections.abc import Sequence
+
+import grpc
+
+from sluice import Client
+from sluice.errors import SluiceError, from_rpc_error
+from sluice.v1 import groups_pb2 as gpb
+from sluice.v1 import sidecar_pb2 as spb
+from sluice.v1 import streams_pb2 as pb
+from sluice_sidecar.config import Settings
+from sluice_sidecar.delivery import ACK, DEAD_LETTER, Deliverer, PullHub, Result
+from sluice_sidecar.telemetry import Telemetry
+
+log = logging.getLogger("sluice_sidecar")
+
+FENCED = {"UNKNOWN_MEMBER", "STALE_MEMBER_EPOCH", "NOT_PARTITION_OWNER"}
+DLQ_NAMESPACE = uuid.UUID("6f1f3c52-5a43-4c2e-9b7e-2f9d7c1e8a10")
+
+
+class PartitionWorker:
+    """Reads one partition from its cursor and delivers its events in order."""
+
+    def __init__(self, member: Member, partition: int, cursor: int) -> None:
+        self.member = member
+        self.partition = partition
+        self.committed = cursor  # as stored in the group
+        self.handled = cursor  # every event of the partition below this was handled
+        self.in_flight = 0
+        self.busy = False  # delivering (or waiting to retry) an event
+        self.stopping = False
+        self.task = asyncio.create_task(self._run(), name=f"partition-{partition}")
+
+    async def _run(self) -> None:
+        m = self.member
+        cfg = m.config
+        filt = pb.Filter(
+            stream_prefixes=cfg.filter.stream_prefixes,
+            event_types=cfg.filter.event_types,
+            partition_count=cfg.partitions,
+            partitions=[self.partition],
+        )
+        pause = 0.05
+        while not self.stopping:
+            req = pb.SubscribeRequest(
+                filter=filt, max_batch=max(100, m.settings.batch), heartbeat_interval_ms=1000
+            )
+            getattr(req, "from").position = self.handled
+            call = m.client._stub.Subscribe(req)
+            try:
+                async for msg in call:
+                    kind = msg.WhichOneof("content")
+                    if kind == "events":
+                        await self._handle(msg.events.events)
+                    elif kind in ("checkpoint", "caught_up"):
+                        # Nothing of this partition below it is left: the filter skipped the rest.
+                        self.handled = max(self.handled, getattr(msg, kind).position)
+                    elif kind == "heartbeat":
+                        m.head = max(m.head, msg.heartbeat.head_position)
+                    if self.stopped():
+                        break
+                    pause = 0.05
+            except grpc.aio.AioRpcError as e:
+                if self.stopped():
+                    break
+                log.warning("partition %d: subscription ended (%s); resuming", self.partition, e.code().name)
+                await asyncio.sleep(pause)  # the store is restarting: back off, bounded
+                pause = min(pause * 2, 1.0)
+            finally:
+                call.cancel()
+
+    def stopped(self) -> bool:
+        return self.stopping
+
+    async def _handle(self, events: Sequence[pb.RecordedEvent]) -> None:
+        size = max(1, self.member.settings.batch)
+        for i in range(0, len(events), size):
+            chunk = events[i : i + size]
+            if not await self.member.lease_valid(self):
+                return
+            self.busy = True
+            try:
+                await self._deliver(chunk)
+            finally:
+                self.busy = False
+            self.handled = chunk[-1].position + 1
+            if self.stopping:
+                return
+
+    async def _deliver(self, chunk: Sequence[pb.RecordedEvent]) -> None:
+        m = self.member
+        retry = m.config.retry
+        attempt = 1
+        while True:
+            async with m.slots:
+                self.in_flight += len(chunk)
+                try:
+                    with m.telemetry.delivery(chunk, self.partition, attempt):
+                        result = await m.deliverer.deliver(chunk, self.partition, attempt)
+                finally:
+                    self.in_flight -= len(chunk)
+            if result.outcome == ACK:
+                m.delivered += len(chunk)
+                m.telemetry.delivered.add(len(chunk), {"group": m.settings.group})
+                return
+            if result.outcome == DEAD_LETTER or attempt >= retry.max_attempts:
+                await m.dead_letter(chunk, result, attempt)
+                return
+            m.retried += 1
+            m.telemetry.retried.add(len(chunk), {"group": m.settings.group})
+            await asyncio.sleep(self._backoff(result, attempt))
+            attempt += 1
+
+    def _backoff(self, result: Result, attempt: int) -> float:
+        """The app's Retry-After, else exponential backoff with full jitter."""
+        if result.retry_after is not None:
+            return result.retry_after
+        retry = self.member.config.retry
+        base = retry.initial_backoff.ToMicroseconds() / 1e6
+        cap = retry.max_backoff.ToMicroseconds() / 1e6
+        return random.uniform(0, min(cap, base * 2 ** (attempt - 1)))
+
+    async def stop(self, timeout: float) -> None:
+        """Stop fetching; let the delivery in progress finish (up to timeout)."""
+        self.stopping = True
+        self.member.wake_workers()
+        if not self.busy:
+            self.task.cancel()  # waiting for events: nothing to finish
+        try:
+            await asyncio.wait_for(asyncio.shield(self.task), timeout)
+        except TimeoutError:
+            self.task.cancel()
+        except asyncio.CancelledError:
+            if not self.task.cancelled():
+                raise
+        except Exception:
+            log.exception("partition %d worker failed", self.partition)
+
+
+class Member:
+    """This sidecar's membership: joins, heartbeats, runs workers for its partitions, commits."""
+
+    def __init__(self, settings: Settings, deliverer: Deliverer) -> None:
+        self.settings = settings
+        self.deliverer = deliverer
+        self.client = Client(settings.store, timeout=10)
+        self.config = gpb.GroupConfig()
+        self.epoch = 0
+        self.workers: dict[int, PartitionWorker] = {}
+        self.slots = asyncio.Semaphore(settings.max_in_flight)
+        self.head = 0
+        self.delivered = self.retried = self.dead_lettered = 0
+        self.joined = False
+        self.stopping = False
+        self._lease_until = 0.0
+        self._lease_renewed = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._releasing: set[asyncio.Task[None]] = set()
+        self.telemetry = Telemetry(self)
+
+    # -- life cycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.settings.create_group:
+            await self._ensure_group()
+        self._task = asyncio.create_task(self._coordinate(), name="coordinate")
+
+    async def _ensure_group(self) -> None:
+        s = self.settings
+        try:
+            await self.client.create_group(
+                s.group,
+                stream_prefixes=s.prefixes,
+                event_types=s.types,
+                start=s.start,
+                partitions=s.partitions,
+                lease=s.lease,
+                max_attempts=s.max_attempts,
+                initial_backoff=s.initial_backoff,
+                max_backoff=s.max_backoff,
+            )
+            log.info("created group %s", s.group)
+        except SluiceError as e:
+            if e.reason != "GROUP_EXISTS":
+                raise
+
+    async def stop(self) -> None:
+        """Stop fetching, finish in-flight deliveries, commit, leave the group."""
+        if self.stopping:
+            return
+        self.stopping = True
+        self._wake.set()
+        if self._task:
+            await self._task
+        await asyncio.gather(*(w.stop(self.settings.drain_timeout) for w in self.workers.values()))
+        await asyncio.gather(*self._releasing, return_exceptions=True)
+        try:
+            await self._commit_all()
+            await self.client.groups_stub.Heartbeat(
+                gpb.HeartbeatRequest(
+                    group=self.settings.group, member_id=self.settings.member_id, leave=True
+                ),
+                timeout=5,
+            )
+        except (grpc.aio.AioRpcError, SluiceError) as e:
+            log.warning("could not commit and leave cleanly: %s", e)
+        self.workers.clear()
+        await self.client.close()
+
+    # -- lease and fencing ------------------------------------------------------------
+
+    async def lease_valid(self, worker: PartitionWorker) -> bool:
+        """Wait while the lease is not known to be valid; False when the worker must stop."""
+        while not worker.stopping and time.monotonic() >= self._lease_until:
+            self._lease_renewed.clear()
+            self._wake.set()  # heartbeat now
+            await self._lease_renewed.wait()
+        return not worker.stopping
+
+    def wake_workers(self) -> None:
+        self._lease_renewed.set()
+
+    # -- the coordination loop --------------------------------------------------------
+
+    async def _coordinate(self) -> None:
+        interval = 1.0
+        next_beat = 0.0
+        while not self.stopping:
+            await self._commit_all()
+            if time.monotonic() >= next_beat:
+                interval = await self._heartbeat() or interval
+                next_beat = time.monotonic() + (0 if not self.joined else interval)
+            self._wake.clear()
+            wait = max(0.0, min(self.settings.commit_interval, next_beat - time.monotonic()))
+            try:
+                await asyncio.wait_for(self._wake.wait(), wait)
+                next_beat = 0.0  # woken: heartbeat at once
+            except TimeoutError:
+                pass
+
+    async def _heartbeat(self) -> float | None:
+        s = self.settings
+        sent = time.monotonic()
+        req = gpb.HeartbeatRequest(
+            group=s.group,
+            member_id=s.member_id,
+            member_epoch=self.epoch,
+            owned=sorted(self.workers),
+        )
+        try:
+            resp = await self.client.groups_stub.Heartbeat(req, timeout=5)
+        except grpc.aio.AioRpcError as e:
+            err = from_rpc_error(e)
+            if err.reason in FENCED:
+                log.warning("fenced (%s): dropping partitions, joining again", err.reason)
+                await self._drop_all()
+            else:
+                log.warning("heartbeat failed: %s", err)
+            return None
+        self.config = resp.config
+        self.epoch = resp.member_epoch
+        lease = resp.lease.ToMicroseconds() / 1e6
+        self._lease_until = sent + lease * 0.9  # fence ourselves a little before the store does
+        self._lease_renewed.set()
+        self.joined = True
+        assigned = {a.partition: a.position for a in resp.assigned}
+        for p in [p for p in self.workers if p not in assigned]:
+            self._release(p)
+        for p, cursor in assigned.items():
+            w = self.workers.get(p)
+            if w is not None and cursor != w.committed and not w.stopping:
+                log.info("partition %d: cursor reset to %d", p, cursor)
+                w.stopping = True
+                w.task.cancel()
+                w = None
+            if w is None:
+                self.workers[p] = PartitionWorker(self, p, cursor)
+        interval: float = resp.heartbeat_interval.ToMicroseconds() / 1e6
+        return interval
+
+    def _release(self, partition: int) -> None:
+        """Give a revoked partition back: finish in-flight work, commit, then stop reporting it."""
+        worker = self.workers[partition]
+        if worker.stopping:
+            return
+
+        async def release() -> None:
+            await worker.stop(self.settings.drain_timeout)
+            await self._commit(worker)
+            self.workers.pop(partition, None)
+            self._wake.set()  # tell the store at once
+
+        task = asyncio.create_task(release())
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
+
+    async def _drop_all(self) -> None:
+        """Fenced: stop every worker without committing; rejoin with epoch 0."""
+        workers, self.workers = list(self.workers.values()), {}
+        for w in workers:
+            w.stopping = True
+            w.task.cancel()
+        self.wake_workers()
+        self.epoch = 0
+        self._lease_until = 0.0
+
+    async def _commit_all(self) -> None:
+        for w in list(self.workers.values()):
+            await self._commit(w)
+
+    async def _commit(self, w: PartitionWorker) -> None:
+        if w.handled <= w.committed or not self.epoch:
+            return
+        req = gpb.CommitCursorRequest(
+            group=self.settings.group,
+            member_id=self.settings.member_id,
+            member_epoch=self.epoch,
+            partition=w.partition,
+            position=w.handled,
+        )
+        position = w.handled
+        try:
+            await self.client.groups_stub.CommitCursor(req, timeout=5)
+            w.committed = position
+        except grpc.aio.AioRpcError as e:
+            err = from_rpc_error(e)
+            if err.reason in FENCED:
+                self._wake.set()  # the next heartbeat sorts out what we still own
+            log.warning("commit of partition %d failed: %s", w.partition, err)
+
+    # -- dead letters and publishing --------------------------------------------------
+
+    @property
+    def dead_letter_stream(self) -> str:
+        return self.config.dead_letter_stream or f"dlq.{self.settings.group}"
+
+    async def dead_letter(self, events: Sequence[pb.RecordedEvent], result: Result, attempts: int) -> None:
+        """Append the events to the dead-letter stream, with why, until the store takes them."""
+        out = []
+        for ev in events:
+            md = dict(ev.metadata)
+            md.update(
+                {
+                    "dlq-reason": result.reason or "dead-lettered",
+                    "dlq-attempts": str(attempts),
+                    "dlq-group": self.settings.group,
+                    "dlq-stream": ev.stream,
+                    "dlq-revision": str(ev.revision),
+                    "dlq-position": str(ev.position),
+                    "dlq-event-id": ev.id,
+                }
+            )
+            # A stable id: dead-lettering the same event again (after a crash) is a no-op.
+            eid = uuid.uuid5(DLQ_NAMESPACE, f"{self.settings.group}/{ev.id}")
+            out.append(
+                pb.EventData(
+                    id=str(eid), type=ev.type, data=ev.data, metadata=md, content_type=ev.content_type
+                )
+            )
+        pause = 0.1
+        while True:
+            try:
+                await self.client.append(self.dead_letter_stream, out)
+                self.dead_lettered += len(out)
+                self.telemetry.dead_lettered.add(len(out), {"group": self.settings.group})
+                return
+            except SluiceError as e:
+                log.warning("dead-letter append failed (%s); retrying", e)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 2.0)
+
+    async def publish(self, request: pb.AppendRequest, traceparent: str | None) -> pb.AppendResponse:
+        """Append for the app, adding its identity and trace context to each event."""
+        for ev in request.events:
+            ev.metadata.setdefault("source-app", self.settings.app_id)
+            ev.metadata.setdefault("source-member", self.settings.member_id)
+            if traceparent and "traceparent" not in ev.metadata:
+                ev.metadata["traceparent"] = traceparent
+        try:
+            resp: pb.AppendResponse = await self.client._stub.Append(request, timeout=10)
+        except grpc.aio.AioRpcError as e:
+            raise from_rpc_error(e) from None
+        return resp
+
+    # -- status -----------------------------------------------------------------------
+
+    def status(self) -> spb.SidecarStatus:
+        out = spb.SidecarStatus(
+            group=self.settings.group,
+            member_id=self.settings.member_id,
+            member_epoch=self.epoch,
+            ready=self.joined and not self.stopping,
+            delivered=self.delivered,
+            retried=self.retried,
+            dead_lettered=self.dead_lettered,
+            head_position=self.head,
+        )
+        for p, w in sorted(self.workers.items()):
+            out.partitions.add(
+                partition=p,
+                committed=w.committed,
+                handled=w.handled,
+                in_flight=w.in_flight,
+                lag_positions=max(0, self.head + 1 - w.handled),
+            )
+        out.in_flight = sum(w.in_flight for w in self.workers.values())
+        if isinstance(self.deliverer, PullHub):
+            out.pull_outstanding = self.deliverer.outstanding
+            out.pull_outstanding_max = self.deliverer.max_outstanding
+        return out

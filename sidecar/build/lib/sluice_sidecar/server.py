@@ -1,0 +1,168 @@
+"""The sidecar process: local HTTP and gRPC endpoints for the app, and its life cycle.
+
+Local HTTP (``--http-addr``):
+  GET  /healthz                 the process is alive
+  GET  /readyz                  200 once joined, 503 from SIGTERM on
+  GET  /v1/status               assignment, cursors, in-flight and lag (JSON)
+  POST /v1/publish/{stream}     append the body as one event; type from ``ce-type`` (or
+                                ``?type=``), id from ``ce-id``, metadata from
+                                ``sluice-meta-<key>`` headers, trace from ``traceparent``
+Local gRPC (``--grpc-addr``): sluice.v1.Sidecar (Pull, Publish, Status) and health.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator
+
+import grpc
+from aiohttp import web
+from google.protobuf import json_format
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from sluice.errors import SluiceError
+from sluice.v1 import sidecar_pb2 as spb
+from sluice.v1 import sidecar_pb2_grpc as spb_grpc
+from sluice.v1 import streams_pb2 as pb
+from sluice_sidecar.config import Settings
+from sluice_sidecar.delivery import Deliverer, GrpcDeliverer, HttpDeliverer, PullHub
+from sluice_sidecar.member import Member
+
+log = logging.getLogger("sluice_sidecar")
+
+_HTTP_STATUS = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 409,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 413,
+    grpc.StatusCode.UNAVAILABLE: 503,
+}
+
+
+def make_deliverer(s: Settings) -> Deliverer:
+    if s.delivery == "grpc":
+        return GrpcDeliverer(s.app_grpc, s.group, s.delivery_timeout)
+    if s.delivery == "pull":
+        return PullHub(s.group, s.delivery_timeout)
+    return HttpDeliverer(s.app_url, s.group, s.delivery_timeout)
+
+
+class SidecarService(spb_grpc.SidecarServicer):
+    def __init__(self, member: Member) -> None:
+        self.member = member
+
+    async def Pull(
+        self, request_iterator: AsyncIterator[spb.PullRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[spb.PullResponse]:
+        hub = self.member.deliverer
+        if not isinstance(hub, PullHub):
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, "this sidecar delivers by push, not pull"
+            )
+            return
+        async for resp in hub.serve(request_iterator):
+            yield resp
+
+    async def Publish(
+        self, request: pb.AppendRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AppendResponse:
+        trace = dict(context.invocation_metadata() or ()).get("traceparent")
+        try:
+            return await self.member.publish(request, str(trace) if trace else None)
+        except SluiceError as e:
+            await context.abort(e.code, e.message)
+            raise
+
+    async def Status(
+        self, request: spb.StatusRequest, context: grpc.aio.ServicerContext
+    ) -> spb.SidecarStatus:
+        return self.member.status()
+
+
+def http_app(member: Member) -> web.Application:
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "alive"})
+
+    async def readyz(_: web.Request) -> web.Response:
+        ready = member.joined and not member.stopping
+        return web.json_response({"ready": ready}, status=200 if ready else 503)
+
+    async def status(_: web.Request) -> web.Response:
+        body = json_format.MessageToDict(
+            member.status(), preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+        )
+        return web.json_response(body)
+
+    async def publish(request: web.Request) -> web.Response:
+        etype = request.headers.get("ce-type") or request.query.get("type", "")
+        event = pb.EventData(
+            id=request.headers.get("ce-id", ""),
+            type=etype,
+            data=await request.read(),
+            content_type=request.headers.get("content-type", ""),
+            metadata={
+                k[len("sluice-meta-") :]: v
+                for k, v in request.headers.items()
+                if k.lower().startswith("sluice-meta-")
+            },
+        )
+        req = pb.AppendRequest(stream=request.match_info["stream"], events=[event])
+        try:
+            resp = await member.publish(req, request.headers.get("traceparent"))
+        except SluiceError as e:
+            return web.json_response(
+                {"error": e.message, "reason": e.reason, "details": e.metadata},
+                status=_HTTP_STATUS.get(e.code, 500),
+            )
+        return web.json_response(json_format.MessageToDict(resp, preserving_proto_field_name=True))
+
+    app = web.Application()
+    app.add_routes(
+        [
+            web.get("/healthz", healthz),
+            web.get("/readyz", readyz),
+            web.get("/v1/status", status),
+            web.post("/v1/publish/{stream}", publish),
+        ]
+    )
+    return app
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM/SIGINT, then drain, commit, leave and exit."""
+    member = Member(settings, make_deliverer(settings))
+    grpc_server = grpc.aio.server()
+    spb_grpc.add_SidecarServicer_to_server(SidecarService(member), grpc_server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
+    if not grpc_server.add_insecure_port(settings.grpc_addr):
+        raise OSError(f"grpc_addr: cannot listen on {settings.grpc_addr}")
+    await grpc_server.start()
+    runner = web.AppRunner(http_app(member), access_log=None)
+    await runner.setup()
+    host, _, port = settings.http_addr.rpartition(":")
+    site = web.TCPSite(runner, host or "127.0.0.1", int(port))
+    await site.start()
+    await member.start()
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    print(
+        f"sluice sidecar {settings.member_id} in group {settings.group}: "
+        f"http {settings.http_addr}, grpc {settings.grpc_addr}, delivering by {settings.delivery}",
+        flush=True,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: draining, committing, leaving the group")
+    await health_servicer.enter_graceful_shutdown()
+    await member.stop()  # readiness turns 503 first: member.stopping is set at once
+    await grpc_server.stop(1.0)
+    await runner.cleanup()
+    with contextlib.suppress(Exception):
+        await member.deliverer.close()

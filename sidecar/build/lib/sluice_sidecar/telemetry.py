@@ -1,0 +1,67 @@
+"""OpenTelemetry for the sidecar: a delivery span per event, and delivery metrics.
+
+A delivery span continues the producer's trace from the event's ``traceparent``
+metadata, and its own context travels to the app (the ``traceparent`` header in HTTP
+push). Metrics: deliveries, retries, dead letters, and lag per partition. All of it is
+configured by the standard ``OTEL_*`` variables; with none set, the calls are no-ops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
+
+from opentelemetry import context, metrics, propagate, trace
+
+from sluice import telemetry
+from sluice.v1 import streams_pb2 as pb
+
+if TYPE_CHECKING:
+    from sluice_sidecar.member import Member
+
+
+class Telemetry:
+    def __init__(self, member: Member) -> None:
+        self.member = member
+        self.tracing = telemetry.tracing_enabled()
+        if self.tracing:
+            telemetry.setup_tracing("sluice-sidecar")
+        self.tracer = trace.get_tracer("sluice.sidecar")
+        meter = metrics.get_meter("sluice.sidecar")
+        self.delivered = meter.create_counter("sluice.sidecar.delivered", unit="{event}")
+        self.retried = meter.create_counter("sluice.sidecar.retried", unit="{event}")
+        self.dead_lettered = meter.create_counter("sluice.sidecar.dead_lettered", unit="{event}")
+        meter.create_observable_gauge("sluice.sidecar.lag", callbacks=[self._lag], unit="{position}")
+
+    def _lag(self, _: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
+        m = self.member
+        for p in m.status().partitions:
+            yield metrics.Observation(p.lag_positions, {"group": m.settings.group, "partition": p.partition})
+
+    @contextlib.contextmanager
+    def delivery(self, events: Sequence[pb.RecordedEvent], partition: int, attempt: int) -> Iterator[None]:
+        """A CONSUMER span around one delivery, child of the first event's producer span."""
+        if not self.tracing:
+            yield
+            return
+        first = events[0]
+        parent = propagate.extract(dict(first.metadata))
+        token = context.attach(parent)
+        try:
+            with self.tracer.start_as_current_span(
+                f"deliver {first.type}",
+                kind=trace.SpanKind.CONSUMER,
+                attributes={
+                    "messaging.system": "sluice",
+                    "messaging.destination.name": first.stream,
+                    "messaging.consumer.group.name": self.member.settings.group,
+                    "messaging.batch.message_count": len(events),
+                    "sluice.position": first.position,
+                    "sluice.partition": partition,
+                    "sluice.attempt": attempt,
+                },
+            ):
+                yield
+        finally:
+            context.detach(token)
