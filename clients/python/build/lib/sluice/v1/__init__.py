@@ -1,1 +1,0 @@
-"""Generated sluice.v1 messages and stubs (``make protos``); do not edit."""

@@ -1,1 +1,0 @@
-"""Sluice store: durable streams of events served over gRPC."""
