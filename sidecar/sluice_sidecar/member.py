@@ -239,13 +239,22 @@ class Member:
     # -- the coordination loop --------------------------------------------------------
 
     async def _coordinate(self) -> None:
-        interval = 1.0
         next_beat = 0.0
+        failures = 0
         while not self.stopping:
-            await self._commit_all()
-            if time.monotonic() >= next_beat:
-                interval = await self._heartbeat() or interval
-                next_beat = time.monotonic() + (0 if not self.joined else interval)
+            try:
+                await self._commit_all()
+                if time.monotonic() >= next_beat:
+                    interval = await self._heartbeat()
+                    if interval is None:  # store away or fenced: try again soon, backing off
+                        failures += 1
+                        interval = min(0.05 * 2**failures, 2.0)
+                    else:
+                        failures = 0
+                    next_beat = time.monotonic() + interval
+            except Exception:  # keep the membership alive whatever one round did
+                log.exception("membership round failed")
+                next_beat = time.monotonic() + 1.0
             self._wake.clear()
             wait = max(0.0, min(self.settings.commit_interval, next_beat - time.monotonic()))
             try:
