@@ -209,10 +209,3 @@ async def sidecars(store_proc: StoreProcess, app: App) -> AsyncIterator[Callable
             sc.proc.send_signal(signal.SIGCONT)
             sc.proc.kill()
             await sc.proc.wait()
-
-
-async def eventually_true(check: Callable[[], Any], timeout: float = WAIT) -> None:
-    """Poll an async check until it holds (for state only observable by asking)."""
-    async with asyncio.timeout(timeout):
-        while not await check():  # noqa: ASYNC110 (sidecar status can only be polled)
-            await asyncio.sleep(0.05)

@@ -10,8 +10,8 @@ from collections.abc import Callable
 
 from sluice import Client, new_event
 from sluice.partition import partition_of
-from tests.conftest import StoreProcess
-from tests.sidecar.conftest import App, Received, Sidecar, eventually_true
+from tests.conftest import StoreProcess, eventually
+from tests.sidecar.conftest import WAIT, App, Received, Sidecar
 
 
 async def produce(store: StoreProcess, streams: int, per_stream: int, prefix: str = "orders-") -> list[str]:
@@ -57,7 +57,7 @@ async def test_three_sidecars_share_partitions_in_order_exactly_once(
     scs = [sidecars(f"sc{i}") for i in range(3)]
     for sc in scs:
         await sc.start()
-    await eventually_true(lambda: balanced(scs))
+    await eventually(lambda: balanced(scs), timeout=WAIT)
     assert [len(await sc.partitions()) for sc in scs] == [4, 4, 4]
     ids = await produce(store_proc, streams=30, per_stream=4)
     await app.wait(lambda: app.acked_ids() >= set(ids))
@@ -74,14 +74,14 @@ async def test_kill_9_moves_partitions_within_the_lease_and_loses_nothing(
     scs = [sidecars(f"k{i}", "--commit-interval", "5s") for i in range(3)]
     for sc in scs:
         await sc.start()
-    await eventually_true(lambda: balanced(scs))
+    await eventually(lambda: balanced(scs), timeout=WAIT)
     first = await produce(store_proc, streams=30, per_stream=2)
     await app.wait(lambda: app.acked_ids() >= set(first))
     victim, rest = scs[1], [scs[0], scs[2]]
     killed_at = time.monotonic()
     victim.signal(signal.SIGKILL)
     await victim.wait()
-    await eventually_true(lambda: balanced(rest))
+    await eventually(lambda: balanced(rest), timeout=WAIT)
     moved_after = time.monotonic() - killed_at
     assert moved_after < 2.0 + 2.0 / 3 + 1.0  # lease + one heartbeat (+ polling slack)
     second = await produce(store_proc, streams=30, per_stream=2)
@@ -100,13 +100,13 @@ async def test_sigterm_hands_over_at_once_without_duplicates(
     scs = [sidecars(f"t{i}", "--lease", "20s", "--commit-interval", "10s") for i in range(2)]
     for sc in scs:
         await sc.start()
-    await eventually_true(lambda: balanced(scs))
+    await eventually(lambda: balanced(scs), timeout=WAIT)
     first = await produce(store_proc, streams=20, per_stream=2)
     await app.wait(lambda: app.acked_ids() >= set(first))
     leaving_at = time.monotonic()
     scs[1].signal(signal.SIGTERM)
     assert await scs[1].wait() == 0
-    await eventually_true(lambda: balanced([scs[0]]))
+    await eventually(lambda: balanced([scs[0]]), timeout=WAIT)
     assert time.monotonic() - leaving_at < 5.0  # far sooner than the 20s lease
     second = await produce(store_proc, streams=20, per_stream=2)
     await app.wait(lambda: app.acked_ids() >= set(first) | set(second))
@@ -148,19 +148,19 @@ async def test_a_paused_member_past_its_lease_cannot_commit_or_deliver(
     scs = [sidecars(f"p{i}") for i in range(2)]
     for sc in scs:
         await sc.start()
-    await eventually_true(lambda: balanced(scs))
+    await eventually(lambda: balanced(scs), timeout=WAIT)
     first = await produce(store_proc, streams=20, per_stream=1)
     await app.wait(lambda: app.acked_ids() >= set(first))
     paused, other = scs[1], scs[0]
     lost = await paused.partitions()
-    await eventually_true(lambda: group_lag_is_zero(store_proc))  # everything committed
+    await eventually(lambda: group_lag_is_zero(store_proc), timeout=WAIT)  # everything committed
     paused.signal(signal.SIGSTOP)
-    await eventually_true(lambda: balanced([other]))  # its lease ran out: all to the other
+    await eventually(lambda: balanced([other]), timeout=WAIT)  # its lease ran out: all to the other
     during = await produce(store_proc, streams=20, per_stream=1)
     await app.wait(lambda: app.acked_ids() >= set(first) | set(during))
     seen_before = len(app.received)
     paused.signal(signal.SIGCONT)
-    await eventually_true(lambda: balanced(scs))  # it rejoined and got a share again
+    await eventually(lambda: balanced(scs), timeout=WAIT)  # it rejoined and got a share again
     after = await produce(store_proc, streams=20, per_stream=1)
     await app.wait(lambda: app.acked_ids() >= set(first) | set(during) | set(after))
     late = app.received[seen_before:]
@@ -168,7 +168,7 @@ async def test_a_paused_member_past_its_lease_cannot_commit_or_deliver(
     assert len(app.acked) == len(first) + len(during) + len(after)
     assert not [r for r in late if r.sidecar == paused.name and r.id in set(during)]
     assert lost  # it had partitions to lose
-    await eventually_true(lambda: group_lag_is_zero(store_proc))
+    await eventually(lambda: group_lag_is_zero(store_proc), timeout=WAIT)
 
 
 async def test_store_restart_during_delivery_loses_nothing(
@@ -177,7 +177,7 @@ async def test_store_restart_during_delivery_loses_nothing(
     scs = [sidecars(f"s{i}") for i in range(2)]
     for sc in scs:
         await sc.start()
-    await eventually_true(lambda: balanced(scs))
+    await eventually(lambda: balanced(scs), timeout=WAIT)
     first = await produce(store_proc, streams=20, per_stream=2)
     assert store_proc.proc is not None
     store_proc.proc.send_signal(signal.SIGKILL)
@@ -220,7 +220,7 @@ async def test_sigterm_goes_unready_then_finishes_in_flight_work(
         async def unready() -> bool:
             return (await sc.get("/readyz", ok_only=False)).get("ready") is False
 
-        await eventually_true(unready)  # unready first, while the delivery is still held
+        await eventually(unready, timeout=WAIT)  # unready first, while the delivery is still held
         assert sc.proc is not None and sc.proc.returncode is None
         release.set()
         assert await sc.wait() == 0

@@ -17,8 +17,8 @@ from sluice import Client, new_event
 from sluice.v1 import sidecar_pb2 as spb
 from sluice.v1 import sidecar_pb2_grpc as spb_grpc
 from sluice.v1 import streams_pb2 as pb
-from tests.conftest import StoreProcess, console_spans, free_port
-from tests.sidecar.conftest import WAIT, App, Sidecar, eventually_true
+from tests.conftest import StoreProcess, console_spans, eventually, free_port
+from tests.sidecar.conftest import WAIT, App, Sidecar
 from tests.sidecar.test_mesh import in_order_per_stream, produce
 
 
@@ -58,7 +58,7 @@ async def test_pull_mode_never_has_more_outstanding_than_granted(
             status = await sc.status()
             return int(status["in_flight"]) > granted and int(status["pull_outstanding"]) == granted
 
-        await eventually_true(many_waiting)  # more events wait for credit ...
+        await eventually(many_waiting, timeout=WAIT)  # more events wait for credit ...
         assert int((await sc.status())["pull_outstanding_max"]) == granted  # ... and none went out
         # From here on the app acks each delivery at once and grants one credit for it.
         delivered = 0
@@ -72,7 +72,7 @@ async def test_pull_mode_never_has_more_outstanding_than_granted(
         async def all_delivered() -> bool:
             return int((await sc.status())["delivered"]) == len(ids)
 
-        await eventually_true(all_delivered)  # the last acks reached the sidecar
+        await eventually(all_delivered, timeout=WAIT)  # the last acks reached the sidecar
         call.cancel()
         over_grpc = await spb_grpc.SidecarStub(ch).Status(spb.StatusRequest())
         assert over_grpc.delivered == len(ids) and over_grpc.member_id == "pull0" and over_grpc.ready

@@ -6,7 +6,7 @@ import grpc
 from google.protobuf.message import Message
 
 from sluice.v1 import groups_pb2 as gpb
-from sluice_store.groups import Coordinator, GroupState, Member, duration
+from sluice_store.groups import Coordinator, GroupState, Member, duration, target_assignment
 from sluice_store.retention import US, now_us
 from sluice_store.service import StreamsService, timestamp, unary_handler
 from sluice_store.storage.base import P_CREATED, StreamFilter
@@ -71,8 +71,6 @@ class GroupsService:
     @staticmethod
     def _pending(state: GroupState, member: Member) -> set[int]:
         """Partitions the target gives this member that it does not have yet."""
-        from sluice_store.groups import target_assignment
-
         ids = sorted(state.members)
         target = target_assignment(state.partitions, ids, {i: state.members[i].assigned for i in ids})
         return target.get(member.id, set()) - member.assigned
