@@ -174,3 +174,49 @@ def test_bad_prefix_rule_names_itself(policy: str) -> None:
         return
     with pytest.raises(config.ConfigError, match="--retention"):
         config.load(["--retention", f"p-={policy}"])
+
+
+async def _first_position(c: Client, position: int, prefixes: tuple[str, ...] = ()) -> int:
+    req = pb.ReadRequest(filter=pb.Filter(stream_prefixes=prefixes))
+    getattr(req, "from").position = position
+    async for msg in c._stub.Read(req):
+        return msg.header.first_position
+    raise AssertionError("no header")
+
+
+async def test_all_stream_read_from_a_position_says_where_it_is_whole(make_store: StoreFactory) -> None:
+    store = await make_store(reclaim_interval=0.05)
+    async with Client(store.address) as c:
+        kept = await fill(c, "keep", 3)
+        trimmed = await fill(c, "trim", 5)
+        after = await fill(c, "keep", 1)
+        assert await _first_position(c, 1) == 1  # nothing removed yet
+        await c.set_retention("trim", max_count=2)  # revisions 0..2 of "trim" go
+        newest_removed = trimmed[2].first_position
+        assert await _first_position(c, 1) == newest_removed + 1
+        assert await _first_position(c, newest_removed) == newest_removed + 1
+        # From just above the newest removed event, or with a filter it does not match, the read is whole.
+        assert await _first_position(c, newest_removed + 1) == 1
+        assert await _first_position(c, 1, ("keep",)) == 1
+        # Reclaimed for good (rows deleted): the store still knows where they were.
+        await eventually(lambda: asyncio.sleep(0, stored(store, "trim") == [3, 4]))
+        assert await _first_position(c, kept[0].first_position, ("tr",)) == newest_removed + 1
+        assert after[0].first_position > newest_removed
+
+
+async def test_schema_1_database_is_migrated_at_start(make_store: StoreFactory, tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    store = await make_store(db=f"sqlite:///{path}")
+    async with Client(store.address) as c:
+        await fill(c, "s", 2)
+    await store.stop()
+    with sqlite3.connect(path) as db:  # make it look like a version 1 file
+        db.execute("ALTER TABLE streams DROP COLUMN removed_position")
+        db.execute("UPDATE schema_version SET version = 1")
+    store = await make_store(db=f"sqlite:///{path}")
+    async with Client(store.address) as c:
+        assert await revisions(c, "s") == [0, 1]
+        await c.set_retention("s", max_count=1)
+        assert await _first_position(c, 1) == 2
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(2,)]

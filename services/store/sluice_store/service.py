@@ -388,9 +388,12 @@ class StreamsService:
         if start.kind == "revision":
             raise InvalidArgument("a revision start needs a stream", field="from.revision")
         head = self.storage.head_position
-        yield pb.ReadResponse(header=pb.ReadHeader(head_position=head, first_position=1))
         position = await self._position(start, backwards)
         filt = self._filter(request.filter)
+        first = 1
+        if not backwards and start.kind in ("position", "time"):
+            first = await self.storage.removed_upto(filt, position) + 1
+        yield pb.ReadResponse(header=pb.ReadHeader(head_position=head, first_position=first))
         while remaining > 0 and (position >= 1 if backwards else position <= head):
             rows, position, done = await self.storage.read_all(
                 position, backwards, min(batch, remaining), filt, with_data

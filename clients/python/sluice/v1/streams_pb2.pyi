@@ -691,7 +691,10 @@ class ReadHeader(_message.Message):
     head_position: _builtins.int
     """The position of the newest event in the store when the read began."""
     first_position: _builtins.int
-    """All-stream reads: the lowest position that may still hold an event."""
+    """All-stream reads forwards from a position or a time: where the read is whole.
+    When it is above the start, retention or deletion removed matching events below
+    it (the ones still stored are read); from it on, nothing is missing. Otherwise 1.
+    """
     def __init__(
         self,
         *,

@@ -218,6 +218,11 @@ class Storage(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def removed_upto(self, filt: StreamFilter, since: int) -> int:
+        """The newest position at or after ``since`` of a filtered event that retention or
+        deletion removed or hides (0 if none): a read from ``since`` misses nothing above it."""
+
+    @abc.abstractmethod
     async def position_at_time(self, time_us: int, backwards: bool) -> int:
         """The first position created at or after a time (or the last at or before it)."""
 

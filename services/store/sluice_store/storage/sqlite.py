@@ -46,7 +46,7 @@ from sluice_store.storage.base import (
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS streams (
     id             INTEGER PRIMARY KEY,
@@ -58,6 +58,7 @@ CREATE TABLE IF NOT EXISTS streams (
     deleted_before INTEGER NOT NULL DEFAULT 0,
     bytes_floor    INTEGER NOT NULL DEFAULT 0,
     first_stored   INTEGER NOT NULL DEFAULT 0,
+    removed_position INTEGER NOT NULL DEFAULT 0,  -- newest position reclaimed
     retention      TEXT,
     created_us     INTEGER NOT NULL,
     updated_us     INTEGER NOT NULL
@@ -89,6 +90,11 @@ CREATE TABLE IF NOT EXISTS group_cursors (
     PRIMARY KEY (grp, partition)
 ) WITHOUT ROWID;
 """
+# Steps from the previous schema version to each version (in one transaction with the
+# version bump).
+MIGRATIONS = {
+    2: "ALTER TABLE streams ADD COLUMN removed_position INTEGER NOT NULL DEFAULT 0;",
+}
 STREAM_COLUMNS = (
     "id, name, last_revision, last_position, state, deleted_before, bytes_floor, "
     "first_stored, retention, created_us, updated_us"
@@ -227,6 +233,10 @@ class SQLiteStorage(Storage):
             w.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
         elif rows[0][0] > SCHEMA_VERSION:
             raise StoreUnavailable(f"database schema {rows[0][0]} is newer than this store's")
+        else:
+            for version in range(rows[0][0] + 1, SCHEMA_VERSION + 1):
+                w.executescript(MIGRATIONS[version])
+                w.execute("UPDATE schema_version SET version = ?", (version,))
         w.commit()
         head_e, head_s, max_id, last_created = w.execute(
             "SELECT (SELECT MAX(position) FROM events), (SELECT MAX(last_position) FROM streams),"
@@ -544,6 +554,35 @@ class SQLiteStorage(Storage):
                 out.append(row)
         return out
 
+    async def removed_upto(self, filt: StreamFilter, since: int) -> int:
+        # Only streams some rule touches can have lost events, and they are all in memory.
+        prefixes = filt.prefixes
+        streams = [
+            m
+            for m in self._retained.values()
+            if m.last_position >= since
+            and (not prefixes or m.name.startswith(prefixes))
+            and (not filt.partition_count or filt.in_partitions(m.name))
+        ]
+        if not streams:
+            return 0
+        now = now_us()
+        types = f" AND type IN ({','.join('?' * len(filt.types))})" if filt.types else ""
+        newest = 0
+        async with self._reader() as r:
+            for meta in streams:
+                cutoff = age_cutoff_us(meta.policy, now)
+                floor = meta.last_revision + 1 if meta.state == State.TOMBSTONED else meta.floor()
+                rows = await r.execute_fetchall(
+                    "SELECT (SELECT removed_position FROM streams WHERE id = ?1),"
+                    f" (SELECT MAX(position) FROM events WHERE stream_id = ?1 AND revision < ?2{types}),"
+                    f" (SELECT MAX(position) FROM events WHERE stream_id = ?1 AND created_us < ?3{types})",
+                    (meta.id, floor, cutoff, *filt.types),
+                )
+                for value in next(iter(rows)):
+                    newest = max(newest, value or 0)
+        return newest if newest >= since else 0
+
     async def position_at_time(self, time_us: int, backwards: bool) -> int:
         # created_us never decreases with position, so a binary search over the primary
         # key finds the boundary without an index on time (which would slow every append).
@@ -685,10 +724,15 @@ class SQLiteStorage(Storage):
     def _remove_sync(self, stream_id: int, below: int) -> int:
         """(writer thread) Delete a stream's events below a revision; how many went."""
         assert self._writer is not None
-        cur = self._writer.execute(
-            "DELETE FROM events WHERE stream_id = ? AND revision < ?", (stream_id, below)
+        w = self._writer
+        ((newest,),) = w.execute(
+            "SELECT MAX(position) FROM events WHERE stream_id = ? AND revision < ?", (stream_id, below)
+        ).fetchall()
+        cur = w.execute("DELETE FROM events WHERE stream_id = ? AND revision < ?", (stream_id, below))
+        w.execute(
+            "UPDATE streams SET first_stored = ?, removed_position = MAX(removed_position, ?) WHERE id = ?",
+            (below, newest or 0, stream_id),
         )
-        self._writer.execute("UPDATE streams SET first_stored = ? WHERE id = ?", (below, stream_id))
         self._writer.commit()
         return max(cur.rowcount, 0)
 
