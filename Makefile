@@ -13,10 +13,10 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 install: $(STAMP)
 
-$(STAMP): constraints.txt requirements-dev.txt clients/python/pyproject.toml services/store/pyproject.toml sidecar/pyproject.toml
+$(STAMP): constraints.txt requirements-dev.txt clients/python/pyproject.toml services/store/pyproject.toml services/gateway/pyproject.toml sidecar/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -r requirements-dev.txt -e clients/python -e services/store -e sidecar
+	$(PY) -m pip install -q -c constraints.txt -r requirements-dev.txt -e clients/python -e services/store -e services/gateway -e sidecar
 	touch $@
 
 # Regenerate the committed stubs from protos/ (proto path = import path: sluice/v1/...).

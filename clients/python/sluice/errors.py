@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import grpc
+from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
+
+#: The ErrorInfo domain of every Sluice error.
+DOMAIN = "sluice.v1"
 
 
 class SluiceError(Exception):
@@ -65,6 +69,15 @@ class LimitExceeded(SluiceError):
     """A configured limit was exceeded; ``metadata["limit"]`` names it."""
 
 
+class SubscriberTooSlow(SluiceError):
+    """A gateway subscription that asked to be disconnected when it fell behind was."""
+
+    @property
+    def position(self) -> int:
+        """The cursor to watch again from: nothing below it was missed."""
+        return int(self.metadata.get("position", "0"))
+
+
 class Unavailable(SluiceError):
     """The store cannot serve now (shutting down, restarting, unreachable): retry."""
 
@@ -80,6 +93,7 @@ _BY_REASON: dict[str, type[SluiceError]] = {
     "SYSTEM_STREAM_RESERVED": InvalidArgument,
     "LIMIT_EXCEEDED": LimitExceeded,
     "STORE_UNAVAILABLE": Unavailable,
+    "SUBSCRIBER_TOO_SLOW": SubscriberTooSlow,
 }
 _BY_CODE: dict[grpc.StatusCode, type[SluiceError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
@@ -112,3 +126,23 @@ def from_rpc_error(err: grpc.aio.AioRpcError | grpc.RpcError) -> SluiceError:
     message = err.details() if hasattr(err, "details") else str(err)
     cls = _BY_CODE.get(code, SluiceError)
     return cls(message or str(code), code)
+
+
+def make_status(
+    code: grpc.StatusCode, reason: str, message: str, metadata: dict[str, str]
+) -> status_pb2.Status:
+    """A google.rpc.Status with an ErrorInfo detail, plus BadRequest for an invalid ``field``
+    and QuotaFailure for an exceeded ``limit`` (what servers send and from_status reads)."""
+    details: list[object] = [error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata)]
+    if code == grpc.StatusCode.INVALID_ARGUMENT and "field" in metadata:
+        violation = error_details_pb2.BadRequest.FieldViolation(field=metadata["field"], description=message)
+        details.append(error_details_pb2.BadRequest(field_violations=[violation]))
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "limit" in metadata:
+        quota = error_details_pb2.QuotaFailure.Violation(subject=metadata["limit"], description=message)
+        details.append(error_details_pb2.QuotaFailure(violations=[quota]))
+    packed = []
+    for d in details:
+        a = any_pb2.Any()
+        a.Pack(d)  # type: ignore[arg-type]
+        packed.append(a)
+    return status_pb2.Status(code=code.value[0], message=message, details=packed)

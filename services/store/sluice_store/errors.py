@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import grpc
-from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import code_pb2, status_pb2
 from grpc_status import rpc_status
 
+from sluice.errors import make_status
 from sluice.v1 import streams_pb2 as pb
-
-DOMAIN = "sluice.v1"
 
 
 class StoreError(Exception):
@@ -92,38 +90,7 @@ def status_code(err: StoreError, reading: bool = False) -> grpc.StatusCode:
 
 def to_status(err: StoreError, reading: bool = False) -> status_pb2.Status:
     """A google.rpc.Status with an ErrorInfo detail (and BadRequest for invalid fields)."""
-    code = status_code(err, reading)
-    details = []
-    info = error_details_pb2.ErrorInfo(
-        reason=pb.ErrorReason.Name(err.reason), domain=DOMAIN, metadata=err.metadata
-    )
-    details.append(info)
-    if code == grpc.StatusCode.INVALID_ARGUMENT and "field" in err.metadata:
-        details.append(
-            error_details_pb2.BadRequest(
-                field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(
-                        field=err.metadata["field"], description=err.message
-                    )
-                ]
-            )
-        )
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "limit" in err.metadata:
-        details.append(
-            error_details_pb2.QuotaFailure(
-                violations=[
-                    error_details_pb2.QuotaFailure.Violation(
-                        subject=err.metadata["limit"], description=err.message
-                    )
-                ]
-            )
-        )
-    packed = []
-    for d in details:
-        a = any_pb2.Any()
-        a.Pack(d)
-        packed.append(a)
-    return status_pb2.Status(code=code.value[0], message=err.message, details=packed)
+    return make_status(status_code(err, reading), pb.ErrorReason.Name(err.reason), err.message, err.metadata)
 
 
 def internal_status(message: str) -> status_pb2.Status:

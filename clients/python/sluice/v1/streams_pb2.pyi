@@ -77,6 +77,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """
     UNKNOWN_MEMBER: _ErrorReason.ValueType  # 15
     """FAILED_PRECONDITION: the member is not in the group (its lease expired): join again."""
+    SUBSCRIBER_TOO_SLOW: _ErrorReason.ValueType  # 16
+    """RESOURCE_EXHAUSTED: a gateway subscriber that chose OVERFLOW_POLICY_DISCONNECT fell
+    too far behind. metadata: position (its cursor: watch again from it), buffer_size.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Why a request was refused; the `reason` of the google.rpc.ErrorInfo detail."""
@@ -115,6 +119,10 @@ member_id, partition.
 """
 UNKNOWN_MEMBER: ErrorReason.ValueType  # 15
 """FAILED_PRECONDITION: the member is not in the group (its lease expired): join again."""
+SUBSCRIBER_TOO_SLOW: ErrorReason.ValueType  # 16
+"""RESOURCE_EXHAUSTED: a gateway subscriber that chose OVERFLOW_POLICY_DISCONNECT fell
+too far behind. metadata: position (its cursor: watch again from it), buffer_size.
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 class _StreamState:

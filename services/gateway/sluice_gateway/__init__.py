@@ -1,0 +1,1 @@
+"""The Sluice gateway: one live feed from the store, fanned out to many subscribers."""

@@ -1,0 +1,69 @@
+"""Gateway settings: flags and ``SLUICE_*`` variables, typed once."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+from sluice import settings
+from sluice.settings import ConfigError, Option, parse_bool, parse_duration
+
+__all__ = ["OPTIONS", "ConfigError", "Settings", "load"]
+
+OPTIONS: tuple[Option, ...] = (
+    Option("addr", "127.0.0.1:50052", str, "gRPC address (host:port)", env_name="SLUICE_GATEWAY_ADDR"),
+    Option("store", "127.0.0.1:50051", str, "the store's address", env_name="SLUICE_STORE_ADDR"),
+    Option(
+        "http_addr",
+        "127.0.0.1:8052",
+        str,
+        "HTTP address: Server-Sent Events, /metrics, /healthz; empty: off",
+        env_name="SLUICE_GATEWAY_HTTP_ADDR",
+    ),
+    Option("reuse_port", True, parse_bool, "let several gateway processes listen on one port"),
+    Option("buffer_size", 10_000, int, "events held per subscriber before its overflow policy applies"),
+    Option("max_buffer_size", 100_000, int, "the most a subscriber may ask to be held for it"),
+    Option("max_batch", 1000, int, "most events in one message to a subscriber"),
+    Option("flush_interval", 0.002, parse_duration, "a subscriber gets at most one message this often"),
+    Option("heartbeat_interval", 5.0, parse_duration, "default heartbeat interval of a subscription"),
+    Option("ephemeral_ttl", 30.0, parse_duration, "default time to live of published messages"),
+    Option("reconnect_backoff", 2.0, parse_duration, "longest wait between attempts to reach the store"),
+    Option("grace", 5.0, parse_duration, "seconds in-flight calls get on shutdown"),
+    Option("uvloop", True, parse_bool, "use uvloop when installed"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The gateway's configuration; see OPTIONS for each field's meaning."""
+
+    addr: str = "127.0.0.1:50052"
+    store: str = "127.0.0.1:50051"
+    http_addr: str = "127.0.0.1:8052"
+    reuse_port: bool = True
+    buffer_size: int = 10_000
+    max_buffer_size: int = 100_000
+    max_batch: int = 1000
+    flush_interval: float = 0.002
+    heartbeat_interval: float = 5.0
+    ephemeral_ttl: float = 30.0
+    reconnect_backoff: float = 2.0
+    grace: float = 5.0
+    uvloop: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("buffer_size", "max_buffer_size", "max_batch"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name}: must be positive, got {getattr(self, name)}")
+        if self.buffer_size > self.max_buffer_size:
+            raise ConfigError("buffer_size: must not exceed max_buffer_size")
+        for name in ("heartbeat_interval", "ephemeral_ttl", "reconnect_backoff"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name}: must be positive, got {getattr(self, name)}")
+        if self.flush_interval < 0:
+            raise ConfigError("flush_interval: must not be negative")
+
+
+def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """The gateway's settings from flags, ``SLUICE_*`` variables and defaults."""
+    return settings.load(Settings, OPTIONS, "sluice-gateway", "Run the Sluice gateway.", argv, env)

@@ -1,0 +1,242 @@
+"""The fan-out: each batch from the live feed goes to every matching subscriber.
+
+Subscribers with the same filter, delivery form and encoding share one *group*: for each
+batch the group's matching events are found and serialised once, and the same bytes are
+queued for every member. Queuing never waits on a subscriber; a subscriber whose queue
+passes its limit is handled by its overflow policy at once (see Subscriber.overflow).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections import deque
+from collections.abc import Callable
+
+from sluice.v1 import gateway_pb2 as gpb
+from sluice_gateway import wire
+from sluice_gateway.wire import Record
+
+CATCH_UP = gpb.OVERFLOW_POLICY_CATCH_UP
+DROP = gpb.OVERFLOW_POLICY_DROP
+DISCONNECT = gpb.OVERFLOW_POLICY_DISCONNECT
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Filter:
+    """Exact streams or stream prefixes (either matches; both empty: all), and event types."""
+
+    streams: frozenset[str] = frozenset()
+    prefixes: tuple[str, ...] = ()
+    types: frozenset[str] = frozenset()
+
+    @property
+    def everything(self) -> bool:
+        return not (self.streams or self.prefixes or self.types)
+
+    def matches(self, stream: str, type_: str) -> bool:
+        if self.types and type_ not in self.types:
+            return False
+        if not (self.streams or self.prefixes):
+            return True
+        return stream in self.streams or (bool(self.prefixes) and stream.startswith(self.prefixes))
+
+    def store_prefixes(self) -> list[str]:
+        """Prefixes for a store read that returns at least the matching events."""
+        if not (self.streams or self.prefixes):
+            return []
+        return sorted(set(self.prefixes) | self.streams)
+
+
+# How a group's chunk is built for one encoding.
+Encoder = Callable[[list[Record], int], bytes]
+GRPC: Encoder = wire.events_chunk
+SSE: Encoder = wire.sse_chunk
+
+
+class Subscriber:
+    """One subscriber's queue at the gateway, and what happened to it while it was not reading."""
+
+    def __init__(
+        self,
+        filt: Filter,
+        form: int,
+        encoder: Encoder,
+        limit: int,
+        policy: int,
+        ephemeral: bool = True,
+    ) -> None:
+        self.filt = filt
+        self.form = form
+        self.encoder = encoder
+        self.limit = limit
+        self.policy = policy or CATCH_UP
+        self.ephemeral = ephemeral
+        self.key = (filt, form, encoder)
+        self.chunks: deque[tuple[bytes, int, int]] = deque()  # (bytes, events, last position)
+        self.queued = 0  # events in chunks
+        self.skip_below = 0  # just joined past the hub's position: ignore events below this
+        self.messages: deque[tuple[float, bytes]] = deque()  # (expires, ephemeral chunk)
+        self.cursor = 1  # every matching event below it was delivered, queued or reported
+        self.gap: tuple[int, int] | None = None  # DROP: positions skipped, to report
+        self.fell_behind = False  # CATCH_UP: left the fan-out, to be served from the store
+        self.disconnect = False  # DISCONNECT: to be ended with RESOURCE_EXHAUSTED
+        self.live = False
+        self.closed = False
+        self.wakeup = asyncio.Event()
+        self.on_disconnect: Callable[[], object] | None = None
+
+    def take(self, max_events: int, max_bytes: int = 1 << 20) -> tuple[bytes, int]:
+        """Queued events for one message (at least one chunk, then up to the limits), and the
+        last position they hold."""
+        chunks = self.chunks
+        body, n, last = chunks.popleft()
+        out = [body]
+        size = len(body)
+        while chunks and n + chunks[0][1] <= max_events and size + len(chunks[0][0]) <= max_bytes:
+            body, k, last = chunks.popleft()
+            out.append(body)
+            n += k
+            size += len(body)
+        self.queued -= n
+        return b"".join(out), last
+
+    def take_messages(self) -> list[bytes]:
+        """Queued published messages still within their time to live."""
+        now = time.monotonic()
+        out = [chunk for expires, chunk in self.messages if expires > now]
+        self.messages.clear()
+        return out
+
+
+class Hub:
+    """Subscribers by group; the live feed calls dispatch() with each batch in position order."""
+
+    def __init__(self) -> None:
+        self.position = 0  # the newest position dispatched
+        self.ready = asyncio.Event()  # set once the feed has told the head
+        self._groups: dict[tuple[object, ...], list[Subscriber]] = {}
+        self.subscribers = 0
+        self.deliveries = 0  # events queued, counted per subscriber
+        self.drops = 0
+        self.catch_ups = 0
+        self.disconnects = 0
+
+    def __len__(self) -> int:
+        return self.subscribers
+
+    def register(self, sub: Subscriber, cursor: int = 0) -> None:
+        """Join the live fan-out. The subscriber has every matching event below ``cursor``
+        (default: everything dispatched so far)."""
+        sub.cursor = max(cursor, self.position + 1)
+        sub.skip_below = cursor if cursor > self.position + 1 else 0
+        sub.live = True
+        self._groups.setdefault(sub.key, []).append(sub)
+        self.subscribers += 1
+
+    def unregister(self, sub: Subscriber) -> None:
+        if not sub.live:
+            return
+        sub.live = False
+        group = self._groups.get(sub.key)
+        if group is not None:
+            group.remove(sub)
+            if not group:
+                del self._groups[sub.key]
+        self.subscribers -= 1
+
+    def advance(self, position: int) -> None:
+        """The feed reached ``position`` without events (caught up, heartbeat)."""
+        if position > self.position:
+            self.position = position
+        self.ready.set()
+
+    def dispatch(self, records: list[Record]) -> None:
+        """Queue a batch (in position order, above self.position) for every matching subscriber."""
+        if not records:
+            return
+        last = records[-1].position
+        for key, subs in list(self._groups.items()):
+            filt, form, encoder = key
+            assert isinstance(filt, Filter)
+            if filt.everything:
+                matched = records
+            else:
+                match = filt.matches
+                matched = [r for r in records if match(r.stream, r.type)]
+            if not matched:
+                continue
+            chunk = encoder(matched, form)  # type: ignore[operator]
+            n = len(matched)
+            first = matched[0].position
+            for sub in list(subs):
+                if sub.skip_below:
+                    if sub.skip_below > last:
+                        continue
+                    mine = [r for r in matched if r.position >= sub.skip_below]
+                    sub.skip_below = 0
+                    if mine:
+                        self._queue(sub, encoder(mine, form), len(mine), mine[0].position, last)  # type: ignore[operator]
+                    continue
+                self._queue(sub, chunk, n, first, last)
+        self.position = last
+        self.ready.set()
+
+    def _queue(self, sub: Subscriber, chunk: bytes, n: int, first: int, last: int) -> None:
+        sub.chunks.append((chunk, n, last))
+        sub.queued += n
+        self.deliveries += n
+        if sub.queued > sub.limit and len(sub.chunks) > 1:
+            self._overflow(sub, first)
+        sub.wakeup.set()
+
+    def _overflow(self, sub: Subscriber, newest_first: int) -> None:
+        """Apply the subscriber's policy; it never makes the fan-out wait."""
+        if sub.policy == DROP:
+            # Keep the newest chunk; report everything queued before it as a gap.
+            newest = sub.chunks.pop()
+            lo = sub.gap[0] if sub.gap else sub.cursor
+            sub.gap = (lo, newest_first)
+            self.drops += sub.queued - newest[1]
+            sub.chunks.clear()
+            sub.chunks.append(newest)
+            sub.queued = newest[1]
+            return
+        self.unregister(sub)
+        sub.chunks.clear()
+        sub.queued = 0
+        if sub.policy == DISCONNECT:
+            sub.disconnect = True
+            self.disconnects += 1
+            if sub.on_disconnect is not None:
+                sub.on_disconnect()
+        else:
+            sub.fell_behind = True
+            self.catch_ups += 1
+
+    def publish(self, record: Record, expires: float) -> int:
+        """Queue a published message for the matching live subscribers; how many."""
+        count = 0
+        for key, subs in self._groups.items():
+            filt, form, encoder = key
+            assert isinstance(filt, Filter)
+            if not filt.matches(record.stream, record.type):
+                continue
+            chunk = encoder([record], form)  # type: ignore[operator]
+            for sub in subs:
+                if not sub.ephemeral:
+                    continue
+                if len(sub.messages) >= sub.limit:
+                    sub.messages.popleft()  # the oldest would expire first anyway
+                    self.drops += 1
+                sub.messages.append((expires, chunk))
+                sub.wakeup.set()
+                count += 1
+        return count
+
+    def close(self) -> None:
+        for subs in self._groups.values():
+            for sub in subs:
+                sub.closed = True
+                sub.wakeup.set()

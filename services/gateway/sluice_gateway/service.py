@@ -1,0 +1,381 @@
+"""sluice.v1.Gateway: Watch (catch up from the store, then live fan-out) and Publish.
+
+A watch runs as one *session*: it catches up from the store when it starts from a
+cursor, joins the hub, and then writes what the hub queues for it. The session is the
+same for gRPC and for Server-Sent Events; a Format turns its output into bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import grpc
+from google.protobuf import timestamp_pb2
+from grpc_status import rpc_status
+
+from sluice.errors import make_status
+from sluice.ids import uuid7
+from sluice.v1 import gateway_pb2 as gpb
+from sluice.v1 import streams_pb2 as pb
+from sluice.v1 import streams_pb2_grpc as pb_grpc
+from sluice_gateway import wire
+from sluice_gateway.config import Settings
+from sluice_gateway.hub import DISCONNECT, GRPC, SSE, Encoder, Filter, Hub, Subscriber
+
+log = logging.getLogger(__name__)
+
+_has_control = re.compile("[\x00-\x1f\x7f]").search
+READY_TIMEOUT = 10.0  # how long a new watch waits for the gateway's first contact with the store
+
+
+class GatewayError(Exception):
+    """A refused or failed watch or publish: status code, ErrorReason name, metadata."""
+
+    def __init__(self, code: grpc.StatusCode, reason: str, message: str, **metadata: object) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+        self.message = message
+        self.metadata = {k: str(v) for k, v in metadata.items()}
+
+    async def abort(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        status = make_status(self.code, self.reason, self.message, self.metadata)
+        await context.abort_with_status(rpc_status.to_status(status))
+
+
+def invalid(message: str, field: str) -> GatewayError:
+    return GatewayError(grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", message, field=field)
+
+
+def unavailable(message: str) -> GatewayError:
+    return GatewayError(grpc.StatusCode.UNAVAILABLE, "STORE_UNAVAILABLE", message)
+
+
+def check_name(name: str, field: str, max_len: int = 256) -> None:
+    if not name or len(name) > max_len or _has_control(name):
+        raise invalid(f"{field}: 1..{max_len} characters without control characters, got {name!r}", field)
+
+
+class Format(Protocol):
+    """How a session's output becomes bytes on one transport."""
+
+    encoder: Encoder
+
+    def events(self, body: bytes, position: int) -> bytes: ...
+    def ephemeral(self, body: bytes, position: int) -> bytes: ...
+    def caught_up(self, position: int) -> bytes: ...
+    def heartbeat(self, head: int, position: int) -> bytes: ...
+    def fell_behind(self, position: int) -> bytes: ...
+    def gap(self, reason: int, lo: int, hi: int, position: int) -> bytes: ...
+
+
+def _now() -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.GetCurrentTime()
+    return ts
+
+
+class GrpcFormat:
+    """Serialized WatchResponse messages."""
+
+    encoder: Encoder = GRPC
+
+    def events(self, body: bytes, position: int) -> bytes:
+        return wire.watch_message(wire.TAG_EVENTS, body, position)
+
+    def ephemeral(self, body: bytes, position: int) -> bytes:
+        return wire.watch_message(wire.TAG_EPHEMERAL, body, position)
+
+    def caught_up(self, position: int) -> bytes:
+        return gpb.WatchResponse(
+            caught_up=pb.CaughtUp(position=position), position=position
+        ).SerializeToString()
+
+    def heartbeat(self, head: int, position: int) -> bytes:
+        hb = pb.Heartbeat(head_position=head, time=_now())
+        return gpb.WatchResponse(heartbeat=hb, position=position).SerializeToString()
+
+    def fell_behind(self, position: int) -> bytes:
+        msg = gpb.WatchResponse(fell_behind=pb.FellBehind(position=position), position=position)
+        return msg.SerializeToString()
+
+    def gap(self, reason: int, lo: int, hi: int, position: int) -> bytes:
+        g = gpb.Gap(reason=reason, from_position=lo, to_position=hi)  # type: ignore[arg-type]
+        return gpb.WatchResponse(gap=g, position=position).SerializeToString()
+
+
+class SseFormat:
+    """Server-Sent Events: each event's id is its position (resume with Last-Event-ID)."""
+
+    encoder: Encoder = SSE
+
+    def events(self, body: bytes, position: int) -> bytes:
+        return body
+
+    def ephemeral(self, body: bytes, position: int) -> bytes:
+        return body
+
+    def caught_up(self, position: int) -> bytes:
+        return wire.sse_control("caught_up", {"position": position})
+
+    def heartbeat(self, head: int, position: int) -> bytes:
+        return wire.sse_control("heartbeat", {"head_position": head, "position": position})
+
+    def fell_behind(self, position: int) -> bytes:
+        return wire.sse_control("fell_behind", {"position": position})
+
+    def gap(self, reason: int, lo: int, hi: int, position: int) -> bytes:
+        name = gpb.Gap.Reason.Name(reason).removeprefix("REASON_").lower()  # type: ignore[arg-type]
+        return wire.sse_control("gap", {"reason": name, "from_position": lo, "to_position": hi})
+
+
+Write = Callable[[bytes], Awaitable[None]]
+
+
+class Gateway:
+    """The sessions' shared parts: the hub, the store, the settings."""
+
+    def __init__(self, hub: Hub, store: pb_grpc.StreamsStub, settings: Settings) -> None:
+        self.hub = hub
+        self.store = store
+        self.settings = settings
+
+    def subscriber(self, request: gpb.WatchRequest, encoder: Encoder) -> tuple[Subscriber, int | None]:
+        """A subscriber for a request, and its start cursor (None: live); raises GatewayError."""
+        for i, name in enumerate(request.streams):
+            check_name(name, f"streams[{i}]")
+        for i, prefix in enumerate(request.stream_prefixes):
+            check_name(prefix, f"stream_prefixes[{i}]")
+        for i, type_ in enumerate(request.event_types):
+            check_name(type_, f"event_types[{i}]")
+        if request.form not in gpb.DeliveryForm.values():
+            raise invalid(f"form: unknown delivery form {request.form}", "form")
+        if request.overflow not in gpb.OverflowPolicy.values():
+            raise invalid(f"overflow: unknown policy {request.overflow}", "overflow")
+        s = self.settings
+        if request.buffer_size > s.max_buffer_size:
+            raise GatewayError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "LIMIT_EXCEEDED",
+                f"buffer_size: at most {s.max_buffer_size}, asked {request.buffer_size}",
+                limit="max_buffer_size",
+                value=request.buffer_size,
+                max=s.max_buffer_size,
+            )
+        filt = Filter(
+            frozenset(request.streams), tuple(request.stream_prefixes), frozenset(request.event_types)
+        )
+        form = request.form or wire.FULL
+        sub = Subscriber(
+            filt,
+            form,
+            encoder,
+            request.buffer_size or s.buffer_size,
+            request.overflow,
+            ephemeral=not request.exclude_ephemeral,
+        )
+        start = request.position if request.WhichOneof("start") == "position" else None
+        if start is not None and start < 1:
+            raise invalid("position: cursors start at 1", "position")
+        return sub, start
+
+    async def _ready(self) -> None:
+        try:
+            await asyncio.wait_for(self.hub.ready.wait(), READY_TIMEOUT)
+        except TimeoutError:
+            raise unavailable(f"the gateway has not reached the store at {self.settings.store} yet") from None
+
+    async def session(
+        self, sub: Subscriber, start: int | None, fmt: Format, write: Write, heartbeat: float
+    ) -> None:
+        """Serve one subscriber until it goes, the gateway closes, or its policy ends it."""
+        hub = self.hub
+        await self._ready()
+        if start is None:
+            hub.register(sub)
+            await write(fmt.caught_up(sub.cursor))
+        else:
+            await self._catch_up(sub, start, fmt, write, resume=True)
+        flush = self.settings.flush_interval
+        max_batch = self.settings.max_batch
+        sent = 0.0
+        try:
+            while not sub.closed:
+                if sub.fell_behind:
+                    sub.fell_behind = False
+                    await write(fmt.fell_behind(sub.cursor))
+                    await self._catch_up(sub, sub.cursor, fmt, write, resume=False)
+                    continue
+                if not (sub.chunks or sub.messages or sub.gap):
+                    sub.wakeup.clear()
+                    try:
+                        await asyncio.wait_for(sub.wakeup.wait(), heartbeat)
+                    except TimeoutError:
+                        if sub.live and not sub.chunks:
+                            sub.cursor = max(sub.cursor, hub.position + 1)
+                        await write(fmt.heartbeat(hub.position, sub.cursor))
+                    continue
+                if flush:  # let events that arrive close together go in one message
+                    wait = sent + flush - time.monotonic()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                if sub.messages:
+                    body = b"".join(sub.take_messages())
+                    if body:
+                        await write(fmt.ephemeral(body, sub.cursor))
+                if sub.gap:
+                    lo, hi = sub.gap
+                    sub.gap = None
+                    sub.cursor = max(sub.cursor, hi)
+                    await write(fmt.gap(gpb.Gap.REASON_DROPPED, lo, hi, sub.cursor))
+                if sub.chunks:
+                    body, last = sub.take(max_batch)
+                    sub.cursor = hub.position + 1 if not sub.chunks and sub.live else last + 1
+                    await write(fmt.events(body, sub.cursor))
+                sent = time.monotonic()
+        finally:
+            hub.unregister(sub)
+
+    async def _catch_up(self, sub: Subscriber, cursor: int, fmt: Format, write: Write, resume: bool) -> None:
+        """Serve the subscriber from the store up to the hub's position, then join the hub."""
+        filt, form = sub.filt, sub.form
+        req = pb.ReadRequest(
+            filter=pb.Filter(stream_prefixes=filt.store_prefixes(), event_types=sorted(filt.types)),
+            notifications_only=form == wire.NOTIFICATION,
+            batch_size=self.settings.max_batch,
+        )
+        exact = bool(filt.streams)
+        backoff = 0.05
+        while True:
+            getattr(req, "from").position = cursor
+            head = -1
+            try:
+                async for msg in self.store.Read(req):
+                    if msg.HasField("header"):
+                        head = msg.header.head_position
+                        first = msg.header.first_position
+                        if resume and first > cursor:
+                            await write(fmt.gap(gpb.Gap.REASON_REMOVED_BY_RETENTION, cursor, first, cursor))
+                        resume = False
+                        continue
+                    events = msg.events
+                    if exact:
+                        records = [wire.record_of(e) for e in events if filt.matches(e.stream, e.type)]
+                    else:
+                        records = [wire.record_of(e) for e in events]
+                    if events:
+                        cursor = events[-1].position + 1
+                    if records:
+                        await write(fmt.events(sub.encoder(records, form), cursor))
+            except grpc.aio.AioRpcError as e:
+                if e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+                    raise GatewayError(
+                        e.code(), "STORE_UNAVAILABLE", f"catch-up read failed: {e.details()}"
+                    ) from e
+                log.info("catch-up read interrupted (%s); retrying", e.code().name)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.settings.reconnect_backoff)
+                continue
+            cursor = max(cursor, head + 1)
+            if head >= self.hub.position and not sub.closed:
+                self.hub.register(sub, cursor)  # no await since the read ended: nothing slips between
+                await write(fmt.caught_up(sub.cursor))
+                return
+            if sub.closed:
+                return
+
+
+class GatewayService:
+    """gRPC handlers for sluice.v1.Gateway (registered with byte-passing serializers)."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.settings = gateway.settings
+
+    async def Watch(self, request: gpb.WatchRequest, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        try:
+            sub, start = self.gateway.subscriber(request, GRPC)
+        except GatewayError as e:
+            await e.abort(context)
+            return
+        heartbeat = request.heartbeat_interval_ms / 1000 or self.settings.heartbeat_interval
+        sender = asyncio.create_task(self.gateway.session(sub, start, GrpcFormat(), context.write, heartbeat))
+        if sub.policy == DISCONNECT:
+            sub.on_disconnect = sender.cancel
+        try:
+            await sender
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if sub.disconnect and task is not None and not task.cancelling():
+                await GatewayError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    "SUBSCRIBER_TOO_SLOW",
+                    f"more than {sub.limit} events waited for this subscriber; watch again from position"
+                    f" {sub.cursor}",
+                    position=sub.cursor,
+                    buffer_size=sub.limit,
+                ).abort(context)
+                return
+            raise
+        except GatewayError as e:
+            await e.abort(context)
+        finally:
+            sender.cancel()
+            self.gateway.hub.unregister(sub)
+
+    async def Publish(
+        self, request: gpb.PublishRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> gpb.PublishResponse:
+        try:
+            return self.publish(request)
+        except GatewayError as e:
+            await e.abort(context)
+            raise AssertionError("unreachable") from None
+
+    def publish(self, request: gpb.PublishRequest) -> gpb.PublishResponse:
+        check_name(request.stream, "stream")
+        check_name(request.type, "type")
+        ttl = request.time_to_live.ToTimedelta().total_seconds() if request.HasField("time_to_live") else 0.0
+        if ttl < 0:
+            raise invalid("time_to_live: must not be negative", "time_to_live")
+        ttl = ttl or self.settings.ephemeral_ttl
+        msg_id = request.id or uuid7()[1]
+        published = _now()
+        expires = timestamp_pb2.Timestamp()
+        expires.FromNanoseconds(published.ToNanoseconds() + int(ttl * 1e9))
+        msg = gpb.EphemeralMessage(
+            id=msg_id,
+            stream=request.stream,
+            type=request.type,
+            data=request.data,
+            metadata=request.metadata,
+            content_type=request.content_type,
+            published=published,
+            expires=expires,
+        )
+        count = self.gateway.hub.publish(wire.ephemeral_record(msg), time.monotonic() + ttl)
+        return gpb.PublishResponse(id=msg_id, subscribers=count)
+
+
+def _identity(b: bytes) -> bytes:
+    return b
+
+
+def methods(service: GatewayService) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+    return {
+        "Watch": grpc.unary_stream_rpc_method_handler(
+            service.Watch,
+            request_deserializer=gpb.WatchRequest.FromString,
+            response_serializer=_identity,
+        ),
+        "Publish": grpc.unary_unary_rpc_method_handler(
+            service.Publish,
+            request_deserializer=gpb.PublishRequest.FromString,
+            response_serializer=gpb.PublishResponse.SerializeToString,
+        ),
+    }

@@ -1,0 +1,102 @@
+"""Gateway metrics (OpenTelemetry, scraped by Prometheus at /metrics) and fan-out spans.
+
+Metrics read the hub's counters when scraped, so the fan-out pays nothing per event for
+them. With tracing on (the standard ``OTEL_*`` variables), each event that carries a
+``traceparent`` gets a span, child of its producer's, recording how many subscribers it
+was fanned out to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from opentelemetry import metrics, propagate, trace
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.resources import Resource
+
+from sluice import telemetry
+from sluice.v1 import streams_pb2 as pb
+from sluice_gateway.hub import Hub
+from sluice_gateway.wire import Record
+
+_provider: MeterProvider | None = None
+
+
+def _meter_provider() -> MeterProvider:
+    """One provider per process, exported through prometheus_client's default registry."""
+    global _provider
+    if _provider is None:
+        _provider = MeterProvider(
+            metric_readers=[PrometheusMetricReader()],
+            resource=Resource.create({"service.name": "sluice-gateway"}),
+        )
+    return _provider
+
+
+class Telemetry:
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.tracing = telemetry.tracing_enabled()
+        if self.tracing:
+            telemetry.setup_tracing("sluice-gateway")
+        self.tracer = trace.get_tracer("sluice.gateway")
+        meter = _meter_provider().get_meter("sluice.gateway")
+        meter.create_observable_gauge(
+            "sluice.gateway.subscribers", [self._gauge("subscribers")], unit="{subscriber}"
+        )
+        meter.create_observable_counter(
+            "sluice.gateway.deliveries",
+            [self._gauge("deliveries")],
+            unit="{event}",
+            description="events queued for subscribers, counted once per subscriber",
+        )
+        meter.create_observable_counter(
+            "sluice.gateway.drops",
+            [self._gauge("drops")],
+            unit="{event}",
+            description="events skipped for slow subscribers (drop policy) and expired messages",
+        )
+        meter.create_observable_counter(
+            "sluice.gateway.catch_ups",
+            [self._gauge("catch_ups")],
+            unit="{subscriber}",
+            description="times a slow subscriber was moved back to catch-up from the store",
+        )
+        meter.create_observable_counter(
+            "sluice.gateway.disconnects",
+            [self._gauge("disconnects")],
+            unit="{subscriber}",
+        )
+        meter.create_observable_gauge("sluice.gateway.position", [self._gauge("position")], unit="{position}")
+
+    def _gauge(self, attr: str) -> metrics.CallbackT:
+        def observe(_: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
+            yield metrics.Observation(getattr(self.hub, attr))
+
+        return observe
+
+    def on_batch(self, records: list[Record]) -> None:
+        """A span per traced event of a live batch, child of the producer's span."""
+        if not self.tracing:
+            return
+        subscribers = self.hub.subscribers
+        for r in records:
+            ev = r.event
+            if not isinstance(ev, pb.RecordedEvent) or "traceparent" not in ev.metadata:
+                continue
+            parent = propagate.extract(dict(ev.metadata))
+            span = self.tracer.start_span(
+                f"fan-out {ev.type}",
+                context=parent,
+                kind=trace.SpanKind.CONSUMER,
+                attributes={
+                    "messaging.system": "sluice",
+                    "messaging.operation.type": "process",
+                    "messaging.destination.name": ev.stream,
+                    "messaging.message.id": ev.id,
+                    "sluice.position": ev.position,
+                    "sluice.gateway.subscribers": subscribers,
+                },
+            )
+            span.end()

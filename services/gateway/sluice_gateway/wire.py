@@ -1,0 +1,218 @@
+"""Events as the gateway handles them: parsed once, serialised once per delivery form.
+
+The store's live feed arrives as serialized SubscribeResponse bytes. Each event is cut out
+of them as it is (no re-encoding), and its notification form is the same bytes without
+the trailing ``data`` field the store puts last. What subscribers get is assembled by
+joining these bytes: protobuf repeated fields concatenate.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterable, Sequence
+
+from sluice.v1 import gateway_pb2 as gpb
+from sluice.v1 import streams_pb2 as pb
+
+FULL = gpb.DELIVERY_FORM_FULL
+NOTIFICATION = gpb.DELIVERY_FORM_NOTIFICATION
+
+_TAG_EVENTS = 0x0A  # SubscribeResponse.events = 1, EventBatch.events = 1 (length-delimited)
+_TAG_DATA = 0x1A  # RecordedEvent.data = 3 / EphemeralMessage.type = 3 (not used for those)
+_TAG_POSITION = b"\x78"  # WatchResponse.position = 15, varint
+
+
+def varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _read_varint(buf: bytes, i: int) -> tuple[int, int]:
+    shift = result = 0
+    while True:
+        b = buf[i]
+        i += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return result, i
+        shift += 7
+
+
+def split_events(raw: bytes) -> list[bytes]:
+    """The serialized RecordedEvents inside a serialized SubscribeResponse{events}."""
+    if not raw or raw[0] != _TAG_EVENTS:
+        return []
+    length, i = _read_varint(raw, 1)
+    end = i + length
+    out = []
+    while i < end:
+        if raw[i] != _TAG_EVENTS:  # an unknown EventBatch field: skip it
+            raise ValueError("unexpected field in EventBatch")
+        n, i = _read_varint(raw, i + 1)
+        out.append(raw[i : i + n])
+        i += n
+    return out
+
+
+def _without_data(raw: bytes, data: bytes, msg: pb.RecordedEvent) -> bytes:
+    if not data:
+        return raw
+    tail = bytes([_TAG_DATA]) + varint(len(data)) + data
+    if raw.endswith(tail):
+        return raw[: -len(tail)]
+    copy = pb.RecordedEvent()
+    copy.CopyFrom(msg)
+    copy.ClearField("data")
+    return copy.SerializeToString()
+
+
+class Record:
+    """One event (position > 0) or one published message (position 0), ready to fan out."""
+
+    __slots__ = ("_entries", "_sse", "event", "full", "notification", "position", "stream", "type")
+
+    def __init__(
+        self,
+        position: int,
+        stream: str,
+        type_: str,
+        full: bytes,
+        notification: bytes,
+        event: pb.RecordedEvent | gpb.EphemeralMessage,
+    ) -> None:
+        self.position = position
+        self.stream = stream
+        self.type = type_
+        self.full = full
+        self.notification = notification
+        self.event = event
+        self._entries: dict[int, bytes] = {}
+        self._sse: dict[int, bytes] = {}
+
+    def entry(self, form: int) -> bytes:
+        """This event as one element of a repeated field (tag, length, bytes), cached."""
+        e = self._entries.get(form)
+        if e is None:
+            raw = self.notification if form == NOTIFICATION else self.full
+            e = self._entries[form] = bytes([_TAG_EVENTS]) + varint(len(raw)) + raw
+        return e
+
+    def sse(self, form: int) -> bytes:
+        """This event as one Server-Sent Event, cached."""
+        s = self._sse.get(form)
+        if s is None:
+            s = self._sse[form] = sse_event(self, form)
+        return s
+
+
+def records_from_feed(raw: bytes, msg: pb.SubscribeResponse) -> list[Record]:
+    """Records for the events of one live-feed message (``msg`` is ``raw`` parsed)."""
+    events = msg.events.events
+    pieces = split_events(raw)
+    if len(pieces) != len(events):
+        pieces = [e.SerializeToString() for e in events]
+    return [
+        Record(e.position, e.stream, e.type, piece, _without_data(piece, e.data, e), e)
+        for e, piece in zip(events, pieces, strict=True)
+    ]
+
+
+def record_of(event: pb.RecordedEvent) -> Record:
+    """A record for an event read from the store (catch-up)."""
+    full = event.SerializeToString()
+    return Record(
+        event.position, event.stream, event.type, full, _without_data(full, event.data, event), event
+    )
+
+
+def ephemeral_record(msg: gpb.EphemeralMessage) -> Record:
+    full = msg.SerializeToString()
+    if msg.data:
+        copy = gpb.EphemeralMessage()
+        copy.CopyFrom(msg)
+        copy.ClearField("data")
+        notification = copy.SerializeToString()
+    else:
+        notification = full
+    return Record(0, msg.stream, msg.type, full, notification, msg)
+
+
+def events_chunk(records: Iterable[Record], form: int) -> bytes:
+    """The EventBatch (or EphemeralBatch) body for these records: their entries, joined."""
+    return b"".join([r.entry(form) for r in records])
+
+
+def sse_chunk(records: Iterable[Record], form: int) -> bytes:
+    return b"".join([r.sse(form) for r in records])
+
+
+def watch_message(field_tag: int, body: bytes, position: int) -> bytes:
+    """A serialized WatchResponse with one length-delimited content field and the cursor."""
+    return b"".join((bytes([field_tag]), varint(len(body)), body, _TAG_POSITION, varint(position)))
+
+
+# WatchResponse content field tags (field_number << 3 | 2).
+TAG_EVENTS = 0x0A
+TAG_EPHEMERAL = 0x32
+
+
+def control_message(msg: gpb.WatchResponse) -> bytes:
+    return msg.SerializeToString()
+
+
+# -- Server-Sent Events -----------------------------------------------------------------
+
+
+def _payload(data: bytes, content_type: str) -> dict[str, object]:
+    if content_type.startswith("application/json") or content_type.endswith("+json"):
+        try:
+            return {"data": json.loads(data)}
+        except ValueError:
+            pass
+    if content_type.startswith("text/"):
+        try:
+            return {"data": data.decode()}
+        except UnicodeDecodeError:
+            pass
+    return {"data_base64": base64.b64encode(data).decode()}
+
+
+def sse_event(record: Record, form: int) -> bytes:
+    """A CloudEvents 1.0 JSON event as one SSE message; its SSE id is the position."""
+    ev = record.event
+    body: dict[str, object] = {
+        "specversion": "1.0",
+        "id": ev.id,
+        "source": f"sluice/{ev.stream}",
+        "type": ev.type,
+        "subject": ev.stream,
+    }
+    if isinstance(ev, pb.RecordedEvent):
+        body["time"] = ev.created.ToJsonString()
+        body["sluiceposition"] = ev.position
+        body["sluicerevision"] = ev.revision
+    else:
+        body["time"] = ev.published.ToJsonString()
+        body["sluiceephemeral"] = True
+    if ev.metadata:
+        body["sluicemetadata"] = dict(ev.metadata)
+    if ev.content_type:
+        body["datacontenttype"] = ev.content_type
+    if form != NOTIFICATION and ev.data:
+        body.update(_payload(ev.data, ev.content_type))
+    text = json.dumps(body, separators=(",", ":"))
+    head = f"id: {record.position}\n" if record.position else ""
+    return f"{head}event: {'event' if record.position else 'ephemeral'}\ndata: {text}\n\n".encode()
+
+
+def sse_control(kind: str, payload: dict[str, object]) -> bytes:
+    return f"event: {kind}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
+
+
+def positions(records: Sequence[Record]) -> tuple[int, int]:
+    return records[0].position, records[-1].position
