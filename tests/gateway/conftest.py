@@ -1,0 +1,102 @@
+"""Fixtures for the gateway: a store and a gateway as real processes, and gateway clients."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from sluice import Client
+from sluice.gateway import GatewayClient
+from tests.conftest import StoreProcess, free_port
+
+
+class GatewayProcess:
+    """``python -m sluice_gateway`` in a subprocess, as the manifests run it (flags from env)."""
+
+    def __init__(self, store: str, *extra: str, port: int = 0, env: dict[str, str] | None = None) -> None:
+        self.port = port or free_port()
+        self.http_port = free_port()
+        self.addr = f"127.0.0.1:{self.port}"
+        self.http = f"http://127.0.0.1:{self.http_port}"
+        self.env = {
+            **os.environ,
+            "SLUICE_STORE_ADDR": store,
+            "SLUICE_GATEWAY_ADDR": self.addr,
+            "SLUICE_GATEWAY_HTTP_ADDR": f"127.0.0.1:{self.http_port}",
+            "SLUICE_HEARTBEAT_INTERVAL": "0.2s",
+            **(env or {}),
+        }
+        self.args = [sys.executable, "-m", "sluice_gateway", *extra]
+        self.proc: asyncio.subprocess.Process | None = None
+        self.output = b""
+
+    async def start(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.args, env=self.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        )
+        assert self.proc.stdout is not None
+        async with asyncio.timeout(20):
+            while b"listening on" not in (line := await self.proc.stdout.readline()):
+                self.output += line
+                if not line and self.proc.returncode is not None:
+                    raise RuntimeError(f"gateway exited at start: {self.output.decode()}")
+        async with GatewayClient(self.addr) as g:  # ready: the feed from the store is live
+            await asyncio.wait_for(anext(g.watch()), 20)
+
+    async def stop(self) -> int:
+        assert self.proc is not None
+        if self.proc.returncode is None:
+            self.proc.terminate()
+        rest, _ = await asyncio.wait_for(self.proc.communicate(), 20)
+        self.output += rest or b""
+        return self.proc.returncode or 0
+
+
+Gateways = Callable[..., GatewayProcess]
+
+
+@pytest.fixture
+async def store_proc(spawn: Callable[..., StoreProcess], tmp_path: Path) -> StoreProcess:
+    store = spawn("--durability", "normal", "--reclaim-interval", "0.05", "--heartbeat-interval", "0.2")
+    await store.start()
+    return store
+
+
+@pytest.fixture
+async def gateways(store_proc: StoreProcess) -> AsyncIterator[Gateways]:
+    procs: list[GatewayProcess] = []
+
+    def make(*extra: str, store: str | None = None, **kwargs: object) -> GatewayProcess:
+        p = GatewayProcess(store or store_proc.addr, *extra, **kwargs)  # type: ignore[arg-type]
+        procs.append(p)
+        return p
+
+    yield make
+    for p in procs:
+        if p.proc and p.proc.returncode is None:
+            p.proc.kill()
+            await p.proc.wait()
+
+
+@pytest.fixture
+async def gateway(gateways: Gateways) -> GatewayProcess:
+    g = gateways()
+    await g.start()
+    return g
+
+
+@pytest.fixture
+async def store_client(store_proc: StoreProcess) -> AsyncIterator[Client]:
+    async with Client(store_proc.addr, timeout=10) as c:
+        yield c
+
+
+@pytest.fixture
+async def gw(gateway: GatewayProcess) -> AsyncIterator[GatewayClient]:
+    async with GatewayClient(gateway.addr, timeout=10) as g:
+        yield g
