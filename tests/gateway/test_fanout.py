@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
@@ -45,9 +45,10 @@ def _pos(p: int) -> Position:
 
 
 async def collect(
-    g: GatewayClient, until: int, timeout: float = 30, **kwargs: Any
+    g: GatewayClient, until: int | Callable[[], int], timeout: float = 30, **kwargs: Any
 ) -> tuple[list[pb.RecordedEvent], list[WatchItem], Cursor]:
-    """Watch until the cursor passes position ``until``; events and everything else."""
+    """Watch until the cursor passes position ``until`` (or what it returns once it returns
+    more than 0); events and everything else."""
     cursor = Cursor()
     events: list[pb.RecordedEvent] = []
     other: list[WatchItem] = []
@@ -57,7 +58,8 @@ async def collect(
                 events.append(item)
             else:
                 other.append(item)
-            if cursor.position > until:
+            last = until() if callable(until) else until
+            if last and cursor.position > last:
                 break
     return events, other, cursor
 

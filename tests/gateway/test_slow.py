@@ -1,0 +1,149 @@
+"""A subscriber that stops reading: the others are not delayed, and its overflow policy holds."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import aiohttp
+import pytest
+
+from sluice import Client, new_event
+from sluice.errors import SubscriberTooSlow
+from sluice.gateway import POLICIES, GatewayClient
+from sluice.v1 import gateway_pb2 as gpb
+from sluice.v1 import streams_pb2 as pb
+from tests.conftest import eventually
+from tests.gateway.conftest import GatewayProcess
+from tests.gateway.test_fanout import collect
+
+BIG = 16 * 1024  # events large enough to fill the HTTP/2 windows between gateway and subscriber
+COUNT = 1000
+
+
+async def metric(gateway: GatewayProcess, name: str) -> float:
+    async with aiohttp.ClientSession() as http, http.get(f"{gateway.http}/metrics") as resp:
+        text = await resp.text()
+    m = re.search(rf"^sluice_gateway_{name}(?:_total)?\{{[^}}]*\}} ([0-9.e+]+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+async def append_big(c: Client) -> list[int]:
+    positions = []
+    for i in range(0, COUNT, 50):
+        resp = await c.append(f"big-{i % 3}", [new_event("Big", bytes([i % 251]) * BIG) for _ in range(50)])
+        positions += list(range(resp.first_position, resp.last_position + 1))
+    return positions
+
+
+@pytest.mark.parametrize("policy", ["catch_up", "drop", "disconnect"])
+async def test_a_stalled_subscriber_delays_no_one_and_its_policy_holds(
+    policy: str, gateway: GatewayProcess, gw: GatewayClient, store_client: Client
+) -> None:
+    counter = {"catch_up": "catch_ups", "drop": "drops", "disconnect": "disconnects"}[policy]
+    req = gpb.WatchRequest(buffer_size=100, overflow=POLICIES[policy], heartbeat_interval_ms=100)
+    req.live.SetInParent()
+    stalled = gw.watch_messages(req)
+    first = await asyncio.wait_for(anext(stalled), 10)
+    assert first.WhichOneof("content") == "caught_up"
+    start = first.position
+
+    # Another live subscriber gets everything while the stalled one reads nothing.
+    done: list[int] = []
+    fast = asyncio.create_task(collect(gw, lambda: done[-1] if done else 0, start=start, timeout=60))
+    appended = await append_big(store_client)
+    done.append(appended[-1])
+    events, others, _ = await fast
+    assert [e.position for e in events] == appended
+    assert not any(isinstance(o, pb.FellBehind) for o in others)
+
+    async def applied() -> bool:
+        return await metric(gateway, counter) > 0
+
+    await eventually(applied, timeout=30)
+
+    # Now the stalled subscriber reads again.
+    positions: list[int] = []
+    kinds: list[str] = []
+    gaps: list[gpb.Gap] = []
+    cursor = start
+    try:
+        async with asyncio.timeout(60):
+            async for msg in stalled:
+                kind = msg.WhichOneof("content")
+                kinds.append(kind or "")
+                if kind == "events":
+                    positions += [e.position for e in msg.events.events]
+                elif kind == "gap":
+                    gaps.append(msg.gap)
+                cursor = msg.position
+                if cursor > appended[-1]:
+                    break
+    except SubscriberTooSlow as e:
+        assert policy == "disconnect"
+        assert e.position == cursor == (positions[-1] + 1 if positions else start)
+        assert e.metadata["buffer_size"] == "100"
+        rest, _, _ = await collect(gw, appended[-1], start=e.position, timeout=60)
+        positions += [r.position for r in rest]
+        assert positions == appended  # nothing missed by watching again from the cursor
+        return
+    assert policy != "disconnect", "the stalled subscriber should have been disconnected"
+    if policy == "catch_up":
+        assert "fell_behind" in kinds and kinds.index("fell_behind") < len(kinds) - 1
+        assert positions == appended  # back through the store: nothing lost, nothing twice
+    else:
+        assert gaps and all(g.reason == gpb.Gap.REASON_DROPPED for g in gaps)
+        assert positions == sorted(set(positions))
+        skipped = {p for g in gaps for p in range(g.from_position, g.to_position)}
+        assert not skipped & set(positions)
+        assert sorted(skipped | set(positions)) == appended  # every position delivered or reported
+        assert positions[-1] == appended[-1]  # it goes on with the newest
+
+
+async def test_published_messages_reach_connected_subscribers_only_and_expire(
+    gateway: GatewayProcess, gw: GatewayClient, store_client: Client
+) -> None:
+    matching = gw.watch(stream_prefixes=["chat."], heartbeat_interval=0.1)
+    other = gw.watch(stream_prefixes=["news."], heartbeat_interval=0.1)
+    for it in (matching, other):
+        assert isinstance(await asyncio.wait_for(anext(it), 10), pb.CaughtUp)
+    resp = await gw.publish("chat.room-1", "Typing", b"alice", metadata={"who": "alice"})
+    assert resp.subscribers == 1 and resp.id
+    got = await asyncio.wait_for(anext(matching), 10)
+    assert isinstance(got, gpb.EphemeralMessage)
+    assert (got.id, got.stream, got.type, got.data, dict(got.metadata)) == (
+        resp.id,
+        "chat.room-1",
+        "Typing",
+        b"alice",
+        {"who": "alice"},
+    )
+    assert got.expires.ToNanoseconds() > got.published.ToNanoseconds()
+    assert isinstance(await asyncio.wait_for(anext(other), 10), pb.Heartbeat)  # nothing for news.
+
+    # Never stored: a subscriber that comes later, even from the start, never sees it.
+    await store_client.append("chat.room-1", [new_event("Said", b"hi")])
+    events, other_items, _ = await collect(gw, 1, start=1, stream_prefixes=["chat."])
+    assert [e.type for e in events] == ["Said"]
+    assert not any(isinstance(i, gpb.EphemeralMessage) for i in other_items)
+
+    # A message that waits longer than its time to live in a stalled subscriber's queue is dropped.
+    req = gpb.WatchRequest(stream_prefixes=["big-", "chat."], buffer_size=100_000, heartbeat_interval_ms=100)
+    req.live.SetInParent()
+    stalled = gw.watch_messages(req)
+    assert (await asyncio.wait_for(anext(stalled), 10)).WhichOneof("content") == "caught_up"
+    appended = await append_big(store_client)  # fills the windows: the gateway now queues for it
+    short = await gw.publish("chat.room-1", "Short", b"", ttl=0.2)
+    await gw.publish("chat.room-1", "Long", b"", ttl=60)
+    assert short.subscribers == 2
+    await asyncio.sleep(0.3)  # the short message's time to live runs out while it waits
+    seen: list[str] = []
+    async with asyncio.timeout(60):
+        async for msg in stalled:
+            if msg.WhichOneof("content") == "ephemeral":
+                seen += [m.type for m in msg.ephemeral.messages]
+            if "Long" in seen and msg.position > appended[-1]:
+                break
+    assert seen == ["Long"]
+    await matching.aclose()
+    await other.aclose()
