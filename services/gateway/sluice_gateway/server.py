@@ -8,7 +8,6 @@ import gc
 import json
 import logging
 import signal
-from typing import Any
 
 import grpc
 from aiohttp import web
@@ -16,7 +15,6 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from sluice import telemetry as shared_telemetry
 from sluice.v1 import gateway_pb2 as gpb
 from sluice.v1 import streams_pb2_grpc as pb_grpc
 from sluice_gateway import wire
@@ -72,13 +70,10 @@ class GatewayServer:
 
     async def start(self) -> None:
         self.feed.start()
-        interceptors: list[Any] = []
-        if shared_telemetry.tracing_enabled():
-            from opentelemetry.instrumentation.grpc import aio_server_interceptor
-
-            interceptors.append(aio_server_interceptor())  # type: ignore[no-untyped-call]
+        # No OpenTelemetry server interceptor: it cannot wrap Watch, which writes with
+        # context.write so that a slow subscriber can be cut off mid-write. The gateway's
+        # spans are its fan-out spans (see telemetry).
         self.server = grpc.aio.server(
-            interceptors=interceptors,
             options=[
                 ("grpc.so_reuseport", 1 if self.settings.reuse_port else 0),
                 ("grpc.keepalive_permit_without_calls", 1),

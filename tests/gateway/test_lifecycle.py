@@ -1,0 +1,192 @@
+"""Gateway lifecycle and edges: retention gaps, store restarts, SSE, shared ports, traces, SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from typing import Any
+
+import aiohttp
+
+from sluice import Client, new_event
+from sluice.gateway import Cursor, GatewayClient
+from sluice.v1 import gateway_pb2 as gpb
+from sluice.v1 import streams_pb2 as pb
+from tests.conftest import StoreProcess, console_spans, free_port
+from tests.gateway.conftest import GatewayProcess, Gateways
+from tests.gateway.test_fanout import collect, produce
+
+
+async def test_resume_from_a_position_removed_by_retention_is_told_so(
+    gw: GatewayClient, store_client: Client
+) -> None:
+    kept = await store_client.append("keep", [new_event("K", b"k")])
+    trimmed = [await store_client.append("trim", [new_event("T", bytes([i]))]) for i in range(5)]
+    await store_client.set_retention("trim", max_count=2)
+    newest_removed = trimmed[2].first_position
+
+    for prefixes in (["trim"], []):
+        events, other, _ = await collect(gw, trimmed[-1].last_position, start=1, stream_prefixes=prefixes)
+        gap = other[0]
+        assert isinstance(gap, gpb.Gap), other
+        assert gap.reason == gpb.Gap.REASON_REMOVED_BY_RETENTION
+        assert (gap.from_position, gap.to_position) == (1, newest_removed + 1)
+        still = [t.first_position for t in trimmed[3:]]
+        assert [e.position for e in events] == ([] if prefixes else [kept.first_position]) + still
+    # Resuming above the removed events is whole: no gap.
+    _, other, _ = await collect(gw, trimmed[-1].last_position, start=newest_removed + 1)
+    assert not any(isinstance(o, gpb.Gap) for o in other)
+
+
+async def test_store_restart_the_gateway_reconnects_and_subscribers_continue_without_a_gap(
+    gateway: GatewayProcess, gw: GatewayClient, store_proc: StoreProcess, store_client: Client
+) -> None:
+    before = await produce(store_client, 100, seed=11)
+    start = before[0].position
+    done: list[int] = []
+    watchers = [
+        asyncio.create_task(collect(gw, lambda: done[-1] if done else 0, start=start, timeout=60, **f))
+        for f in ({}, {"stream_prefixes": ["order"]}, {"event_types": ["Created"]})
+    ]
+    assert store_proc.proc is not None
+    store_proc.proc.kill()  # kill -9: no goodbye to the gateway
+    await store_proc.proc.wait()
+    again = StoreProcess("")
+    again.addr, again.args = store_proc.addr, store_proc.args
+    await again.start()
+    try:
+        after = await produce(store_client, 100, seed=12)
+        done.append(after[-1].position)
+        results = await asyncio.gather(*watchers)
+    finally:
+        assert again.proc is not None
+        again.proc.kill()
+        await again.proc.wait()
+    everything = before + after
+    for (events, _, _), want in zip(
+        results,
+        [
+            everything,
+            [e for e in everything if e.stream.startswith("order")],
+            [e for e in everything if e.type == "Created"],
+        ],
+        strict=True,
+    ):
+        assert [e.position for e in events] == [e.position for e in want]
+
+
+async def sse_events(
+    resp: aiohttp.ClientResponse, count: int, timeout: float = 20
+) -> list[tuple[str, str, dict[str, Any]]]:
+    """Read SSE messages (id, event, data) until ``count`` of kind 'event' arrived."""
+    out: list[tuple[str, str, dict[str, Any]]] = []
+    fields: dict[str, str] = {}
+    async with asyncio.timeout(timeout):
+        while sum(1 for _, kind, _ in out if kind == "event") < count:
+            line = (await resp.content.readline()).decode().rstrip("\n")
+            if line.startswith(":"):
+                continue
+            if line:
+                name, _, value = line.partition(": ")
+                fields[name] = value
+                continue
+            if "data" in fields:
+                out.append((fields.get("id", ""), fields.get("event", "message"), json.loads(fields["data"])))
+            fields = {}
+    return out
+
+
+async def test_server_sent_events_with_last_event_id_resume(
+    gateway: GatewayProcess, store_client: Client
+) -> None:
+    appended = await produce(store_client, 40, seed=5)
+    orders = [e for e in appended if e.stream.startswith("order")]
+    url = f"{gateway.http}/v1/watch?prefix=order&position=1"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url) as resp:
+            assert resp.status == 200 and resp.headers["Content-Type"] == "text/event-stream"
+            first = await sse_events(resp, 5)
+        got = [m for m in first if m[1] == "event"][:5]
+        assert [int(i) for i, _, _ in got] == [e.position for e in orders[:5]]
+        assert [d["id"] for _, _, d in got] == [e.id for e in orders[:5]]
+        assert [d["subject"] for _, _, d in got] == [e.stream for e in orders[:5]]
+        assert [d["data_base64"] for _, _, d in got]  # binary data travels as base64
+        more = await produce(store_client, 20, seed=6)
+        orders += [e for e in more if e.stream.startswith("order")]
+        # Reconnect as a browser does: the last id it saw, in Last-Event-ID.
+        async with http.get(
+            f"{gateway.http}/v1/watch?prefix=order&form=notification", headers={"Last-Event-ID": got[-1][0]}
+        ) as resp:
+            rest = [m for m in await sse_events(resp, len(orders) - 5) if m[1] == "event"]
+        assert [int(i) for i, _, _ in rest] == [e.position for e in orders[5:]]
+        assert not any("data" in d or "data_base64" in d for _, _, d in rest)  # notifications
+        async with http.get(f"{gateway.http}/v1/watch?form=bogus") as resp:
+            assert resp.status == 400
+
+
+async def test_two_gateways_share_one_port(gateways: Gateways, store_client: Client) -> None:
+    port = free_port()
+    a, b = gateways(port=port), gateways(port=port)
+    await a.start()
+    await b.start()
+    # Each client its own connection (gRPC would otherwise share one between equal channels).
+    own = [("grpc.use_local_subchannel_pool", 1)]
+    clients = [GatewayClient(f"127.0.0.1:{port}", options=own) for _ in range(20)]
+    try:
+        its = [g.watch(stream_prefixes=["shared"]) for g in clients]
+        for it in its:
+            assert isinstance(await asyncio.wait_for(anext(it), 10), pb.CaughtUp)
+        resp = await store_client.append("shared-1", [new_event("E", b"x")])
+        for it in its:
+            ev = await asyncio.wait_for(anext(it), 10)
+            assert isinstance(ev, pb.RecordedEvent) and ev.position == resp.first_position
+        counts = []
+        async with aiohttp.ClientSession() as http:
+            for proc in (a, b):
+                async with http.get(f"{proc.http}/readyz") as r:
+                    counts.append((await r.json())["subscribers"])
+        assert sum(counts) == 20 and min(counts) > 0  # the kernel spread the connections
+    finally:
+        for client in clients:
+            await client.close()
+
+
+async def test_fan_out_span_continues_the_producers_trace(gateways: Gateways, store_client: Client) -> None:
+    g = gateways(env={"OTEL_TRACES_EXPORTER": "console", "OTEL_BSP_SCHEDULE_DELAY": "50"})
+    await g.start()
+    trace_id, span_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    async with GatewayClient(g.addr) as gc:
+        it = gc.watch()
+        assert isinstance(await asyncio.wait_for(anext(it), 10), pb.CaughtUp)
+        await store_client.append(
+            "traced", [new_event("T", b"x", metadata={"traceparent": f"00-{trace_id}-{span_id}-01"})]
+        )
+        assert isinstance(await asyncio.wait_for(anext(it), 10), pb.RecordedEvent)
+        await it.aclose()
+    assert await g.stop() == 0
+    spans = [s for s in console_spans(g.output.decode()) if s["name"] == "fan-out T"]
+    assert spans, g.output.decode()[-2000:]
+    assert spans[0]["context"]["trace_id"] == "0x" + trace_id
+    assert spans[0]["parent_id"] == "0x" + span_id
+    assert spans[0]["attributes"]["sluice.gateway.subscribers"] == 1
+
+
+async def test_sigterm_ends_watches_and_exits_cleanly(gateway: GatewayProcess, gw: GatewayClient) -> None:
+    cursor = Cursor()
+    it = gw.watch(cursor=cursor)
+    assert isinstance(await asyncio.wait_for(anext(it), 10), pb.CaughtUp)
+    assert gateway.proc is not None
+    gateway.proc.send_signal(signal.SIGTERM)
+    ended = asyncio.create_task(_drain(it))
+    assert await gateway.stop() == 0
+    await asyncio.wait_for(ended, 10)
+    assert b"shutting down" in gateway.output
+
+
+async def _drain(it: Any) -> None:
+    try:
+        async for _ in it:
+            pass
+    except Exception:  # the gateway went away: the watch ends, with a status
+        pass
