@@ -39,6 +39,9 @@ from nats.js import api as js_api
 from sluice import ANY, START, Client, new_event
 from sluice.v1 import streams_pb2 as pb
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.fanout import stamped  # bench/ is run as a script, not installed
+
 ROOT = Path(__file__).resolve().parent
 NATS_URL = os.environ.get("BENCH_NATS_URL", "nats://127.0.0.1:4222")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -662,6 +665,151 @@ async def bench_sidecar(res: Results, a: argparse.Namespace) -> None:
         )
 
 
+# -- gateway fan-out ---------------------------------------------------------------------
+
+
+async def fanout_run(
+    kind: str,
+    addr: str,
+    subs: int,
+    expect: int,
+    produce: Callable[[], Awaitable[None]],
+    latency: bool = False,
+) -> dict[str, Any]:
+    """Start two worker processes holding ``subs`` subscribers, produce, gather their results."""
+    script = str(ROOT / "fanout.py")
+    workers = []
+    for share in (subs - subs // 2, subs // 2):
+        if not share:
+            continue
+        args = [
+            script,
+            "worker",
+            "--kind",
+            kind,
+            "--addr",
+            addr,
+            "--subs",
+            str(share),
+            "--expect",
+            str(expect),
+        ]
+        workers.append(
+            await asyncio.create_subprocess_exec(
+                sys.executable,
+                *args,
+                *(["--latency"] if latency else []),
+                stdout=asyncio.subprocess.PIPE,
+                limit=1 << 28,
+            )
+        )
+    try:
+        for w in workers:
+            assert w.stdout is not None
+            async with asyncio.timeout(180):
+                while b"ready" not in await w.stdout.readline():
+                    if w.returncode is not None:
+                        raise RuntimeError(f"{kind} fan-out worker failed")
+        await produce()
+        results = []
+        for w in workers:
+            assert w.stdout is not None
+            line = await asyncio.wait_for(w.stdout.readline(), 300)
+            results.append(json.loads(line))
+    finally:
+        for w in workers:
+            if w.returncode is None:
+                w.kill()
+            await w.wait()
+    received = sum(r["received"] for r in results)
+    first = min(r["first"] for r in results if r["first"]) if received else 0
+    last = max(r["last"] for r in results)
+    lat = sorted(x / 1000 for r in results for x in r["lat"])
+    return {
+        "received": received,
+        "expected": expect * subs,
+        "rate": received / ((last - first) / 1e9) if received and last > first else 0.0,
+        "p50": pct(lat, 0.50) if lat else float("nan"),
+        "p99": pct(lat, 0.99) if lat else float("nan"),
+    }
+
+
+async def bench_gateway(res: Results, a: argparse.Namespace) -> None:
+    """Deliveries/s with 10, 100, 1,000 subscribers and latency with 100, beside NATS core."""
+    nc = await nats.connect(NATS_URL)
+    async with sluice_store(a.durability) as client:
+        gaddr = f"127.0.0.1:{free_port()}"
+        gateway = [sys.executable, "-m", "sluice_gateway", "--addr", gaddr, "--store", client.target]
+        async with process(*gateway, "--http-addr", "", *a.gateway_flags, ready=b"listening on"):
+            for subs in (10, 100, 1000):
+                n = max(1000, min(100_000, a.fanout_deliveries // subs))
+
+                async def sluice_produce(n: int = n) -> None:
+                    sent = 0
+                    while sent < n:
+                        k = min(500, n - sent)
+                        await client.append(
+                            f"fan-{sent % 8}", [new_event("Tick", stamped(sent + j)) for j in range(k)]
+                        )
+                        sent += k
+
+                async def nats_produce(n: int = n) -> None:
+                    for i in range(n):
+                        await nc.publish("fan.events", stamped(i))
+                        if i % 1000 == 999:
+                            await nc.flush()
+                    await nc.flush()
+
+                log(f"fan-out to {subs} subscribers, {n:,} events each")
+                s = await fanout_run("sluice", gaddr, subs, n, sluice_produce)
+                t = await fanout_run("nats", NATS_URL.removeprefix("nats://"), subs, n, nats_produce)
+                res.add(
+                    Row(
+                        "gateway fan-out",
+                        f"{n:,} events to {subs:,} subscribers (delivered: sluice "
+                        f"{s['received'] / s['expected']:.0%}, NATS {t['received'] / t['expected']:.0%})",
+                        "deliveries/s",
+                        s["rate"],
+                        {"nats core": t["rate"]},
+                        target=">= 100,000/s and >= NATS" if subs == 1000 else ">= NATS",
+                    )
+                )
+            subs, secs = 100, a.latency_seconds
+            n = int(1000 * secs)
+
+            async def sluice_paced() -> None:
+                async with client.session() as session:
+
+                    async def send(i: int) -> None:
+                        await session.append(f"fan-{i % 8}", [new_event("Tick", stamped(i))])
+
+                    await paced(1000, secs, send)
+
+            async def nats_paced() -> None:
+                async def send(i: int) -> None:
+                    await nc.publish("fan.events", stamped(i))
+                    await nc.flush()
+
+                await paced(1000, secs, send)
+
+            log(f"fan-out latency, {subs} subscribers at 1,000 events/s for {secs:.0f}s")
+            s = await fanout_run("sluice", gaddr, subs, n, sluice_paced, latency=True)
+            t = await fanout_run("nats", NATS_URL.removeprefix("nats://"), subs, n, nats_paced, latency=True)
+            for q in ("p50", "p99"):
+                res.add(
+                    Row(
+                        "gateway fan-out",
+                        f"append/publish -> {subs} subscribers at 1,000 events/s, {q}",
+                        "ms",
+                        s[q],
+                        {"nats core": t[q]},
+                        higher_is_better=False,
+                        target="p99 < 50 ms" if q == "p99" else "",
+                    )
+                )
+    await nc.close()
+
+
 # -- report ---------------------------------------------------------------------------
 
 
@@ -691,7 +839,8 @@ async def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smaller sizes for a quick look")
     p.add_argument("--durability", default="full", choices=["full", "normal"])
-    p.add_argument("--only", help="comma-separated sections: appends,catchup,latency,scale")
+    p.add_argument("--only", help="comma-separated sections: appends,latency,catchup,scale,sidecar,gateway")
+    p.add_argument("--gateway-flags", default="", help="extra flags for the gateway, e.g. '--flush-interval 10ms'")
     a = p.parse_args()
     a.single = 1000 if a.quick else 3000
     a.inflight = 10_000 if a.quick else 40_000
@@ -701,6 +850,8 @@ async def main() -> None:
     a.streams = 100_000 if a.quick else 1_000_000
     a.scale_ops = 1000 if a.quick else 5000
     a.sidecar_events = 5_000 if a.quick else 20_000
+    a.fanout_deliveries = 500_000 if a.quick else 2_000_000
+    a.gateway_flags = a.gateway_flags.split() if a.gateway_flags else []
     # Latency runs before catch-up: deleting the peers' million-event streams afterwards
     # keeps the disk busy for a while, which would land in Sluice's fsyncs and not theirs.
     sections = {
@@ -709,6 +860,7 @@ async def main() -> None:
         "catchup": bench_catch_up,
         "scale": bench_scale,
         "sidecar": bench_sidecar,
+        "gateway": bench_gateway,
     }
     chosen = a.only.split(",") if a.only else list(sections)
     res = Results()

@@ -1,0 +1,143 @@
+"""Fan-out benchmark: the Sluice gateway beside NATS core, with the same Python subscribers.
+
+Subscribers run in two worker processes (``python bench/fanout.py worker ...``), each
+subscriber on its own connection: gRPC Watch streams through ``GatewayClient`` for
+Sluice, nats-py subscriptions for NATS. A delivery is one event reaching one subscriber.
+
+- throughput: the producer sends as fast as it can (Sluice: batched appends to the store;
+  NATS: publishes, flushed every 1,000); deliveries/s = deliveries / (last - first receipt).
+- latency: the producer sends 1,000 events/s; each event carries its send time, and every
+  subscriber records receipt - send.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from typing import Any
+
+SIZE = 200
+
+
+def stamped(i: int) -> bytes:
+    """A 200-byte payload whose first 8 bytes are the send time (ns since the epoch)."""
+    return time.time_ns().to_bytes(8, "big") + i.to_bytes(8, "big") + b"x" * (SIZE - 16)
+
+
+# -- worker (a subprocess holding many subscribers) -----------------------------------------
+
+
+async def worker(a: argparse.Namespace) -> None:
+    received = [0] * a.subs
+    lat: list[int] = []
+    first = last = 0
+    finished = asyncio.Event()
+    done = 0
+    ready = 0
+    all_ready = asyncio.Event()
+
+    def got(i: int, datas: list[bytes]) -> None:
+        nonlocal first, last, done
+        now = time.time_ns()
+        if not first:
+            first = now
+        last = now
+        if a.latency:
+            lat.extend((now - int.from_bytes(d[:8], "big")) // 1000 for d in datas)
+        before = received[i]
+        received[i] += len(datas)
+        if before < a.expect <= received[i]:
+            done += 1
+            if done == a.subs:
+                finished.set()
+
+    def on_ready() -> None:
+        nonlocal ready
+        ready += 1
+        if ready == a.subs:
+            all_ready.set()
+
+    closers: list[Any] = []
+    tasks: list[asyncio.Task[None]] = []
+    if a.kind == "sluice":
+        from sluice.gateway import GatewayClient
+        from sluice.v1 import gateway_pb2 as gpb
+
+        async def sub(i: int, g: GatewayClient) -> None:
+            req = gpb.WatchRequest(stream_prefixes=["fan-"])
+            req.live.SetInParent()
+            async for msg in g.watch_messages(req):
+                kind = msg.WhichOneof("content")
+                if kind == "events":
+                    got(
+                        i,
+                        [e.data for e in msg.events.events] if a.latency else [b""] * len(msg.events.events),
+                    )
+                elif kind == "caught_up":
+                    on_ready()
+
+        for i in range(a.subs):
+            g = GatewayClient(a.addr, options=[("grpc.use_local_subchannel_pool", 1)])
+            closers.append(g.close)
+            tasks.append(asyncio.create_task(sub(i, g)))
+    else:
+        import nats
+
+        for i in range(a.subs):
+            nc = await nats.connect(a.addr)
+            closers.append(nc.close)
+
+            def cb(i: int) -> Any:
+                async def handle(msg: Any) -> None:
+                    got(i, [msg.data])
+
+                return handle
+
+            await nc.subscribe(
+                "fan.events", cb=cb(i), pending_msgs_limit=2_000_000, pending_bytes_limit=1 << 30
+            )
+            await nc.flush()
+            on_ready()
+    await asyncio.wait_for(all_ready.wait(), 120)
+    print("ready", flush=True)
+    # Done when every subscriber has everything, or nothing arrived for a while.
+    deadline = time.monotonic() + a.timeout
+    while not finished.is_set() and time.monotonic() < deadline:
+        try:
+            await asyncio.wait_for(finished.wait(), 1.0)
+        except TimeoutError:
+            if last and time.time_ns() - last > 5e9:
+                break
+    print(json.dumps({"received": sum(received), "first": first, "last": last, "lat": lat}), flush=True)
+    for t in tasks:
+        t.cancel()
+    for close in closers:
+        try:
+            await close()
+        except Exception:
+            pass
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("mode", choices=["worker"])
+    p.add_argument("--kind", choices=["sluice", "nats"], required=True)
+    p.add_argument("--addr", required=True)
+    p.add_argument("--subs", type=int, required=True)
+    p.add_argument("--expect", type=int, required=True)
+    p.add_argument("--latency", action="store_true")
+    p.add_argument("--timeout", type=float, default=180)
+    a = p.parse_args()
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(worker(a))
+
+
+if __name__ == "__main__":
+    main()
