@@ -31,6 +31,7 @@ def stamped(i: int) -> bytes:
 
 async def worker(a: argparse.Namespace) -> None:
     received = [0] * a.subs
+    messages = 0
     lat: list[int] = []
     first = last = 0
     finished = asyncio.Event()
@@ -39,7 +40,8 @@ async def worker(a: argparse.Namespace) -> None:
     all_ready = asyncio.Event()
 
     def got(i: int, datas: list[bytes]) -> None:
-        nonlocal first, last, done
+        nonlocal first, last, done, messages
+        messages += 1
         now = time.time_ns()
         if not first:
             first = now
@@ -110,7 +112,16 @@ async def worker(a: argparse.Namespace) -> None:
         except TimeoutError:
             if last and time.time_ns() - last > 5e9:
                 break
-    print(json.dumps({"received": sum(received), "first": first, "last": last, "lat": lat}), flush=True)
+    cpu = time.process_time()
+    result = {
+        "received": sum(received),
+        "messages": messages,
+        "first": first,
+        "last": last,
+        "cpu": cpu,
+        "lat": lat,
+    }
+    print(json.dumps(result), flush=True)
     for t in tasks:
         t.cancel()
     for close in closers:

@@ -725,6 +725,10 @@ async def fanout_run(
     first = min(r["first"] for r in results if r["first"]) if received else 0
     last = max(r["last"] for r in results)
     lat = sorted(x / 1000 for r in results for x in r["lat"])
+    log(
+        f"  {kind}: {received:,} deliveries in {sum(r['messages'] for r in results):,} messages;"
+        f" subscriber CPU {sum(r['cpu'] for r in results):.1f}s over {(last - first) / 1e9:.1f}s"
+    )
     return {
         "received": received,
         "expected": expect * subs,
@@ -840,7 +844,9 @@ async def main() -> None:
     p.add_argument("--quick", action="store_true", help="smaller sizes for a quick look")
     p.add_argument("--durability", default="full", choices=["full", "normal"])
     p.add_argument("--only", help="comma-separated sections: appends,latency,catchup,scale,sidecar,gateway")
-    p.add_argument("--gateway-flags", default="", help="extra flags for the gateway, e.g. '--flush-interval 10ms'")
+    p.add_argument(
+        "--gateway-flags", default="", help="extra flags for the gateway, e.g. '--flush-interval 10ms'"
+    )
     a = p.parse_args()
     a.single = 1000 if a.quick else 3000
     a.inflight = 10_000 if a.quick else 40_000

@@ -24,7 +24,20 @@ OPTIONS: tuple[Option, ...] = (
     Option("buffer_size", 10_000, int, "events held per subscriber before its overflow policy applies"),
     Option("max_buffer_size", 100_000, int, "the most a subscriber may ask to be held for it"),
     Option("max_batch", 1000, int, "most events in one message to a subscriber"),
-    Option("flush_interval", 0.002, parse_duration, "a subscriber gets at most one message this often"),
+    Option(
+        "flush_interval",
+        0.0,
+        parse_duration,
+        "shortest time between two messages to one subscriber (0: batches that arrive in the same"
+        " loop turn share a message)",
+    ),
+    Option(
+        "message_budget",
+        20_000,
+        int,
+        "messages/s to all subscribers the gateway aims for under load: the flush interval grows"
+        " to subscribers / budget, so busy subscribers get fewer, larger messages",
+    ),
     Option("heartbeat_interval", 5.0, parse_duration, "default heartbeat interval of a subscription"),
     Option("ephemeral_ttl", 30.0, parse_duration, "default time to live of published messages"),
     Option("reconnect_backoff", 2.0, parse_duration, "longest wait between attempts to reach the store"),
@@ -44,7 +57,8 @@ class Settings:
     buffer_size: int = 10_000
     max_buffer_size: int = 100_000
     max_batch: int = 1000
-    flush_interval: float = 0.002
+    flush_interval: float = 0.0
+    message_budget: int = 20_000
     heartbeat_interval: float = 5.0
     ephemeral_ttl: float = 30.0
     reconnect_backoff: float = 2.0
@@ -52,7 +66,7 @@ class Settings:
     uvloop: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("buffer_size", "max_buffer_size", "max_batch"):
+        for name in ("buffer_size", "max_buffer_size", "max_batch", "message_budget"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: must be positive, got {getattr(self, name)}")
         if self.buffer_size > self.max_buffer_size:

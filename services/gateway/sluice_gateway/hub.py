@@ -4,6 +4,13 @@ Subscribers with the same filter, delivery form and encoding share one *group*: 
 batch the group's matching events are found and serialised once, and the same bytes are
 queued for every member. Queuing never waits on a subscriber; a subscriber whose queue
 passes its limit is handled by its overflow policy at once (see Subscriber.overflow).
+
+Subscribers are woken in rounds, not per batch: the first batch queued for an idle
+subscriber marks it, and one timer per flush interval wakes every marked subscriber. The
+interval grows with the number of subscribers (``subscribers / message_budget`` seconds),
+so under load each subscriber gets fewer, larger messages and the messages per second
+stay near the budget, instead of every batch becoming one message per subscriber.
+Heartbeats come from one ticker for all subscribers, not a timer each.
 """
 
 from __future__ import annotations
@@ -84,6 +91,10 @@ class Subscriber:
         self.disconnect = False  # DISCONNECT: to be ended with RESOURCE_EXHAUSTED
         self.live = False
         self.closed = False
+        self.dirty = False  # waiting for the next flush round
+        self.beat = False  # a heartbeat is due
+        self.heartbeat = 5.0
+        self.last_sent = 0.0
         self.wakeup = asyncio.Event()
         self.on_disconnect: Callable[[], object] | None = None
 
@@ -113,7 +124,13 @@ class Subscriber:
 class Hub:
     """Subscribers by group; the live feed calls dispatch() with each batch in position order."""
 
-    def __init__(self) -> None:
+    def __init__(self, flush_interval: float = 0.0, message_budget: int = 20_000) -> None:
+        self.flush_interval = flush_interval
+        self.message_budget = message_budget
+        self._dirty: list[Subscriber] = []
+        self._flush_at: asyncio.TimerHandle | None = None
+        self._live: set[Subscriber] = set()
+        self._ticker: asyncio.Task[None] | None = None
         self.position = 0  # the newest position dispatched
         self.ready = asyncio.Event()  # set once the feed has told the head
         self._groups: dict[tuple[object, ...], list[Subscriber]] = {}
@@ -132,13 +149,18 @@ class Hub:
         sub.cursor = max(cursor, self.position + 1)
         sub.skip_below = cursor if cursor > self.position + 1 else 0
         sub.live = True
+        sub.last_sent = time.monotonic()
         self._groups.setdefault(sub.key, []).append(sub)
+        self._live.add(sub)
         self.subscribers += 1
+        if self._ticker is None:
+            self._ticker = asyncio.create_task(self._heartbeats())
 
     def unregister(self, sub: Subscriber) -> None:
         if not sub.live:
             return
         sub.live = False
+        self._live.discard(sub)
         group = self._groups.get(sub.key)
         if group is not None:
             group.remove(sub)
@@ -189,7 +211,35 @@ class Hub:
         self.deliveries += n
         if sub.queued > sub.limit and len(sub.chunks) > 1:
             self._overflow(sub, first)
-        sub.wakeup.set()
+            sub.wakeup.set()
+        elif not sub.dirty:
+            sub.dirty = True
+            self._dirty.append(sub)
+            if self._flush_at is None:
+                delay = max(self.flush_interval, self.subscribers / self.message_budget)
+                loop = asyncio.get_running_loop()
+                if delay < 0.001:  # timers this short are coarse: flush at the end of this turn
+                    self._flush_at = loop.call_soon(self._flush)  # type: ignore[assignment]
+                else:
+                    self._flush_at = loop.call_later(delay, self._flush)
+
+    def _flush(self) -> None:
+        """One round: wake every subscriber something was queued for."""
+        self._flush_at = None
+        dirty, self._dirty = self._dirty, []
+        for sub in dirty:
+            sub.dirty = False
+            sub.wakeup.set()
+
+    async def _heartbeats(self) -> None:
+        """Mark idle live subscribers for a heartbeat (one ticker for all of them)."""
+        while True:
+            await asyncio.sleep(0.05)
+            now = time.monotonic()
+            for sub in self._live:
+                if not sub.beat and now - sub.last_sent >= sub.heartbeat:
+                    sub.beat = True
+                    sub.wakeup.set()
 
     def _overflow(self, sub: Subscriber, newest_first: int) -> None:
         """Apply the subscriber's policy; it never makes the fan-out wait."""
@@ -236,6 +286,8 @@ class Hub:
         return count
 
     def close(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
         for subs in self._groups.values():
             for sub in subs:
                 sub.closed = True

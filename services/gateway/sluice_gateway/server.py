@@ -48,7 +48,7 @@ class GatewayServer:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.hub = Hub()
+        self.hub = Hub(settings.flush_interval, settings.message_budget)
         self.channel = grpc.aio.insecure_channel(
             settings.store,
             options=[

@@ -201,9 +201,8 @@ class Gateway:
             await write(fmt.caught_up(sub.cursor))
         else:
             await self._catch_up(sub, start, fmt, write, resume=True)
-        flush = self.settings.flush_interval
         max_batch = self.settings.max_batch
-        sent = 0.0
+        sub.heartbeat = heartbeat
         try:
             while not sub.closed:
                 if sub.fell_behind:
@@ -211,19 +210,20 @@ class Gateway:
                     await write(fmt.fell_behind(sub.cursor))
                     await self._catch_up(sub, sub.cursor, fmt, write, resume=False)
                     continue
-                if not (sub.chunks or sub.messages or sub.gap):
+                if not (sub.chunks or sub.messages or sub.gap or sub.beat):
                     sub.wakeup.clear()
-                    try:
-                        await asyncio.wait_for(sub.wakeup.wait(), heartbeat)
-                    except TimeoutError:
-                        if sub.live and not sub.chunks:
-                            sub.cursor = max(sub.cursor, hub.position + 1)
-                        await write(fmt.heartbeat(hub.position, sub.cursor))
+                    await sub.wakeup.wait()  # the hub wakes it: flush round, heartbeat, overflow, close
                     continue
-                if flush:  # let events that arrive close together go in one message
-                    wait = sent + flush - time.monotonic()
-                    if wait > 0:
-                        await asyncio.sleep(wait)
+                if sub.dirty and not (sub.messages or sub.gap or sub.beat):
+                    sub.wakeup.clear()
+                    await sub.wakeup.wait()  # events queued: they go in the next flush round
+                    continue
+                if sub.beat and not (sub.chunks or sub.messages or sub.gap):
+                    sub.beat = False
+                    if sub.live:
+                        sub.cursor = max(sub.cursor, hub.position + 1)
+                    await write(fmt.heartbeat(hub.position, sub.cursor))
+                sub.beat = False
                 if sub.messages:
                     body = b"".join(sub.take_messages())
                     if body:
@@ -237,7 +237,7 @@ class Gateway:
                     body, last = sub.take(max_batch)
                     sub.cursor = hub.position + 1 if not sub.chunks and sub.live else last + 1
                     await write(fmt.events(body, sub.cursor))
-                sent = time.monotonic()
+                sub.last_sent = time.monotonic()
         finally:
             hub.unregister(sub)
 
