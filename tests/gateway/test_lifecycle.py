@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import sys
 from typing import Any
 
 import aiohttp
@@ -190,3 +191,52 @@ async def _drain(it: Any) -> None:
             pass
     except Exception:  # the gateway went away: the watch ends, with a status
         pass
+
+
+async def test_cli_tails_and_publishes_through_the_gateway(
+    gateway: GatewayProcess, store_proc: StoreProcess, store_client: Client
+) -> None:
+    await store_client.append("cli-1", [new_event("Seen", b'{"n": 1}', content_type="application/json")])
+    args = [
+        "--json",
+        "tail",
+        "--gateway",
+        gateway.addr,
+        "--prefix",
+        "cli-",
+        "--from",
+        "pos:1",
+        "--count",
+        "2",
+    ]
+    tail = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "sluice.cli",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert tail.stderr is not None
+    async with asyncio.timeout(20):
+        assert b"caught up" in await tail.stderr.readline()
+    await store_client.append("cli-2", [new_event("Later", b"x")])
+    out, _ = await asyncio.wait_for(tail.communicate(), 20)
+    lines = [json.loads(line) for line in out.decode().splitlines()]
+    assert [(e["stream"], e["type"]) for e in lines] == [("cli-1", "Seen"), ("cli-2", "Later")]
+    assert tail.returncode == 0
+
+    publish = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "sluice.cli",
+        "publish",
+        "--gateway",
+        gateway.addr,
+        "news.x",
+        "Flash",
+        "hello",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await asyncio.wait_for(publish.communicate(), 20)
+    assert publish.returncode == 0 and "subscribers" in out.decode()

@@ -29,7 +29,9 @@ from sluice.client import (
     new_event,
 )
 from sluice.errors import SluiceError
+from sluice.gateway import DEFAULT_GATEWAY_ADDR, GatewayClient
 from sluice.settings import parse_duration
+from sluice.v1 import gateway_pb2 as gpb
 from sluice.v1 import streams_pb2 as pb
 
 
@@ -191,6 +193,50 @@ async def cmd_read(c: Client, a: argparse.Namespace) -> None:
     progress.done()
     if not a.json:
         table(rows, EVENT_HEADERS)
+
+
+async def tail_gateway(a: argparse.Namespace) -> None:
+    """``sluice tail --gateway``: the same output, through the gateway's fan-out."""
+    start = None
+    if a.start and a.start != "end":
+        if not a.start.startswith("pos:"):
+            sys.exit("sluice: through the gateway, --from takes end or pos:N")
+        start = int(a.start[4:])
+    async with GatewayClient(a.gateway) as g:
+        async for item in g.watch(
+            [a.stream] if a.stream else [],
+            stream_prefixes=a.prefix or (),
+            event_types=a.type or (),
+            form="notification" if a.notifications else "full",
+            start=start,
+        ):
+            if isinstance(item, pb.RecordedEvent):
+                if a.json:
+                    print(json.dumps(event_json(item)), flush=True)
+                else:
+                    print("  ".join(str(x) for x in _event_row(item)), flush=True)
+                a.count -= 1
+                if a.count == 0:
+                    return
+            elif isinstance(item, pb.CaughtUp):
+                print(f"-- caught up at position {item.position}; following --", file=sys.stderr, flush=True)
+            elif isinstance(item, gpb.Gap):
+                reason = gpb.Gap.Reason.Name(item.reason).removeprefix("REASON_").lower()
+                print(
+                    f"-- gap ({reason}): positions {item.from_position}..{item.to_position - 1} --",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            elif isinstance(item, gpb.EphemeralMessage):
+                print(f"(ephemeral) {item.stream}  {item.type}  {item.data[:60]!r}", flush=True)
+
+
+async def cmd_publish(a: argparse.Namespace) -> None:
+    async with GatewayClient(a.gateway) as g:
+        r = await g.publish(
+            a.stream, a.type, a.payload, metadata=dict(kv.split("=", 1) for kv in a.meta), ttl=a.ttl
+        )
+    table([(r.id, r.subscribers)], ("id", "subscribers"))
 
 
 async def cmd_tail(c: Client, a: argparse.Namespace) -> None:
@@ -371,7 +417,27 @@ def build_parser() -> argparse.ArgumentParser:
     tp = sub.add_parser("tail", help="follow events as they are appended")
     reading(tp)
     tp.add_argument("--count", type=int, default=-1, help="stop after this many events")
+    tp.add_argument(
+        "--gateway",
+        nargs="?",
+        const=os.environ.get("SLUICE_GATEWAY_ADDR", DEFAULT_GATEWAY_ADDR),
+        help="follow through the gateway at this address [SLUICE_GATEWAY_ADDR; 127.0.0.1:50052]",
+    )
     tp.set_defaults(run=cmd_tail)
+
+    pp = sub.add_parser("publish", help="send an ephemeral message to the gateway's subscribers")
+    pp.add_argument("stream")
+    pp.add_argument("type")
+    pp.add_argument("data", nargs="?", help="payload; '-' or omitted with a pipe reads stdin")
+    pp.add_argument("--file", help="read the payload from a file")
+    pp.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE")
+    pp.add_argument("--ttl", type=float, default=0.0, help="seconds it may wait for a subscriber")
+    pp.add_argument(
+        "--gateway",
+        default=os.environ.get("SLUICE_GATEWAY_ADDR", DEFAULT_GATEWAY_ADDR),
+        help="gateway address [SLUICE_GATEWAY_ADDR; 127.0.0.1:50052]",
+    )
+    pp.set_defaults(run=None)
 
     sp = sub.add_parser("streams", help="list, describe, set retention, delete")
     sp.add_argument("action", choices=["list", "info", "retention", "delete"])
@@ -400,6 +466,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def _run(a: argparse.Namespace) -> None:
+    if a.command == "publish":
+        await cmd_publish(a)
+        return
+    if a.command == "tail" and a.gateway:
+        await tail_gateway(a)
+        return
     async with Client(a.addr) as c:
         await a.run(c, a)
 
@@ -411,7 +483,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(f"streams {a.action} needs a stream name")
     if a.command == "groups" and a.action != "list" and not a.group:
         parser.error(f"groups {a.action} needs a group name")
-    if a.command == "append":
+    if a.command in ("append", "publish"):
         a.payload = read_payload(a)
     try:
         asyncio.run(_run(a))
