@@ -1,4 +1,4 @@
-# Sluice: `make run` starts the store on an embedded SQLite file, `make test` runs everything CI runs.
+# Sluice: `make run` starts the store (embedded SQLite) and the gateway, `make test` runs everything CI runs.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -42,8 +42,9 @@ fmt: $(STAMP)
 test: $(STAMP) check-protos lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
+# The mesh on one machine: the store (embedded SQLite) and the gateway; Ctrl-C stops both.
 run: $(STAMP)
-	$(PY) -m sluice_store --db sqlite:///$(SLUICE_DATA)/sluice.db
+	$(PY) scripts/mesh.py --data $(SLUICE_DATA)
 
 bench: $(STAMP)
 	$(PY) bench/run.py $(BENCH_ARGS)
