@@ -155,14 +155,14 @@ class GatewayServer:
         )
         await resp.prepare(request)
         await resp.write(b": sluice gateway\nretry: 1000\n\n")
-        task = asyncio.create_task(self.gateway.session(sub, start, SseFormat(), resp.write, heartbeat))
+        task = asyncio.current_task()
+        assert task is not None
         if policy == DISCONNECT:
             sub.on_disconnect = task.cancel
         try:
-            await task
+            await self.gateway.session(sub, start, SseFormat(), resp.write, heartbeat)
         except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if not (sub.disconnect and current is not None and not current.cancelling()):
+            if not (sub.disconnect and task.uncancel() == 0):
                 raise
         except GatewayError as e:
             with contextlib.suppress(ConnectionError):
@@ -170,7 +170,6 @@ class GatewayServer:
         except ConnectionError:
             pass
         finally:
-            task.cancel()
             self.hub.unregister(sub)
         return resp
 

@@ -304,28 +304,28 @@ class GatewayService:
             await e.abort(context)
             return
         heartbeat = request.heartbeat_interval_ms / 1000 or self.settings.heartbeat_interval
-        sender = asyncio.create_task(self.gateway.session(sub, start, GrpcFormat(), context.write, heartbeat))
+        # The session runs in the handler's own task: writes from another task cost gRPC an
+        # extra hop each (measured: twice the write time). DISCONNECT cancels this task.
+        task = asyncio.current_task()
+        assert task is not None
         if sub.policy == DISCONNECT:
-            sub.on_disconnect = sender.cancel
+            sub.on_disconnect = task.cancel
         try:
-            await sender
+            await self.gateway.session(sub, start, GrpcFormat(), context.write, heartbeat)
         except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if sub.disconnect and task is not None and not task.cancelling():
-                await GatewayError(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    "SUBSCRIBER_TOO_SLOW",
-                    f"more than {sub.limit} events waited for this subscriber; watch again from position"
-                    f" {sub.cursor}",
-                    position=sub.cursor,
-                    buffer_size=sub.limit,
-                ).abort(context)
-                return
-            raise
+            if not (sub.disconnect and task.uncancel() == 0):
+                raise  # the client went away, or the server is stopping
+            await GatewayError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "SUBSCRIBER_TOO_SLOW",
+                f"more than {sub.limit} events waited for this subscriber; watch again from position"
+                f" {sub.cursor}",
+                position=sub.cursor,
+                buffer_size=sub.limit,
+            ).abort(context)
         except GatewayError as e:
             await e.abort(context)
         finally:
-            sender.cancel()
             self.gateway.hub.unregister(sub)
 
     async def Publish(
