@@ -87,13 +87,15 @@ class Feed:
                     if kind == "caught_up":
                         hub.advance(msg.caught_up.position - 1)
                         if not self.connected.is_set():
-                            log.info("live feed from the store at position %d", msg.caught_up.position)
+                            log.info("live feed from the store from position %d", msg.caught_up.position)
                         self.connected.set()
                         backoff = 0.05
                     elif kind == "checkpoint":
                         hub.advance(msg.checkpoint.position - 1)
             except grpc.aio.AioRpcError as e:
-                log.warning("live feed from the store ended: %s %s", e.code().name, e.details())
+                # Once per outage at warning level; the retries after it at debug level.
+                level = logging.WARNING if self.connected.is_set() or not self.reconnects else logging.DEBUG
+                log.log(level, "live feed from the store ended: %s %s; retrying", e.code().name, e.details())
             finally:
                 call.cancel()
             self.connected.clear()
