@@ -881,9 +881,10 @@ async def main() -> None:
     out.mkdir(exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     suffix = "-quick" if a.quick else ""
-    (out / f"store-{stamp}{suffix}.md").write_text(text)
-    (out / f"store-latest{suffix}.md").write_text(text)
-    log(f"written to bench/results/store-{stamp}{suffix}.md")
+    name = "-".join(chosen) if a.only else "store"  # a partial run does not replace the full one
+    (out / f"{name}-{stamp}{suffix}.md").write_text(text)
+    (out / f"{name}-latest{suffix}.md").write_text(text)
+    log(f"written to bench/results/{name}-{stamp}{suffix}.md")
 
 
 if __name__ == "__main__":
