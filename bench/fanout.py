@@ -33,6 +33,7 @@ async def worker(a: argparse.Namespace) -> None:
     received = [0] * a.subs
     messages = 0
     lat: list[int] = []
+    hop: list[int] = []  # Sluice: store commit -> subscriber, from each event's `created`
     first = last = 0
     finished = asyncio.Event()
     done = 0
@@ -73,10 +74,11 @@ async def worker(a: argparse.Namespace) -> None:
             async for msg in g.watch_messages(req):
                 kind = msg.WhichOneof("content")
                 if kind == "events":
-                    got(
-                        i,
-                        [e.data for e in msg.events.events] if a.latency else [b""] * len(msg.events.events),
-                    )
+                    events = msg.events.events
+                    if a.latency:
+                        now = time.time_ns()
+                        hop.extend((now - e.created.ToNanoseconds()) // 1000 for e in events)
+                    got(i, [e.data for e in events] if a.latency else [b""] * len(events))
                 elif kind == "caught_up":
                     on_ready()
 
@@ -120,6 +122,7 @@ async def worker(a: argparse.Namespace) -> None:
         "last": last,
         "cpu": cpu,
         "lat": lat,
+        "hop": hop,
     }
     print(json.dumps(result), flush=True)
     for t in tasks:

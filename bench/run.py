@@ -725,6 +725,9 @@ async def fanout_run(
     first = min(r["first"] for r in results if r["first"]) if received else 0
     last = max(r["last"] for r in results)
     lat = sorted(x / 1000 for r in results for x in r["lat"])
+    hop = sorted(x / 1000 for r in results for x in r.get("hop", ()))
+    if hop:
+        log(f"  {kind}: store commit -> subscriber p50 {pct(hop, 0.5):.1f} ms, p99 {pct(hop, 0.99):.1f} ms")
     log(
         f"  {kind}: {received:,} deliveries in {sum(r['messages'] for r in results):,} messages;"
         f" subscriber CPU {sum(r['cpu'] for r in results):.1f}s over {(last - first) / 1e9:.1f}s"
