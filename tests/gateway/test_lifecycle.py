@@ -240,3 +240,27 @@ async def test_cli_tails_and_publishes_through_the_gateway(
     )
     out, _ = await asyncio.wait_for(publish.communicate(), 20)
     assert publish.returncode == 0 and "subscribers" in out.decode()
+
+
+async def test_publish_on_one_gateway_reaches_subscribers_of_every_gateway_once(
+    gateways: Gateways, store_client: Client
+) -> None:
+    a, b = gateways(), gateways()
+    await a.start()
+    await b.start()
+    async with GatewayClient(a.addr) as ga, GatewayClient(b.addr) as gb:
+        on_a, on_b = ga.watch(stream_prefixes=["room."]), gb.watch(stream_prefixes=["room."])
+        for it in (on_a, on_b):
+            assert isinstance(await asyncio.wait_for(anext(it), 10), pb.CaughtUp)
+        resp = await ga.publish("room.1", "Typing", b"bob", ttl=30)
+        assert (resp.subscribers, resp.relayed) == (1, 1)
+        for it in (on_a, on_b):
+            got = await asyncio.wait_for(anext(it), 10)
+            assert isinstance(got, pb.EphemeralMessage) and got.id == resp.id and got.data == b"bob"
+        # Exactly once on the publishing gateway: the relayed copy is skipped there.
+        after = await store_client.append("room.1", [new_event("Said", b"hi")])
+        for it in (on_a, on_b):
+            nxt = await asyncio.wait_for(anext(it), 10)
+            assert isinstance(nxt, pb.RecordedEvent) and nxt.position == after.first_position
+        await on_a.aclose()
+        await on_b.aclose()

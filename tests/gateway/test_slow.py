@@ -110,7 +110,7 @@ async def test_published_messages_reach_connected_subscribers_only_and_expire(
     resp = await gw.publish("chat.room-1", "Typing", b"alice", metadata={"who": "alice"})
     assert resp.subscribers == 1 and resp.id
     got = await asyncio.wait_for(anext(matching), 10)
-    assert isinstance(got, gpb.EphemeralMessage)
+    assert isinstance(got, pb.EphemeralMessage)
     assert (got.id, got.stream, got.type, got.data, dict(got.metadata)) == (
         resp.id,
         "chat.room-1",
@@ -125,7 +125,7 @@ async def test_published_messages_reach_connected_subscribers_only_and_expire(
     await store_client.append("chat.room-1", [new_event("Said", b"hi")])
     events, other_items, _ = await collect(gw, 1, start=1, stream_prefixes=["chat."])
     assert [e.type for e in events] == ["Said"]
-    assert not any(isinstance(i, gpb.EphemeralMessage) for i in other_items)
+    assert not any(isinstance(i, pb.EphemeralMessage) for i in other_items)
 
     # A message that waits longer than its time to live in a stalled subscriber's queue is dropped.
     req = gpb.WatchRequest(stream_prefixes=["big-", "chat."], buffer_size=100_000, heartbeat_interval_ms=100)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import grpc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -309,3 +311,33 @@ async def _read_partitioned(client: Client, req: pb.ReadRequest) -> AsyncIterato
     async for msg in client._stub.Read(req):
         for e in msg.events:
             yield e
+
+
+async def test_broadcast_reaches_live_subscriptions_that_asked_for_ephemeral_messages(client: Client) -> None:
+    stub = client._stub
+
+    def subscribe(prefix: str, ephemeral: bool) -> Any:
+        req = pb.SubscribeRequest(filter=pb.Filter(stream_prefixes=[prefix]), include_ephemeral=ephemeral)
+        return stub.Subscribe(req)
+
+    async def next_of(call: Any) -> pb.SubscribeResponse:
+        msg: pb.SubscribeResponse = await asyncio.wait_for(call.read(), 10)
+        return msg
+
+    wants, other_prefix, plain = subscribe("chat.", True), subscribe("news.", True), subscribe("chat.", False)
+    for call in (wants, other_prefix, plain):
+        assert (await next_of(call)).WhichOneof("content") == "caught_up"
+    msg = pb.EphemeralMessage(id="e-1", stream="chat.1", type="Typing", data=b"x")
+    assert (await stub.Broadcast(msg)).subscriptions == 1
+    got = await next_of(wants)
+    assert got.WhichOneof("content") == "ephemeral" and got.ephemeral == msg
+    # Never stored: a read finds nothing; the others got an event only when one is appended.
+    assert await client.read_list() == []
+    resp = await client.append("chat.1", [new_event("Said", b"hi")])
+    for call in (wants, plain):
+        assert (await next_of(call)).events.events[0].position == resp.first_position
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await stub.Broadcast(pb.EphemeralMessage(stream="chat.1"))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    for call in (wants, other_prefix, plain):
+        call.cancel()

@@ -227,7 +227,7 @@ async def tail_gateway(a: argparse.Namespace) -> None:
                     file=sys.stderr,
                     flush=True,
                 )
-            elif isinstance(item, gpb.EphemeralMessage):
+            elif isinstance(item, pb.EphemeralMessage):
                 print(f"(ephemeral) {item.stream}  {item.type}  {item.data[:60]!r}", flush=True)
 
 
@@ -236,7 +236,7 @@ async def cmd_publish(a: argparse.Namespace) -> None:
         r = await g.publish(
             a.stream, a.type, a.payload, metadata=dict(kv.split("=", 1) for kv in a.meta), ttl=a.ttl
         )
-    table([(r.id, r.subscribers)], ("id", "subscribers"))
+    table([(r.id, r.subscribers, r.relayed)], ("id", "subscribers here", "relayed to gateways"))
 
 
 async def cmd_tail(c: Client, a: argparse.Namespace) -> None:

@@ -23,7 +23,7 @@ POLICIES = {
     "disconnect": gpb.OVERFLOW_POLICY_DISCONNECT,
 }
 
-WatchItem = pb.RecordedEvent | gpb.EphemeralMessage | pb.CaughtUp | pb.Heartbeat | pb.FellBehind | gpb.Gap
+WatchItem = pb.RecordedEvent | pb.EphemeralMessage | pb.CaughtUp | pb.Heartbeat | pb.FellBehind | gpb.Gap
 
 
 @dataclasses.dataclass

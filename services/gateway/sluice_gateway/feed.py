@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 import grpc
@@ -33,6 +34,7 @@ class Feed:
         hub: Hub,
         max_backoff: float = 2.0,
         on_batch: Callable[[list[Record]], None] | None = None,
+        origin: str = "",
     ) -> None:
         # Raw bytes in: each event is cut out of the message as the store serialized it.
         self._subscribe = channel.unary_stream(
@@ -43,6 +45,7 @@ class Feed:
         self.hub = hub
         self.max_backoff = max_backoff
         self.on_batch = on_batch
+        self.origin = origin  # this gateway's id: its own published messages come back; skip them
         self.connected = asyncio.Event()
         self.reconnects = 0
         self._task: asyncio.Task[None] | None = None
@@ -60,7 +63,7 @@ class Feed:
             self._task = None
 
     def _request(self) -> pb.SubscribeRequest:
-        req = pb.SubscribeRequest(max_batch=1000, heartbeat_interval_ms=1000)
+        req = pb.SubscribeRequest(max_batch=1000, heartbeat_interval_ms=1000, include_ephemeral=True)
         if self.hub.ready.is_set():
             getattr(req, "from").position = self.hub.position + 1
         else:
@@ -92,6 +95,12 @@ class Feed:
                         backoff = 0.05
                     elif kind == "checkpoint":
                         hub.advance(msg.checkpoint.position - 1)
+                    elif kind == "ephemeral" and msg.ephemeral.origin != self.origin:
+                        # Published on another gateway and relayed by the store.
+                        m = msg.ephemeral
+                        left = (m.expires.ToNanoseconds() - time.time_ns()) / 1e9
+                        if left > 0:
+                            hub.publish(wire.ephemeral_record(m), time.monotonic() + left)
             except grpc.aio.AioRpcError as e:
                 # Once per outage at warning level; the retries after it at debug level.
                 level = logging.WARNING if self.connected.is_set() or not self.reconnects else logging.DEBUG

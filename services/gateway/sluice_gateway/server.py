@@ -59,7 +59,9 @@ class GatewayServer:
         )
         self.gateway = Gateway(self.hub, pb_grpc.StreamsStub(self.channel), settings)
         self.telemetry = Telemetry(self.hub)
-        self.feed = Feed(self.channel, self.hub, settings.reconnect_backoff, self.telemetry.on_batch)
+        self.feed = Feed(
+            self.channel, self.hub, settings.reconnect_backoff, self.telemetry.on_batch, self.gateway.origin
+        )
         self.service = GatewayService(self.gateway)
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
@@ -186,12 +188,12 @@ class GatewayServer:
             )
             if body.get("ttl_seconds"):
                 req.time_to_live.FromMilliseconds(int(float(body["ttl_seconds"]) * 1000))
-            resp = self.service.publish(req)
+            resp = await self.service.publish(req)
         except (ValueError, TypeError, AttributeError) as e:
             return web.json_response({"error": f"bad body: {e}"}, status=400)
         except GatewayError as e:
             return web.json_response({"error": e.message, "reason": e.reason, **e.metadata}, status=400)
-        return web.json_response({"id": resp.id, "subscribers": resp.subscribers})
+        return web.json_response({"id": resp.id, "subscribers": resp.subscribers, "relayed": resp.relayed})
 
     async def metrics(self, _: web.Request) -> web.Response:
         body = generate_latest()

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import re
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -144,6 +145,7 @@ class Gateway:
         self.hub = hub
         self.store = store
         self.settings = settings
+        self.origin = str(uuid.uuid4())  # this process, as the origin of what it publishes
 
     def subscriber(self, request: gpb.WatchRequest, encoder: Encoder) -> tuple[Subscriber, int | None]:
         """A subscriber for a request, and its start cursor (None: live); raises GatewayError."""
@@ -332,24 +334,24 @@ class GatewayService:
         self, request: gpb.PublishRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> gpb.PublishResponse:
         try:
-            return self.publish(request)
+            return await self.publish(request)
         except GatewayError as e:
             await e.abort(context)
             raise AssertionError("unreachable") from None
 
-    def publish(self, request: gpb.PublishRequest) -> gpb.PublishResponse:
+    async def publish(self, request: gpb.PublishRequest) -> gpb.PublishResponse:
+        """Deliver to this gateway's subscribers now, then relay through the store to the others."""
         check_name(request.stream, "stream")
         check_name(request.type, "type")
         ttl = request.time_to_live.ToTimedelta().total_seconds() if request.HasField("time_to_live") else 0.0
         if ttl < 0:
             raise invalid("time_to_live: must not be negative", "time_to_live")
         ttl = ttl or self.settings.ephemeral_ttl
-        msg_id = request.id or uuid7()[1]
         published = _now()
         expires = timestamp_pb2.Timestamp()
         expires.FromNanoseconds(published.ToNanoseconds() + int(ttl * 1e9))
-        msg = gpb.EphemeralMessage(
-            id=msg_id,
+        msg = pb.EphemeralMessage(
+            id=request.id or uuid7()[1],
             stream=request.stream,
             type=request.type,
             data=request.data,
@@ -357,9 +359,18 @@ class GatewayService:
             content_type=request.content_type,
             published=published,
             expires=expires,
+            origin=self.gateway.origin,
         )
         count = self.gateway.hub.publish(wire.ephemeral_record(msg), time.monotonic() + ttl)
-        return gpb.PublishResponse(id=msg_id, subscribers=count)
+        relayed = 0
+        try:
+            resp = await self.gateway.store.Broadcast(msg, timeout=5)
+            relayed = max(0, resp.subscriptions - 1)  # less this gateway's own feed
+        except grpc.aio.AioRpcError as e:
+            if e.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED):
+                raise GatewayError(e.code(), "INVALID_ARGUMENT", e.details() or "refused by the store") from e
+            log.warning("published %s here only: the store did not relay it (%s)", msg.id, e.code().name)
+        return gpb.PublishResponse(id=msg.id, subscribers=count, relayed=relayed)
 
 
 def _identity(b: bytes) -> bytes:

@@ -83,7 +83,7 @@ class Record:
         type_: str,
         full: bytes,
         notification: bytes,
-        event: pb.RecordedEvent | gpb.EphemeralMessage,
+        event: pb.RecordedEvent | pb.EphemeralMessage,
     ) -> None:
         self.position = position
         self.stream = stream
@@ -130,10 +130,10 @@ def record_of(event: pb.RecordedEvent) -> Record:
     )
 
 
-def ephemeral_record(msg: gpb.EphemeralMessage) -> Record:
+def ephemeral_record(msg: pb.EphemeralMessage) -> Record:
     full = msg.SerializeToString()
     if msg.data:
-        copy = gpb.EphemeralMessage()
+        copy = pb.EphemeralMessage()
         copy.CopyFrom(msg)
         copy.ClearField("data")
         notification = copy.SerializeToString()

@@ -20,6 +20,7 @@ class LiveSubscription:
         "buffer",
         "checkpoint_every",
         "closed",
+        "ephemeral",
         "filt",
         "limit",
         "notify_at",
@@ -29,8 +30,12 @@ class LiveSubscription:
         "wakeup",
     )
 
-    def __init__(self, stream: str, filt: StreamFilter, limit: int, checkpoint_every: int) -> None:
+    def __init__(
+        self, stream: str, filt: StreamFilter, limit: int, checkpoint_every: int, ephemeral: bool = False
+    ) -> None:
         self.stream = stream
+        # Serialized SubscribeResponse{ephemeral} messages, for subscribers that asked for them.
+        self.ephemeral: deque[bytes] | None = deque() if ephemeral else None
         self.filt = filt
         self.limit = limit
         self.buffer: deque[LiveRow] = deque()
@@ -61,9 +66,14 @@ class Broker:
         return len(self._subs)
 
     def register(
-        self, stream: str, filt: StreamFilter, limit: int, checkpoint_every: int = 1000
+        self,
+        stream: str,
+        filt: StreamFilter,
+        limit: int,
+        checkpoint_every: int = 1000,
+        ephemeral: bool = False,
     ) -> LiveSubscription:
-        sub = LiveSubscription(stream, filt, limit, checkpoint_every)
+        sub = LiveSubscription(stream, filt, limit, checkpoint_every, ephemeral)
         sub.closed = self.closed
         self._subs.add(sub)
         return sub
@@ -93,6 +103,26 @@ class Broker:
                 sub.wakeup.set()
             elif sub.filt and last >= sub.notify_at:
                 sub.wakeup.set()
+
+    def broadcast(self, message: bytes, stream: str, type_: str) -> int:
+        """Queue a never-stored message for the live subscriptions that take ephemeral
+        messages and match it; how many. A full queue drops its oldest message."""
+        count = 0
+        for sub in self._subs:
+            queue = sub.ephemeral
+            if queue is None or sub.closed:
+                continue
+            if sub.stream:
+                if sub.stream != stream:
+                    continue
+            elif sub.filt and not sub.filt.matches(stream, type_):
+                continue
+            if len(queue) >= sub.limit:
+                queue.popleft()
+            queue.append(message)
+            sub.wakeup.set()
+            count += 1
+        return count
 
     def close(self) -> None:
         """End every live subscription (shutdown)."""

@@ -441,7 +441,9 @@ class StreamsService:
             while True:
                 async for msg in self._catch_up(cursor, stream, filt, batch, with_data):
                     yield msg
-                sub = self.broker.register(stream, filt, s.subscriber_buffer)
+                sub = self.broker.register(
+                    stream, filt, s.subscriber_buffer, ephemeral=request.include_ephemeral
+                )
                 sub.notify_at = cursor.position + sub.checkpoint_every
                 async for msg in self._catch_up(cursor, stream, filt, batch, with_data):
                     yield msg
@@ -517,6 +519,10 @@ class StreamsService:
         with_data: bool,
     ) -> AsyncIterator[Response]:
         while not sub.closed:
+            if sub.ephemeral:
+                while sub.ephemeral:
+                    yield sub.ephemeral.popleft()
+                continue
             if not sub.buffer and not sub.overflowed:
                 sub.wakeup.clear()
                 try:
@@ -545,6 +551,21 @@ class StreamsService:
                 cursor.position = max(cursor.position, sub.seen + 1)
                 sub.notify_at = cursor.position + sub.checkpoint_every
                 yield pb.SubscribeResponse(checkpoint=pb.Checkpoint(position=cursor.position))
+
+    async def Broadcast(self, request: pb.EphemeralMessage) -> pb.BroadcastResponse:
+        self.check_name(request.stream, writing=False)
+        if not request.type or len(request.type) > 256:
+            raise InvalidEvent("type: 1..256 characters required", field="type")
+        message = pb.SubscribeResponse(ephemeral=request).SerializeToString()
+        if len(message) > self.settings.max_event_bytes:
+            raise LimitExceeded(
+                f"message of {len(message)} bytes is over max_event_bytes ({self.settings.max_event_bytes})",
+                limit="max_event_bytes",
+                value=len(message),
+                max=self.settings.max_event_bytes,
+            )
+        count = self.broker.broadcast(message, request.stream, request.type)
+        return pb.BroadcastResponse(subscriptions=count)
 
     # -- administration ---------------------------------------------------------------
 
@@ -679,6 +700,11 @@ def methods(service: StreamsService) -> dict[str, grpc.RpcMethodHandler]:
             unary_handler(service.DeleteStream),
             pb.DeleteStreamRequest.FromString,
             pb.DeleteStreamResponse.SerializeToString,
+        ),
+        "Broadcast": unary(
+            unary_handler(service.Broadcast),
+            pb.EphemeralMessage.FromString,
+            pb.BroadcastResponse.SerializeToString,
         ),
         "ListStreams": unary(
             unary_handler(service.ListStreams),

@@ -18,7 +18,6 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import empty_pb2 as _empty_pb2
 from google.protobuf import message as _message
-from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from sluice.v1 import streams_pb2 as _streams_pb2
@@ -284,84 +283,16 @@ class Gap(_message.Message):
 Global___Gap: _TypeAlias = Gap  # noqa: Y015
 
 @_typing.final
-class EphemeralMessage(_message.Message):
-    """A message sent with Publish, as subscribers receive it."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    @_typing.final
-    class MetadataEntry(_message.Message):
-        DESCRIPTOR: _descriptor.Descriptor
-
-        KEY_FIELD_NUMBER: _builtins.int
-        VALUE_FIELD_NUMBER: _builtins.int
-        key: _builtins.str
-        value: _builtins.str
-        def __init__(
-            self,
-            *,
-            key: _builtins.str = ...,
-            value: _builtins.str = ...,
-        ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
-        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-        def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-    ID_FIELD_NUMBER: _builtins.int
-    STREAM_FIELD_NUMBER: _builtins.int
-    TYPE_FIELD_NUMBER: _builtins.int
-    DATA_FIELD_NUMBER: _builtins.int
-    METADATA_FIELD_NUMBER: _builtins.int
-    CONTENT_TYPE_FIELD_NUMBER: _builtins.int
-    PUBLISHED_FIELD_NUMBER: _builtins.int
-    EXPIRES_FIELD_NUMBER: _builtins.int
-    id: _builtins.str
-    stream: _builtins.str
-    type: _builtins.str
-    data: _builtins.bytes
-    """Empty in the notification form."""
-    content_type: _builtins.str
-    @_builtins.property
-    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
-    @_builtins.property
-    def published(self) -> _timestamp_pb2.Timestamp: ...
-    @_builtins.property
-    def expires(self) -> _timestamp_pb2.Timestamp:
-        """After this the message is no longer delivered."""
-
-    def __init__(
-        self,
-        *,
-        id: _builtins.str = ...,
-        stream: _builtins.str = ...,
-        type: _builtins.str = ...,
-        data: _builtins.bytes = ...,
-        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
-        content_type: _builtins.str = ...,
-        published: _timestamp_pb2.Timestamp | None = ...,
-        expires: _timestamp_pb2.Timestamp | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["expires", b"expires", "published", b"published"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_type", b"content_type", "data", b"data", "expires", b"expires", "id", b"id", "metadata", b"metadata", "published", b"published", "stream", b"stream", "type", b"type"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___EphemeralMessage: _TypeAlias = EphemeralMessage  # noqa: Y015
-
-@_typing.final
 class EphemeralBatch(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     MESSAGES_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___EphemeralMessage]: ...
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[_streams_pb2.EphemeralMessage]: ...
     def __init__(
         self,
         *,
-        messages: _abc.Iterable[Global___EphemeralMessage] | None = ...,
+        messages: _abc.Iterable[_streams_pb2.EphemeralMessage] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -443,18 +374,22 @@ class PublishResponse(_message.Message):
 
     ID_FIELD_NUMBER: _builtins.int
     SUBSCRIBERS_FIELD_NUMBER: _builtins.int
+    RELAYED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     subscribers: _builtins.int
-    """Subscribers the message was queued for."""
+    """Subscribers of this gateway the message was queued for."""
+    relayed: _builtins.int
+    """Other gateways the store relayed it to."""
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
         subscribers: _builtins.int = ...,
+        relayed: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "subscribers", b"subscribers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "relayed", b"relayed", "subscribers", b"subscribers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -60,9 +60,10 @@ class GatewayServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Publish(self, request, context):
-        """Deliver a message to the subscribers connected now whose filter matches it. The
-        message is never stored: a subscriber that connects later never sees it, and a
-        subscriber that cannot take it before its time to live ends does not get it.
+        """Deliver a message to the subscribers connected now whose filter matches it, on this
+        gateway at once and, relayed through the store (Streams.Broadcast), on every other
+        gateway of the store. The message is never stored: a subscriber that connects later
+        never sees it, and one that cannot take it before its time to live ends does not.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -48,9 +48,10 @@ class GatewayStub:
     and fell too far behind; the ErrorInfo metadata carries `position`, its cursor.
     """
     Publish: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.PublishRequest, _gateway_pb2.PublishResponse]
-    """Deliver a message to the subscribers connected now whose filter matches it. The
-    message is never stored: a subscriber that connects later never sees it, and a
-    subscriber that cannot take it before its time to live ends does not get it.
+    """Deliver a message to the subscribers connected now whose filter matches it, on this
+    gateway at once and, relayed through the store (Streams.Broadcast), on every other
+    gateway of the store. The message is never stored: a subscriber that connects later
+    never sees it, and one that cannot take it before its time to live ends does not.
     """
 
 @_typing.type_check_only
@@ -63,9 +64,10 @@ class GatewayAsyncStub(GatewayStub):
     and fell too far behind; the ErrorInfo metadata carries `position`, its cursor.
     """
     Publish: _aio.UnaryUnaryMultiCallable[_gateway_pb2.PublishRequest, _gateway_pb2.PublishResponse]  # type: ignore[assignment]
-    """Deliver a message to the subscribers connected now whose filter matches it. The
-    message is never stored: a subscriber that connects later never sees it, and a
-    subscriber that cannot take it before its time to live ends does not get it.
+    """Deliver a message to the subscribers connected now whose filter matches it, on this
+    gateway at once and, relayed through the store (Streams.Broadcast), on every other
+    gateway of the store. The message is never stored: a subscriber that connects later
+    never sees it, and one that cannot take it before its time to live ends does not.
     """
 
 class GatewayServicer(metaclass=_abc_1.ABCMeta):
@@ -87,9 +89,10 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
         request: _gateway_pb2.PublishRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.PublishResponse, _abc.Awaitable[_gateway_pb2.PublishResponse]]:
-        """Deliver a message to the subscribers connected now whose filter matches it. The
-        message is never stored: a subscriber that connects later never sees it, and a
-        subscriber that cannot take it before its time to live ends does not get it.
+        """Deliver a message to the subscribers connected now whose filter matches it, on this
+        gateway at once and, relayed through the store (Streams.Broadcast), on every other
+        gateway of the store. The message is never stored: a subscriber that connects later
+        never sees it, and one that cannot take it before its time to live ends does not.
         """
 
 def add_GatewayServicer_to_server(servicer: GatewayServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -720,6 +720,102 @@ class ReadHeader(_message.Message):
 Global___ReadHeader: _TypeAlias = ReadHeader  # noqa: Y015
 
 @_typing.final
+class EphemeralMessage(_message.Message):
+    """A message that is never stored (see Broadcast and Gateway.Publish)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ID_FIELD_NUMBER: _builtins.int
+    STREAM_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    CONTENT_TYPE_FIELD_NUMBER: _builtins.int
+    PUBLISHED_FIELD_NUMBER: _builtins.int
+    EXPIRES_FIELD_NUMBER: _builtins.int
+    ORIGIN_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """A UUID."""
+    stream: _builtins.str
+    """Matched against filters as an event's stream is; the store's stream-name rules."""
+    type: _builtins.str
+    """Required."""
+    data: _builtins.bytes
+    """Empty in the notification form."""
+    content_type: _builtins.str
+    origin: _builtins.str
+    """Who published it (a gateway's instance id): that gateway already delivered it to its
+    own subscribers and skips it when it comes back through the store.
+    """
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def published(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def expires(self) -> _timestamp_pb2.Timestamp:
+        """After this the message is no longer delivered."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        stream: _builtins.str = ...,
+        type: _builtins.str = ...,
+        data: _builtins.bytes = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        content_type: _builtins.str = ...,
+        published: _timestamp_pb2.Timestamp | None = ...,
+        expires: _timestamp_pb2.Timestamp | None = ...,
+        origin: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires", b"expires", "published", b"published"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_type", b"content_type", "data", b"data", "expires", b"expires", "id", b"id", "metadata", b"metadata", "origin", b"origin", "published", b"published", "stream", b"stream", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EphemeralMessage: _TypeAlias = EphemeralMessage  # noqa: Y015
+
+@_typing.final
+class BroadcastResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIPTIONS_FIELD_NUMBER: _builtins.int
+    subscriptions: _builtins.int
+    def __init__(
+        self,
+        *,
+        subscriptions: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["subscriptions", b"subscriptions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BroadcastResponse: _TypeAlias = BroadcastResponse  # noqa: Y015
+
+@_typing.final
 class SubscribeRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -729,6 +825,7 @@ class SubscribeRequest(_message.Message):
     NOTIFICATIONS_ONLY_FIELD_NUMBER: _builtins.int
     MAX_BATCH_FIELD_NUMBER: _builtins.int
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _builtins.int
+    INCLUDE_EPHEMERAL_FIELD_NUMBER: _builtins.int
     stream: _builtins.str
     """The stream to follow. Empty follows all streams."""
     notifications_only: _builtins.bool
@@ -736,6 +833,8 @@ class SubscribeRequest(_message.Message):
     """Upper bound on events per message; 0 lets the server choose."""
     heartbeat_interval_ms: _builtins.int
     """A heartbeat is sent when nothing else was sent for this long. 0: server default."""
+    include_ephemeral: _builtins.bool
+    """Also receive Broadcast messages that match the stream or filter (while live)."""
     @_builtins.property
     def filter(self) -> Global___Filter:
         """Only for subscriptions to all streams."""
@@ -748,10 +847,11 @@ class SubscribeRequest(_message.Message):
         notifications_only: _builtins.bool = ...,
         max_batch: _builtins.int = ...,
         heartbeat_interval_ms: _builtins.int = ...,
+        include_ephemeral: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "from", b"from"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "from", b"from", "heartbeat_interval_ms", b"heartbeat_interval_ms", "max_batch", b"max_batch", "notifications_only", b"notifications_only", "stream", b"stream"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "from", b"from", "heartbeat_interval_ms", b"heartbeat_interval_ms", "include_ephemeral", b"include_ephemeral", "max_batch", b"max_batch", "notifications_only", b"notifications_only", "stream", b"stream"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -766,6 +866,7 @@ class SubscribeResponse(_message.Message):
     CHECKPOINT_FIELD_NUMBER: _builtins.int
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     FELL_BEHIND_FIELD_NUMBER: _builtins.int
+    EPHEMERAL_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def events(self) -> Global___EventBatch: ...
     @_builtins.property
@@ -786,6 +887,10 @@ class SubscribeResponse(_message.Message):
         again; nothing is skipped. `caught_up` follows when it is live again.
         """
 
+    @_builtins.property
+    def ephemeral(self) -> Global___EphemeralMessage:
+        """A Broadcast message (only with include_ephemeral)."""
+
     def __init__(
         self,
         *,
@@ -794,12 +899,13 @@ class SubscribeResponse(_message.Message):
         checkpoint: Global___Checkpoint | None = ...,
         heartbeat: Global___Heartbeat | None = ...,
         fell_behind: Global___FellBehind | None = ...,
+        ephemeral: Global___EphemeralMessage | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["caught_up", b"caught_up", "checkpoint", b"checkpoint", "content", b"content", "events", b"events", "fell_behind", b"fell_behind", "heartbeat", b"heartbeat"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["caught_up", b"caught_up", "checkpoint", b"checkpoint", "content", b"content", "ephemeral", b"ephemeral", "events", b"events", "fell_behind", b"fell_behind", "heartbeat", b"heartbeat"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["caught_up", b"caught_up", "checkpoint", b"checkpoint", "content", b"content", "events", b"events", "fell_behind", b"fell_behind", "heartbeat", b"heartbeat"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caught_up", b"caught_up", "checkpoint", b"checkpoint", "content", b"content", "ephemeral", b"ephemeral", "events", b"events", "fell_behind", b"fell_behind", "heartbeat", b"heartbeat"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_content: _TypeAlias = _typing.Literal["events", "caught_up", "checkpoint", "heartbeat", "fell_behind"]  # noqa: Y015
+    _WhichOneofReturnType_content: _TypeAlias = _typing.Literal["events", "caught_up", "checkpoint", "heartbeat", "fell_behind", "ephemeral"]  # noqa: Y015
     _WhichOneofArgType_content: _TypeAlias = _typing.Literal["content", b"content"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_content) -> _WhichOneofReturnType_content | None: ...
 

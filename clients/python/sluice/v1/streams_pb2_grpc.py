@@ -79,6 +79,11 @@ class StreamsStub:
                 request_serializer=sluice_dot_v1_dot_streams__pb2.ListStreamsRequest.SerializeToString,
                 response_deserializer=sluice_dot_v1_dot_streams__pb2.ListStreamsResponse.FromString,
                 _registered_method=True)
+        self.Broadcast = channel.unary_unary(
+                '/sluice.v1.Streams/Broadcast',
+                request_serializer=sluice_dot_v1_dot_streams__pb2.EphemeralMessage.SerializeToString,
+                response_deserializer=sluice_dot_v1_dot_streams__pb2.BroadcastResponse.FromString,
+                _registered_method=True)
 
 
 class StreamsServicer:
@@ -150,6 +155,15 @@ class StreamsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Broadcast(self, request, context):
+        """Hand a message that is never stored to the live subscriptions that asked for
+        ephemeral messages and whose filter matches it (how gateways relay Publish to
+        each other). Returns how many subscriptions it was queued for.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StreamsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -197,6 +211,11 @@ def add_StreamsServicer_to_server(servicer, server):
                     servicer.ListStreams,
                     request_deserializer=sluice_dot_v1_dot_streams__pb2.ListStreamsRequest.FromString,
                     response_serializer=sluice_dot_v1_dot_streams__pb2.ListStreamsResponse.SerializeToString,
+            ),
+            'Broadcast': grpc.unary_unary_rpc_method_handler(
+                    servicer.Broadcast,
+                    request_deserializer=sluice_dot_v1_dot_streams__pb2.EphemeralMessage.FromString,
+                    response_serializer=sluice_dot_v1_dot_streams__pb2.BroadcastResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -442,6 +461,33 @@ class Streams:
             '/sluice.v1.Streams/ListStreams',
             sluice_dot_v1_dot_streams__pb2.ListStreamsRequest.SerializeToString,
             sluice_dot_v1_dot_streams__pb2.ListStreamsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Broadcast(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sluice.v1.Streams/Broadcast',
+            sluice_dot_v1_dot_streams__pb2.EphemeralMessage.SerializeToString,
+            sluice_dot_v1_dot_streams__pb2.BroadcastResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -68,6 +68,11 @@ class StreamsStub:
     """
     ListStreams: _grpc.UnaryUnaryMultiCallable[_streams_pb2.ListStreamsRequest, _streams_pb2.ListStreamsResponse]
     """List streams whose names start with a prefix, ordered by name, page by page."""
+    Broadcast: _grpc.UnaryUnaryMultiCallable[_streams_pb2.EphemeralMessage, _streams_pb2.BroadcastResponse]
+    """Hand a message that is never stored to the live subscriptions that asked for
+    ephemeral messages and whose filter matches it (how gateways relay Publish to
+    each other). Returns how many subscriptions it was queued for.
+    """
 
 @_typing.type_check_only
 class StreamsAsyncStub(StreamsStub):
@@ -95,6 +100,11 @@ class StreamsAsyncStub(StreamsStub):
     """
     ListStreams: _aio.UnaryUnaryMultiCallable[_streams_pb2.ListStreamsRequest, _streams_pb2.ListStreamsResponse]  # type: ignore[assignment]
     """List streams whose names start with a prefix, ordered by name, page by page."""
+    Broadcast: _aio.UnaryUnaryMultiCallable[_streams_pb2.EphemeralMessage, _streams_pb2.BroadcastResponse]  # type: ignore[assignment]
+    """Hand a message that is never stored to the live subscriptions that asked for
+    ephemeral messages and whose filter matches it (how gateways relay Publish to
+    each other). Returns how many subscriptions it was queued for.
+    """
 
 class StreamsServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -173,5 +183,16 @@ class StreamsServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_streams_pb2.ListStreamsResponse, _abc.Awaitable[_streams_pb2.ListStreamsResponse]]:
         """List streams whose names start with a prefix, ordered by name, page by page."""
+
+    @_abc_1.abstractmethod
+    def Broadcast(
+        self,
+        request: _streams_pb2.EphemeralMessage,
+        context: _ServicerContext,
+    ) -> _typing.Union[_streams_pb2.BroadcastResponse, _abc.Awaitable[_streams_pb2.BroadcastResponse]]:
+        """Hand a message that is never stored to the live subscriptions that asked for
+        ephemeral messages and whose filter matches it (how gateways relay Publish to
+        each other). Returns how many subscriptions it was queued for.
+        """
 
 def add_StreamsServicer_to_server(servicer: StreamsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
