@@ -12,10 +12,8 @@ Local gRPC (``--grpc-addr``): sluice.v1.Sidecar (Pull, Publish, Status) and heal
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import signal
 from collections.abc import AsyncIterator
 
 import grpc
@@ -24,6 +22,7 @@ from google.protobuf import json_format
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from sluice.errors import SluiceError
+from sluice.settings import until_signal
 from sluice.v1 import sidecar_pb2 as spb
 from sluice.v1 import sidecar_pb2_grpc as spb_grpc
 from sluice.v1 import streams_pb2 as pb
@@ -154,11 +153,7 @@ async def serve(settings: Settings) -> None:
         f"http {settings.http_addr}, grpc {settings.grpc_addr}, delivering by {settings.delivery}",
         flush=True,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await until_signal()
     log.info("shutting down: draining, committing, leaving the group")
     await health_servicer.enter_graceful_shutdown()
     await member.stop()  # readiness turns 503 first: member.stopping is set at once

@@ -195,6 +195,16 @@ async def cmd_read(c: Client, a: argparse.Namespace) -> None:
         table(rows, EVENT_HEADERS)
 
 
+def _print_event(ev: pb.RecordedEvent, a: argparse.Namespace) -> bool:
+    """Print one followed event; whether --count is reached."""
+    if a.json:
+        print(json.dumps(event_json(ev)), flush=True)
+    else:
+        print("  ".join(str(x) for x in _event_row(ev)), flush=True)
+    a.count -= 1
+    return bool(a.count == 0)
+
+
 async def tail_gateway(a: argparse.Namespace) -> None:
     """``sluice tail --gateway``: the same output, through the gateway's fan-out."""
     start = None
@@ -211,12 +221,7 @@ async def tail_gateway(a: argparse.Namespace) -> None:
             start=start,
         ):
             if isinstance(item, pb.RecordedEvent):
-                if a.json:
-                    print(json.dumps(event_json(item)), flush=True)
-                else:
-                    print("  ".join(str(x) for x in _event_row(item)), flush=True)
-                a.count -= 1
-                if a.count == 0:
+                if _print_event(item, a):
                     return
             elif isinstance(item, pb.CaughtUp):
                 print(f"-- caught up at position {item.position}; following --", file=sys.stderr, flush=True)
@@ -249,12 +254,7 @@ async def cmd_tail(c: Client, a: argparse.Namespace) -> None:
         notifications_only=a.notifications,
     ):
         if isinstance(item, pb.RecordedEvent):
-            if a.json:
-                print(json.dumps(event_json(item)), flush=True)
-            else:
-                print("  ".join(str(x) for x in _event_row(item)), flush=True)
-            a.count -= 1
-            if a.count == 0:
+            if _print_event(item, a):
                 return
         elif isinstance(item, pb.CaughtUp) and not caught_up:
             caught_up = True

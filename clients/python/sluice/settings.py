@@ -123,3 +123,24 @@ def run_main(
         sys.exit(f"{prog}: configuration error: {e}")
     except OSError as e:
         sys.exit(f"{prog}: {e}")
+
+
+def settle_heap() -> None:
+    """After start-up: what exists now lives as long as the process. Keep it out of the
+    collector's young generations and collect less often, to shorten pauses on hot paths."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 50, 100)
+
+
+async def until_signal() -> None:
+    """Return when the process gets SIGTERM or SIGINT (the start of a graceful shutdown)."""
+    import signal
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import json
 import logging
-import signal
 
 import grpc
 from aiohttp import web
@@ -15,6 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from sluice.settings import settle_heap, until_signal
 from sluice.v1 import gateway_pb2 as gpb
 from sluice.v1 import streams_pb2_grpc as pb_grpc
 from sluice_gateway import wire
@@ -231,15 +230,9 @@ async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
     server = GatewayServer(settings)
     await server.start()
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(20_000, 50, 100)
+    settle_heap()
     http = f", HTTP on port {server.http_port}" if settings.http_addr else ""
     print(f"sluice gateway listening on {server.address}{http} (store {settings.store})", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await until_signal()
     log.info("shutting down")
     await server.stop()

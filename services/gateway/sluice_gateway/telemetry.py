@@ -22,6 +22,14 @@ from sluice_gateway.wire import Record
 
 _provider: MeterProvider | None = None
 
+# Hub counters exported as metrics: (attribute and metric name, unit, description).
+COUNTERS = (
+    ("deliveries", "{event}", "events queued for subscribers, counted once per subscriber"),
+    ("drops", "{event}", "events skipped for slow subscribers (drop policy) and expired messages"),
+    ("catch_ups", "{subscriber}", "times a slow subscriber was moved back to catch-up from the store"),
+    ("disconnects", "{subscriber}", "slow subscribers disconnected (disconnect policy)"),
+)
+
 
 def _meter_provider() -> MeterProvider:
     """One provider per process, exported through prometheus_client's default registry."""
@@ -45,29 +53,10 @@ class Telemetry:
         meter.create_observable_gauge(
             "sluice.gateway.subscribers", [self._gauge("subscribers")], unit="{subscriber}"
         )
-        meter.create_observable_counter(
-            "sluice.gateway.deliveries",
-            [self._gauge("deliveries")],
-            unit="{event}",
-            description="events queued for subscribers, counted once per subscriber",
-        )
-        meter.create_observable_counter(
-            "sluice.gateway.drops",
-            [self._gauge("drops")],
-            unit="{event}",
-            description="events skipped for slow subscribers (drop policy) and expired messages",
-        )
-        meter.create_observable_counter(
-            "sluice.gateway.catch_ups",
-            [self._gauge("catch_ups")],
-            unit="{subscriber}",
-            description="times a slow subscriber was moved back to catch-up from the store",
-        )
-        meter.create_observable_counter(
-            "sluice.gateway.disconnects",
-            [self._gauge("disconnects")],
-            unit="{subscriber}",
-        )
+        for name, unit, description in COUNTERS:
+            meter.create_observable_counter(
+                f"sluice.gateway.{name}", [self._gauge(name)], unit=unit, description=description
+            )
         meter.create_observable_gauge("sluice.gateway.position", [self._gauge("position")], unit="{position}")
 
     def _gauge(self, attr: str) -> metrics.CallbackT:

@@ -12,6 +12,7 @@ import base64
 import json
 from collections.abc import Iterable, Sequence
 
+from sluice.protowire import read_varint, varint
 from sluice.v1 import gateway_pb2 as gpb
 from sluice.v1 import streams_pb2 as pb
 
@@ -23,37 +24,17 @@ _TAG_DATA = 0x1A  # RecordedEvent.data = 3 / EphemeralMessage.type = 3 (not used
 _TAG_POSITION = b"\x78"  # WatchResponse.position = 15, varint
 
 
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _read_varint(buf: bytes, i: int) -> tuple[int, int]:
-    shift = result = 0
-    while True:
-        b = buf[i]
-        i += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            return result, i
-        shift += 7
-
-
 def split_events(raw: bytes) -> list[bytes]:
     """The serialized RecordedEvents inside a serialized SubscribeResponse{events}."""
     if not raw or raw[0] != _TAG_EVENTS:
         return []
-    length, i = _read_varint(raw, 1)
+    length, i = read_varint(raw, 1)
     end = i + length
     out = []
     while i < end:
         if raw[i] != _TAG_EVENTS:  # an unknown EventBatch field: skip it
             raise ValueError("unexpected field in EventBatch")
-        n, i = _read_varint(raw, i + 1)
+        n, i = read_varint(raw, i + 1)
         out.append(raw[i : i + n])
         i += n
     return out

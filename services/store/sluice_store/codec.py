@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from sluice.protowire import varint as _varint
 from sluice.v1 import streams_pb2 as pb
 
 # Field tags (field_number << 3 | wire type 2 = length-delimited).
@@ -22,15 +23,6 @@ _TAG_CREATED = b"\x4a"  # RecordedEvent.created = 9
 _TAG_READ_EVENTS = b"\x12"  # ReadResponse.events = 2
 _TAG_BATCH_EVENTS = b"\x0a"  # EventBatch.events = 1
 _TAG_SUB_EVENTS = b"\x0a"  # SubscribeResponse.events = 1
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 128:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 _TABLE = [_varint(i) for i in range(1 << 14)]

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
-import signal
 from typing import Any
 
 import grpc
@@ -14,6 +12,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from sluice import telemetry
+from sluice.settings import settle_heap, until_signal
 from sluice.v1 import groups_pb2 as gpb
 from sluice.v1 import streams_pb2 as pb
 from sluice_store.broker import Broker
@@ -126,16 +125,8 @@ async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
     server = StoreServer(settings)
     await server.start()
-    # What exists now lives as long as the process: keep it out of the collector's young
-    # generations, and collect less often, to shorten pauses on the hot paths.
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(20_000, 50, 100)
+    settle_heap()
     print(f"sluice store listening on {server.address} (db {settings.db})", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await until_signal()
     log.info("shutting down")
     await server.stop()
