@@ -7,9 +7,9 @@ import dataclasses
 import json
 import socket
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
@@ -106,6 +106,15 @@ async def spawn(tmp_path: Path) -> AsyncIterator[Callable[..., StoreProcess]]:
         return p
 
     yield make
+    await reap(procs)
+
+
+class HasProc(Protocol):
+    proc: asyncio.subprocess.Process | None
+
+
+async def reap(procs: Sequence[HasProc]) -> None:
+    """Kill whatever a test left running."""
     for p in procs:
         if p.proc and p.proc.returncode is None:
             p.proc.kill()

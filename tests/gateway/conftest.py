@@ -12,7 +12,7 @@ import pytest
 
 from sluice import Client
 from sluice.gateway import GatewayClient
-from tests.conftest import StoreProcess, free_port
+from tests.conftest import StoreProcess, free_port, reap
 
 
 class GatewayProcess:
@@ -77,10 +77,7 @@ async def gateways(store_proc: StoreProcess) -> AsyncIterator[Gateways]:
         return p
 
     yield make
-    for p in procs:
-        if p.proc and p.proc.returncode is None:
-            p.proc.kill()
-            await p.proc.wait()
+    await reap(procs)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import os
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import grpc
 from google.protobuf import empty_pb2, timestamp_pb2
@@ -147,25 +147,24 @@ def _request(stream: str, events: Iterable[pb.EventData], expected: Expected) ->
 SubscriptionItem = pb.RecordedEvent | pb.CaughtUp | pb.Checkpoint | pb.Heartbeat | pb.FellBehind
 
 
-class Client:
-    """A connection to a Sluice store. Use ``async with Client(addr) as c:``."""
+class Connection:
+    """A gRPC channel a client owns: ``async with``, and ``close()`` safe to call twice."""
 
     def __init__(
         self,
-        target: str | None = None,
-        *,
-        channel: grpc.aio.Channel | None = None,
-        timeout: float | None = 30.0,
-        options: Sequence[tuple[str, Any]] = (),
+        target: str,
+        channel: grpc.aio.Channel | None,
+        options: Sequence[tuple[str, Any]],
+        timeout: float | None,
     ) -> None:
-        self.target = target or os.environ.get("SLUICE_STORE_ADDR", DEFAULT_ADDR)
+        self.target = target
         interceptors: list[Any] = []
         if channel is None and telemetry.tracing_enabled():
             from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
             interceptors = aio_client_interceptors()  # type: ignore[no-untyped-call]
         self._channel = channel or grpc.aio.insecure_channel(
-            self.target,
+            target,
             options=[
                 ("grpc.max_receive_message_length", 64 << 20),
                 ("grpc.max_send_message_length", 64 << 20),
@@ -173,13 +172,10 @@ class Client:
             ],
             interceptors=interceptors or None,
         )
-        self._stub = pb_grpc.StreamsStub(self._channel)
-        #: The sluice.v1.Groups stub, for members (Heartbeat, CommitCursor).
-        self.groups_stub = gpb_grpc.GroupsStub(self._channel)
         self.timeout = timeout
         self._closed = False
 
-    async def __aenter__(self) -> Client:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -194,6 +190,25 @@ class Client:
     async def wait_ready(self, timeout: float = 10.0) -> None:
         """Wait until the channel connects."""
         await asyncio.wait_for(self._channel.channel_ready(), timeout)
+
+
+class Client(Connection):
+    """A connection to a Sluice store. Use ``async with Client(addr) as c:``."""
+
+    def __init__(
+        self,
+        target: str | None = None,
+        *,
+        channel: grpc.aio.Channel | None = None,
+        timeout: float | None = 30.0,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        super().__init__(
+            target or os.environ.get("SLUICE_STORE_ADDR", DEFAULT_ADDR), channel, options, timeout
+        )
+        self._stub = pb_grpc.StreamsStub(self._channel)
+        #: The sluice.v1.Groups stub, for members (Heartbeat, CommitCursor).
+        self.groups_stub = gpb_grpc.GroupsStub(self._channel)
 
     async def _call(self, awaitable: Awaitable[S]) -> S:
         try:

@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 from google.protobuf import empty_pb2
 
+from sluice.client import Connection
 from sluice.errors import from_rpc_error
 from sluice.v1 import gateway_pb2 as gpb
 from sluice.v1 import gateway_pb2_grpc as gpb_grpc
@@ -33,7 +34,7 @@ class Cursor:
     position: int = 0
 
 
-class GatewayClient:
+class GatewayClient(Connection):
     """A connection to a Sluice gateway. Use ``async with GatewayClient(addr) as g:``."""
 
     def __init__(
@@ -44,24 +45,9 @@ class GatewayClient:
         timeout: float | None = 30.0,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        self.target = target or os.environ.get("SLUICE_GATEWAY_ADDR", DEFAULT_GATEWAY_ADDR)
-        self._channel = channel or grpc.aio.insecure_channel(
-            self.target, options=[("grpc.max_receive_message_length", 64 << 20), *options]
-        )
+        target = target or os.environ.get("SLUICE_GATEWAY_ADDR", DEFAULT_GATEWAY_ADDR)
+        super().__init__(target, channel, options, timeout)
         self.stub = gpb_grpc.GatewayStub(self._channel)
-        self.timeout = timeout
-        self._closed = False
-
-    async def __aenter__(self) -> GatewayClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            await self._channel.close()
 
     async def watch_messages(self, request: gpb.WatchRequest) -> AsyncGenerator[gpb.WatchResponse, None]:
         """The raw WatchResponse messages of a watch."""
