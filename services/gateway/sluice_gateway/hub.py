@@ -20,11 +20,13 @@ import dataclasses
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 from sluice.v1 import gateway_pb2 as gpb
 from sluice_gateway import wire
 from sluice_gateway.wire import Record
 
+STREAM_INDEX_SIZE = 100_000  # stream names whose matching groups are remembered
 CATCH_UP = gpb.OVERFLOW_POLICY_CATCH_UP
 DROP = gpb.OVERFLOW_POLICY_DROP
 DISCONNECT = gpb.OVERFLOW_POLICY_DISCONNECT
@@ -45,6 +47,9 @@ class Filter:
     def matches(self, stream: str, type_: str) -> bool:
         if self.types and type_ not in self.types:
             return False
+        return self.matches_stream(stream)
+
+    def matches_stream(self, stream: str) -> bool:
         if not (self.streams or self.prefixes):
             return True
         return stream in self.streams or (bool(self.prefixes) and stream.startswith(self.prefixes))
@@ -133,7 +138,8 @@ class Hub:
         self._ticker: asyncio.Task[None] | None = None
         self.position = 0  # the newest position dispatched
         self.ready = asyncio.Event()  # set once the feed has told the head
-        self._groups: dict[tuple[object, ...], list[Subscriber]] = {}
+        self._groups: dict[tuple[Any, ...], list[Subscriber]] = {}
+        self._by_stream: dict[str, list[tuple[Any, ...]]] = {}
         self.subscribers = 0
         self.deliveries = 0  # events queued, counted per subscriber
         self.drops = 0
@@ -150,7 +156,11 @@ class Hub:
         sub.skip_below = cursor if cursor > self.position + 1 else 0
         sub.live = True
         sub.last_sent = time.monotonic()
-        self._groups.setdefault(sub.key, []).append(sub)
+        group = self._groups.get(sub.key)
+        if group is None:
+            group = self._groups[sub.key] = []
+            self._by_stream.clear()  # a new group: stream look-ups are computed afresh
+        group.append(sub)
         self._live.add(sub)
         self.subscribers += 1
         if self._ticker is None:
@@ -166,6 +176,7 @@ class Hub:
             group.remove(sub)
             if not group:
                 del self._groups[sub.key]
+                self._by_stream.clear()
         self.subscribers -= 1
 
     def advance(self, position: int) -> None:
@@ -174,36 +185,56 @@ class Hub:
             self.position = position
         self.ready.set()
 
+    def _keys_for(self, stream: str) -> list[tuple[Any, ...]]:
+        """The groups whose stream filter takes this stream (cached per stream name)."""
+        keys = self._by_stream.get(stream)
+        if keys is None:
+            if len(self._by_stream) >= STREAM_INDEX_SIZE:
+                self._by_stream.clear()
+            keys = self._by_stream[stream] = [k for k in self._groups if k[0].matches_stream(stream)]
+        return keys
+
     def dispatch(self, records: list[Record]) -> None:
         """Queue a batch (in position order, above self.position) for every matching subscriber."""
         if not records:
             return
         last = records[-1].position
-        for key, subs in list(self._groups.items()):
-            filt, form, encoder = key
-            assert isinstance(filt, Filter)
-            if filt.everything:
-                matched = records
-            else:
-                match = filt.matches
-                matched = [r for r in records if match(r.stream, r.type)]
-            if not matched:
-                continue
-            chunk = encoder(matched, form)  # type: ignore[operator]
-            n = len(matched)
-            first = matched[0].position
-            for sub in list(subs):
-                if sub.skip_below:
-                    if sub.skip_below > last:
-                        continue
-                    mine = [r for r in matched if r.position >= sub.skip_below]
-                    sub.skip_below = 0
-                    if mine:
-                        self._queue(sub, encoder(mine, form), len(mine), mine[0].position, last)  # type: ignore[operator]
+        # Each event visits only the groups its stream matches (an index by stream name),
+        # not every group: many subscribers with different filters stay cheap.
+        matched: dict[tuple[Any, ...], list[Record]] = {}
+        for r in records:
+            for key in self._keys_for(r.stream):
+                types = key[0].types
+                if types and r.type not in types:
                     continue
-                self._queue(sub, chunk, n, first, last)
+                got = matched.get(key)
+                if got is None:
+                    matched[key] = [r]
+                else:
+                    got.append(r)
+        for key, mine in matched.items():
+            subs = self._groups.get(key)
+            if subs:
+                self._fan(key, mine, subs, last)
         self.position = last
         self.ready.set()
+
+    def _fan(self, key: tuple[Any, ...], matched: list[Record], subs: list[Subscriber], last: int) -> None:
+        """One group's share of a batch: serialised once, queued for every member."""
+        _, form, encoder = key
+        chunk = encoder(matched, form)
+        n = len(matched)
+        first = matched[0].position
+        for sub in list(subs):
+            if sub.skip_below:
+                if sub.skip_below > last:
+                    continue
+                mine = [r for r in matched if r.position >= sub.skip_below]
+                sub.skip_below = 0
+                if mine:
+                    self._queue(sub, encoder(mine, form), len(mine), mine[0].position, last)
+                continue
+            self._queue(sub, chunk, n, first, last)
 
     def _queue(self, sub: Subscriber, chunk: bytes, n: int, first: int, last: int) -> None:
         sub.chunks.append((chunk, n, last))
@@ -268,12 +299,12 @@ class Hub:
     def publish(self, record: Record, expires: float) -> int:
         """Queue a published message for the matching live subscribers; how many."""
         count = 0
-        for key, subs in self._groups.items():
+        for key in self._keys_for(record.stream):
             filt, form, encoder = key
-            assert isinstance(filt, Filter)
-            if not filt.matches(record.stream, record.type):
+            if filt.types and record.type not in filt.types:
                 continue
-            chunk = encoder([record], form)  # type: ignore[operator]
+            subs = self._groups[key]
+            chunk = encoder([record], form)
             for sub in subs:
                 if not sub.ephemeral:
                     continue
