@@ -69,18 +69,30 @@ def free_port() -> int:
         return port
 
 
+async def spawn_logged(
+    args: Sequence[str], log: Path | None, env: dict[str, str] | None = None
+) -> asyncio.subprocess.Process:
+    """A subprocess with stdout piped and stderr (its log) appended to ``log``: pytest keeps
+    the last runs' tmp_path, so a failed end-to-end test can be read afterwards."""
+    if log is None:
+        return await asyncio.create_subprocess_exec(
+            *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, env=env
+        )
+    with open(log, "ab") as fh:  # noqa: ASYNC230 (a local file, opened once per process start)
+        return await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE, stderr=fh, env=env)
+
+
 class StoreProcess:
     """``python -m sluice_store`` in a subprocess, started and awaited by its output line."""
 
-    def __init__(self, db: str, *extra: str) -> None:
+    def __init__(self, db: str, *extra: str, log: Path | None = None) -> None:
         self.addr = f"127.0.0.1:{free_port()}"
         self.args = [sys.executable, "-m", "sluice_store", "--addr", self.addr, "--db", db, *extra]
         self.proc: asyncio.subprocess.Process | None = None
+        self.log = log  # where its log goes (appended across restarts); None: nowhere
 
     async def start(self) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            *self.args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
-        )
+        self.proc = await spawn_logged(self.args, self.log)
         assert self.proc.stdout is not None
         async with asyncio.timeout(20):
             while b"listening on" not in await self.proc.stdout.readline():
@@ -101,7 +113,7 @@ async def spawn(tmp_path: Path) -> AsyncIterator[Callable[..., StoreProcess]]:
     procs: list[StoreProcess] = []
 
     def make(*extra: str, db: str | None = None) -> StoreProcess:
-        p = StoreProcess(db or f"sqlite:///{tmp_path}/proc.db", *extra)
+        p = StoreProcess(db or f"sqlite:///{tmp_path}/proc.db", *extra, log=tmp_path / "store.log")
         procs.append(p)
         return p
 

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.conftest import StoreProcess, free_port
+from tests.conftest import StoreProcess, free_port, spawn_logged
 
 WAIT = 30.0
 
@@ -132,6 +132,7 @@ class Sidecar:
     ) -> None:
         self.name = name
         self.env = env
+        self.log: Path | None = None
         self.http = f"127.0.0.1:{free_port()}"
         self.grpc = f"127.0.0.1:{free_port()}"
         self.args = [
@@ -142,9 +143,7 @@ class Sidecar:
         self.proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            *self.args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, env=self.env
-        )
+        self.proc = await spawn_logged(self.args, self.log, self.env)
         assert self.proc.stdout is not None
         async with asyncio.timeout(WAIT):
             while b"sluice sidecar" not in await self.proc.stdout.readline():
@@ -185,7 +184,9 @@ async def app() -> AsyncIterator[App]:
 
 @pytest.fixture
 async def store_proc(tmp_path: Path) -> AsyncIterator[StoreProcess]:
-    store = StoreProcess(f"sqlite:///{tmp_path}/mesh.db", "--durability", "normal")
+    store = StoreProcess(
+        f"sqlite:///{tmp_path}/mesh.db", "--durability", "normal", log=tmp_path / "store.log"
+    )
     await store.start()
     yield store
     if store.proc and store.proc.returncode is None:
@@ -194,12 +195,15 @@ async def store_proc(tmp_path: Path) -> AsyncIterator[StoreProcess]:
 
 
 @pytest.fixture
-async def sidecars(store_proc: StoreProcess, app: App) -> AsyncIterator[Callable[..., Sidecar]]:
+async def sidecars(
+    store_proc: StoreProcess, app: App, tmp_path: Path
+) -> AsyncIterator[Callable[..., Sidecar]]:
     made: list[Sidecar] = []
 
     def make(name: str, *extra: str, group: str = "app", env: dict[str, str] | None = None) -> Sidecar:
         defaults = ["--prefixes", "orders-", "--start", "start", "--lease", "2s", "--initial-backoff", "50ms"]
         sc = Sidecar(name, store_proc.addr, group, app.url(name), *defaults, *extra, env=env)
+        sc.log = tmp_path / f"sidecar-{name}.log"
         made.append(sc)
         return sc
 
