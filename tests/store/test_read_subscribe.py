@@ -341,3 +341,39 @@ async def test_broadcast_reaches_live_subscriptions_that_asked_for_ephemeral_mes
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     for call in (wants, other_prefix, plain):
         call.cancel()
+
+
+async def test_a_commit_landing_as_the_heartbeat_times_out_is_delivered_not_skipped(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The live wait and a commit race: wait_for raises TimeoutError although the commit has
+    just filled the buffer. A filtered subscriber must get the events, not a checkpoint past them."""
+    from sluice_store import service
+
+    armed = asyncio.Event()
+    appended: list[pb.AppendResponse] = []
+
+    class RacingAsyncio:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(asyncio, name)
+
+        async def wait_for(self, aw: Any, timeout: float | None) -> Any:
+            if not armed.is_set():
+                return await asyncio.wait_for(aw, timeout)
+            armed.clear()
+            aw.close()  # the subscription's wake-up wait, never awaited
+            appended.append(await client.append("race-1", [new_event("E", b"x")]))  # lands now...
+            raise TimeoutError  # ...as the heartbeat times out
+
+    monkeypatch.setattr(service, "asyncio", RacingAsyncio())
+    sub = client.subscribe(stream_prefixes=["race-"], heartbeat_interval=0.05)
+    assert isinstance(await asyncio.wait_for(anext(sub), WAIT), pb.CaughtUp)
+    armed.set()
+    async with asyncio.timeout(WAIT):
+        while True:
+            item = await anext(sub)
+            if isinstance(item, pb.RecordedEvent | pb.Checkpoint):
+                break
+    assert isinstance(item, pb.RecordedEvent), f"skipped past the event: {item}"
+    assert item.position == appended[0].first_position
+    await sub.aclose()

@@ -528,6 +528,8 @@ class StreamsService:
                 try:
                     await asyncio.wait_for(sub.wakeup.wait(), heartbeat)
                 except TimeoutError:
+                    if sub.buffer or sub.overflowed or sub.closed:
+                        continue  # a commit landed as the wait timed out: deliver it, skip nothing
                     if filt and sub.seen >= cursor.position:
                         cursor.position = sub.seen + 1
                         yield pb.SubscribeResponse(checkpoint=pb.Checkpoint(position=cursor.position))
