@@ -34,6 +34,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/hadolint services/store/Dockerfile services/gateway/Dockerfile sidecar/Dockerfile
 
 fmt: $(STAMP)
 	$(VENV)/bin/ruff format .
