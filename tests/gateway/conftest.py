@@ -49,12 +49,18 @@ class GatewayProcess:
             await asyncio.wait_for(anext(g.watch()), 20)
 
     async def stop(self) -> int:
+        """SIGTERM, then the exit code once it has shut down."""
         assert self.proc is not None
         if self.proc.returncode is None:
             self.proc.terminate()
+        return await self.exited()
+
+    async def exited(self) -> int:
+        """Wait for the process to end by itself; its exit code."""
+        assert self.proc is not None
         rest, _ = await asyncio.wait_for(self.proc.communicate(), 20)
         self.output += rest or b""
-        return self.proc.returncode or 0
+        return self.proc.returncode if self.proc.returncode is not None else -1
 
 
 Gateways = Callable[..., GatewayProcess]

@@ -178,9 +178,9 @@ async def test_sigterm_ends_watches_and_exits_cleanly(gateway: GatewayProcess, g
     it = gw.watch(cursor=cursor)
     assert isinstance(await asyncio.wait_for(anext(it), 10), pb.CaughtUp)
     assert gateway.proc is not None
-    gateway.proc.send_signal(signal.SIGTERM)
+    gateway.proc.send_signal(signal.SIGTERM)  # one SIGTERM, as Kubernetes sends
     ended = asyncio.create_task(_drain(it))
-    assert await gateway.stop() == 0
+    assert await gateway.exited() == 0
     await asyncio.wait_for(ended, 10)
     assert b"shutting down" in gateway.output
 
