@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -19,7 +18,7 @@ from sluice.v1 import streams_pb2_grpc as pb_grpc
 from sluice_gateway import wire
 from sluice_gateway.config import Settings
 from sluice_gateway.feed import Feed
-from sluice_gateway.hub import DISCONNECT, SSE, Hub
+from sluice_gateway.hub import SSE, Hub
 from sluice_gateway.service import Gateway, GatewayError, GatewayService, SseFormat, methods
 from sluice_gateway.telemetry import Telemetry
 
@@ -156,22 +155,14 @@ class GatewayServer:
         )
         await resp.prepare(request)
         await resp.write(b": sluice gateway\nretry: 1000\n\n")
-        task = asyncio.current_task()
-        assert task is not None
-        if policy == DISCONNECT:
-            sub.on_disconnect = task.cancel
         try:
-            await self.gateway.session(sub, start, SseFormat(), resp.write, heartbeat)
-        except asyncio.CancelledError:
-            if not (sub.disconnect and task.uncancel() == 0):
-                raise
+            await self.gateway.watch(sub, start, SseFormat(), resp.write, heartbeat)
         except GatewayError as e:
-            with contextlib.suppress(ConnectionError):
-                await resp.write(wire.sse_control("error", {"reason": e.reason, "message": e.message}))
+            if e.reason != "SUBSCRIBER_TOO_SLOW":  # a stalled client would not read it: just close
+                with contextlib.suppress(ConnectionError):
+                    await resp.write(wire.sse_control("error", {"reason": e.reason, "message": e.message}))
         except ConnectionError:
             pass
-        finally:
-            self.hub.unregister(sub)
         return resp
 
     async def http_publish(self, request: web.Request) -> web.Response:

@@ -192,6 +192,30 @@ class Gateway:
         except TimeoutError:
             raise unavailable(f"the gateway has not reached the store at {self.settings.store} yet") from None
 
+    async def watch(
+        self, sub: Subscriber, start: int | None, fmt: Format, write: Write, heartbeat: float
+    ) -> None:
+        """Run a session in the calling task (a transport's handler). A DISCONNECT subscriber
+        that falls behind has this task cancelled by the hub; it ends in a GatewayError
+        (SUBSCRIBER_TOO_SLOW) carrying the cursor to watch again from."""
+        task = asyncio.current_task()
+        assert task is not None
+        if sub.policy == DISCONNECT:
+            sub.on_disconnect = task.cancel
+        try:
+            await self.session(sub, start, fmt, write, heartbeat)
+        except asyncio.CancelledError:
+            if not (sub.disconnect and task.uncancel() == 0):
+                raise  # the client went away, or the server is stopping
+            raise GatewayError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "SUBSCRIBER_TOO_SLOW",
+                f"more than {sub.limit} events waited for this subscriber; watch again from position"
+                f" {sub.cursor}",
+                position=sub.cursor,
+                buffer_size=sub.limit,
+            ) from None
+
     async def session(
         self, sub: Subscriber, start: int | None, fmt: Format, write: Write, heartbeat: float
     ) -> None:
@@ -220,12 +244,12 @@ class Gateway:
                     sub.wakeup.clear()
                     await sub.wakeup.wait()  # events queued: they go in the next flush round
                     continue
-                if sub.beat and not (sub.chunks or sub.messages or sub.gap):
+                if sub.beat:
                     sub.beat = False
-                    if sub.live:
-                        sub.cursor = max(sub.cursor, hub.position + 1)
-                    await write(fmt.heartbeat(hub.position, sub.cursor))
-                sub.beat = False
+                    if not (sub.chunks or sub.messages or sub.gap):  # otherwise what follows is the beat
+                        if sub.live:
+                            sub.cursor = max(sub.cursor, hub.position + 1)
+                        await write(fmt.heartbeat(hub.position, sub.cursor))
                 if sub.messages:
                     body = b"".join(sub.take_messages())
                     if body:
@@ -307,28 +331,11 @@ class GatewayService:
             return
         heartbeat = request.heartbeat_interval_ms / 1000 or self.settings.heartbeat_interval
         # The session runs in the handler's own task: writes from another task cost gRPC an
-        # extra hop each (measured: twice the write time). DISCONNECT cancels this task.
-        task = asyncio.current_task()
-        assert task is not None
-        if sub.policy == DISCONNECT:
-            sub.on_disconnect = task.cancel
+        # extra hop each (measured: twice the write time).
         try:
-            await self.gateway.session(sub, start, GrpcFormat(), context.write, heartbeat)
-        except asyncio.CancelledError:
-            if not (sub.disconnect and task.uncancel() == 0):
-                raise  # the client went away, or the server is stopping
-            await GatewayError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                "SUBSCRIBER_TOO_SLOW",
-                f"more than {sub.limit} events waited for this subscriber; watch again from position"
-                f" {sub.cursor}",
-                position=sub.cursor,
-                buffer_size=sub.limit,
-            ).abort(context)
+            await self.gateway.watch(sub, start, GrpcFormat(), context.write, heartbeat)
         except GatewayError as e:
             await e.abort(context)
-        finally:
-            self.gateway.hub.unregister(sub)
 
     async def Publish(
         self, request: gpb.PublishRequest, context: grpc.aio.ServicerContext[Any, Any]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 from sluice.protowire import read_varint, varint
 from sluice.v1 import gateway_pb2 as gpb
@@ -142,10 +142,6 @@ TAG_EVENTS = 0x0A
 TAG_EPHEMERAL = 0x32
 
 
-def control_message(msg: gpb.WatchResponse) -> bytes:
-    return msg.SerializeToString()
-
-
 # -- Server-Sent Events -----------------------------------------------------------------
 
 
@@ -193,7 +189,3 @@ def sse_event(record: Record, form: int) -> bytes:
 
 def sse_control(kind: str, payload: dict[str, object]) -> bytes:
     return f"event: {kind}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
-
-
-def positions(records: Sequence[Record]) -> tuple[int, int]:
-    return records[0].position, records[-1].position
