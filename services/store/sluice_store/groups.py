@@ -5,14 +5,13 @@ ordering unit: a heartbeat is also the assignment exchange, every change of a me
 assignment raises its epoch, and a partition moves only after its old owner released it
 (stopped reporting it) or its lease expired.
 
-Group state lives in memory in the store process and is written through to storage on
-every change, so a restarted store carries on with the same members, leases, epochs and
-cursors.
+Group state lives in storage: each change reads it, applies the protocol and writes it
+back in one transaction, so a restarted store, or another replica on the same database,
+carries on with the same members, leases, epochs and cursors.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import re
@@ -24,7 +23,7 @@ from sluice.v1 import groups_pb2 as gpb
 from sluice.v1 import streams_pb2 as pb
 from sluice_store.errors import InvalidArgument, StoreError
 from sluice_store.retention import US, now_us
-from sluice_store.storage.base import Storage
+from sluice_store.storage.base import GroupRecord, GroupTx, Storage
 
 DEFAULT_PARTITIONS = 12
 MAX_PARTITIONS = 1024
@@ -200,49 +199,52 @@ def normalized(config: gpb.GroupConfig, creating: bool) -> gpb.GroupConfig:
 
 
 class Coordinator:
-    """Owns every group of this store; all changes go through here, one at a time."""
+    """Applies every group change as one transaction of the storage's group_tx.
+
+    State is read from storage at the start of each change and written back before it
+    ends, so members of one group may talk to different store replicas: the storage
+    serialises transactions on a group across replicas.
+    """
 
     def __init__(self, storage: Storage, resolve: Callable[[pb.StartPoint | None], Awaitable[int]]) -> None:
         self.storage = storage
         self.resolve = resolve
-        self.groups: dict[str, GroupState] = {}
-        self._lock = asyncio.Lock()
 
-    async def load(self) -> None:
-        for name, config, created, members, cursors in await self.storage.load_groups():
-            cfg = gpb.GroupConfig.FromString(config)
-            raw = json.loads(members)
-            state = GroupState(name, cfg, created, cursors=dict(cursors))
-            state.members = {mid: Member.from_json(mid, d) for mid, d in raw.items()}
-            self.groups[name] = state
+    @staticmethod
+    def _state(tx: GroupTx) -> GroupState:
+        rec = tx.record
+        if rec is None:
+            raise GroupNotFound(f"group {tx.name!r} does not exist", group=tx.name)
+        state = GroupState(rec.name, gpb.GroupConfig.FromString(rec.config), rec.created_us)
+        state.cursors = dict(rec.cursors)
+        state.members = {mid: Member.from_json(mid, d) for mid, d in json.loads(rec.members).items()}
+        return state
 
-    def _get(self, name: str) -> GroupState:
-        try:
-            return self.groups[name]
-        except KeyError:
-            raise GroupNotFound(f"group {name!r} does not exist", group=name) from None
-
-    async def _save(self, state: GroupState, cursors: Mapping[int, int] | None = None) -> None:
-        await self.storage.save_group(
-            state.name, state.config.SerializeToString(), state.created_us, state.members_json(), cursors
+    @staticmethod
+    async def _save(tx: GroupTx, state: GroupState, cursors: Mapping[int, int] | None = None) -> None:
+        record = GroupRecord(
+            state.name, state.config.SerializeToString(), state.created_us, state.members_json(), {}
         )
+        await tx.save(record, cursors)
+
+    async def names(self) -> list[str]:
+        return await self.storage.list_groups()
 
     async def create(self, name: str, config: gpb.GroupConfig) -> GroupState:
         if not GROUP_NAME.fullmatch(name):
             raise InvalidArgument("group names are 1 to 128 letters, digits, '.', '_' or '-'", field="group")
         cfg = normalized(config, creating=True)
-        async with self._lock:
-            if name in self.groups:
+        async with self.storage.group_tx(name) as tx:
+            if tx.record is not None:
                 raise GroupExists(f"group {name!r} already exists", group=name)
             start = await self.resolve(cfg.start if cfg.HasField("start") else None)
             state = GroupState(name, cfg, now_us(), cursors=dict.fromkeys(range(cfg.partitions), start))
-            await self._save(state, state.cursors)
-            self.groups[name] = state
+            await self._save(tx, state, state.cursors)
             return state
 
     async def update(self, name: str, config: gpb.GroupConfig) -> GroupState:
-        async with self._lock:
-            state = self._get(name)
+        async with self.storage.group_tx(name) as tx:
+            state = self._state(tx)
             cfg = normalized(config, creating=False) if config.partitions else None
             if cfg is None:
                 merged = gpb.GroupConfig()
@@ -253,35 +255,34 @@ class Coordinator:
                 raise InvalidArgument("the partition count of a group is fixed", field="config.partitions")
             cfg.start.CopyFrom(state.config.start)
             state.config = cfg
-            await self._save(state)
+            await self._save(tx, state)
             return state
 
     async def delete(self, name: str) -> None:
-        async with self._lock:
-            self._get(name)
-            await self.storage.delete_group(name)
-            del self.groups[name]
+        async with self.storage.group_tx(name) as tx:
+            self._state(tx)
+            await tx.delete()
 
     async def describe(self, name: str) -> GroupState:
-        async with self._lock:
-            state = self._get(name)
+        async with self.storage.group_tx(name) as tx:
+            state = self._state(tx)
             before = len(state.members)
             expire(state, now_us())
             if len(state.members) != before:
-                await self._save(state)
+                await self._save(tx, state)
             return state
 
     async def heartbeat(self, req: gpb.HeartbeatRequest) -> tuple[GroupState, Member | None]:
         if not req.member_id:
             raise InvalidArgument("member_id is required", field="member_id")
-        async with self._lock:
-            state = self._get(req.group)
+        async with self.storage.group_tx(req.group) as tx:
+            state = self._state(tx)
             now = now_us()
             member = state.members.get(req.member_id)
             expire(state, now)
             if req.leave:
                 state.members.pop(req.member_id, None)
-                await self._save(state)
+                await self._save(tx, state)
                 return state, None
             if req.member_epoch == 0:
                 # A (re)join: whatever this member id held before is given up.
@@ -305,12 +306,12 @@ class Coordinator:
                 member.revoking &= set(req.owned)  # what it no longer reports, it has let go
             member.lease_expires_us = now + state.lease_us
             reconcile(state, member)
-            await self._save(state)
+            await self._save(tx, state)
             return state, member
 
     async def commit(self, req: gpb.CommitCursorRequest) -> None:
-        async with self._lock:
-            state = self._get(req.group)
+        async with self.storage.group_tx(req.group) as tx:
+            state = self._state(tx)
             member = state.members.get(req.member_id)
             if member is None or member.lease_expires_us <= now_us():
                 raise UnknownMember(
@@ -334,12 +335,11 @@ class Coordinator:
                     member_id=req.member_id,
                     partition=req.partition,
                 )
-            state.cursors[req.partition] = req.position
-            await self.storage.save_cursors(state.name, {req.partition: req.position})
+            await tx.save_cursors({req.partition: req.position})
 
     async def reset(self, name: str, partitions: Sequence[int], to: pb.StartPoint | None) -> GroupState:
-        async with self._lock:
-            state = self._get(name)
+        async with self.storage.group_tx(name) as tx:
+            state = self._state(tx)
             chosen = set(partitions) or set(range(state.partitions))
             if any(p >= state.partitions for p in chosen):
                 raise InvalidArgument("a partition is not in the group", field="partitions")
@@ -351,7 +351,7 @@ class Coordinator:
             for m in state.members.values():
                 if m.held & chosen:
                     m.fenced = m.epoch
-            await self._save(state, changed)
+            await self._save(tx, state, changed)
             return state
 
 

@@ -85,7 +85,7 @@ class GroupsService:
         return await self._describe(await self.coordinator.describe(request.group))
 
     async def ListGroups(self, request: gpb.ListGroupsRequest) -> gpb.ListGroupsResponse:
-        names = sorted(self.coordinator.groups)
+        names = await self.coordinator.names()
         return gpb.ListGroupsResponse(
             groups=[await self._describe(await self.coordinator.describe(n)) for n in names]
         )

@@ -49,7 +49,6 @@ class StoreServer:
 
     async def start(self) -> None:
         await self.storage.open()
-        await self.coordinator.load()
         interceptors: list[Any] = []
         if telemetry.tracing_enabled():
             from opentelemetry.instrumentation.grpc import aio_server_interceptor

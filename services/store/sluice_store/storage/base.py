@@ -8,6 +8,7 @@ Rows on the read paths are plain tuples, for speed:
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 import enum
 import functools
@@ -249,22 +250,47 @@ class Storage(abc.ABC):
         """Remove events no rule keeps any more, archiving them first where configured."""
 
     @abc.abstractmethod
-    async def load_groups(self) -> list[tuple[str, bytes, int, str, dict[int, int]]]:
-        """Every consumer group: name, config, created_us, members (JSON), cursors."""
+    def group_tx(self, name: str) -> contextlib.AbstractAsyncContextManager[GroupTx]:
+        """Hold one consumer group (existing or not) for a read-modify-write.
+
+        No other transaction on the same group, in this process or another replica,
+        runs until this one ends; what it saved commits at a clean exit and is
+        discarded when the block raises.
+        """
 
     @abc.abstractmethod
-    async def save_group(
-        self, name: str, config: bytes, created_us: int, members: str, cursors: Mapping[int, int] | None
-    ) -> None:
-        """Create or update a group, and the given cursors, in one transaction."""
+    async def list_groups(self) -> list[str]:
+        """Names of every consumer group, sorted."""
+
+
+@dataclasses.dataclass(slots=True)
+class GroupRecord:
+    """A consumer group as stored: config (GroupConfig bytes), members (JSON), cursors."""
+
+    name: str
+    config: bytes
+    created_us: int
+    members: str
+    cursors: dict[int, int]
+
+
+class GroupTx(abc.ABC):
+    """One group's transaction: ``record`` is its stored state (None if it does not exist)."""
+
+    name: str
+    record: GroupRecord | None
 
     @abc.abstractmethod
-    async def save_cursors(self, name: str, cursors: Mapping[int, int]) -> None:
-        """Set some cursors of a group."""
+    async def save(self, record: GroupRecord, cursors: Mapping[int, int] | None = None) -> None:
+        """Create or update the group (``record.cursors`` is ignored), and the given cursors."""
 
     @abc.abstractmethod
-    async def delete_group(self, name: str) -> None:
-        """Remove a group and its cursors."""
+    async def save_cursors(self, cursors: Mapping[int, int]) -> None:
+        """Set some cursors of the group."""
+
+    @abc.abstractmethod
+    async def delete(self) -> None:
+        """Remove the group and its cursors."""
 
 
 def check_expected(meta: StreamMeta | None, expect: Expect, revision: int, stream: str) -> None:

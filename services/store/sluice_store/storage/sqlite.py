@@ -30,6 +30,8 @@ from sluice_store.retention import NO_POLICY, Policy, age_cutoff_us, now_us, res
 from sluice_store.storage.base import (
     AppendPart,
     Expect,
+    GroupRecord,
+    GroupTx,
     Outcome,
     Plan,
     ReclaimStats,
@@ -116,6 +118,8 @@ ROW_COLUMNS = "events.position, events.stream_id, events.revision, events.create
 CHECKPOINT_INTERVAL = 0.5  # seconds between WAL checkpoints while there are commits
 INLINE_EVENTS = 8  # group commits this small run on the event loop thread ...
 INLINE_LOOKUPS = 4  # ... when at most this many streams must be read from the database
+#: One statement of a group transaction and the cursor rows (group, partition, position) it sets.
+GroupWrite = tuple[str, Sequence[Any], list[tuple[Any, ...]]]
 SYNC_MODES = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
 PREFIX_END = "\U0010ffff"
 
@@ -184,6 +188,8 @@ class SQLiteStorage(Storage):
         self._checkpointer: aiosqlite.Connection | None = None
         self._checkpoint_task: asyncio.Task[None] | None = None
         self._commits = 0  # commits since the last checkpoint
+        self._group_lock = asyncio.Lock()
+        self._groups: dict[str, GroupRecord] | None = None
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -762,9 +768,33 @@ class SQLiteStorage(Storage):
         return [pb.RecordedEvent.FromString(codec.event_bytes(h, d)) for h, d in rows]
 
     # -- consumer groups --------------------------------------------------------------
-    # Small writes: they run on the loop thread under the write lock, like tiny appends.
+    # One process owns the file: groups are cached in memory, one transaction at a time,
+    # and written through (small writes on the loop thread under the write lock).
 
-    async def load_groups(self) -> list[tuple[str, bytes, int, str, dict[int, int]]]:
+    @contextlib.asynccontextmanager
+    async def group_tx(self, name: str) -> AsyncIterator[GroupTx]:
+        async with self._group_lock:
+            if self._groups is None:
+                self._groups = await self._load_groups()
+            current = self._groups.get(name)
+            tx = _SQLiteGroupTx(
+                self, name, dataclasses.replace(current, cursors=dict(current.cursors)) if current else None
+            )
+            yield tx
+            if tx.writes:
+                await self._group_write(tx.writes)
+            if tx.deleted:
+                self._groups.pop(name, None)
+            elif tx.record is not None and tx.writes:
+                self._groups[name] = tx.record
+
+    async def list_groups(self) -> list[str]:
+        async with self._group_lock:
+            if self._groups is None:
+                self._groups = await self._load_groups()
+            return sorted(self._groups)
+
+    async def _load_groups(self) -> dict[str, GroupRecord]:
         async with self._reader() as r:
             groups = await r.execute_fetchall("SELECT name, config, created_us, members FROM groups")
             cursors: dict[str, dict[int, int]] = {}
@@ -772,50 +802,64 @@ class SQLiteStorage(Storage):
                 "SELECT grp, partition, position FROM group_cursors"
             ):
                 cursors.setdefault(grp, {})[partition] = position
-        return [(n, c, t, m, cursors.get(n, {})) for n, c, t, m in groups]
+        return {n: GroupRecord(n, c, t, m, cursors.get(n, {})) for n, c, t, m in groups}
 
-    def _group_sync(self, sql: str, params: Sequence[Any], cursors: Sequence[tuple[Any, ...]]) -> None:
+    def _group_sync(self, writes: Sequence[GroupWrite]) -> None:
+        """Statements, then cursor upserts, of one group transaction: one commit."""
         assert self._writer is not None
         w = self._writer
         try:
-            if sql:
-                w.execute(sql, params)
-            if cursors:
-                w.executemany(
-                    "INSERT INTO group_cursors (grp, partition, position) VALUES (?, ?, ?)"
-                    " ON CONFLICT (grp, partition) DO UPDATE SET position = excluded.position",
-                    cursors,
-                )
+            for sql, params, cursors in writes:
+                if sql:
+                    w.execute(sql, params)
+                if cursors:
+                    w.executemany(
+                        "INSERT INTO group_cursors (grp, partition, position) VALUES (?, ?, ?)"
+                        " ON CONFLICT (grp, partition) DO UPDATE SET position = excluded.position",
+                        cursors,
+                    )
             w.commit()
         except BaseException:
             w.rollback()
             raise
 
-    async def _group_write(
-        self, sql: str, params: Sequence[Any], cursors: Sequence[tuple[Any, ...]] = ()
-    ) -> None:
+    async def _group_write(self, writes: Sequence[GroupWrite]) -> None:
         if self._closed:
             raise StoreUnavailable("the store is shutting down")
         async with self._lock:
             with _translated():
-                self._group_sync(sql, params, cursors)
+                self._group_sync(writes)
 
-    async def save_group(
-        self, name: str, config: bytes, created_us: int, members: str, cursors: Mapping[int, int] | None
-    ) -> None:
-        await self._group_write(
-            "INSERT INTO groups (name, config, created_us, members) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT (name) DO UPDATE SET config = excluded.config, members = excluded.members",
-            (name, config, created_us, members),
-            [(name, p, pos) for p, pos in (cursors or {}).items()],
+
+class _SQLiteGroupTx(GroupTx):
+    """Collects a group transaction's writes; the storage applies them at a clean exit."""
+
+    def __init__(self, storage: SQLiteStorage, name: str, record: GroupRecord | None) -> None:
+        self.storage = storage
+        self.name = name
+        self.record = record
+        self.writes: list[GroupWrite] = []
+        self.deleted = False
+
+    async def save(self, record: GroupRecord, cursors: Mapping[int, int] | None = None) -> None:
+        self.writes.append(
+            (
+                "INSERT INTO groups (name, config, created_us, members) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET config = excluded.config, members = excluded.members",
+                (record.name, record.config, record.created_us, record.members),
+                [(record.name, p, pos) for p, pos in (cursors or {}).items()],
+            )
         )
+        # The record carries the cursors as stored, updated by these.
+        record.cursors = {**(self.record.cursors if self.record else {}), **(cursors or {})}
+        self.record = record
 
-    async def save_cursors(self, name: str, cursors: Mapping[int, int]) -> None:
-        await self._group_write("", (), [(name, p, pos) for p, pos in cursors.items()])
+    async def save_cursors(self, cursors: Mapping[int, int]) -> None:
+        assert self.record is not None
+        self.writes.append(("", (), [(self.name, p, pos) for p, pos in cursors.items()]))
+        self.record.cursors.update(cursors)
 
-    async def delete_group(self, name: str) -> None:
-        async with self._lock:
-            assert self._writer is not None
-            with _translated():
-                self._writer.execute("DELETE FROM group_cursors WHERE grp = ?", (name,))
-                self._group_sync("DELETE FROM groups WHERE name = ?", (name,), ())
+    async def delete(self) -> None:
+        self.writes.append(("DELETE FROM group_cursors WHERE grp = ?", (self.name,), []))
+        self.writes.append(("DELETE FROM groups WHERE name = ?", (self.name,), []))
+        self.deleted = True
