@@ -1,16 +1,25 @@
-"""Fixtures: a real store (in-process gRPC server on a free port, real SQLite file) and a client."""
+"""Fixtures: a real store (in-process gRPC server on a free port) on each backend, and a client.
+
+Store tests run twice: on a real SQLite file and on a real PostgreSQL, in a database made
+for this run and dropped after it (``SLUICE_TEST_POSTGRES`` names the server; with none
+reachable the PostgreSQL half is skipped, except under CI, where it fails).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import json
+import os
+import secrets
 import socket
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import pytest
 
 from sluice import Client
@@ -27,15 +36,60 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0
             await asyncio.sleep(0.02)
 
 
+POSTGRES = os.environ.get("SLUICE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+async def _postgres_admin(sql: str) -> None:
+    conn = await asyncpg.connect(POSTGRES, timeout=5)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_db() -> Iterator[str]:
+    """The URL of a fresh PostgreSQL database for this test run, dropped at its end."""
+    name = f"sluice_test_{os.getpid()}_{secrets.token_hex(3)}"
+    try:
+        asyncio.run(_postgres_admin(f'CREATE DATABASE "{name}"'))
+    except (OSError, asyncpg.PostgresError, TimeoutError) as e:
+        why = (
+            f"PostgreSQL is not reachable at {POSTGRES} ({e}); point SLUICE_TEST_POSTGRES at a"
+            " server (postgresql://user@host:port/db, allowed to create databases) to run these"
+        )
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+    yield urlunsplit(urlsplit(POSTGRES)._replace(path=f"/{name}", query=""))
+    asyncio.run(_postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> str:
+    param: str = request.param
+    return param
+
+
 @pytest.fixture
-async def make_store(tmp_path: Path) -> AsyncIterator[StoreFactory]:
+def db_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Callable[[str], str]:
+    """Storage URLs on this test's backend: the same name gives the same database."""
+    if backend == "sqlite":
+        return lambda name: f"sqlite:///{tmp_path}/{name}.db"
+    base = request.getfixturevalue("postgres_db")
+    tag = secrets.token_hex(4)  # a schema per store and test, in the run's database
+    return lambda name: f"{base}?schema={name}_{tag}"
+
+
+@pytest.fixture
+async def make_store(db_url: Callable[[str], str]) -> AsyncIterator[StoreFactory]:
     """Start stores with settings overrides; every one is stopped at the end of the test."""
     servers: list[StoreServer] = []
 
     async def make(**overrides: Any) -> StoreServer:
         base = Settings(
             addr="127.0.0.1:0",
-            db=f"sqlite:///{tmp_path}/store{len(servers)}.db",
+            db=db_url(f"store{len(servers)}"),
             durability="normal",
             reclaim_interval=0.05,
             heartbeat_interval=1.0,

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 import pytest
@@ -225,8 +224,8 @@ async def test_reset_to_time_and_describe_lag(store: StoreServer, groups: gpb_gr
         assert sum(p.lag_events for p in desc.partitions) == 10
 
 
-async def test_groups_survive_a_store_restart(make_store: StoreFactory, tmp_path: Path) -> None:
-    db = f"sqlite:///{tmp_path}/g.db"
+async def test_groups_survive_a_store_restart(make_store: StoreFactory, db_url: Callable[[str], str]) -> None:
+    db = db_url("g")
     first = await make_store(db=db)
     async with grpc.aio.insecure_channel(first.address) as ch:
         stub = gpb_grpc.GroupsStub(ch)

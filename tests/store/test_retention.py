@@ -6,26 +6,33 @@ import asyncio
 import gzip
 import json
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from sluice import START, Client, new_event
 from sluice.v1 import streams_pb2 as pb
 from sluice_store.retention import Policy
 from sluice_store.server import StoreServer
+from sluice_store.storage.postgres import parse_url
 from tests.conftest import StoreFactory, eventually
 
 
-def stored(store: StoreServer, stream: str) -> list[int]:
-    """Revisions physically present in the SQLite file."""
-    path = store.settings.db.removeprefix("sqlite:///")
-    with sqlite3.connect(path) as db:
-        rows = db.execute(
-            "SELECT revision FROM events JOIN streams s ON s.id = stream_id WHERE s.name = ? ORDER BY 1",
-            (stream,),
-        ).fetchall()
-    return [r[0] for r in rows]
+async def stored(store: StoreServer, stream: str) -> list[int]:
+    """Revisions physically present in the store's database (either backend)."""
+    sql = "SELECT revision FROM events JOIN streams s ON s.id = stream_id WHERE s.name = {} ORDER BY 1"
+    db = store.settings.db
+    if db.startswith("sqlite:"):
+        with sqlite3.connect(db.removeprefix("sqlite:///")) as conn:
+            return [r[0] for r in conn.execute(sql.format("?"), (stream,)).fetchall()]
+    dsn, schema = parse_url(db)
+    pg = await asyncpg.connect(dsn, server_settings={"search_path": schema})
+    try:
+        return [r[0] for r in await pg.fetch(sql.format("$1"), stream)]
+    finally:
+        await pg.close()
 
 
 def archived(root: Path, stream: str) -> list[dict[str, object]]:
@@ -63,14 +70,14 @@ async def test_max_count_hides_at_once_and_archives_exactly_the_removed(
         await sub.aclose()
 
         async def reclaimed() -> bool:
-            return stored(store, "counted") == [7, 8, 9]
+            return await stored(store, "counted") == [7, 8, 9]
 
         await eventually(reclaimed)
         records = archived(tmp_path / "archive", "counted")
         assert [r["revision"] for r in records] == list(range(7))
         assert [r["position"] for r in records] == [a.first_position for a in appended[:7]]
         assert records[0]["data"] == "x" * 10 and records[0]["type"] == "E"
-        assert stored(store, "other") == [0, 1]
+        assert await stored(store, "other") == [0, 1]
 
 
 async def test_truncate_before(client: Client, store: StoreServer) -> None:
@@ -79,7 +86,7 @@ async def test_truncate_before(client: Client, store: StoreServer) -> None:
     assert await revisions(client, "trunc") == [5, 6, 7]
 
     async def reclaimed() -> bool:
-        return stored(store, "trunc") == [5, 6, 7]
+        return await stored(store, "trunc") == [5, 6, 7]
 
     await eventually(reclaimed)
 
@@ -95,7 +102,7 @@ async def test_max_bytes(client: Client, store: StoreServer) -> None:
     assert len(appended) == 6
 
     async def reclaimed() -> bool:
-        return stored(store, "sized") == [5, 6]
+        return await stored(store, "sized") == [5, 6]
 
     await eventually(reclaimed)
 
@@ -114,7 +121,7 @@ async def test_max_age_expires_old_events(make_store: StoreFactory, tmp_path: Pa
         assert await revisions(c, "aged") == [3]
 
         async def reclaimed() -> bool:
-            return stored(store, "aged") == [3] and len(archived(tmp_path / "archive", "aged")) == 3
+            return await stored(store, "aged") == [3] and len(archived(tmp_path / "archive", "aged")) == 3
 
         await eventually(reclaimed)
         assert [r["revision"] for r in archived(tmp_path / "archive", "aged")] == [0, 1, 2]
@@ -130,7 +137,7 @@ async def test_time_to_live_is_a_message_queue_never_archived(
         assert len(await revisions(c, "jobs")) == 4
 
         async def gone() -> bool:
-            return stored(store, "jobs") == [] and await revisions(c, "jobs") == []
+            return await stored(store, "jobs") == [] and await revisions(c, "jobs") == []
 
         await eventually(gone)
         assert archived(tmp_path / "archive", "jobs") == []
@@ -155,8 +162,8 @@ async def test_prefix_rules_from_server_config(make_store: StoreFactory) -> None
         assert await revisions(c, "tmp-a") == [1, 2, 3, 4]
 
 
-async def test_retention_survives_restart(make_store: StoreFactory, tmp_path: Path) -> None:
-    db = f"sqlite:///{tmp_path}/restart.db"
+async def test_retention_survives_restart(make_store: StoreFactory, db_url: Callable[[str], str]) -> None:
+    db = db_url("restart")
     store = await make_store(db=db)
     async with Client(store.address) as c:
         await fill(c, "r", 5)
@@ -202,12 +209,17 @@ async def test_all_stream_read_from_a_position_says_where_it_is_whole(make_store
         # From just above the newest removed event, or with a filter it does not match, the read is whole.
         assert await _first_position(c, newest_removed + 1) == 1
         assert await _first_position(c, 1, ("keep",)) == 1
+
         # Reclaimed for good (rows deleted): the store still knows where they were.
-        await eventually(lambda: asyncio.sleep(0, stored(store, "trim") == [3, 4]))
+        async def reclaimed() -> bool:
+            return await stored(store, "trim") == [3, 4]
+
+        await eventually(reclaimed)
         assert await _first_position(c, kept[0].first_position, ("tr",)) == newest_removed + 1
         assert after[0].first_position > newest_removed
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])  # the SQLite file format's own migration
 async def test_schema_1_database_is_migrated_at_start(make_store: StoreFactory, tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     store = await make_store(db=f"sqlite:///{path}")

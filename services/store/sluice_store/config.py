@@ -35,7 +35,8 @@ OPTIONS: tuple[Option, ...] = (
         "db",
         "sqlite:///./data/sluice.db",
         str,
-        "storage URL: sqlite:///path/to/file.db (the embedded default)",
+        "storage URL: sqlite:///path/to/file.db (the embedded default) or"
+        " postgresql://user@host:5432/db[?schema=name] (several replicas may share it)",
     ),
     Option(
         "durability",

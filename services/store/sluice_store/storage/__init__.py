@@ -25,7 +25,17 @@ def _sqlite(url: str, settings: Settings) -> Storage:
     )
 
 
-BACKENDS: dict[str, Callable[[str, Settings], Storage]] = {"sqlite": _sqlite}
+def _postgres(url: str, settings: Settings) -> Storage:
+    from sluice_store.storage.postgres import PostgresStorage
+
+    return PostgresStorage(url, archive_dir=settings.archive_dir, prefix_rules=settings.retention)
+
+
+BACKENDS: dict[str, Callable[[str, Settings], Storage]] = {
+    "sqlite": _sqlite,
+    "postgresql": _postgres,
+    "postgres": _postgres,
+}
 
 
 def open_storage(settings: Settings) -> Storage:

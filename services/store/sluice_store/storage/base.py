@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import enum
 import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Final
 
 from sluice.partition import partition_of
@@ -291,6 +291,78 @@ class GroupTx(abc.ABC):
     @abc.abstractmethod
     async def delete(self) -> None:
         """Remove the group and its cursors."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StreamWindow:
+    """Which events of one stream a read from a start point covers: revisions lo..hi
+    created at or after ``cutoff``, and, when ``bound`` is "position" or "time", on the
+    near side of ``value`` in the read's direction."""
+
+    lo: int
+    hi: int
+    cutoff: int
+    bound: str = ""
+    value: int = 0
+
+
+def stream_window(meta: StreamMeta, start: Start, backwards: bool, now: int) -> StreamWindow | None:
+    """The part of a stream a read_stream covers, or None when it is empty."""
+    lo, hi = meta.floor(), meta.last_revision
+    cutoff = age_cutoff_us(meta.policy, now)
+    bound = ""
+    if start.kind == "revision":
+        if backwards:
+            hi = min(hi, start.value)
+        else:
+            lo = max(lo, start.value)
+    elif start.kind == "position":
+        bound = "position"
+    elif start.kind == "time":
+        if backwards:
+            bound = "time"
+        else:
+            cutoff = max(cutoff, start.value)
+    elif start.kind == "end" and not backwards:
+        return None
+    elif start.kind == "start" and backwards:
+        hi = min(hi, lo)
+    if lo > hi:
+        return None
+    return StreamWindow(lo, hi, cutoff, bound, start.value)
+
+
+async def search_position(
+    probe: Callable[[int, bool], Awaitable[tuple[int, int] | None]], head: int, time_us: int, backwards: bool
+) -> int:
+    """The first position created at or after a time (backwards: the last at or before it).
+
+    ``probe(p, backwards)`` gives (position, created_us) of the first event at or after p
+    (backwards: at or before p), or None. created_us never decreases with position, so a
+    binary search over positions finds the boundary without an index on time.
+    """
+    lo, hi = 1, head
+    found = 0 if backwards else head + 1
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        hit = await probe(mid, backwards)
+        if hit is None:
+            if backwards:
+                lo = mid + 1
+            else:
+                hi = mid - 1
+            continue
+        pos, created = hit
+        if backwards:
+            if created <= time_us:
+                found, lo = pos, mid + 1
+            else:
+                hi = pos - 1
+        elif created >= time_us:
+            found, hi = pos, mid - 1
+        else:
+            lo = pos + 1
+    return found
 
 
 def check_expected(meta: StreamMeta | None, expect: Expect, revision: int, stream: str) -> None:

@@ -43,6 +43,8 @@ from sluice_store.storage.base import (
     StreamMeta,
     check_expected,
     plan_append,
+    search_position,
+    stream_window,
 )
 
 log = logging.getLogger(__name__)
@@ -478,32 +480,15 @@ class SQLiteStorage(Storage):
     async def read_stream(
         self, meta: StreamMeta, start: Start, backwards: bool, limit: int, with_data: bool
     ) -> list[Row]:
-        floor = meta.floor()
-        cutoff = age_cutoff_us(meta.policy, now_us())
-        lo, hi = floor, meta.last_revision
+        w = stream_window(meta, start, backwards, now_us())
+        if w is None:
+            return []
         extra = ""
-        params: list[Any] = [meta.id]
-        if start.kind == "revision":
-            if backwards:
-                hi = min(hi, start.value)
-            else:
-                lo = max(lo, start.value)
-        elif start.kind == "position":
-            extra = " AND position <= ?" if backwards else " AND position >= ?"
-        elif start.kind == "time":
-            if backwards:
-                extra = " AND created_us <= ?"
-            else:
-                cutoff = max(cutoff, start.value)
-        elif start.kind == "end" and not backwards:
-            return []
-        elif start.kind == "start" and backwards:
-            hi = min(hi, lo)
-        if lo > hi:
-            return []
-        params += [lo, hi, cutoff]
-        if extra:
-            params.append(start.value)
+        params: list[Any] = [meta.id, w.lo, w.hi, w.cutoff]
+        if w.bound:
+            column = "position" if w.bound == "position" else "created_us"
+            extra = f" AND {column} {'<=' if backwards else '>='} ?"
+            params.append(w.value)
         params.append(limit)
         order = "DESC" if backwards else "ASC"
         cols = ROW_COLUMNS.format(data="events.data" if with_data else "x''")
@@ -590,35 +575,17 @@ class SQLiteStorage(Storage):
         return newest if newest >= since else 0
 
     async def position_at_time(self, time_us: int, backwards: bool) -> int:
-        # created_us never decreases with position, so a binary search over the primary
-        # key finds the boundary without an index on time (which would slow every append).
         forward_sql = "SELECT position, created_us FROM events WHERE position >= ? ORDER BY position LIMIT 1"
         backward_sql = (
             "SELECT position, created_us FROM events WHERE position <= ? ORDER BY position DESC LIMIT 1"
         )
-        lo, hi = 1, self._head
-        found = 0 if backwards else self._head + 1
         async with self._reader() as r:
-            while lo <= hi:
-                mid = (lo + hi) // 2
-                rows = list(await r.execute_fetchall(backward_sql if backwards else forward_sql, (mid,)))
-                if not rows:
-                    if backwards:
-                        lo = mid + 1
-                    else:
-                        hi = mid - 1
-                    continue
-                pos, created = rows[0]
-                if backwards:
-                    if created <= time_us:
-                        found, lo = pos, mid + 1
-                    else:
-                        hi = pos - 1
-                elif created >= time_us:
-                    found, hi = pos, mid - 1
-                else:
-                    lo = pos + 1
-        return int(found)
+
+            async def probe(position: int, back: bool) -> tuple[int, int] | None:
+                rows = list(await r.execute_fetchall(backward_sql if back else forward_sql, (position,)))
+                return (rows[0][0], rows[0][1]) if rows else None
+
+            return await search_position(probe, self._head, time_us, backwards)
 
     async def list_streams(
         self, prefix: str, after: str, limit: int, include_deleted: bool

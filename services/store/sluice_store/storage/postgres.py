@@ -1,0 +1,853 @@
+"""PostgreSQL backend: several store replicas on one database, through asyncpg.
+
+Positions become visible in order because appends are serialised: every write
+transaction first locks the single row of ``head`` (which holds the newest position),
+takes positions from it and commits while holding the lock, and PostgreSQL releases a
+row lock only after the commit is visible. A reader that sees position p therefore sees
+every position below p: no sequence gaps that fill in later. The cost: one write
+transaction at a time across all replicas, which group commit (many requests, up to
+thousands of events, per transaction) amortises.
+
+Each commit sends a notification (``pg_notify``, delivered in commit order) carrying its
+newest position. Every replica runs one pump that hands committed events, in position
+order and without gaps, to its live subscribers: its own commits straight from memory,
+other replicas' read back from the events table. A missed notification is caught by a
+poll of the head every ``poll_interval`` seconds.
+
+Retention is evaluated in SQL: each stream row carries the policy in force (its own or
+its prefix rule's), so every replica hides the same expired events. Reclaim runs on one
+replica at a time (a session advisory lock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+
+from sluice.partition import fnv1a_32
+from sluice.v1 import streams_pb2 as pb
+from sluice_store import codec
+from sluice_store.config import ConfigError
+from sluice_store.errors import StoreUnavailable, StreamNotFound
+from sluice_store.retention import NO_POLICY, Policy, age_cutoff_us, now_us, resolve, write_archive
+from sluice_store.storage.base import (
+    AppendPart,
+    Expect,
+    GroupRecord,
+    GroupTx,
+    LiveRow,
+    Outcome,
+    Plan,
+    ReclaimStats,
+    Row,
+    Start,
+    State,
+    Storage,
+    StreamFilter,
+    StreamMeta,
+    check_expected,
+    plan_append,
+    search_position,
+    stream_window,
+)
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+# Each entry takes the schema from the previous version to this one.
+MIGRATIONS: dict[int, str] = {
+    1: """
+CREATE TABLE head (
+    id              smallint PRIMARY KEY CHECK (id = 1),
+    position        bigint NOT NULL,  -- the newest committed position
+    next_stream_id  bigint NOT NULL,
+    last_created_us bigint NOT NULL   -- created times never decrease with position
+);
+INSERT INTO head VALUES (1, 0, 1, 0);
+CREATE TABLE streams (
+    id               bigint PRIMARY KEY,
+    name             text COLLATE "C" NOT NULL UNIQUE,  -- byte order: prefix ranges
+    hash             bigint NOT NULL,  -- FNV-1a-32 of the name: partition = hash % count
+    last_revision    bigint NOT NULL,
+    last_position    bigint NOT NULL,
+    state            smallint NOT NULL,
+    deleted_before   bigint NOT NULL DEFAULT 0,
+    bytes_floor      bigint NOT NULL DEFAULT 0,
+    first_stored     bigint NOT NULL DEFAULT 0,
+    removed_position bigint NOT NULL DEFAULT 0,
+    retention        text,  -- the stream's own policy (JSON)
+    created_us       bigint NOT NULL,
+    updated_us       bigint NOT NULL,
+    -- The policy in force (own or by prefix rule), so reads hide expired events in SQL.
+    retained         boolean NOT NULL DEFAULT false,
+    max_count        bigint NOT NULL DEFAULT 0,
+    truncate_before  bigint NOT NULL DEFAULT 0,
+    age_us           bigint NOT NULL DEFAULT 0
+);
+CREATE INDEX streams_retained ON streams (id) WHERE retained;
+CREATE TABLE events (
+    position   bigint PRIMARY KEY,
+    stream_id  bigint NOT NULL,
+    revision   bigint NOT NULL,
+    event_id   bytea NOT NULL,
+    type       text NOT NULL,
+    created_us bigint NOT NULL,
+    size       integer NOT NULL,
+    head       bytea NOT NULL,
+    data       bytea NOT NULL
+);
+CREATE UNIQUE INDEX events_by_stream ON events (stream_id, revision);
+CREATE UNIQUE INDEX events_by_id ON events (event_id);
+CREATE TABLE consumer_groups (
+    name       text PRIMARY KEY,
+    config     bytea NOT NULL,
+    created_us bigint NOT NULL,
+    members    text NOT NULL
+);
+CREATE TABLE group_cursors (
+    grp       text NOT NULL,
+    partition integer NOT NULL,
+    position  bigint NOT NULL,
+    PRIMARY KEY (grp, partition)
+);
+""",
+}
+STREAM_COLUMNS = (
+    "id, name, last_revision, last_position, state, deleted_before, bytes_floor, "
+    "first_stored, retention, created_us, updated_us"
+)
+LOCK_HEAD = "SELECT position, next_stream_id, last_created_us FROM head WHERE id = 1 FOR UPDATE"
+# Stream rows and the head in one statement. first_stored and removed_position belong
+# to reclaim, which may have moved them since the stream was read.
+SAVE = """
+WITH saved AS (
+    INSERT INTO streams (id, name, hash, last_revision, last_position, state, deleted_before,
+        bytes_floor, first_stored, retention, created_us, updated_us, retained, max_count,
+        truncate_before, age_us)
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[],
+        $6::smallint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::text[], $11::bigint[],
+        $12::bigint[], $13::boolean[], $14::bigint[], $15::bigint[], $16::bigint[])
+    ON CONFLICT (id) DO UPDATE SET
+        last_revision = excluded.last_revision, last_position = excluded.last_position,
+        state = excluded.state, deleted_before = excluded.deleted_before,
+        bytes_floor = excluded.bytes_floor,
+        first_stored = GREATEST(streams.first_stored, excluded.first_stored),
+        retention = excluded.retention, updated_us = excluded.updated_us,
+        retained = excluded.retained, max_count = excluded.max_count,
+        truncate_before = excluded.truncate_before, age_us = excluded.age_us
+)
+UPDATE head SET position = $17::bigint, next_stream_id = $18::bigint, last_created_us = $19::bigint
+WHERE id = 1
+RETURNING CASE WHEN $20::text <> '' THEN pg_notify($20, $17::bigint::text) END
+"""
+EVENT_COLUMNS = [
+    "position",
+    "stream_id",
+    "revision",
+    "created_us",
+    "head",
+    "data",
+    "type",
+    "event_id",
+    "size",
+]
+INSERT_EVENTS = f"""
+INSERT INTO events ({", ".join(EVENT_COLUMNS)})
+SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bytea[],
+    $6::bytea[], $7::text[], $8::bytea[], $9::integer[])
+"""
+COPY_FROM = 64  # batches of at least this many events go in by COPY
+# The first revision a stream still shows, from the policy columns (tombstoned: none).
+FLOOR = (
+    "GREATEST(s.truncate_before, s.deleted_before, s.bytes_floor,"
+    " CASE WHEN s.max_count > 0 THEN s.last_revision + 1 - s.max_count ELSE 0 END)"
+)
+VISIBLE = (
+    f"(NOT s.retained OR (s.state <> 4 AND e.revision >= {FLOOR}"
+    " AND (s.age_us = 0 OR e.created_us >= $NOW - s.age_us)))"
+)
+LIVE_ROWS = """
+SELECT e.position, e.stream_id, e.revision, e.created_us, e.head, e.data, s.name, e.type,
+    e.event_id, e.size
+FROM events e JOIN streams s ON s.id = e.stream_id
+WHERE e.position >= $1 AND e.position <= $2 ORDER BY e.position LIMIT $3
+"""
+PREFIX_END = "\U0010ffff"
+POOL_SIZE = 10
+PUMP_PAGE = 5000
+RECLAIM_LOCK = "sluice.reclaim"
+MIGRATE_LOCK = "sluice.migrate"
+
+
+def parse_url(url: str) -> tuple[str, str]:
+    """The asyncpg DSN and the schema (``?schema=name``; default ``public``) of a URL."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    schema = next((v for k, v in query if k == "schema"), "public")
+    if not schema or len(schema) > 60 or not schema.replace("_", "").isalnum():
+        raise ConfigError(f"db: schema must be 1-60 letters, digits or '_', got {schema!r}")
+    rest = urlencode([(k, v) for k, v in query if k != "schema"])
+    return urlunsplit(("postgresql", parts.netloc, parts.path, rest, parts.fragment)), schema
+
+
+@contextlib.contextmanager
+def _translated() -> Iterator[None]:
+    """Driver and connection errors become the store's own: the storage is unavailable."""
+    try:
+        yield
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as e:
+        raise StoreUnavailable(f"storage error: {e}") from e
+
+
+def _policy_columns(meta: StreamMeta) -> tuple[bool, int, int, int]:
+    """The stored policy columns: retained, max_count, truncate_before, age_us."""
+    p = meta.policy
+    ages = [a for a in (p.max_age_us, p.ttl_us) if a]
+    return meta.retained, p.max_count, p.truncate_before, min(ages, default=0)
+
+
+class PostgresStorage(Storage):
+    """Events in PostgreSQL; any number of replicas may share the database."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        archive_dir: str = "",
+        prefix_rules: Mapping[str, Policy] | None = None,
+        poll_interval: float = 1.0,
+        pool_size: int = POOL_SIZE,
+    ) -> None:
+        self.dsn, self.schema = parse_url(url)
+        self.archive_dir = archive_dir
+        self.prefix_rules = dict(prefix_rules or {})
+        self.poll_interval = poll_interval
+        self.pool_size = pool_size
+        self.channel = f"sluice_events.{self.schema}"
+        self._pool: asyncpg.Pool | None = None
+        self._listen: asyncpg.Connection | None = None
+        self._write_lock = asyncio.Lock()
+        self._closed = False
+        self._known = 0  # newest committed position this replica knows of
+        self._published = 0  # newest position handed to the listener
+        self._own: dict[int, list[LiveRow]] = {}  # own commits not yet published, by first position
+        self._pump_task: asyncio.Task[None] | None = None
+        self._poll_task: asyncio.Task[None] | None = None
+
+    # -- life cycle -------------------------------------------------------------------
+
+    @property
+    def head_position(self) -> int:
+        return self._known
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None or self._closed:
+            raise StoreUnavailable("the store is shutting down")
+        return self._pool
+
+    async def _connect(self) -> asyncpg.Connection:
+        conn: asyncpg.Connection = await asyncpg.connect(
+            self.dsn, server_settings={"search_path": self.schema}
+        )
+        return conn
+
+    async def open(self) -> None:
+        with _translated():
+            await self._migrate()
+            self._pool = await asyncpg.create_pool(
+                self.dsn,
+                min_size=2,
+                max_size=self.pool_size,
+                server_settings={"search_path": self.schema},
+                command_timeout=60,
+            )
+            await self._apply_prefix_rules()
+            self._known = self._published = await self.pool.fetchval("SELECT position FROM head")
+            await self._start_listening()
+        self._poll_task = asyncio.create_task(self._poll())
+
+    async def _migrate(self) -> None:
+        """Create or upgrade the schema; replicas starting together take turns."""
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            async with conn.transaction():
+                await conn.execute(
+                    "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"{MIGRATE_LOCK}.{self.schema}"
+                )
+                await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+                await conn.execute(f'SET LOCAL search_path = "{self.schema}"')
+                await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)")
+                version = await conn.fetchval("SELECT version FROM schema_version")
+                if version is None:
+                    await conn.execute("INSERT INTO schema_version VALUES (0)")
+                    version = 0
+                if version > SCHEMA_VERSION:
+                    raise StoreUnavailable(f"database schema {version} is newer than this store's")
+                for step in range(version + 1, SCHEMA_VERSION + 1):
+                    await conn.execute(MIGRATIONS[step])
+                    await conn.execute("UPDATE schema_version SET version = $1", step)
+        finally:
+            await conn.close()
+
+    async def _apply_prefix_rules(self) -> None:
+        """Bring the stored policy columns in line with this store's prefix rules."""
+        clauses = ["retained"]
+        params: list[Any] = []
+        for prefix in self.prefix_rules:
+            params += [prefix, prefix + PREFIX_END]
+            clauses.append(f"(name >= ${len(params) - 1} AND name < ${len(params)})")
+        sql = (
+            f"SELECT {STREAM_COLUMNS}, retained, max_count, truncate_before, age_us FROM streams"
+            f" WHERE {' OR '.join(clauses)}"
+        )
+        async with self._write_lock, self.pool.acquire() as conn, conn.transaction():
+            head = await conn.fetchrow(LOCK_HEAD)
+            changed = []
+            for row in await conn.fetch(sql, *params):
+                meta = self._meta(row)
+                if _policy_columns(meta) != tuple(row[11:15]):
+                    changed.append(meta)
+            if changed:
+                await self._save(conn, changed, head[0], head[1], head[2], notify=False)
+
+    async def _start_listening(self) -> None:
+        conn = await self._connect()
+        await conn.add_listener(self.channel, self._notified)
+        self._listen = conn
+
+    def _notified(self, conn: object, pid: int, channel: str, payload: object) -> None:
+        self._advance(int(str(payload)))
+
+    async def _poll(self) -> None:
+        """The fallback for missed notifications: read the head now and then; re-listen."""
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            try:
+                if self._listen is None or self._listen.is_closed():
+                    self._listen = None
+                    await self._start_listening()
+                self._advance(await self.pool.fetchval("SELECT position FROM head"))
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, StoreUnavailable) as e:
+                log.warning("head poll failed, will retry: %s", e)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        for task in (self._poll_task, self._pump_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        async with self._write_lock:
+            self._closed = True
+            if self._listen is not None:
+                with contextlib.suppress(Exception):
+                    await self._listen.close()
+            if self._pool is not None:
+                await self._pool.close()
+
+    # -- the live feed ----------------------------------------------------------------
+
+    def _advance(self, position: int) -> None:
+        """Publish every committed event up to position, in order (in the background)."""
+        if position > self._known:
+            self._known = position
+        if self._known > self._published and (self._pump_task is None or self._pump_task.done()):
+            self._pump_task = asyncio.create_task(self._pump())
+
+    def _committed(self, rows: list[LiveRow]) -> None:
+        """An own commit: publish it now if everything before it is out, else queue it."""
+        first, last = rows[0][0], rows[-1][0]
+        self._known = max(self._known, last)
+        idle = self._pump_task is None or self._pump_task.done()
+        if idle and self._published == first - 1:
+            self._published = last
+            if self.listener is not None:
+                self.listener(rows)
+            return
+        self._own[first] = rows
+        self._advance(last)
+
+    async def _pump(self) -> None:
+        while self._published < self._known and not self._closed:
+            nxt = self._published + 1
+            own = self._own.pop(nxt, None)
+            if own is not None:
+                rows = own
+                self._published = own[-1][0]
+            else:
+                stop = min([self._known, *(f - 1 for f in self._own if f > nxt)])
+                try:
+                    with _translated():
+                        fetched = await self.pool.fetch(LIVE_ROWS, nxt, stop, PUMP_PAGE)
+                except StoreUnavailable as e:
+                    log.warning("live feed read failed, will retry: %s", e)
+                    await asyncio.sleep(self.poll_interval)
+                    continue
+                rows = [tuple(r) for r in fetched]
+                # Positions are gap-free; a shorter page means retention removed the rest.
+                self._published = rows[-1][0] if len(rows) == PUMP_PAGE else stop
+            if rows and self.listener is not None:
+                self.listener(rows)
+        self._own = {f: r for f, r in self._own.items() if f > self._published}
+
+    # -- stream state -----------------------------------------------------------------
+
+    def _meta(self, row: Sequence[Any]) -> StreamMeta:
+        own = Policy.from_json(row[8])
+        policy, source = resolve(row[1], own, self.prefix_rules)
+        return StreamMeta(
+            id=row[0],
+            name=row[1],
+            last_revision=row[2],
+            last_position=row[3],
+            state=State(row[4]),
+            deleted_before=row[5],
+            bytes_floor=row[6],
+            first_stored=row[7],
+            own=own,
+            policy=policy,
+            source=source,
+            created_us=row[9],
+            updated_us=row[10],
+            field=codec.stream_field(row[1]),
+        )
+
+    async def _fetch_streams(
+        self, conn: asyncpg.Connection, names: Sequence[str]
+    ) -> dict[str, StreamMeta | None]:
+        found: dict[str, StreamMeta | None] = dict.fromkeys(names)
+        for row in await conn.fetch(f"SELECT {STREAM_COLUMNS} FROM streams WHERE name = ANY($1)", names):
+            found[row[1]] = self._meta(row)
+        return found
+
+    async def stream(self, name: str) -> StreamMeta | None:
+        with _translated():
+            row = await self.pool.fetchrow(f"SELECT {STREAM_COLUMNS} FROM streams WHERE name = $1", name)
+        return self._meta(row) if row else None
+
+    async def _save(
+        self,
+        conn: asyncpg.Connection,
+        metas: Sequence[StreamMeta],
+        position: int,
+        next_stream_id: int,
+        last_created: int,
+        notify: bool,
+    ) -> None:
+        """Upsert stream rows and set the head, in the caller's transaction."""
+        cols: list[list[Any]] = [[] for _ in range(16)]
+        for m in metas:
+            if m.policy.max_bytes:
+                m.bytes_floor = await self._bytes_floor(conn, m)
+            values = (
+                m.id,
+                m.name,
+                fnv1a_32(m.name.encode()),
+                m.last_revision,
+                m.last_position,
+                int(m.state),
+                m.deleted_before,
+                m.bytes_floor,
+                m.first_stored,
+                m.own.to_json() if m.own else None,
+                m.created_us,
+                m.updated_us,
+                *_policy_columns(m),
+            )
+            for col, value in zip(cols, values, strict=True):
+                col.append(value)
+        channel = self.channel if notify else ""
+        await conn.fetchval(SAVE, *cols, position, next_stream_id, last_created, channel)
+
+    async def _bytes_floor(self, conn: asyncpg.Connection, meta: StreamMeta) -> int:
+        """The revision below which the stream holds more than max_bytes."""
+        row = await conn.fetchrow(
+            "SELECT revision FROM (SELECT revision, SUM(size) OVER (ORDER BY revision DESC) AS total"
+            " FROM events WHERE stream_id = $1 AND revision >= $2) t WHERE total > $3"
+            " ORDER BY revision DESC LIMIT 1",
+            meta.id,
+            max(meta.bytes_floor, meta.first_stored),
+            meta.policy.max_bytes,
+        )
+        return max(meta.bytes_floor, row[0] + 1) if row else meta.bytes_floor
+
+    # -- appends ----------------------------------------------------------------------
+
+    async def append(self, ops: Sequence[list[AppendPart]]) -> list[Outcome]:
+        async with self._write_lock:
+            with _translated():
+                async with self.pool.acquire() as conn:
+                    try:
+                        async with conn.transaction():
+                            plan = await self._append_tx(conn, ops, check_ids=False)
+                    except asyncpg.UniqueViolationError:
+                        # An event id is already stored: plan again knowing where.
+                        async with conn.transaction():
+                            plan = await self._append_tx(conn, ops, check_ids=True)
+            if plan.rows:
+                self._committed(plan.rows)
+        return plan.outcomes
+
+    async def _append_tx(
+        self, conn: asyncpg.Connection, ops: Sequence[list[AppendPart]], check_ids: bool
+    ) -> Plan:
+        head, next_stream_id, last_created = await conn.fetchrow(LOCK_HEAD)
+        created = max(now_us(), last_created)
+        names = list(dict.fromkeys(p.stream for op in ops for p in op))
+        known = await self._fetch_streams(conn, names)
+        args = (head + 1, next_stream_id, created, self.prefix_rules)
+        stored = await self._stored_ids(conn, ops) if check_ids else None
+        plan = plan_append(ops, known, *args, stored)
+        if plan.check_ids and stored is None:
+            plan = plan_append(ops, known, *args, await self._stored_ids(conn, ops))
+        if plan.rows:
+            rows = plan.rows
+            if len(rows) >= COPY_FROM:
+                await conn.copy_records_to_table(
+                    "events",
+                    records=[(r[0], r[1], r[2], r[3], r[4], r[5], r[7], r[8], r[9]) for r in rows],
+                    columns=EVENT_COLUMNS,
+                )
+            else:
+                columns = zip(*(r[:6] + r[7:] for r in rows), strict=True)
+                await conn.execute(INSERT_EVENTS, *map(list, columns))
+            metas = list(plan.streams.values())
+            await self._save(conn, metas, plan.next_position - 1, plan.next_stream_id, created, True)
+        return plan
+
+    async def _stored_ids(
+        self, conn: asyncpg.Connection, ops: Sequence[list[AppendPart]]
+    ) -> dict[bytes, tuple[str, int, int]]:
+        ids = [ev.id for op in ops for part in op for ev in part.events if ev.client_id]
+        rows = await conn.fetch(
+            "SELECT e.event_id, s.name, e.revision, e.position FROM events e"
+            " JOIN streams s ON s.id = e.stream_id WHERE e.event_id = ANY($1)",
+            ids,
+        )
+        return {r[0]: (r[1], r[2], r[3]) for r in rows}
+
+    # -- reads ------------------------------------------------------------------------
+
+    async def read_stream(
+        self, meta: StreamMeta, start: Start, backwards: bool, limit: int, with_data: bool
+    ) -> list[Row]:
+        w = stream_window(meta, start, backwards, now_us())
+        if w is None:
+            return []
+        params: list[Any] = [meta.id, w.lo, w.hi, w.cutoff]
+        extra = ""
+        if w.bound:
+            column = "position" if w.bound == "position" else "created_us"
+            extra = f" AND {column} {'<=' if backwards else '>='} $5"
+            params.append(w.value)
+        params.append(limit)
+        data = "data" if with_data else "''::bytea"
+        sql = (
+            f"SELECT position, stream_id, revision, created_us, head, {data} FROM events"
+            f" WHERE stream_id = $1 AND revision >= $2 AND revision <= $3 AND created_us >= $4{extra}"
+            f" ORDER BY revision {'DESC' if backwards else 'ASC'} LIMIT ${len(params)}"
+        )
+        with _translated():
+            return [tuple(r) for r in await self.pool.fetch(sql, *params)]
+
+    @staticmethod
+    def _filter_sql(filt: StreamFilter, params: list[Any]) -> list[str]:
+        """WHERE clauses (over events e JOIN streams s) for a filter; appends to params."""
+        where = []
+        if filt.types:
+            params.append(list(filt.types))
+            where.append(f"e.type = ANY(${len(params)})")
+        if filt.prefixes:
+            ranges = []
+            for p in filt.prefixes:
+                params += [p, p + PREFIX_END]
+                ranges.append(f"(s.name >= ${len(params) - 1} AND s.name < ${len(params)})")
+            where.append("(" + " OR ".join(ranges) + ")")
+        if filt.partition_count:
+            params += [filt.partition_count, sorted(filt.partitions)]
+            where.append(f"s.hash % ${len(params) - 1} = ANY(${len(params)})")
+        return where
+
+    async def read_all(
+        self, position: int, backwards: bool, limit: int, filt: StreamFilter, with_data: bool
+    ) -> tuple[list[Row], int, bool]:
+        params: list[Any] = [now_us(), position]
+        where = [VISIBLE.replace("$NOW", "$1"), "e.position <= $2" if backwards else "e.position >= $2"]
+        if not backwards:
+            params.append(0)  # the head, read first: the scan stops there
+            where.append("e.position <= $3")
+        where += self._filter_sql(filt, params)
+        params.append(limit)
+        data = "e.data" if with_data else "''::bytea"
+        sql = (
+            f"SELECT e.position, e.stream_id, e.revision, e.created_us, e.head, {data}"
+            f" FROM events e JOIN streams s ON s.id = e.stream_id WHERE {' AND '.join(where)}"
+            f" ORDER BY e.position {'DESC' if backwards else 'ASC'} LIMIT ${len(params)}"
+        )
+        with _translated():
+            async with self.pool.acquire() as conn:
+                if not backwards:
+                    # Everything up to the head is committed (appends commit in position
+                    # order), so a scan bounded by it sees no gap that fills in later.
+                    params[2] = head = await conn.fetchval("SELECT position FROM head")
+                    self._advance(head)
+                rows: list[Row] = [tuple(r) for r in await conn.fetch(sql, *params)]
+        done = len(rows) < limit
+        if backwards:
+            return rows, (rows[-1][0] - 1 if rows else 0), done or (bool(rows) and rows[-1][0] <= 1)
+        nxt = rows[-1][0] + 1 if rows else position
+        if done:
+            nxt = max(nxt, head + 1)
+        return rows, nxt, done
+
+    async def removed_upto(self, filt: StreamFilter, since: int) -> int:
+        params: list[Any] = [now_us(), since]
+        types = ""
+        if filt.types:
+            params.append(list(filt.types))
+            types = f" AND e.type = ANY(${len(params)})"
+        where = ["s.retained", "s.last_position >= $2"]
+        streams_only = dataclasses.replace(filt, types=())  # types apply to events, above
+        where += self._filter_sql(streams_only, params)
+        sql = (
+            "SELECT COALESCE(MAX(GREATEST(s.removed_position,"
+            f" (SELECT MAX(e.position) FROM events e WHERE e.stream_id = s.id AND e.revision <"
+            f" CASE WHEN s.state = 4 THEN s.last_revision + 1 ELSE {FLOOR} END{types}),"
+            " (SELECT MAX(e.position) FROM events e WHERE e.stream_id = s.id AND s.age_us > 0"
+            f" AND e.created_us < $1 - s.age_us{types}))), 0)"
+            f" FROM streams s WHERE {' AND '.join(where)}"
+        )
+        with _translated():
+            newest: int = await self.pool.fetchval(sql, *params)
+        return newest if newest >= since else 0
+
+    async def position_at_time(self, time_us: int, backwards: bool) -> int:
+        forward_sql = "SELECT position, created_us FROM events WHERE position >= $1 ORDER BY position LIMIT 1"
+        backward_sql = (
+            "SELECT position, created_us FROM events WHERE position <= $1 ORDER BY position DESC LIMIT 1"
+        )
+        with _translated():
+            async with self.pool.acquire() as conn:
+                head = await conn.fetchval("SELECT position FROM head")
+
+                async def probe(position: int, back: bool) -> tuple[int, int] | None:
+                    row = await conn.fetchrow(backward_sql if back else forward_sql, position)
+                    return (row[0], row[1]) if row else None
+
+                return await search_position(probe, head, time_us, backwards)
+
+    async def list_streams(
+        self, prefix: str, after: str, limit: int, include_deleted: bool
+    ) -> list[StreamMeta]:
+        sql = f"SELECT {STREAM_COLUMNS} FROM streams WHERE name >= $1 AND name < $2 AND name > $3"
+        if not include_deleted:
+            sql += " AND state = 2"
+        sql += " ORDER BY name LIMIT $4"
+        with _translated():
+            rows = await self.pool.fetch(sql, prefix, prefix + PREFIX_END, after, limit)
+        return [self._meta(row) for row in rows]
+
+    async def count_events(self, meta: StreamMeta) -> int:
+        if meta.last_revision < 0 or meta.state == State.TOMBSTONED:
+            return 0
+        cutoff = age_cutoff_us(meta.policy, now_us())
+        if not cutoff:
+            return max(0, meta.last_revision + 1 - max(meta.floor(), meta.first_stored))
+        with _translated():
+            n: int = await self.pool.fetchval(
+                "SELECT COUNT(*) FROM events WHERE stream_id = $1 AND revision >= $2 AND created_us >= $3",
+                meta.id,
+                meta.floor(),
+                cutoff,
+            )
+        return n
+
+    # -- administration ---------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _edit(self, name: str) -> AsyncIterator[tuple[StreamMeta | None, StreamMeta, int]]:
+        """Under the head lock: the stream's state (None if never written), a copy to
+        change (saved at a clean exit) and the head position."""
+        async with self._write_lock:
+            with _translated():
+                async with self.pool.acquire() as conn, conn.transaction():
+                    head, next_stream_id, last_created = await conn.fetchrow(LOCK_HEAD)
+                    current = (await self._fetch_streams(conn, [name]))[name]
+                    now = now_us()
+                    if current is None:
+                        policy, source = resolve(name, NO_POLICY, self.prefix_rules)
+                        meta = StreamMeta(
+                            id=next_stream_id,
+                            name=name,
+                            created_us=now,
+                            policy=policy,
+                            source=source,
+                            field=codec.stream_field(name),
+                        )
+                        next_stream_id += 1
+                    else:
+                        meta = dataclasses.replace(current)
+                    meta.updated_us = now
+                    yield current, meta, head
+                    await self._save(conn, [meta], head, next_stream_id, last_created, notify=False)
+
+    async def set_retention(self, name: str, policy: Policy) -> StreamMeta:
+        async with self._edit(name) as (_, meta, _):
+            meta.own = policy
+            meta.policy, meta.source = resolve(name, policy, self.prefix_rules)
+        return meta
+
+    async def delete_stream(self, name: str, expect: Expect, revision: int, tombstone: bool) -> int:
+        async with self._edit(name) as (current, meta, head):
+            check_expected(current, expect, revision, name)
+            if not tombstone and (current is None or current.last_revision < 0):
+                raise StreamNotFound(f"stream {name!r} does not exist", stream=name)
+            meta.deleted_before = meta.last_revision + 1
+            meta.state = State.TOMBSTONED if tombstone else State.DELETED
+        return int(head)
+
+    # -- retention --------------------------------------------------------------------
+
+    async def reclaim(self) -> ReclaimStats:
+        stats = ReclaimStats()
+        with _translated():
+            async with self.pool.acquire() as conn:
+                key = f"{RECLAIM_LOCK}.{self.schema}"
+                if not await conn.fetchval("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", key):
+                    return stats  # another replica is reclaiming
+                try:
+                    rows = await conn.fetch(f"SELECT {STREAM_COLUMNS} FROM streams WHERE retained")
+                    for meta in map(self._meta, rows):
+                        await self._reclaim_stream(conn, meta, stats)
+                finally:
+                    await conn.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", key)
+        return stats
+
+    async def _reclaim_stream(self, conn: asyncpg.Connection, meta: StreamMeta, stats: ReclaimStats) -> None:
+        upto = await self._removable_upto(conn, meta)
+        if upto <= meta.first_stored:
+            return
+        archive = bool(self.archive_dir) and not meta.policy.ttl_us
+        lo = meta.first_stored
+        while lo < upto:
+            hi = min(upto, lo + 10_000)
+            if archive:
+                events = await self._recorded(conn, meta, lo, hi)
+                path = await asyncio.to_thread(write_archive, self.archive_dir, meta.name, events)
+                if path:
+                    stats.archive_files.append(path)
+                    stats.events_archived += len(events)
+            async with conn.transaction():
+                removed = await conn.fetch(
+                    "DELETE FROM events WHERE stream_id = $1 AND revision < $2 RETURNING position",
+                    meta.id,
+                    hi,
+                )
+                await conn.execute(
+                    "UPDATE streams SET first_stored = GREATEST(first_stored, $2),"
+                    " removed_position = GREATEST(removed_position, $3) WHERE id = $1",
+                    meta.id,
+                    hi,
+                    max((r[0] for r in removed), default=0),
+                )
+            stats.events_removed += len(removed)
+            lo = hi
+        stats.streams += 1
+
+    async def _removable_upto(self, conn: asyncpg.Connection, meta: StreamMeta) -> int:
+        if meta.state == State.TOMBSTONED:
+            return meta.last_revision + 1
+        upto = meta.floor()
+        cutoff = age_cutoff_us(meta.policy, now_us())
+        if cutoff:
+            first_young = await conn.fetchval(
+                "SELECT MIN(revision) FROM events"
+                " WHERE stream_id = $1 AND revision >= $2 AND created_us >= $3",
+                meta.id,
+                meta.first_stored,
+                cutoff,
+            )
+            upto = max(upto, meta.last_revision + 1 if first_young is None else first_young)
+        return upto
+
+    async def _recorded(
+        self, conn: asyncpg.Connection, meta: StreamMeta, lo: int, hi: int
+    ) -> list[pb.RecordedEvent]:
+        rows = await conn.fetch(
+            "SELECT head, data FROM events WHERE stream_id = $1 AND revision >= $2 AND revision < $3"
+            " ORDER BY revision",
+            meta.id,
+            lo,
+            hi,
+        )
+        return [pb.RecordedEvent.FromString(codec.event_bytes(h, d)) for h, d in rows]
+
+    # -- consumer groups --------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def group_tx(self, name: str) -> AsyncIterator[GroupTx]:
+        with _translated():
+            async with self.pool.acquire() as conn, conn.transaction():
+                # A lock on the name, not the row: it also serialises creating a group.
+                await conn.execute(
+                    "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                    f"sluice.group.{self.schema}.{name}",
+                )
+                row = await conn.fetchrow(
+                    "SELECT config, created_us, members FROM consumer_groups WHERE name = $1", name
+                )
+                record = None
+                if row is not None:
+                    cursors = await conn.fetch(
+                        "SELECT partition, position FROM group_cursors WHERE grp = $1", name
+                    )
+                    record = GroupRecord(name, row[0], row[1], row[2], {p: pos for p, pos in cursors})
+                yield _PostgresGroupTx(conn, name, record)
+
+    async def list_groups(self) -> list[str]:
+        with _translated():
+            return [r[0] for r in await self.pool.fetch("SELECT name FROM consumer_groups ORDER BY name")]
+
+
+class _PostgresGroupTx(GroupTx):
+    """Writes go straight to the open transaction."""
+
+    def __init__(self, conn: asyncpg.Connection, name: str, record: GroupRecord | None) -> None:
+        self.conn = conn
+        self.name = name
+        self.record = record
+
+    async def save(self, record: GroupRecord, cursors: Mapping[int, int] | None = None) -> None:
+        await self.conn.execute(
+            "INSERT INTO consumer_groups (name, config, created_us, members) VALUES ($1, $2, $3, $4)"
+            " ON CONFLICT (name) DO UPDATE SET config = excluded.config, members = excluded.members",
+            record.name,
+            record.config,
+            record.created_us,
+            record.members,
+        )
+        if cursors:
+            await self.save_cursors(cursors)
+
+    async def save_cursors(self, cursors: Mapping[int, int]) -> None:
+        await self.conn.execute(
+            "INSERT INTO group_cursors (grp, partition, position)"
+            " SELECT $1, * FROM unnest($2::integer[], $3::bigint[])"
+            " ON CONFLICT (grp, partition) DO UPDATE SET position = excluded.position",
+            self.name,
+            list(cursors),
+            list(cursors.values()),
+        )
+
+    async def delete(self) -> None:
+        await self.conn.execute("DELETE FROM group_cursors WHERE grp = $1", self.name)
+        await self.conn.execute("DELETE FROM consumer_groups WHERE name = $1", self.name)
