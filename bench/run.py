@@ -31,7 +31,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import nats
 import redis.asyncio as aioredis
 from nats.js import api as js_api
@@ -45,6 +47,7 @@ from bench.fanout import stamped  # bench/ is run as a script, not installed
 ROOT = Path(__file__).resolve().parent
 NATS_URL = os.environ.get("BENCH_NATS_URL", "nats://127.0.0.1:4222")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+POSTGRES_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 def payload(i: int) -> bytes:
@@ -114,26 +117,46 @@ def free_port() -> int:
 
 
 @contextlib.asynccontextmanager
+async def store_processes(
+    db: str, replicas: int = 1, flags: dict[str, str] | None = None
+) -> AsyncIterator[list[str]]:
+    """Store processes (several are replicas, on PostgreSQL) on one database; their addresses."""
+    procs, addrs = [], []
+    try:
+        for _ in range(replicas):
+            addr = f"127.0.0.1:{free_port()}"
+            args = ["--addr", addr, "--db", db]
+            for k, v in (flags or {}).items():
+                args += [f"--{k.replace('_', '-')}", v]
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "sluice_store", *args, stdout=asyncio.subprocess.PIPE
+            )
+            procs.append(proc)
+            assert proc.stdout is not None
+            async with asyncio.timeout(30):
+                while b"listening on" not in await proc.stdout.readline():
+                    if proc.returncode is not None:
+                        raise RuntimeError(f"store on {db} exited at start")
+            addrs.append(addr)
+        yield addrs
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.terminate()
+                await proc.wait()
+
+
+@contextlib.asynccontextmanager
 async def sluice_store(durability: str, **flags: str) -> AsyncIterator[Client]:
     """A fresh store process on a temporary SQLite file, and a client to it."""
     tmp = tempfile.mkdtemp(prefix="sluice-bench-")
-    addr = f"127.0.0.1:{free_port()}"
-    args = ["--addr", addr, "--db", f"sqlite:///{tmp}/bench.db", "--durability", durability]
-    for k, v in flags.items():
-        args += [f"--{k.replace('_', '-')}", v]
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "sluice_store", *args, stdout=asyncio.subprocess.PIPE
-    )
     try:
-        assert proc.stdout is not None
-        async with asyncio.timeout(30):
-            while b"listening on" not in await proc.stdout.readline():
-                pass
-        async with Client(addr, timeout=120) as client:
+        async with (
+            store_processes(f"sqlite:///{tmp}/bench.db", 1, {"durability": durability, **flags}) as (addr,),
+            Client(addr, timeout=120) as client,
+        ):
             yield client
     finally:
-        proc.terminate()
-        await proc.wait()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -535,6 +558,147 @@ async def bench_scale(res: Results, a: argparse.Namespace) -> None:
         )
 
 
+# -- the PostgreSQL backend ----------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def postgres_database() -> AsyncIterator[str]:
+    """A fresh database on the PostgreSQL server at BENCH_POSTGRES, dropped afterwards."""
+    name = f"sluice_bench_{os.getpid()}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(POSTGRES_URL)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    await admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await admin(f'CREATE DATABASE "{name}"')
+    try:
+        yield urlunsplit(urlsplit(POSTGRES_URL)._replace(path=f"/{name}", query=""))
+    finally:
+        await admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def backend_figures(addrs: list[str], a: argparse.Namespace) -> dict[str, float]:
+    """Appends (batched, pipelined), catch-up and live latency, spread over the replicas."""
+    body = payload(3)
+    out: dict[str, float] = {}
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(Client(x, timeout=120)) for x in addrs]
+
+        async def batched(c: Client, stream: str) -> int:
+            for _ in range(a.pg_batches):
+                await c.append(stream, [new_event("E", body) for _ in range(1000)])
+            return a.pg_batches * 1000
+
+        writers = [clients[i % len(clients)] for i in range(4)]  # 4 clients in all, spread
+        t = time.perf_counter()
+        n = sum(await asyncio.gather(*(batched(c, f"b-{i}") for i, c in enumerate(writers))))
+        out["batched"] = rate(n, time.perf_counter() - t)
+
+        async def pipelined(c: Client, count: int) -> int:
+            async with c.session() as s:
+                pending: list[asyncio.Future[pb.AppendResponse]] = []
+                for i in range(count):
+                    pending.append(s.send(f"p-{i % 64}", [new_event("E", body)]))
+                    if len(pending) >= 256:
+                        await pending.pop(0)
+                await asyncio.gather(*pending)
+            return count
+
+        sessions = [clients[i % len(clients)] for i in range(2)]
+        t = time.perf_counter()
+        n = sum(await asyncio.gather(*(pipelined(c, a.pg_pipelined // 2) for c in sessions)))
+        out["pipelined"] = rate(n, time.perf_counter() - t)
+
+        async def catch_up(c: Client) -> int:
+            got = 0
+            async for item in c.subscribe(start=START):
+                if isinstance(item, pb.RecordedEvent):
+                    got += 1
+                elif isinstance(item, pb.CaughtUp):
+                    break
+            return got
+
+        t = time.perf_counter()
+        n = sum(await asyncio.gather(*(catch_up(c) for c in sessions)))  # two readers
+        out["catchup"] = rate(n, time.perf_counter() - t)
+
+        # Live: appended through the first replica, received through the last.
+        lat: list[float] = []
+        ready = asyncio.Event()
+        total = int(1000 * a.latency_seconds / 2)
+
+        async def subscriber() -> None:
+            async for item in clients[-1].subscribe("pg-live"):
+                if isinstance(item, pb.CaughtUp):
+                    ready.set()
+                elif isinstance(item, pb.RecordedEvent):
+                    lat.append((time.perf_counter_ns() - json.loads(item.data)["t"]) / 1e6)
+                    if len(lat) >= total:
+                        return
+
+        async def send(i: int) -> None:
+            stamp = json.dumps({"i": i, "t": time.perf_counter_ns(), "pad": "x" * 150})
+            await clients[0].append("pg-live", [new_event("E", stamp.encode())])
+
+        sub = asyncio.create_task(subscriber())
+        await asyncio.wait_for(ready.wait(), 30)
+        await paced(1000, a.latency_seconds / 2, send)
+        await asyncio.wait_for(sub, 30)
+        out["p50"], out["p99"] = statistics.median(lat), pct(lat, 0.99)
+    return out
+
+
+async def bench_postgres(res: Results, a: argparse.Namespace) -> None:
+    figures: dict[str, dict[str, float]] = {}
+    tmp = tempfile.mkdtemp(prefix="sluice-bench-")
+    try:
+        log("postgres: SQLite, one store")
+        async with store_processes(f"sqlite:///{tmp}/bench.db", 1, {"durability": a.durability}) as addrs:
+            figures["sqlite"] = await backend_figures(addrs, a)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    async with postgres_database() as db:
+        for n in (1, 2):
+            log(f"postgres: PostgreSQL, {n} replica(s)")
+            async with store_processes(f"{db}?schema=replicas{n}", n) as addrs:
+                figures[f"pg{n}"] = await backend_figures(addrs, a)
+    cases = [
+        ("batched", "appends, 1,000 events per request, 4 clients", "events/s", True, ">= 50,000/s"),
+        ("pipelined", "appends, one event per request, 2 sessions x 256 in flight", "events/s", True, ""),
+        ("catchup", "catch-up from the start, 2 readers", "events/s", True, ""),
+        ("p50", "live latency at 1,000 events/s, p50", "ms", False, ""),
+        ("p99", "live latency at 1,000 events/s, p99", "ms", False, ""),
+    ]
+    for key, case, unit, higher, target in cases:
+        res.add(
+            Row(
+                "postgres",
+                f"{case}: PostgreSQL, 1 replica",
+                unit,
+                figures["pg1"][key],
+                {"SQLite": figures["sqlite"][key]},
+                higher,
+                target,
+            )
+        )
+    for key, case, unit, higher, _ in cases:
+        res.add(
+            Row(
+                "postgres",
+                f"{case}: PostgreSQL, 2 replicas (latency: across replicas)",
+                unit,
+                figures["pg2"][key],
+                {"PostgreSQL, 1 replica": figures["pg1"][key]},
+                higher,
+                ">= 1 replica" if key == "batched" else "",
+            )
+        )
+
+
 # -- sidecar delivery -----------------------------------------------------------------
 
 
@@ -850,7 +1014,9 @@ async def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smaller sizes for a quick look")
     p.add_argument("--durability", default="full", choices=["full", "normal"])
-    p.add_argument("--only", help="comma-separated sections: appends,latency,catchup,scale,sidecar,gateway")
+    p.add_argument(
+        "--only", help="comma-separated sections: appends,latency,catchup,scale,sidecar,gateway,postgres"
+    )
     p.add_argument(
         "--gateway-flags", default="", help="extra flags for the gateway, e.g. '--flush-interval 10ms'"
     )
@@ -864,6 +1030,8 @@ async def main() -> None:
     a.scale_ops = 1000 if a.quick else 5000
     a.sidecar_events = 5_000 if a.quick else 20_000
     a.fanout_deliveries = 500_000 if a.quick else 2_000_000
+    a.pg_batches = 10 if a.quick else 50
+    a.pg_pipelined = 10_000 if a.quick else 40_000
     a.gateway_flags = a.gateway_flags.split() if a.gateway_flags else []
     # Latency runs before catch-up: deleting the peers' million-event streams afterwards
     # keeps the disk busy for a while, which would land in Sluice's fsyncs and not theirs.
@@ -874,6 +1042,7 @@ async def main() -> None:
         "scale": bench_scale,
         "sidecar": bench_sidecar,
         "gateway": bench_gateway,
+        "postgres": bench_postgres,
     }
     chosen = a.only.split(",") if a.only else list(sections)
     res = Results()
