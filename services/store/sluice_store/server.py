@@ -38,6 +38,7 @@ class StoreServer:
         self.storage = storage or open_storage(settings)
         self.broker = Broker()
         self.storage.listener = self.broker.publish
+        self.storage.listening = lambda: len(self.broker) > 0
         self.service = StreamsService(self.storage, self.broker, settings)
         self.coordinator = Coordinator(self.storage, self.service.cursor_at)
         self.groups = GroupsService(self.coordinator, self.service)

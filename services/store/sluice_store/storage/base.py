@@ -180,6 +180,9 @@ class Storage(abc.ABC):
 
     #: Called with the committed rows of each group commit, in position order.
     listener: CommitListener | None = None
+    #: Whether the listener has anyone to give events to now; a backend that must read
+    #: other processes' commits back to feed it may skip the read when not.
+    listening: Callable[[], bool] = staticmethod(lambda: True)
 
     @property
     @abc.abstractmethod

@@ -9,10 +9,11 @@ transaction at a time across all replicas, which group commit (many requests, up
 thousands of events, per transaction) amortises.
 
 Each commit sends a notification (``pg_notify``, delivered in commit order) carrying its
-newest position. Every replica runs one pump that hands committed events, in position
-order and without gaps, to its live subscribers: its own commits straight from memory,
-other replicas' read back from the events table. A missed notification is caught by a
-poll of the head every ``poll_interval`` seconds.
+newest position and the replica it came from. Every replica runs one pump that hands
+committed events, in position order and without gaps, to its live subscribers: its own
+commits straight from memory, other replicas' read back from the events table (only while
+it has live subscribers). A missed notification is caught by a poll of the head every
+``poll_interval`` seconds.
 
 Retention is evaluated in SQL: each stream row carries the policy in force (its own or
 its prefix rule's), so every replica hides the same expired events. Reclaim runs on one
@@ -25,6 +26,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -145,7 +147,7 @@ WITH saved AS (
 )
 UPDATE head SET position = $17::bigint, next_stream_id = $18::bigint, last_created_us = $19::bigint
 WHERE id = 1
-RETURNING CASE WHEN $20::text <> '' THEN pg_notify($20, $17::bigint::text) END
+RETURNING CASE WHEN $20::text <> '' THEN pg_notify($20, $17::bigint::text || ' ' || $21::text) END
 """
 EVENT_COLUMNS = [
     "position",
@@ -231,6 +233,7 @@ class PostgresStorage(Storage):
         self.poll_interval = poll_interval
         self.pool_size = pool_size
         self.channel = f"sluice_events.{self.schema}"
+        self.origin = uuid.uuid4().hex[:12]  # tells this replica's notifications from others'
         self._pool: asyncpg.Pool | None = None
         self._listen: asyncpg.Connection | None = None
         self._write_lock = asyncio.Lock()
@@ -324,7 +327,9 @@ class PostgresStorage(Storage):
         self._listen = conn
 
     def _notified(self, conn: object, pid: int, channel: str, payload: object) -> None:
-        self._advance(int(str(payload)))
+        position, _, origin = str(payload).partition(" ")
+        if origin != self.origin:  # own commits are published as they commit
+            self._advance(int(position))
 
     async def _poll(self) -> None:
         """The fallback for missed notifications: read the head now and then; re-listen."""
@@ -385,6 +390,11 @@ class PostgresStorage(Storage):
                 self._published = own[-1][0]
             else:
                 stop = min([self._known, *(f - 1 for f in self._own if f > nxt)])
+                if not self.listening():
+                    # Nobody to give them to: a subscriber that registers from now on
+                    # reads these from the table in its catch-up.
+                    self._published = stop
+                    continue
                 try:
                     with _translated():
                         fetched = await self.pool.fetch(LIVE_ROWS, nxt, stop, PUMP_PAGE)
@@ -466,7 +476,7 @@ class PostgresStorage(Storage):
             for col, value in zip(cols, values, strict=True):
                 col.append(value)
         channel = self.channel if notify else ""
-        await conn.fetchval(SAVE, *cols, position, next_stream_id, last_created, channel)
+        await conn.fetchval(SAVE, *cols, position, next_stream_id, last_created, channel, self.origin)
 
     async def _bytes_floor(self, conn: asyncpg.Connection, meta: StreamMeta) -> int:
         """The revision below which the stream holds more than max_bytes."""
