@@ -70,22 +70,31 @@ class Committer:
             self._task = asyncio.create_task(self._drain())
         return fut
 
+    def _take(self) -> list[tuple[list[AppendPart], int, asyncio.Future[Outcome]]]:
+        """The next batch: pending appends in order, up to max_events (at least one)."""
+        take, total = 0, 0
+        for _, n, _ in self._pending:
+            if take and total + n > self.max_events:
+                break
+            take += 1
+            total += n
+        batch, self._pending = self._pending[:take], self._pending[take:]
+        return batch
+
     async def _drain(self) -> None:
         try:
             while self._pending:
-                take, total = 0, 0
-                for _, n, _ in self._pending:
-                    if take and total + n > self.max_events:
-                        break
-                    take += 1
-                    total += n
-                batch, self._pending = self._pending[:take], self._pending[take:]
+                batch: list[tuple[list[AppendPart], int, asyncio.Future[Outcome]]] = []
                 try:
-                    outcomes = await self.storage.append([op for op, _, _ in batch])
+                    async with self.storage.write_slot():
+                        batch = self._take()
+                        outcomes: list[Outcome] = await self.storage.append([op for op, _, _ in batch])
                 except StoreError as e:
+                    batch = batch or self._take()
                     outcomes = [e] * len(batch)
                 except Exception as e:  # a bug or a driver fault: fail the batch, keep serving
                     log.exception("append batch failed")
+                    batch = batch or self._take()
                     outcomes = [StoreUnavailable(f"append failed: {e}")] * len(batch)
                 for (_, _, fut), outcome in zip(batch, outcomes, strict=True):
                     if not fut.done():

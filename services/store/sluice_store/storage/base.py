@@ -197,6 +197,12 @@ class Storage(abc.ABC):
     async def close(self) -> None:
         """Finish pending work and release connections; safe to call twice."""
 
+    def write_slot(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """Entered by the group committer before it takes its next batch and left after
+        append() returns. A backend whose writers queue for a lock shared with other
+        processes takes it here, so that appends arriving while it waits join the batch."""
+        return contextlib.nullcontext()
+
     @abc.abstractmethod
     async def append(self, ops: Sequence[list[AppendPart]]) -> list[Outcome]:
         """Apply many atomic operations in one transaction; one outcome per operation."""

@@ -237,6 +237,7 @@ class PostgresStorage(Storage):
         self._pool: asyncpg.Pool | None = None
         self._listen: asyncpg.Connection | None = None
         self._write_lock = asyncio.Lock()
+        self._slot: _Slot | None = None
         self._closed = False
         self._known = 0  # newest committed position this replica knows of
         self._published = 0  # newest position handed to the listener
@@ -492,25 +493,55 @@ class PostgresStorage(Storage):
 
     # -- appends ----------------------------------------------------------------------
 
-    async def append(self, ops: Sequence[list[AppendPart]]) -> list[Outcome]:
+    @contextlib.asynccontextmanager
+    async def write_slot(self) -> AsyncIterator[None]:
+        """Open the next append transaction and take the head lock in it, before the
+        committer picks its batch: appends that arrive while another replica holds the
+        lock join this batch, so contention makes transactions larger, not more."""
         async with self._write_lock:
             with _translated():
                 async with self.pool.acquire() as conn:
+                    slot = _Slot(conn, conn.transaction())
+                    await slot.tx.start()
                     try:
-                        async with conn.transaction():
-                            plan = await self._append_tx(conn, ops, check_ids=False)
-                    except asyncpg.UniqueViolationError:
-                        # An event id is already stored: plan again knowing where.
-                        async with conn.transaction():
-                            plan = await self._append_tx(conn, ops, check_ids=True)
-            if plan.rows:
-                self._committed(plan.rows)
+                        slot.head = tuple(await conn.fetchrow(LOCK_HEAD))
+                        self._slot = slot
+                        yield
+                    finally:
+                        self._slot = None
+                        if slot.open:  # not committed: let the lock go
+                            await slot.tx.rollback()
+
+    async def append(self, ops: Sequence[list[AppendPart]]) -> list[Outcome]:
+        slot, self._slot = self._slot, None
+        if slot is None:  # not called inside write_slot()
+            async with self.write_slot():
+                return await self.append(ops)
+        conn = slot.conn
+        with _translated():
+            try:
+                plan = await self._append_tx(conn, ops, slot.head, check_ids=False)
+                slot.open = False
+                await slot.tx.commit()
+            except asyncpg.UniqueViolationError:
+                # An event id is already stored: plan again knowing where.
+                slot.open = False
+                await slot.tx.rollback()
+                async with conn.transaction():
+                    plan = await self._append_tx(conn, ops, tuple(await conn.fetchrow(LOCK_HEAD)), True)
+        if plan.rows:
+            self._committed(plan.rows)
         return plan.outcomes
 
     async def _append_tx(
-        self, conn: asyncpg.Connection, ops: Sequence[list[AppendPart]], check_ids: bool
+        self,
+        conn: asyncpg.Connection,
+        ops: Sequence[list[AppendPart]],
+        head_row: tuple[int, ...],
+        check_ids: bool,
     ) -> Plan:
-        head, next_stream_id, last_created = await conn.fetchrow(LOCK_HEAD)
+        """Plan and write, under the head lock (head_row is what LOCK_HEAD returned)."""
+        head, next_stream_id, last_created = head_row
         created = max(now_us(), last_created)
         names = list(dict.fromkeys(p.stream for op in ops for p in op))
         known = await self._fetch_streams(conn, names)
@@ -826,6 +857,16 @@ class PostgresStorage(Storage):
     async def list_groups(self) -> list[str]:
         with _translated():
             return [r[0] for r in await self.pool.fetch("SELECT name FROM consumer_groups ORDER BY name")]
+
+
+@dataclasses.dataclass
+class _Slot:
+    """An append transaction holding the head lock, opened by write_slot()."""
+
+    conn: asyncpg.Connection
+    tx: Any  # asyncpg's Transaction
+    head: tuple[int, ...] = ()
+    open: bool = True
 
 
 class _PostgresGroupTx(GroupTx):
