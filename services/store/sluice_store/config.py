@@ -61,6 +61,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("subscriber_buffer", 10_000, int, "live events buffered per subscriber before catch-up"),
     Option("heartbeat_interval", 5.0, parse_duration, "default subscription heartbeat interval"),
     Option("stream_cache", 200_000, int, "stream states kept in memory"),
+    Option(
+        "db_poll_interval",
+        1.0,
+        parse_duration,
+        "PostgreSQL: how often each replica checks the head for commits that a lost"
+        " notification did not announce",
+    ),
+    Option("db_pool_size", 10, int, "PostgreSQL: connections per store process"),
     Option("grace", 10.0, parse_duration, "seconds in-flight RPCs get on shutdown"),
     Option("uvloop", True, parse_bool, "use uvloop when installed"),
 )
@@ -84,6 +92,8 @@ class Settings:
     subscriber_buffer: int = 10_000
     heartbeat_interval: float = 5.0
     stream_cache: int = 200_000
+    db_poll_interval: float = 1.0
+    db_pool_size: int = 10
     grace: float = 10.0
     uvloop: bool = True
 
@@ -98,6 +108,7 @@ class Settings:
             "max_read_batch",
             "subscriber_buffer",
             "stream_cache",
+            "db_pool_size",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: must be positive, got {getattr(self, name)}")

@@ -28,7 +28,13 @@ def _sqlite(url: str, settings: Settings) -> Storage:
 def _postgres(url: str, settings: Settings) -> Storage:
     from sluice_store.storage.postgres import PostgresStorage
 
-    return PostgresStorage(url, archive_dir=settings.archive_dir, prefix_rules=settings.retention)
+    return PostgresStorage(
+        url,
+        archive_dir=settings.archive_dir,
+        prefix_rules=settings.retention,
+        poll_interval=settings.db_poll_interval,
+        pool_size=settings.db_pool_size,
+    )
 
 
 BACKENDS: dict[str, Callable[[str, Settings], Storage]] = {

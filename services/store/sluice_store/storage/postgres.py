@@ -268,7 +268,7 @@ class PostgresStorage(Storage):
             await self._migrate()
             self._pool = await asyncpg.create_pool(
                 self.dsn,
-                min_size=2,
+                min_size=min(2, self.pool_size),
                 max_size=self.pool_size,
                 server_settings={"search_path": self.schema},
                 command_timeout=60,

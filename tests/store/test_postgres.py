@@ -1,0 +1,93 @@
+"""What only the PostgreSQL backend has: replicas in one process pair, notifications, schemas."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import asyncpg
+import pytest
+
+from sluice import START, Client, new_event
+from sluice.v1 import streams_pb2 as pb
+from sluice_store.config import ConfigError
+from sluice_store.storage.postgres import PostgresStorage, parse_url
+from tests.conftest import StoreFactory
+
+only_postgres = pytest.mark.parametrize("backend", ["postgresql"])
+
+
+async def received(c: Client, want: int, seen: list[int]) -> None:
+    async for item in c.subscribe(start=START):
+        if isinstance(item, pb.RecordedEvent):
+            seen.append(item.position)
+            if len(seen) == want:
+                return
+
+
+@only_postgres
+async def test_a_lost_notification_is_made_good_by_the_head_poll(
+    make_store: StoreFactory, db_url: Callable[[str], str]
+) -> None:
+    db = db_url("poll")
+    writer = await make_store(db=db)
+    reader = await make_store(db=db, db_poll_interval=0.2)
+    storage = reader.storage
+    assert isinstance(storage, PostgresStorage) and storage._listen is not None
+    await storage._listen.remove_listener(storage.channel, storage._notified)  # deaf to NOTIFY
+    async with Client(writer.address) as w, Client(reader.address) as r:
+        seen: list[int] = []
+        sub = asyncio.create_task(received(r, 3, seen))
+        for _ in range(3):
+            await w.append("s", [new_event("E", {})])
+        await asyncio.wait_for(sub, 5)  # well within the test's bound, by polls alone
+    assert seen == [1, 2, 3]
+
+
+@only_postgres
+async def test_a_dropped_listener_connection_is_replaced(
+    make_store: StoreFactory, db_url: Callable[[str], str]
+) -> None:
+    db = db_url("relisten")
+    writer = await make_store(db=db)
+    reader = await make_store(db=db, db_poll_interval=0.2)
+    storage = reader.storage
+    assert isinstance(storage, PostgresStorage) and storage._listen is not None
+    old = storage._listen
+    dsn, _ = parse_url(db)
+    admin = await asyncpg.connect(dsn)
+    try:
+        await admin.execute("SELECT pg_terminate_backend($1)", old.get_server_pid())
+    finally:
+        await admin.close()
+    async with asyncio.timeout(10):
+        while storage._listen is old or storage._listen is None:  # noqa: ASYNC110 (a reconnect signals nothing)
+            await asyncio.sleep(0.05)
+    async with Client(writer.address) as w, Client(reader.address) as r:
+        seen: list[int] = []
+        sub = asyncio.create_task(received(r, 2, seen))
+        await w.append("s", [new_event("E", {})])
+        await w.append("s", [new_event("E", {})])
+        await asyncio.wait_for(sub, 5)
+    assert seen == [1, 2]
+
+
+@only_postgres
+async def test_schemas_keep_stores_apart_on_one_database(
+    make_store: StoreFactory, db_url: Callable[[str], str]
+) -> None:
+    one = await make_store(db=db_url("one"))
+    two = await make_store(db=db_url("two"))
+    async with Client(one.address) as a, Client(two.address) as b:
+        await a.append("s", [new_event("E", {"n": 1})])
+        assert [e.revision for e in await a.read_list("s")] == [0]
+        assert await b.read_list() == []
+
+
+def test_a_bad_schema_name_fails_fast() -> None:
+    with pytest.raises(ConfigError, match="schema"):
+        parse_url("postgresql://h/db?schema=x;drop")
+    assert parse_url("postgresql://u@h:5/db?schema=s_1&sslmode=disable") == (
+        "postgresql://u@h:5/db?sslmode=disable",
+        "s_1",
+    )
