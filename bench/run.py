@@ -563,7 +563,7 @@ async def bench_scale(res: Results, a: argparse.Namespace) -> None:
 
 @contextlib.asynccontextmanager
 async def postgres_database() -> AsyncIterator[str]:
-    """A fresh database on the PostgreSQL server at BENCH_POSTGRES, dropped afterwards."""
+    """A fresh database on the PostgreSQL server at BENCH_POSTGRES_URL, dropped afterwards."""
     name = f"sluice_bench_{os.getpid()}"
 
     async def admin(sql: str) -> None:
