@@ -8,14 +8,16 @@ Rows on the read paths are plain tuples, for speed:
 from __future__ import annotations
 
 import abc
+import asyncio
 import contextlib
 import dataclasses
 import enum
 import functools
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Final
+from typing import Any, Final
 
 from sluice.partition import partition_of
+from sluice.v1 import streams_pb2 as pb
 from sluice_store import codec
 from sluice_store.errors import (
     DuplicateEventId,
@@ -23,9 +25,18 @@ from sluice_store.errors import (
     InvalidEvent,
     StoreError,
     StreamDeleted,
+    StreamNotFound,
     WrongExpectedRevision,
 )
-from sluice_store.retention import NO_POLICY, Policy, age_cutoff_us, floor_revision, resolve
+from sluice_store.retention import (
+    NO_POLICY,
+    Policy,
+    age_cutoff_us,
+    floor_revision,
+    now_us,
+    resolve,
+    write_archive,
+)
 
 Row = tuple[int, int, int, int, bytes, bytes]
 #: A committed event as the write path makes it: a Row, then stream name, type, event
@@ -374,6 +385,116 @@ async def search_position(
     return found
 
 
+#: The stream columns stream_meta() reads, in order (both backends name them alike).
+STREAM_COLUMNS = (
+    "id, name, last_revision, last_position, state, deleted_before, bytes_floor, "
+    "first_stored, retention, created_us, updated_us"
+)
+
+
+def stream_meta(row: Sequence[Any], prefix_rules: Mapping[str, Policy]) -> StreamMeta:
+    """A stream's state from a row of STREAM_COLUMNS."""
+    own = Policy.from_json(row[8])
+    policy, source = resolve(row[1], own, prefix_rules)
+    return StreamMeta(
+        id=row[0],
+        name=row[1],
+        last_revision=row[2],
+        last_position=row[3],
+        state=State(row[4]),
+        deleted_before=row[5],
+        bytes_floor=row[6],
+        first_stored=row[7],
+        own=own,
+        policy=policy,
+        source=source,
+        created_us=row[9],
+        updated_us=row[10],
+        field=codec.stream_field(row[1]),
+    )
+
+
+def new_stream(name: str, stream_id: int, created_us: int, prefix_rules: Mapping[str, Policy]) -> StreamMeta:
+    """The state of a stream about to be written for the first time."""
+    policy, source = resolve(name, NO_POLICY, prefix_rules)
+    return StreamMeta(
+        id=stream_id,
+        name=name,
+        created_us=created_us,
+        policy=policy,
+        source=source,
+        field=codec.stream_field(name),
+    )
+
+
+def set_own_policy(meta: StreamMeta, policy: Policy, prefix_rules: Mapping[str, Policy]) -> None:
+    meta.own = policy
+    meta.policy, meta.source = resolve(meta.name, policy, prefix_rules)
+
+
+def mark_deleted(
+    current: StreamMeta | None, meta: StreamMeta, expect: Expect, revision: int, tombstone: bool
+) -> None:
+    """Check the expected revision, then soft-delete or tombstone ``meta`` (a copy of current)."""
+    check_expected(current, expect, revision, meta.name)
+    if not tombstone and (current is None or current.last_revision < 0):
+        raise StreamNotFound(f"stream {meta.name!r} does not exist", stream=meta.name)
+    meta.deleted_before = meta.last_revision + 1
+    meta.state = State.TOMBSTONED if tombstone else State.DELETED
+
+
+def count_by_floors(meta: StreamMeta, now: int) -> int | None:
+    """Visible events of a stream when no age rule applies (None: they must be counted)."""
+    if meta.last_revision < 0 or meta.state == State.TOMBSTONED:
+        return 0
+    if age_cutoff_us(meta.policy, now):
+        return None
+    return max(0, meta.last_revision + 1 - max(meta.floor(), meta.first_stored))
+
+
+RECLAIM_CHUNK = 10_000  # revisions archived and deleted per step
+
+
+async def reclaim_stream(
+    meta: StreamMeta,
+    archive_dir: str,
+    stats: ReclaimStats,
+    first_young: Callable[[int], Awaitable[int | None]],
+    recorded: Callable[[int, int], Awaitable[list[pb.RecordedEvent]]],
+    remove: Callable[[int], Awaitable[int]],
+) -> None:
+    """Remove the stored revisions of a stream that no rule keeps, in chunks, archiving
+    each first (unless there is no archive or the events expired by time to live).
+
+    ``first_young(cutoff)`` is the first stored revision created at or after cutoff (None
+    if none); ``recorded(lo, hi)`` reads revisions lo..hi-1; ``remove(hi)`` deletes those
+    below hi and returns how many went.
+    """
+    if meta.state == State.TOMBSTONED:
+        upto = meta.last_revision + 1
+    else:
+        upto = meta.floor()
+        cutoff = age_cutoff_us(meta.policy, now_us())
+        if cutoff:
+            young = await first_young(cutoff)
+            upto = max(upto, meta.last_revision + 1 if young is None else young)
+    if upto <= meta.first_stored:
+        return
+    archive = bool(archive_dir) and not meta.policy.ttl_us
+    lo = meta.first_stored
+    while lo < upto:
+        hi = min(upto, lo + RECLAIM_CHUNK)
+        if archive:
+            events = await recorded(lo, hi)
+            path = await asyncio.to_thread(write_archive, archive_dir, meta.name, events)
+            if path:
+                stats.archive_files.append(path)
+                stats.events_archived += len(events)
+        stats.events_removed += await remove(hi)
+        lo = hi
+    stats.streams += 1
+
+
 def check_expected(meta: StreamMeta | None, expect: Expect, revision: int, stream: str) -> None:
     """Raise WrongExpectedRevision or StreamDeleted unless the stream is as expected."""
     if meta is not None and meta.state == State.TOMBSTONED:
@@ -467,15 +588,7 @@ def plan_append(
                     current = known.get(name)
                     check_expected(current, part.expect, part.revision, name)
                     if current is None:
-                        policy, source = resolve(name, NO_POLICY, prefix_rules)
-                        meta = StreamMeta(
-                            id=sid,
-                            name=name,
-                            created_us=created_us,
-                            policy=policy,
-                            source=source,
-                            field=codec.stream_field(name),
-                        )
+                        meta = new_stream(name, sid, created_us, prefix_rules)
                         sid += 1
                     else:
                         meta = dataclasses.replace(current)

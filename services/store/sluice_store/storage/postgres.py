@@ -37,9 +37,10 @@ from sluice.partition import fnv1a_32
 from sluice.v1 import streams_pb2 as pb
 from sluice_store import codec
 from sluice_store.config import ConfigError
-from sluice_store.errors import StoreUnavailable, StreamNotFound
-from sluice_store.retention import NO_POLICY, Policy, age_cutoff_us, now_us, resolve, write_archive
+from sluice_store.errors import StoreUnavailable
+from sluice_store.retention import Policy, age_cutoff_us, now_us
 from sluice_store.storage.base import (
+    STREAM_COLUMNS,
     AppendPart,
     Expect,
     GroupRecord,
@@ -50,13 +51,17 @@ from sluice_store.storage.base import (
     ReclaimStats,
     Row,
     Start,
-    State,
     Storage,
     StreamFilter,
     StreamMeta,
-    check_expected,
+    count_by_floors,
+    mark_deleted,
+    new_stream,
     plan_append,
+    reclaim_stream,
     search_position,
+    set_own_policy,
+    stream_meta,
     stream_window,
 )
 
@@ -121,10 +126,6 @@ CREATE TABLE group_cursors (
 );
 """,
 }
-STREAM_COLUMNS = (
-    "id, name, last_revision, last_position, state, deleted_before, bytes_floor, "
-    "first_stored, retention, created_us, updated_us"
-)
 LOCK_HEAD = "SELECT position, next_stream_id, last_created_us FROM head WHERE id = 1 FOR UPDATE"
 # Stream rows and the head in one statement. first_stored and removed_position belong
 # to reclaim, which may have moved them since the stream was read.
@@ -413,24 +414,7 @@ class PostgresStorage(Storage):
     # -- stream state -----------------------------------------------------------------
 
     def _meta(self, row: Sequence[Any]) -> StreamMeta:
-        own = Policy.from_json(row[8])
-        policy, source = resolve(row[1], own, self.prefix_rules)
-        return StreamMeta(
-            id=row[0],
-            name=row[1],
-            last_revision=row[2],
-            last_position=row[3],
-            state=State(row[4]),
-            deleted_before=row[5],
-            bytes_floor=row[6],
-            first_stored=row[7],
-            own=own,
-            policy=policy,
-            source=source,
-            created_us=row[9],
-            updated_us=row[10],
-            field=codec.stream_field(row[1]),
-        )
+        return stream_meta(row, self.prefix_rules)
 
     async def _fetch_streams(
         self, conn: asyncpg.Connection, names: Sequence[str]
@@ -698,11 +682,11 @@ class PostgresStorage(Storage):
         return [self._meta(row) for row in rows]
 
     async def count_events(self, meta: StreamMeta) -> int:
-        if meta.last_revision < 0 or meta.state == State.TOMBSTONED:
-            return 0
-        cutoff = age_cutoff_us(meta.policy, now_us())
-        if not cutoff:
-            return max(0, meta.last_revision + 1 - max(meta.floor(), meta.first_stored))
+        now = now_us()
+        counted = count_by_floors(meta, now)
+        if counted is not None:
+            return counted
+        cutoff = age_cutoff_us(meta.policy, now)
         with _translated():
             n: int = await self.pool.fetchval(
                 "SELECT COUNT(*) FROM events WHERE stream_id = $1 AND revision >= $2 AND created_us >= $3",
@@ -725,15 +709,7 @@ class PostgresStorage(Storage):
                     current = (await self._fetch_streams(conn, [name]))[name]
                     now = now_us()
                     if current is None:
-                        policy, source = resolve(name, NO_POLICY, self.prefix_rules)
-                        meta = StreamMeta(
-                            id=next_stream_id,
-                            name=name,
-                            created_us=now,
-                            policy=policy,
-                            source=source,
-                            field=codec.stream_field(name),
-                        )
+                        meta = new_stream(name, next_stream_id, now, self.prefix_rules)
                         next_stream_id += 1
                     else:
                         meta = dataclasses.replace(current)
@@ -743,17 +719,12 @@ class PostgresStorage(Storage):
 
     async def set_retention(self, name: str, policy: Policy) -> StreamMeta:
         async with self._edit(name) as (_, meta, _):
-            meta.own = policy
-            meta.policy, meta.source = resolve(name, policy, self.prefix_rules)
+            set_own_policy(meta, policy, self.prefix_rules)
         return meta
 
     async def delete_stream(self, name: str, expect: Expect, revision: int, tombstone: bool) -> int:
         async with self._edit(name) as (current, meta, head):
-            check_expected(current, expect, revision, name)
-            if not tombstone and (current is None or current.last_revision < 0):
-                raise StreamNotFound(f"stream {name!r} does not exist", stream=name)
-            meta.deleted_before = meta.last_revision + 1
-            meta.state = State.TOMBSTONED if tombstone else State.DELETED
+            mark_deleted(current, meta, expect, revision, tombstone)
         return int(head)
 
     # -- retention --------------------------------------------------------------------
@@ -774,51 +745,36 @@ class PostgresStorage(Storage):
         return stats
 
     async def _reclaim_stream(self, conn: asyncpg.Connection, meta: StreamMeta, stats: ReclaimStats) -> None:
-        upto = await self._removable_upto(conn, meta)
-        if upto <= meta.first_stored:
-            return
-        archive = bool(self.archive_dir) and not meta.policy.ttl_us
-        lo = meta.first_stored
-        while lo < upto:
-            hi = min(upto, lo + 10_000)
-            if archive:
-                events = await self._recorded(conn, meta, lo, hi)
-                path = await asyncio.to_thread(write_archive, self.archive_dir, meta.name, events)
-                if path:
-                    stats.archive_files.append(path)
-                    stats.events_archived += len(events)
+        async def remove(below: int) -> int:
             async with conn.transaction():
                 removed = await conn.fetch(
                     "DELETE FROM events WHERE stream_id = $1 AND revision < $2 RETURNING position",
                     meta.id,
-                    hi,
+                    below,
                 )
                 await conn.execute(
                     "UPDATE streams SET first_stored = GREATEST(first_stored, $2),"
                     " removed_position = GREATEST(removed_position, $3) WHERE id = $1",
                     meta.id,
-                    hi,
+                    below,
                     max((r[0] for r in removed), default=0),
                 )
-            stats.events_removed += len(removed)
-            lo = hi
-        stats.streams += 1
+            return len(removed)
 
-    async def _removable_upto(self, conn: asyncpg.Connection, meta: StreamMeta) -> int:
-        if meta.state == State.TOMBSTONED:
-            return meta.last_revision + 1
-        upto = meta.floor()
-        cutoff = age_cutoff_us(meta.policy, now_us())
-        if cutoff:
-            first_young = await conn.fetchval(
+        async def recorded(lo: int, hi: int) -> list[pb.RecordedEvent]:
+            return await self._recorded(conn, meta, lo, hi)
+
+        async def first_young(cutoff: int) -> int | None:
+            young: int | None = await conn.fetchval(
                 "SELECT MIN(revision) FROM events"
                 " WHERE stream_id = $1 AND revision >= $2 AND created_us >= $3",
                 meta.id,
                 meta.first_stored,
                 cutoff,
             )
-            upto = max(upto, meta.last_revision + 1 if first_young is None else first_young)
-        return upto
+            return young
+
+        await reclaim_stream(meta, self.archive_dir, stats, first_young, recorded, remove)
 
     async def _recorded(
         self, conn: asyncpg.Connection, meta: StreamMeta, lo: int, hi: int

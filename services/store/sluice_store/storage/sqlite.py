@@ -25,9 +25,10 @@ import aiosqlite
 from sluice.partition import fnv1a_32
 from sluice.v1 import streams_pb2 as pb
 from sluice_store import codec
-from sluice_store.errors import StoreUnavailable, StreamNotFound
-from sluice_store.retention import NO_POLICY, Policy, age_cutoff_us, now_us, resolve, write_archive
+from sluice_store.errors import StoreUnavailable
+from sluice_store.retention import Policy, age_cutoff_us, now_us
 from sluice_store.storage.base import (
+    STREAM_COLUMNS,
     AppendPart,
     Expect,
     GroupRecord,
@@ -41,9 +42,14 @@ from sluice_store.storage.base import (
     Storage,
     StreamFilter,
     StreamMeta,
-    check_expected,
+    count_by_floors,
+    mark_deleted,
+    new_stream,
     plan_append,
+    reclaim_stream,
     search_position,
+    set_own_policy,
+    stream_meta,
     stream_window,
 )
 
@@ -99,10 +105,6 @@ CREATE TABLE IF NOT EXISTS group_cursors (
 MIGRATIONS = {
     2: "ALTER TABLE streams ADD COLUMN removed_position INTEGER NOT NULL DEFAULT 0;",
 }
-STREAM_COLUMNS = (
-    "id, name, last_revision, last_position, state, deleted_before, bytes_floor, "
-    "first_stored, retention, created_us, updated_us"
-)
 SAVE_STREAM = f"""
 INSERT INTO streams ({STREAM_COLUMNS}, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (id) DO UPDATE SET
@@ -303,24 +305,7 @@ class SQLiteStorage(Storage):
     # -- stream state -----------------------------------------------------------------
 
     def _meta(self, row: Sequence[Any]) -> StreamMeta:
-        own = Policy.from_json(row[8])
-        policy, source = resolve(row[1], own, self.prefix_rules)
-        return StreamMeta(
-            id=row[0],
-            name=row[1],
-            last_revision=row[2],
-            last_position=row[3],
-            state=State(row[4]),
-            deleted_before=row[5],
-            bytes_floor=row[6],
-            first_stored=row[7],
-            own=own,
-            policy=policy,
-            source=source,
-            created_us=row[9],
-            updated_us=row[10],
-            field=codec.stream_field(row[1]),
-        )
+        return stream_meta(row, self.prefix_rules)
 
     def _remember(self, meta: StreamMeta) -> None:
         self._cache[meta.name] = meta
@@ -599,11 +584,11 @@ class SQLiteStorage(Storage):
         return [self._cache.get(row[1]) or self._meta(row) for row in rows]
 
     async def count_events(self, meta: StreamMeta) -> int:
-        if meta.last_revision < 0 or meta.state == State.TOMBSTONED:
-            return 0
-        cutoff = age_cutoff_us(meta.policy, now_us())
-        if not cutoff:
-            return max(0, meta.last_revision + 1 - max(meta.floor(), meta.first_stored))
+        now = now_us()
+        counted = count_by_floors(meta, now)
+        if counted is not None:
+            return counted
+        cutoff = age_cutoff_us(meta.policy, now)
         async with self._reader() as r:
             ((n,),) = await r.execute_fetchall(
                 "SELECT COUNT(*) FROM events WHERE stream_id = ? AND revision >= ? AND created_us >= ?",
@@ -631,15 +616,7 @@ class SQLiteStorage(Storage):
             current = (await self._lookup([name]))[name]
         now = now_us()
         if current is None:
-            policy, source = resolve(name, NO_POLICY, self.prefix_rules)
-            meta = StreamMeta(
-                id=self._next_stream_id,
-                name=name,
-                created_us=now,
-                policy=policy,
-                source=source,
-                field=codec.stream_field(name),
-            )
+            meta = new_stream(name, self._next_stream_id, now, self.prefix_rules)
             self._next_stream_id += 1
         else:
             meta = dataclasses.replace(current)
@@ -649,19 +626,14 @@ class SQLiteStorage(Storage):
     async def set_retention(self, name: str, policy: Policy) -> StreamMeta:
         async with self._lock:
             _, meta = await self._editable(name)
-            meta.own = policy
-            meta.policy, meta.source = resolve(name, policy, self.prefix_rules)
+            set_own_policy(meta, policy, self.prefix_rules)
             await self._save(meta)
             return meta
 
     async def delete_stream(self, name: str, expect: Expect, revision: int, tombstone: bool) -> int:
         async with self._lock:
             current, meta = await self._editable(name)
-            check_expected(current, expect, revision, name)
-            if not tombstone and (current is None or current.last_revision < 0):
-                raise StreamNotFound(f"stream {name!r} does not exist", stream=name)
-            meta.deleted_before = meta.last_revision + 1
-            meta.state = State.TOMBSTONED if tombstone else State.DELETED
+            mark_deleted(current, meta, expect, revision, tombstone)
             await self._save(meta)
             return self._head
 
@@ -670,28 +642,28 @@ class SQLiteStorage(Storage):
     async def reclaim(self) -> ReclaimStats:
         stats = ReclaimStats()
         for meta in list(self._retained.values()):
-            upto = await self._removable_upto(meta)
-            if upto <= meta.first_stored:
-                continue
-            archive = bool(self.archive_dir) and not meta.policy.ttl_us
-            removed = 0
-            lo = meta.first_stored
-            while lo < upto:
-                hi = min(upto, lo + 10_000)
-                if archive:
-                    events = await self._recorded(meta, lo, hi)
-                    path = await asyncio.to_thread(write_archive, self.archive_dir, meta.name, events)
-                    if path:
-                        stats.archive_files.append(path)
-                        stats.events_archived += len(events)
+
+            async def remove(below: int, meta: StreamMeta = meta) -> int:
                 async with self._lock:
                     current = self._retained.get(meta.id, meta)
                     with _translated():
-                        removed += await self._in_writer(self._remove_sync, meta.id, hi)
-                    current.first_stored = hi
-                lo = hi
-            stats.streams += 1
-            stats.events_removed += removed
+                        removed = await self._in_writer(self._remove_sync, meta.id, below)
+                    current.first_stored = below
+                    return removed
+
+            async def recorded(lo: int, hi: int, meta: StreamMeta = meta) -> list[pb.RecordedEvent]:
+                return await self._recorded(meta, lo, hi)
+
+            async def first_young(cutoff: int, meta: StreamMeta = meta) -> int | None:
+                async with self._reader() as r:
+                    ((young,),) = await r.execute_fetchall(
+                        "SELECT MIN(revision) FROM events WHERE stream_id = ? AND revision >= ?"
+                        " AND created_us >= ?",
+                        (meta.id, meta.first_stored, cutoff),
+                    )
+                return None if young is None else int(young)
+
+            await reclaim_stream(meta, self.archive_dir, stats, first_young, recorded, remove)
         return stats
 
     def _remove_sync(self, stream_id: int, below: int) -> int:
@@ -708,22 +680,6 @@ class SQLiteStorage(Storage):
         )
         self._writer.commit()
         return max(cur.rowcount, 0)
-
-    async def _removable_upto(self, meta: StreamMeta) -> int:
-        """Every stored revision below this may be removed."""
-        if meta.state == State.TOMBSTONED:
-            return meta.last_revision + 1
-        upto = meta.floor()
-        cutoff = age_cutoff_us(meta.policy, now_us())
-        if cutoff:
-            async with self._reader() as r:
-                ((first_young,),) = await r.execute_fetchall(
-                    "SELECT MIN(revision) FROM events WHERE stream_id = ? AND revision >= ?"
-                    " AND created_us >= ?",
-                    (meta.id, meta.first_stored, cutoff),
-                )
-            upto = max(upto, meta.last_revision + 1 if first_young is None else first_young)
-        return upto
 
     async def _recorded(self, meta: StreamMeta, lo: int, hi: int) -> list[pb.RecordedEvent]:
         async with self._reader() as r:
