@@ -11,37 +11,48 @@ import pytest
 from sluice import START, Client, new_event
 from sluice.v1 import streams_pb2 as pb
 from sluice_store.config import ConfigError
+from sluice_store.server import StoreServer
 from sluice_store.storage.postgres import PostgresStorage, parse_url
 from tests.conftest import StoreFactory
 
 only_postgres = pytest.mark.parametrize("backend", ["postgresql"])
 
 
-async def received(c: Client, want: int, seen: list[int]) -> None:
-    async for item in c.subscribe(start=START):
-        if isinstance(item, pb.RecordedEvent):
-            seen.append(item.position)
-            if len(seen) == want:
-                return
+async def pair(make_store: StoreFactory, db: str) -> tuple[StoreServer, StoreServer, PostgresStorage]:
+    """Two replicas on one schema; the second polls the head every 0.2 s."""
+    writer = await make_store(db=db)
+    reader = await make_store(db=db, db_poll_interval=0.2)
+    assert isinstance(reader.storage, PostgresStorage) and reader.storage._listen is not None
+    return writer, reader, reader.storage
+
+
+async def seen_across(writer: StoreServer, reader: StoreServer, n: int) -> list[int]:
+    """Append n events through writer; the positions a subscriber on reader gets."""
+    seen: list[int] = []
+    async with Client(writer.address) as w, Client(reader.address) as r:
+
+        async def subscribe() -> None:
+            async for item in r.subscribe(start=START):
+                if isinstance(item, pb.RecordedEvent):
+                    seen.append(item.position)
+                    if len(seen) == n:
+                        return
+
+        sub = asyncio.create_task(subscribe())
+        for _ in range(n):
+            await w.append("s", [new_event("E", {})])
+        await asyncio.wait_for(sub, 5)  # several poll intervals
+    return seen
 
 
 @only_postgres
 async def test_a_lost_notification_is_made_good_by_the_head_poll(
     make_store: StoreFactory, db_url: Callable[[str], str]
 ) -> None:
-    db = db_url("poll")
-    writer = await make_store(db=db)
-    reader = await make_store(db=db, db_poll_interval=0.2)
-    storage = reader.storage
-    assert isinstance(storage, PostgresStorage) and storage._listen is not None
+    writer, reader, storage = await pair(make_store, db_url("poll"))
+    assert storage._listen is not None
     await storage._listen.remove_listener(storage.channel, storage._notified)  # deaf to NOTIFY
-    async with Client(writer.address) as w, Client(reader.address) as r:
-        seen: list[int] = []
-        sub = asyncio.create_task(received(r, 3, seen))
-        for _ in range(3):
-            await w.append("s", [new_event("E", {})])
-        await asyncio.wait_for(sub, 5)  # well within the test's bound, by polls alone
-    assert seen == [1, 2, 3]
+    assert await seen_across(writer, reader, 3) == [1, 2, 3]
 
 
 @only_postgres
@@ -49,13 +60,10 @@ async def test_a_dropped_listener_connection_is_replaced(
     make_store: StoreFactory, db_url: Callable[[str], str]
 ) -> None:
     db = db_url("relisten")
-    writer = await make_store(db=db)
-    reader = await make_store(db=db, db_poll_interval=0.2)
-    storage = reader.storage
-    assert isinstance(storage, PostgresStorage) and storage._listen is not None
+    writer, reader, storage = await pair(make_store, db)
     old = storage._listen
-    dsn, _ = parse_url(db)
-    admin = await asyncpg.connect(dsn)
+    assert old is not None
+    admin = await asyncpg.connect(parse_url(db)[0])
     try:
         await admin.execute("SELECT pg_terminate_backend($1)", old.get_server_pid())
     finally:
@@ -63,13 +71,7 @@ async def test_a_dropped_listener_connection_is_replaced(
     async with asyncio.timeout(10):
         while storage._listen is old or storage._listen is None:  # noqa: ASYNC110 (a reconnect signals nothing)
             await asyncio.sleep(0.05)
-    async with Client(writer.address) as w, Client(reader.address) as r:
-        seen: list[int] = []
-        sub = asyncio.create_task(received(r, 2, seen))
-        await w.append("s", [new_event("E", {})])
-        await w.append("s", [new_event("E", {})])
-        await asyncio.wait_for(sub, 5)
-    assert seen == [1, 2]
+    assert await seen_across(writer, reader, 2) == [1, 2]
 
 
 @only_postgres
