@@ -9,12 +9,14 @@ import sys
 from typing import Any
 
 import aiohttp
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sluice import Client, new_event
 from sluice.gateway import Cursor, GatewayClient
 from sluice.v1 import gateway_pb2 as gpb
 from sluice.v1 import streams_pb2 as pb
-from tests.conftest import StoreProcess, console_spans, free_port
+from tests.conftest import StoreProcess, console_spans, eventually, free_port
 from tests.gateway.conftest import GatewayProcess, Gateways
 from tests.gateway.test_fanout import collect, produce
 
@@ -40,6 +42,16 @@ async def test_resume_from_a_position_removed_by_retention_is_told_so(
     assert not any(isinstance(o, gpb.Gap) for o in other)
 
 
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def health_is(gateway: GatewayProcess, service: str, status: int) -> bool:
+    async with grpc.aio.insecure_channel(gateway.addr) as ch:
+        got = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=service))
+    return bool(got.status == status)
+
+
 async def test_store_restart_the_gateway_reconnects_and_subscribers_continue_without_a_gap(
     gateway: GatewayProcess, gw: GatewayClient, store_proc: StoreProcess, store_client: Client
 ) -> None:
@@ -53,10 +65,14 @@ async def test_store_restart_the_gateway_reconnects_and_subscribers_continue_wit
     assert store_proc.proc is not None
     store_proc.proc.kill()  # kill -9: no goodbye to the gateway
     await store_proc.proc.wait()
+    # Without its feed the gateway is alive ("") but not ready (the readiness probe's service).
+    await eventually(lambda: health_is(gateway, "sluice.v1.Gateway", NOT_SERVING))
+    assert await health_is(gateway, "", SERVING)
     again = StoreProcess("")
     again.addr, again.args = store_proc.addr, store_proc.args
     await again.start()
     try:
+        await eventually(lambda: health_is(gateway, "sluice.v1.Gateway", SERVING))
         after = await produce(store_client, 100, seed=12)
         done.append(after[-1].position)
         results = await asyncio.gather(*watchers)

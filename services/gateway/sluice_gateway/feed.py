@@ -35,6 +35,7 @@ class Feed:
         max_backoff: float = 2.0,
         on_batch: Callable[[list[Record]], None] | None = None,
         origin: str = "",
+        on_state: Callable[[bool], None] | None = None,
     ) -> None:
         # Raw bytes in: each event is cut out of the message as the store serialized it.
         self._subscribe = channel.unary_stream(
@@ -47,6 +48,7 @@ class Feed:
         self.on_batch = on_batch
         self.origin = origin  # this gateway's id: its own published messages come back; skip them
         self.connected = asyncio.Event()
+        self.on_state = on_state  # called with True when the feed is live, False when it ends
         self.reconnects = 0
         self._task: asyncio.Task[None] | None = None
 
@@ -91,7 +93,9 @@ class Feed:
                         hub.advance(msg.caught_up.position - 1)
                         if not self.connected.is_set():
                             log.info("live feed from the store from position %d", msg.caught_up.position)
-                        self.connected.set()
+                            self.connected.set()
+                            if self.on_state is not None:
+                                self.on_state(True)
                         backoff = 0.05
                     elif kind == "checkpoint":
                         hub.advance(msg.checkpoint.position - 1)
@@ -107,7 +111,10 @@ class Feed:
                 log.log(level, "live feed from the store ended: %s %s; retrying", e.code().name, e.details())
             finally:
                 call.cancel()
-            self.connected.clear()
+            if self.connected.is_set():
+                self.connected.clear()
+                if self.on_state is not None:
+                    self.on_state(False)
             self.reconnects += 1
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self.max_backoff)

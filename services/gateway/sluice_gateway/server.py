@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -58,7 +59,12 @@ class GatewayServer:
         self.gateway = Gateway(self.hub, pb_grpc.StreamsStub(self.channel), settings)
         self.telemetry = Telemetry(self.hub)
         self.feed = Feed(
-            self.channel, self.hub, settings.reconnect_backoff, self.telemetry.on_batch, self.gateway.origin
+            self.channel,
+            self.hub,
+            settings.reconnect_backoff,
+            self.telemetry.on_batch,
+            self.gateway.origin,
+            self._feed_state,
         )
         self.service = GatewayService(self.gateway)
         self.health = health.aio.HealthServicer()
@@ -67,6 +73,7 @@ class GatewayServer:
         self.port = 0
         self.http_port = 0
         self._stopped = False
+        self._health_updates: set[asyncio.Future[None]] = set()
 
     async def start(self) -> None:
         self.feed.start()
@@ -92,10 +99,22 @@ class GatewayServer:
         if not self.port:
             raise OSError(f"addr: cannot listen on {self.settings.addr}")
         await self.server.start()
-        for name in ("", SERVICE_NAME):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        # "" (liveness) is SERVING while the process runs; sluice.v1.Gateway (readiness)
+        # only while the live feed from the store is up.
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        self._feed_state(self.feed.connected.is_set())
         if self.settings.http_addr:
             await self._start_http()
+
+    def _feed_state(self, live: bool) -> None:
+        if self._stopped:
+            return
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if live else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        task = asyncio.ensure_future(self.health.set(SERVICE_NAME, status))
+        self._health_updates.add(task)
+        task.add_done_callback(self._health_updates.discard)
 
     async def _start_http(self) -> None:
         app = web.Application()
