@@ -4,12 +4,13 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+NODE_STAMP := clients/node/node_modules/.installed
 GEN_DIR := clients/python
 PROTOS := $(shell find protos -name '*.proto')
 SLUICE_DATA ?= ./data
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install protos check-protos lint fmt test run bench clean
+.PHONY: install protos check-protos lint fmt test run demo bench clean
 
 install: $(STAMP)
 
@@ -34,21 +35,32 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
-	$(VENV)/bin/hadolint services/store/Dockerfile services/gateway/Dockerfile sidecar/Dockerfile
+	$(VENV)/bin/hadolint services/store/Dockerfile services/gateway/Dockerfile sidecar/Dockerfile \
+	  examples/orders-app/Dockerfile
 
 fmt: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: $(STAMP) check-protos lint
+# The Node.js client's packages (its test runs inside the pytest suite, against a real store).
+$(NODE_STAMP): clients/node/package.json clients/node/package-lock.json
+	cd clients/node && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+test: $(STAMP) $(NODE_STAMP) check-protos lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 # The mesh on one machine: the store (embedded SQLite) and the gateway; Ctrl-C stops both.
 run: $(STAMP)
 	$(PY) scripts/mesh.py --data $(SLUICE_DATA)
 
+# The mesh plus an existing service (examples/orders-app) with its sidecar, a producer
+# and a gateway subscriber, with a line a second on where the events are; Ctrl-C stops.
+demo: $(STAMP)
+	$(PY) scripts/demo.py --data $(SLUICE_DATA)/demo $(DEMO_ARGS)
+
 bench: $(STAMP)
 	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache clients/node/node_modules
