@@ -10,29 +10,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
+
+from processes import Processes, until_interrupted  # scripts/ is run as a folder of scripts
 
 
 async def main(data: str) -> int:
-    commands = [
-        [sys.executable, "-m", "sluice_store", "--db", f"sqlite:///{data}/sluice.db"],
-        [sys.executable, "-m", "sluice_gateway"],
-    ]
-    procs = [await asyncio.create_subprocess_exec(*cmd) for cmd in commands]
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    exited = [asyncio.create_task(p.wait()) for p in procs]
-    halt = asyncio.create_task(stop.wait())
-    await asyncio.wait([halt, *exited], return_when=asyncio.FIRST_COMPLETED)
-    for p in reversed(procs):  # the gateway first, then the store
-        if p.returncode is None:
-            p.terminate()
-            await p.wait()
-    halt.cancel()
-    failed = [p.returncode for p in procs if p.returncode not in (0, -signal.SIGTERM)]
+    mesh = Processes()
+    async with until_interrupted() as stop:
+        await mesh.start(
+            "store", [sys.executable, "-m", "sluice_store", "--db", f"sqlite:///{data}/sluice.db"]
+        )
+        await mesh.start("gateway", [sys.executable, "-m", "sluice_gateway"])
+        await mesh.first_exit(stop)
+        failed = mesh.exited()
+        await mesh.stop()  # the gateway first, then the store
     return 1 if failed and not stop.is_set() else 0
 
 
