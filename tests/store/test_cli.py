@@ -48,6 +48,10 @@ async def test_append_read_tail_and_streams(spawn: Callable[..., StoreProcess], 
     events = [json.loads(line) for line in out.splitlines()]
     assert [e["data"] for e in events] == [{"sku": "A1"}, {"sku": "B2"}, "plain text"]
     assert [e["position"] for e in events] == [1, 2, 3]
+    # "--from -5m" as the README writes it (not "--from=-5m"): a time, not an option.
+    code, out, err = await sluice(store, "--json", "read", "--prefix", "orders-", "--from", "-5m")
+    assert code == 0, err
+    assert [json.loads(line)["position"] for line in out.splitlines()] == [1, 2, 3]
 
     tail = await asyncio.create_subprocess_exec(
         *(sys.executable, "-m", "sluice.cli", "--addr", store.addr, "--json"),

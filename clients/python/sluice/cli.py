@@ -7,6 +7,7 @@ import asyncio
 import base64
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -476,9 +477,23 @@ async def _run(a: argparse.Namespace) -> None:
         await a.run(c, a)
 
 
+_AGO = re.compile(r"-\d+(\.\d+)?[a-z]+")
+
+
+def _join_ago(argv: Sequence[str]) -> list[str]:
+    """``--from -5m`` as ``--from=-5m``: argparse would take ``-5m`` for an option."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in ("--from", "--to") and _AGO.fullmatch(arg):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser()
-    a = parser.parse_args(argv)
+    a = parser.parse_args(_join_ago(sys.argv[1:] if argv is None else argv))
     if a.command == "streams" and a.action != "list" and not a.stream:
         parser.error(f"streams {a.action} needs a stream name")
     if a.command == "groups" and a.action != "list" and not a.group:
