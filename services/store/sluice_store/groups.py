@@ -234,10 +234,12 @@ class Coordinator:
         if not GROUP_NAME.fullmatch(name):
             raise InvalidArgument("group names are 1 to 128 letters, digits, '.', '_' or '-'", field="group")
         cfg = normalized(config, creating=True)
+        # Resolved before the transaction: it reads storage, and the transaction holds a
+        # connection (on PostgreSQL) that the read should not have to wait beside.
+        start = await self.resolve(cfg.start if cfg.HasField("start") else None)
         async with self.storage.group_tx(name) as tx:
             if tx.record is not None:
                 raise GroupExists(f"group {name!r} already exists", group=name)
-            start = await self.resolve(cfg.start if cfg.HasField("start") else None)
             state = GroupState(name, cfg, now_us(), cursors=dict.fromkeys(range(cfg.partitions), start))
             await self._save(tx, state, state.cursors)
             return state
@@ -338,12 +340,12 @@ class Coordinator:
             await tx.save_cursors({req.partition: req.position})
 
     async def reset(self, name: str, partitions: Sequence[int], to: pb.StartPoint | None) -> GroupState:
+        position = await self.resolve(to)  # outside the transaction, as in create
         async with self.storage.group_tx(name) as tx:
             state = self._state(tx)
             chosen = set(partitions) or set(range(state.partitions))
             if any(p >= state.partitions for p in chosen):
                 raise InvalidArgument("a partition is not in the group", field="partitions")
-            position = await self.resolve(to)
             changed = dict.fromkeys(sorted(chosen), position)
             state.cursors.update(changed)
             # Owners must not commit over the reset: the epoch they hold is fenced, and
