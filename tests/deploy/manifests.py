@@ -112,9 +112,14 @@ def container_env(container: Doc, workload: Workload, docs: tuple[Doc, ...]) -> 
     return env
 
 
+def dockerfile_lines(path: Path) -> list[str]:
+    """A Dockerfile's instructions, continuation lines joined."""
+    return path.read_text().replace("\\\n", " ").splitlines()
+
+
 def dockerfile(path: Path) -> tuple[dict[str, str], list[str], list[int]]:
     """ENV, ENTRYPOINT and EXPOSE of a Dockerfile's final stage."""
-    lines = path.read_text().replace("\\\n", " ").splitlines()
+    lines = dockerfile_lines(path)
     start = max(i for i, line in enumerate(lines) if line.startswith("FROM "))
     env: dict[str, str] = {}
     entrypoint: list[str] = []

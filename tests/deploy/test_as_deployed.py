@@ -41,6 +41,7 @@ from tests.deploy.manifests import (
     component,
     container_env,
     dockerfile,
+    dockerfile_lines,
     render,
     workloads,
 )
@@ -50,7 +51,7 @@ WAIT = 60.0
 
 def build_steps(path: Path) -> tuple[list[tuple[str, str]], list[str]]:
     """(source, destination) of each COPY and the pip command of the build stage."""
-    lines = path.read_text().replace("\\\n", " ").splitlines()
+    lines = dockerfile_lines(path)
     copies: list[tuple[str, str]] = []
     pip: list[str] = []
     for line in lines:

@@ -99,10 +99,15 @@ def floor_revision(policy: Policy, last_revision: int, deleted_before: int, byte
     return max(floor, 0)
 
 
+def age_limit_us(policy: Policy) -> int:
+    """The shortest of max_age and time to live (microseconds); 0: no age limit."""
+    return min((a for a in (policy.max_age_us, policy.ttl_us) if a), default=0)
+
+
 def age_cutoff_us(policy: Policy, now_us: int) -> int:
     """Events created before this (microseconds since the epoch) are expired; 0: none."""
-    ages = [a for a in (policy.max_age_us, policy.ttl_us) if a]
-    return now_us - min(ages) if ages else 0
+    limit = age_limit_us(policy)
+    return now_us - limit if limit else 0
 
 
 def now_us() -> int:

@@ -16,7 +16,7 @@ import functools
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final
 
-from sluice.partition import partition_of
+from sluice.partition import fnv1a_32, partition_of
 from sluice.v1 import streams_pb2 as pb
 from sluice_store import codec
 from sluice_store.errors import (
@@ -165,6 +165,12 @@ class StreamFilter:
 @functools.lru_cache(maxsize=65536)
 def partition_of_cached(stream: str, count: int) -> int:
     return partition_of(stream, count)
+
+
+@functools.lru_cache(maxsize=65536)
+def name_hash(name: str) -> int:
+    """FNV-1a-32 of a stream name, stored with the stream: its partition is hash % count."""
+    return fnv1a_32(name.encode())
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -33,12 +33,11 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
-from sluice.partition import fnv1a_32
 from sluice.v1 import streams_pb2 as pb
 from sluice_store import codec
 from sluice_store.config import ConfigError
 from sluice_store.errors import StoreUnavailable
-from sluice_store.retention import Policy, age_cutoff_us, now_us
+from sluice_store.retention import Policy, age_cutoff_us, age_limit_us, now_us
 from sluice_store.storage.base import (
     STREAM_COLUMNS,
     AppendPart,
@@ -56,6 +55,7 @@ from sluice_store.storage.base import (
     StreamMeta,
     count_by_floors,
     mark_deleted,
+    name_hash,
     new_stream,
     plan_append,
     reclaim_stream,
@@ -212,8 +212,7 @@ def _translated() -> Iterator[None]:
 def _policy_columns(meta: StreamMeta) -> tuple[bool, int, int, int]:
     """The stored policy columns: retained, max_count, truncate_before, age_us."""
     p = meta.policy
-    ages = [a for a in (p.max_age_us, p.ttl_us) if a]
-    return meta.retained, p.max_count, p.truncate_before, min(ages, default=0)
+    return meta.retained, p.max_count, p.truncate_before, age_limit_us(p)
 
 
 class PostgresStorage(Storage):
@@ -446,7 +445,7 @@ class PostgresStorage(Storage):
             values = (
                 m.id,
                 m.name,
-                fnv1a_32(m.name.encode()),
+                name_hash(m.name),
                 m.last_revision,
                 m.last_position,
                 int(m.state),
@@ -536,15 +535,11 @@ class PostgresStorage(Storage):
             plan = plan_append(ops, known, *args, await self._stored_ids(conn, ops))
         if plan.rows:
             rows = plan.rows
-            if len(rows) >= COPY_FROM:
-                await conn.copy_records_to_table(
-                    "events",
-                    records=[(r[0], r[1], r[2], r[3], r[4], r[5], r[7], r[8], r[9]) for r in rows],
-                    columns=EVENT_COLUMNS,
-                )
+            records = [r[:6] + r[7:] for r in rows]  # EVENT_COLUMNS: all but the stream name
+            if len(records) >= COPY_FROM:
+                await conn.copy_records_to_table("events", records=records, columns=EVENT_COLUMNS)
             else:
-                columns = zip(*(r[:6] + r[7:] for r in rows), strict=True)
-                await conn.execute(INSERT_EVENTS, *map(list, columns))
+                await conn.execute(INSERT_EVENTS, *map(list, zip(*records, strict=True)))
             metas = list(plan.streams.values())
             await self._save(conn, metas, plan.next_position - 1, plan.next_stream_id, created, True)
         return plan

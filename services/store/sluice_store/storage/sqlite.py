@@ -12,7 +12,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
-import functools
 import logging
 import os
 import sqlite3
@@ -22,7 +21,6 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from sluice.partition import fnv1a_32
 from sluice.v1 import streams_pb2 as pb
 from sluice_store import codec
 from sluice_store.errors import StoreUnavailable
@@ -44,6 +42,7 @@ from sluice_store.storage.base import (
     StreamMeta,
     count_by_floors,
     mark_deleted,
+    name_hash,
     new_stream,
     plan_append,
     reclaim_stream,
@@ -141,13 +140,8 @@ def _params(meta: StreamMeta) -> tuple[Any, ...]:
         meta.own.to_json() if meta.own else None,
         meta.created_us,
         meta.updated_us,
-        _name_hash(meta.name),
+        name_hash(meta.name),
     )
-
-
-@functools.lru_cache(maxsize=65536)
-def _name_hash(name: str) -> int:
-    return fnv1a_32(name.encode())
 
 
 @contextlib.contextmanager
