@@ -21,13 +21,18 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from processes import Processes, free_port, until_interrupted  # scripts/ is run as a folder of scripts
+from processes import Processes, until_interrupted  # scripts/ is run as a folder of scripts
 
 from sluice import Client, new_event
 from sluice.gateway import GatewayClient
 from sluice.v1 import streams_pb2 as pb
 
 ROOT = Path(__file__).resolve().parent.parent
+# The first line each component prints: the addresses it bound.
+LISTENING = r"listening on (\S+)"
+GATEWAY = r"listening on (\S+), HTTP on (\S+) "
+APP = r"listening on :(\d+)"
+SIDECAR = r"http (\S+), grpc (\S+),"
 COLUMNS = ("seconds", "produced", "store head", "app has", "gateway saw", "sidecar lag")
 
 
@@ -47,13 +52,17 @@ def row(values: tuple[object, ...]) -> str:
 
 
 async def main(a: argparse.Namespace) -> int:
-    port = free_port if a.any_ports else (lambda: 0)
-    store = f"127.0.0.1:{port() or 50051}"
-    gateway = f"127.0.0.1:{port() or 50052}"
-    gateway_http = f"127.0.0.1:{port() or 8052}"
-    app = port() or 8080
-    sidecar_http = f"127.0.0.1:{port() or 3500}"
-    sidecar_grpc = f"127.0.0.1:{port() or 50061}"
+    # The usual ports, or (--any-ports) port 0 everywhere: each component binds a free
+    # port and says which on its first line, and the next one is given that address.
+    def port(usual: int) -> int:
+        return 0 if a.any_ports else usual
+
+    store = f"127.0.0.1:{port(50051)}"
+    gateway = f"127.0.0.1:{port(50052)}"
+    gateway_http = f"127.0.0.1:{port(8052)}"
+    app = port(8080)
+    sidecar_http = f"127.0.0.1:{port(3500)}"
+    sidecar_grpc = f"127.0.0.1:{port(50061)}"
     py = sys.executable
     env = dict(os.environ)
     mesh = Processes()
@@ -72,38 +81,40 @@ async def main(a: argparse.Namespace) -> int:
                     return True
             return False
 
-        print(f"starting: store {store}, gateway {gateway} (SSE {gateway_http}), orders-app :{app} + sidecar")
+        print("starting: store, gateway, orders-app and its sidecar")
         try:
             db = f"sqlite:///{a.data}/demo.db"
-            await mesh.start(
-                "store", [py, "-m", "sluice_store", "--addr", store, "--db", db], env, store_up, True
+            said = await mesh.start(
+                "store", [py, "-m", "sluice_store", "--addr", store, "--db", db], env, None, True, LISTENING
             )
+            store = said.group(1) if said else store
+            await mesh.ready("store", store_up)
             gw_env = {
                 **env,
                 "SLUICE_STORE_ADDR": store,
                 "SLUICE_GATEWAY_ADDR": gateway,
                 "SLUICE_GATEWAY_HTTP_ADDR": gateway_http,
             }
-            await mesh.start(
-                "gateway",
-                [py, "-m", "sluice_gateway"],
-                gw_env,
-                lambda: ok(f"http://{gateway_http}/readyz", "ready"),
-                True,
-            )
+            said = await mesh.start("gateway", [py, "-m", "sluice_gateway"], gw_env, None, True, GATEWAY)
+            gateway, gateway_http = (said.group(1), said.group(2)) if said else (gateway, gateway_http)
+            await mesh.ready("gateway", lambda: ok(f"http://{gateway_http}/readyz", "ready"))
             app_env = {**env, "PORT": str(app), "HOST": "127.0.0.1"}
             app_script = str(ROOT / "examples/orders-app/app.py")
-            await mesh.start(
-                "orders-app", [py, app_script], app_env, lambda: ok(f"http://127.0.0.1:{app}/healthz"), True
-            )
+            said = await mesh.start("orders-app", [py, app_script], app_env, None, True, APP)
+            app = int(said.group(1)) if said else app
+            await mesh.ready("orders-app", lambda: ok(f"http://127.0.0.1:{app}/healthz"))
             sidecar = [
                 *(py, "-m", "sluice_sidecar", "--store", store, "--group", "orders-app"),
                 *("--prefixes", "orders-", "--start", "start", "--member-id", "orders-app-1"),
                 *("--app-url", f"http://127.0.0.1:{app}/events"),
                 *("--http-addr", sidecar_http, "--grpc-addr", sidecar_grpc),
             ]
-            await mesh.start(
-                "sidecar", sidecar, env, lambda: ok(f"http://{sidecar_http}/readyz", "ready"), True
+            said = await mesh.start("sidecar", sidecar, env, None, True, SIDECAR)
+            sidecar_http = said.group(1) if said else sidecar_http
+            await mesh.ready("sidecar", lambda: ok(f"http://{sidecar_http}/readyz", "ready"))
+            print(
+                f"store {store}, gateway {gateway} (SSE {gateway_http}),"
+                f" orders-app :{app}, sidecar {sidecar_http}"
             )
         except (RuntimeError, TimeoutError) as e:
             print(f"the mesh did not start: {e}", file=sys.stderr)
@@ -194,7 +205,7 @@ if __name__ == "__main__":
     parser.add_argument("--data", default="./data/demo", help="directory of the demo's SQLite file")
     parser.add_argument("--seconds", type=float, default=0, help="stop after this long (0: at Ctrl-C)")
     parser.add_argument("--rate", type=float, default=20, help="orders appended per second")
-    parser.add_argument("--any-ports", action="store_true", help="free ports instead of the usual ones")
+    parser.add_argument("--any-ports", action="store_true", help="any free ports instead of the usual ones")
     args = parser.parse_args()
     Path(args.data).mkdir(parents=True, exist_ok=True)
     sys.exit(asyncio.run(main(args)))

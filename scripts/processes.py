@@ -4,16 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import signal
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class Processes:
@@ -21,6 +14,7 @@ class Processes:
 
     def __init__(self) -> None:
         self.procs: list[tuple[str, asyncio.subprocess.Process]] = []
+        self._drains: list[asyncio.Task[bytes]] = []
 
     async def start(
         self,
@@ -29,15 +23,33 @@ class Processes:
         env: Mapping[str, str] | None = None,
         ready: Callable[[], Awaitable[bool]] | None = None,
         quiet: bool = False,
-    ) -> None:
-        """Start a component; with ``ready``, wait (up to 30 s) until it says it is ready."""
+        announce: str = "",
+    ) -> re.Match[str] | None:
+        """Start a component; with ``announce``, wait for the line of its output that
+        matches it (the addresses it bound) and return the match; with ``ready``, wait
+        until it says it is ready. Each wait is bounded (30 s)."""
         out = asyncio.subprocess.DEVNULL if quiet else None
-        proc = await asyncio.create_subprocess_exec(*args, env=env, stdout=out, stderr=out)
+        proc = await asyncio.create_subprocess_exec(
+            *args, env=env, stdout=asyncio.subprocess.PIPE if announce else out, stderr=out
+        )
         self.procs.append((name, proc))
-        if ready is None:
-            return
+        found = None
         async with asyncio.timeout(30):
-            while not await ready():
+            if announce:
+                assert proc.stdout is not None
+                while not (found := re.search(announce, (line := await proc.stdout.readline()).decode())):
+                    if not line:
+                        raise RuntimeError(f"{name} exited at start (code {await proc.wait()})")
+                self._drains.append(asyncio.create_task(proc.stdout.read()))  # the rest, unread
+        if ready is not None:
+            await self.ready(name, ready)
+        return found
+
+    async def ready(self, name: str, check: Callable[[], Awaitable[bool]]) -> None:
+        """Wait (up to 30 s) until ``check()`` says the component is ready."""
+        proc = dict(self.procs)[name]
+        async with asyncio.timeout(30):
+            while not await check():
                 if proc.returncode is not None:
                     raise RuntimeError(f"{name} exited at start (code {proc.returncode})")
                 await asyncio.sleep(0.1)

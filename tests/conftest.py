@@ -12,7 +12,6 @@ import dataclasses
 import json
 import os
 import secrets
-import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
@@ -25,6 +24,7 @@ import pytest
 from sluice import Client
 from sluice_store.config import Settings
 from sluice_store.server import StoreServer
+from tests.ports import announced, reserve_port
 
 StoreFactory = Callable[..., Awaitable[StoreServer]]
 
@@ -116,13 +116,6 @@ async def client(store: StoreServer) -> AsyncIterator[Client]:
         yield c
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 async def spawn_logged(
     args: Sequence[str], log: Path | None, env: dict[str, str] | None = None
 ) -> asyncio.subprocess.Process:
@@ -140,7 +133,7 @@ class StoreProcess:
     """``python -m sluice_store`` in a subprocess, started and awaited by its output line."""
 
     def __init__(self, db: str, *extra: str, log: Path | None = None) -> None:
-        self.addr = f"127.0.0.1:{free_port()}"
+        self.addr = f"127.0.0.1:{reserve_port()}"  # the same address across restarts
         self.args = [sys.executable, "-m", "sluice_store", "--addr", self.addr, "--db", db, *extra]
         self.proc: asyncio.subprocess.Process | None = None
         self.log = log  # where its log goes (appended across restarts); None: nowhere
@@ -149,9 +142,7 @@ class StoreProcess:
         self.proc = await spawn_logged(self.args, self.log)
         assert self.proc.stdout is not None
         async with asyncio.timeout(20):
-            while b"listening on" not in await self.proc.stdout.readline():
-                if self.proc.returncode is not None:
-                    raise RuntimeError("store exited at start")
+            await announced(self.proc.stdout, "listening on")
 
     async def wait(self, timeout: float = 20.0) -> int:
         assert self.proc is not None

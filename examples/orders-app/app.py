@@ -91,7 +91,7 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)
-    print(f"orders-app listening on :{port}", flush=True)
+    print(f"orders-app listening on :{server.server_address[1]}", flush=True)
     server.serve_forever()
     server.server_close()
 

@@ -22,7 +22,7 @@ from google.protobuf import json_format
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from sluice.errors import SluiceError
-from sluice.settings import until_signal
+from sluice.settings import listen_grpc, until_signal
 from sluice.v1 import sidecar_pb2 as spb
 from sluice.v1 import sidecar_pb2_grpc as spb_grpc
 from sluice.v1 import streams_pb2 as pb
@@ -134,23 +134,30 @@ def http_app(member: Member) -> web.Application:
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM/SIGINT, then drain, commit, leave and exit."""
     member = Member(settings, make_deliverer(settings))
-    grpc_server = grpc.aio.server()
+    # No SO_REUSEPORT: a second sidecar on the same port fails at start instead of sharing it.
+    grpc_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     spb_grpc.add_SidecarServicer_to_server(SidecarService(member), grpc_server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
-    if not grpc_server.add_insecure_port(settings.grpc_addr):
-        raise OSError(f"grpc_addr: cannot listen on {settings.grpc_addr}")
+    grpc_port = listen_grpc(grpc_server, settings.grpc_addr, "grpc_addr")
     await grpc_server.start()
     runner = web.AppRunner(http_app(member), access_log=None)
     await runner.setup()
     host, _, port = settings.http_addr.rpartition(":")
     site = web.TCPSite(runner, host or "127.0.0.1", int(port))
-    await site.start()
+    try:
+        await site.start()
+    except OSError as e:
+        await grpc_server.stop(0)
+        raise OSError(f"http_addr: cannot listen on {settings.http_addr}: {e.strerror}") from e
     await member.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    # The addresses bound (port 0 in a setting: any free port), for whoever started it.
+    http_addr = f"{host or '127.0.0.1'}:{runner.addresses[0][1]}"
+    grpc_addr = f"{settings.grpc_addr.rpartition(':')[0]}:{grpc_port}"
     print(
         f"sluice sidecar {settings.member_id} in group {settings.group}: "
-        f"http {settings.http_addr}, grpc {settings.grpc_addr}, delivering by {settings.delivery}",
+        f"http {http_addr}, grpc {grpc_addr}, delivering by {settings.delivery}",
         flush=True,
     )
     await until_signal()

@@ -32,7 +32,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sluice import Client, new_event
 from sluice.gateway import GatewayClient
 from sluice.v1 import streams_pb2 as pb
-from tests.conftest import free_port
 from tests.deploy.manifests import (
     DOCKERFILES,
     ROOT,
@@ -45,6 +44,7 @@ from tests.deploy.manifests import (
     render,
     workloads,
 )
+from tests.ports import reserve_port
 
 WAIT = 60.0
 
@@ -102,14 +102,15 @@ async def build_image(kind: str, tmp: Path) -> Path:
 
 
 class Ports:
-    """One free loopback port per port number the manifests use."""
+    """One reserved loopback port per port number the manifests use (each process is
+    given its peers' addresses before they start, as Services give them in a cluster)."""
 
     def __init__(self) -> None:
         self.map: dict[int, int] = {}
 
     def __getitem__(self, port: int) -> int:
         if port not in self.map:
-            self.map[port] = free_port()
+            self.map[port] = reserve_port()
         return self.map[port]
 
 

@@ -12,22 +12,26 @@ import pytest
 
 from sluice import Client
 from sluice.gateway import GatewayClient
-from tests.conftest import StoreProcess, free_port, reap
+from tests.conftest import StoreProcess, reap
+from tests.ports import announced
 
 
 class GatewayProcess:
-    """``python -m sluice_gateway`` in a subprocess, as the manifests run it (flags from env)."""
+    """``python -m sluice_gateway`` in a subprocess, as the manifests run it (flags from env).
+
+    It binds port 0 for gRPC (unless given a port) and for HTTP; ``addr`` and ``http`` are
+    what it says it bound, known once ``start()`` returns.
+    """
 
     def __init__(self, store: str, *extra: str, port: int = 0, env: dict[str, str] | None = None) -> None:
-        self.port = port or free_port()
-        self.http_port = free_port()
-        self.addr = f"127.0.0.1:{self.port}"
-        self.http = f"http://127.0.0.1:{self.http_port}"
+        self.port = port
+        self.addr = ""
+        self.http = ""
         self.env = {
             **os.environ,
             "SLUICE_STORE_ADDR": store,
-            "SLUICE_GATEWAY_ADDR": self.addr,
-            "SLUICE_GATEWAY_HTTP_ADDR": f"127.0.0.1:{self.http_port}",
+            "SLUICE_GATEWAY_ADDR": f"127.0.0.1:{port}",
+            "SLUICE_GATEWAY_HTTP_ADDR": "127.0.0.1:0",
             "SLUICE_HEARTBEAT_INTERVAL": "0.2s",
             **(env or {}),
         }
@@ -40,11 +44,12 @@ class GatewayProcess:
             *self.args, env=self.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
         )
         assert self.proc.stdout is not None
+        seen = bytearray()
         async with asyncio.timeout(20):
-            while b"listening on" not in (line := await self.proc.stdout.readline()):
-                self.output += line
-                if not line and self.proc.returncode is not None:
-                    raise RuntimeError(f"gateway exited at start: {self.output.decode()}")
+            m = await announced(self.proc.stdout, r"listening on (\S+), HTTP on (\S+) ", seen)
+        self.output += bytes(seen)
+        self.addr, self.http = m.group(1), f"http://{m.group(2)}"
+        self.port = int(self.addr.rpartition(":")[2])
         async with GatewayClient(self.addr) as g:  # ready: the feed from the store is live
             await asyncio.wait_for(anext(g.watch()), 20)
 

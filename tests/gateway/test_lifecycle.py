@@ -5,18 +5,20 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
 import sys
 from typing import Any
 
 import aiohttp
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sluice import Client, new_event
 from sluice.gateway import Cursor, GatewayClient
 from sluice.v1 import gateway_pb2 as gpb
 from sluice.v1 import streams_pb2 as pb
-from tests.conftest import StoreProcess, console_spans, eventually, free_port
+from tests.conftest import StoreProcess, console_spans, eventually
 from tests.gateway.conftest import GatewayProcess, Gateways
 from tests.gateway.test_fanout import collect, produce
 
@@ -143,9 +145,10 @@ async def test_server_sent_events_with_last_event_id_resume(
 
 
 async def test_two_gateways_share_one_port(gateways: Gateways, store_client: Client) -> None:
-    port = free_port()
-    a, b = gateways(port=port), gateways(port=port)
+    a = gateways()
     await a.start()
+    port = a.port
+    b = gateways(port=port)  # SO_REUSEPORT (the default): both listen, the kernel spreads connections
     await b.start()
     # Each client its own connection (gRPC would otherwise share one between equal channels).
     own = [("grpc.use_local_subchannel_pool", 1)]
@@ -280,3 +283,28 @@ async def test_publish_on_one_gateway_reaches_subscribers_of_every_gateway_once(
             assert isinstance(nxt, pb.RecordedEvent) and nxt.position == after.first_position
         await on_a.aclose()
         await on_b.aclose()
+
+
+async def test_a_port_held_without_reuse_port_fails_fast_and_names_the_setting(gateways: Gateways) -> None:
+    with socket.socket() as held:  # another program's listener: no SO_REUSEPORT
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        grpc_clash = gateways(port=port)
+        with pytest.raises(RuntimeError, match=f"addr: cannot listen on 127.0.0.1:{port}"):
+            await grpc_clash.start()
+        assert await grpc_clash.exited() != 0
+        http_clash = gateways(env={"SLUICE_GATEWAY_HTTP_ADDR": f"127.0.0.1:{port}"})
+        with pytest.raises(RuntimeError, match=f"http_addr: cannot listen on 127.0.0.1:{port}"):
+            await http_clash.start()
+        assert await http_clash.exited() != 0
+
+
+async def test_without_reuse_port_a_second_gateway_on_the_same_port_fails_fast(gateways: Gateways) -> None:
+    first = gateways("--reuse-port", "false")
+    await first.start()
+    second = gateways(port=first.port)  # it asks for SO_REUSEPORT; the first did not
+    with pytest.raises(RuntimeError, match=f"addr: cannot listen on 127.0.0.1:{first.port}"):
+        await second.start()
+    async with GatewayClient(first.addr) as g:  # the first is untouched
+        assert isinstance(await asyncio.wait_for(anext(g.watch()), 10), pb.CaughtUp)

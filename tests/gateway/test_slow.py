@@ -134,7 +134,7 @@ async def test_published_messages_reach_connected_subscribers_only_and_expire(
     stalled = gw.watch_messages(req)
     assert (await asyncio.wait_for(anext(stalled), 10)).WhichOneof("content") == "caught_up"
     appended = await append_big(store_client)  # fills the windows: the gateway now queues for it
-    short = await gw.publish("chat.room-1", "Short", b"", ttl=0.2)
+    short = await gw.publish("chat.room-1", "Short", b"", ttl=2)
     await gw.publish("chat.room-1", "Long", b"", ttl=60)
     assert short.subscribers == 2
     # The live subscriber shows when the short message expires; wait for that instant.

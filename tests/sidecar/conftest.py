@@ -14,7 +14,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.conftest import StoreProcess, free_port, spawn_logged
+from tests.conftest import StoreProcess, spawn_logged
+from tests.ports import announced, reserve_port
 
 WAIT = 30.0
 
@@ -35,7 +36,7 @@ class App:
     """An existing HTTP service: it knows CloudEvents headers, nothing of Sluice's code."""
 
     def __init__(self) -> None:
-        self.port = free_port()
+        self.port = reserve_port()  # known before it listens: sidecars are told it first
         self.received: list[Received] = []
         self.acked: list[Received] = []
         self.script: dict[str, list[int]] = {}  # stream -> statuses for its next deliveries
@@ -133,11 +134,12 @@ class Sidecar:
         self.name = name
         self.env = env
         self.log: Path | None = None
-        self.http = f"127.0.0.1:{free_port()}"
-        self.grpc = f"127.0.0.1:{free_port()}"
+        self.http = ""  # what it bound (port 0), known once start() returns
+        self.grpc = ""
         self.args = [
             *(sys.executable, "-m", "sluice_sidecar", "--store", store, "--group", group),
-            *("--member-id", name, "--app-url", app_url, "--http-addr", self.http, "--grpc-addr", self.grpc),
+            *("--member-id", name, "--app-url", app_url),
+            *("--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"),
             *extra,
         ]
         self.proc: asyncio.subprocess.Process | None = None
@@ -146,9 +148,8 @@ class Sidecar:
         self.proc = await spawn_logged(self.args, self.log, self.env)
         assert self.proc.stdout is not None
         async with asyncio.timeout(WAIT):
-            while b"sluice sidecar" not in await self.proc.stdout.readline():
-                if self.proc.returncode is not None:
-                    raise RuntimeError(f"sidecar {self.name} exited at start")
+            m = await announced(self.proc.stdout, r"sluice sidecar .*: http (\S+), grpc (\S+),")
+            self.http, self.grpc = m.group(1), m.group(2)
             while not (await self.get("/readyz", ok_only=False)).get("ready"):  # noqa: ASYNC110 (readiness can only be polled)
                 await asyncio.sleep(0.05)
 

@@ -6,7 +6,9 @@ import asyncio
 import json
 import os
 import signal
+import socket
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import aiohttp
 import grpc
@@ -17,7 +19,7 @@ from sluice import Client, new_event
 from sluice.v1 import sidecar_pb2 as spb
 from sluice.v1 import sidecar_pb2_grpc as spb_grpc
 from sluice.v1 import streams_pb2 as pb
-from tests.conftest import StoreProcess, console_spans, eventually, free_port
+from tests.conftest import StoreProcess, console_spans, eventually
 from tests.sidecar.conftest import WAIT, App, Sidecar
 from tests.sidecar.test_mesh import in_order_per_stream, produce
 
@@ -98,11 +100,10 @@ class Callback(spb_grpc.AppCallbackServicer):
 
 
 async def test_grpc_callback_mode(store_proc: StoreProcess, sidecars: Callable[..., Sidecar]) -> None:
-    port = free_port()
     server = grpc.aio.server()
     callback = Callback()
     spb_grpc.add_AppCallbackServicer_to_server(callback, server)
-    server.add_insecure_port(f"127.0.0.1:{port}")
+    port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:
         sc = sidecars("cb0", "--delivery", "grpc", "--app-grpc", f"127.0.0.1:{port}")
@@ -174,3 +175,20 @@ async def test_delivery_span_continues_the_producers_trace(
     assert spans[0]["context"]["span_id"] == "0x" + parent
     assert spans[0]["parent_id"] == "0x" + producer_span
     assert spans[0]["kind"] == "SpanKind.CONSUMER"
+
+
+@pytest.mark.parametrize("setting", ["--http-addr", "--grpc-addr"])
+async def test_a_taken_port_fails_fast_and_names_the_setting(
+    store_proc: StoreProcess, sidecars: Callable[..., Sidecar], setting: str, tmp_path: Path
+) -> None:
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        sc = sidecars("clash", setting, f"127.0.0.1:{port}")
+        with pytest.raises(RuntimeError, match="exited before"):
+            await sc.start()
+        assert await sc.wait() == 1
+    log = (tmp_path / "sidecar-clash.log").read_text()
+    assert f"{setting[2:].replace('-', '_')}: cannot listen on 127.0.0.1:{port}" in log
+    assert "Traceback" not in log

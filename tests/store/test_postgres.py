@@ -41,7 +41,7 @@ async def seen_across(writer: StoreServer, reader: StoreServer, n: int) -> list[
         sub = asyncio.create_task(subscribe())
         for _ in range(n):
             await w.append("s", [new_event("E", {})])
-        await asyncio.wait_for(sub, 5)  # several poll intervals
+        await asyncio.wait_for(sub, 20)  # many poll intervals (a 100 s poll fails it)
     return seen
 
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -106,3 +107,19 @@ def test_bad_configuration_fails_fast_and_names_itself(tmp_path: Path) -> None:
         timeout=30,
     )
     assert proc.returncode != 0 and "db: unknown scheme" in proc.stderr
+
+
+async def test_a_second_store_on_a_taken_port_fails_fast(
+    spawn: Callable[..., StoreProcess], tmp_path: Path
+) -> None:
+    first = spawn()
+    await first.start()
+    second = spawn(db=f"sqlite:///{tmp_path}/other.db")
+    second.args[second.args.index("--addr") + 1] = first.addr  # the same port: refused, never shared
+    with pytest.raises(RuntimeError, match="exited before"):
+        await second.start()
+    assert await second.wait() != 0
+    assert f"addr: cannot listen on {first.addr}" in (tmp_path / "store.log").read_text()
+    async with Client(first.addr, timeout=5) as c:  # the first still answers every call
+        resp = await c.append("still-mine", [new_event("E", b"x")])
+        assert resp.first_revision == 0

@@ -12,7 +12,8 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from sluice import Client, new_event
 from sluice.telemetry import tracing_enabled
-from tests.conftest import console_spans, free_port
+from tests.conftest import console_spans
+from tests.ports import announced
 
 
 def test_tracing_follows_the_standard_variables() -> None:
@@ -26,18 +27,24 @@ def test_tracing_follows_the_standard_variables() -> None:
 async def test_trace_travels_from_producer_through_store_into_event_metadata(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    addr = f"127.0.0.1:{free_port()}"
     env = {"OTEL_TRACES_EXPORTER": "console", "OTEL_SERVICE_NAME": "store-under-test"}
     proc = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "sluice_store", "--addr", addr, "--db", f"sqlite:///{tmp_path}/t.db"),
+        *(
+            sys.executable,
+            "-m",
+            "sluice_store",
+            "--addr",
+            "127.0.0.1:0",
+            "--db",
+            f"sqlite:///{tmp_path}/t.db",
+        ),
         env=env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
     )
     assert proc.stdout is not None
     async with asyncio.timeout(20):
-        while b"listening on" not in await proc.stdout.readline():
-            pass
+        addr = (await announced(proc.stdout, r"listening on (\S+)")).group(1)
 
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
     provider = TracerProvider()  # spans of this producer stay in memory; only ids matter

@@ -10,7 +10,10 @@ import os
 import re
 import sys
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    import grpc
 
 T = TypeVar("T")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -27,6 +30,23 @@ def parse_duration(text: str) -> float:
 
 class ConfigError(ValueError):
     """A setting is missing or malformed; the message names it."""
+
+
+def listen_grpc(server: grpc.aio.Server, addr: str, setting: str) -> int:
+    """Bind a gRPC server to ``addr`` (port 0: any free port); the port it got.
+
+    A port another process holds (without ``SO_REUSEPORT`` on both sides), or an address
+    that is not this host's, fails at start with an error that names the setting.
+    """
+    try:
+        port: int = server.add_insecure_port(addr)
+    except RuntimeError:  # grpcio raises where older releases returned 0
+        port = 0
+    if not port:
+        raise OSError(
+            f"{setting}: cannot listen on {addr}: the port is in use or the address is not this host's"
+        )
+    return port
 
 
 def parse_bool(text: str) -> bool:

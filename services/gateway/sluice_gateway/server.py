@@ -13,7 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from sluice.settings import settle_heap, until_signal
+from sluice.settings import listen_grpc, settle_heap, until_signal
 from sluice.v1 import gateway_pb2 as gpb
 from sluice.v1 import streams_pb2_grpc as pb_grpc
 from sluice_gateway import wire
@@ -95,9 +95,7 @@ class GatewayServer:
         reflection.enable_server_reflection(
             [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
         )
-        self.port = self.server.add_insecure_port(self.settings.addr)
-        if not self.port:
-            raise OSError(f"addr: cannot listen on {self.settings.addr}")
+        self.port = listen_grpc(self.server, self.settings.addr, "addr")
         await self.server.start()
         # "" (liveness) is SERVING while the process runs; sluice.v1.Gateway (readiness)
         # only while the live feed from the store is up.
@@ -128,10 +126,11 @@ class GatewayServer:
         await self.http.setup()
         host, port = _split(self.settings.http_addr)
         site = web.TCPSite(self.http, host, port, reuse_port=self.settings.reuse_port)
-        await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        self.http_port = sockets[0].getsockname()[1] if sockets else port
+        try:
+            await site.start()
+        except OSError as e:
+            raise OSError(f"http_addr: cannot listen on {self.settings.http_addr}: {e.strerror}") from e
+        self.http_port = self.http.addresses[0][1]
 
     @property
     def address(self) -> str:
@@ -241,7 +240,8 @@ async def serve(settings: Settings) -> None:
     server = GatewayServer(settings)
     await server.start()
     settle_heap()
-    http = f", HTTP on port {server.http_port}" if settings.http_addr else ""
+    host = settings.http_addr.rpartition(":")[0] if settings.http_addr else ""
+    http = f", HTTP on {host}:{server.http_port}" if settings.http_addr else ""
     print(f"sluice gateway listening on {server.address}{http} (store {settings.store})", flush=True)
     await until_signal()
     log.info("shutting down")

@@ -12,7 +12,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from sluice import telemetry
-from sluice.settings import settle_heap, until_signal
+from sluice.settings import listen_grpc, settle_heap, until_signal
 from sluice.v1 import groups_pb2 as gpb
 from sluice.v1 import streams_pb2 as pb
 from sluice_store.broker import Broker
@@ -50,6 +50,13 @@ class StoreServer:
 
     async def start(self) -> None:
         await self.storage.open()
+        try:
+            await self._serve()
+        except BaseException:
+            await self.storage.close()  # its worker thread would keep a failed process alive
+            raise
+
+    async def _serve(self) -> None:
         interceptors: list[Any] = []
         if telemetry.tracing_enabled():
             from opentelemetry.instrumentation.grpc import aio_server_interceptor
@@ -77,9 +84,7 @@ class StoreServer:
         reflection.enable_server_reflection(
             [SERVICE_NAME, GROUPS_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
         )
-        self.port = self.server.add_insecure_port(self.settings.addr)
-        if not self.port:
-            raise OSError(f"addr: cannot listen on {self.settings.addr}")
+        self.port = listen_grpc(self.server, self.settings.addr, "addr")
         await self.server.start()
         for name in ("", SERVICE_NAME, GROUPS_SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
