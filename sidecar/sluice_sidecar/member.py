@@ -119,7 +119,7 @@ class PartitionWorker:
                 m.telemetry.delivered.add(len(chunk), {"group": m.settings.group})
                 return
             if result.outcome == DEAD_LETTER or attempt >= retry.max_attempts:
-                await m.dead_letter(chunk, result, attempt)
+                await m.dead_letter(self.partition, chunk, result, attempt)
                 return
             m.retried += 1
             m.telemetry.retried.add(len(chunk), {"group": m.settings.group})
@@ -355,12 +355,11 @@ class Member:
 
     # -- dead letters and publishing --------------------------------------------------
 
-    @property
-    def dead_letter_stream(self) -> str:
-        return self.config.dead_letter_stream or f"dlq.{self.settings.group}"
-
-    async def dead_letter(self, events: Sequence[pb.RecordedEvent], result: Result, attempts: int) -> None:
-        """Append the events to the dead-letter stream, with why, until the store takes them."""
+    async def dead_letter(
+        self, partition: int, events: Sequence[pb.RecordedEvent], result: Result, attempts: int
+    ) -> None:
+        """Hand the events to the group's dead-letter stream, with why, until the store takes
+        them or fences this member (then the partition's next owner delivers them again)."""
         out = []
         for ev in events:
             md = dict(ev.metadata)
@@ -382,15 +381,36 @@ class Member:
                     id=str(eid), type=ev.type, data=ev.data, metadata=md, content_type=ev.content_type
                 )
             )
+        req = gpb.DeadLetterRequest(
+            group=self.settings.group,
+            member_id=self.settings.member_id,
+            member_epoch=self.epoch,
+            partition=partition,
+            events=out,
+        )
         pause = 0.1
         while True:
             try:
-                await self.client.append(self.dead_letter_stream, out)
+                await self.client.groups_stub.DeadLetter(req, timeout=10)
                 self.dead_lettered += len(out)
                 self.telemetry.dead_lettered.add(len(out), {"group": self.settings.group})
                 return
-            except SluiceError as e:
-                log.warning("dead-letter append failed (%s); retrying", e)
+            except grpc.aio.AioRpcError as e:
+                err = from_rpc_error(e)
+                if err.reason in FENCED or err.reason == "GROUP_NOT_FOUND":
+                    self._wake.set()
+                    log.warning(
+                        "dead-lettering on partition %d refused (%s); its next owner retries", partition, err
+                    )
+                    return
+                if err.reason in ("INVALID_EVENT", "LIMIT_EXCEEDED") and any(d.data for d in req.events):
+                    # The reason made it too big: keep the record without the payload (the
+                    # original stays readable at dlq-stream / dlq-position).
+                    for dead in req.events:
+                        dead.data = b""
+                        dead.metadata["dlq-data"] = "dropped: too large with the dead-letter metadata"
+                    continue
+                log.warning("dead-letter append failed (%s); retrying", err)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 2.0)
 

@@ -136,7 +136,7 @@ async def test_retries_with_backoff_then_dead_letters_poison(
         # The partition moved on past the poison event, in order.
         order = [r.id for r in app.received if r.stream == "orders-bad"]
         assert order.index(after.id) > max(i for i, x in enumerate(order) if x == poison.id)
-        (dead,) = await c.read_list("dlq.app")
+        (dead,) = await c.read_list("$dlq.app")
         assert dead.type == "Poison" and dead.data == poison.data
         assert dead.metadata["dlq-attempts"] == "3" and "HTTP 500" in dead.metadata["dlq-reason"]
         assert dead.metadata["dlq-stream"] == "orders-bad" and dead.metadata["dlq-event-id"] == poison.id
@@ -230,3 +230,27 @@ async def test_sigterm_goes_unready_then_finishes_in_flight_work(
         desc = await c.describe_group("app")
     assert desc.members == [] or all(not m.assigned for m in desc.members)  # it left the group
     assert sum(p.lag_events for p in desc.partitions) == 0  # and committed the held event
+
+
+async def test_a_group_of_every_stream_never_consumes_its_own_dead_letters(
+    store_proc: StoreProcess, app: App, sidecars: Callable[..., Sidecar]
+) -> None:
+    # No prefixes: the group reads every stream, and one partition, so that an event
+    # appended after the dead letter proves the partition was read past it.
+    sc = sidecars("all0", "--prefixes", "", "--partitions", "1", group="every")
+    await sc.start()
+    app.script["refused"] = [400]  # the app refuses it: straight to the dead-letter stream
+    async with Client(store_proc.addr) as c:
+        bad = new_event("Order", {"n": 1})
+        await c.append("refused", [bad])
+
+        async def dead_lettered() -> bool:
+            return (await c.stream_info("$dlq.every")).event_count == 1
+
+        await eventually(dead_lettered, timeout=WAIT)
+        marker = new_event("Marker", {})
+        await c.append("after", [marker])
+        await app.wait(lambda: marker.id in app.acked_ids())
+        assert [r.stream for r in app.received] == ["refused", "after"]  # no dead letter came back
+        assert len(await c.read_list("$dlq.every")) == 1
+    assert int((await sc.status())["dead_lettered"]) == 1

@@ -10,7 +10,7 @@ from google.protobuf import empty_pb2
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sluice import Client, new_event
+from sluice import START, Client, new_event
 from sluice.errors import SluiceError, from_rpc_error
 from sluice.partition import partition_of
 from sluice.v1 import groups_pb2 as gpb
@@ -136,7 +136,16 @@ async def test_three_members_share_twelve_partitions(groups: gpb_grpc.GroupsStub
     assert [m.member_id for m in desc.members] == ["m1", "m2", "m3"]
 
 
-async def test_commits_are_fenced_by_epoch_and_ownership(groups: gpb_grpc.GroupsStub) -> None:
+async def fill(address: str, n: int) -> None:
+    """Give the store n events, so that cursors up to n + 1 are positions it has."""
+    async with Client(address) as c:
+        await c.append("filler", [new_event("F", b"") for _ in range(n)])
+
+
+async def test_commits_are_fenced_by_epoch_and_ownership(
+    groups: gpb_grpc.GroupsStub, store: StoreServer
+) -> None:
+    await fill(store.address, 10)
     await groups.CreateGroup(gpb.CreateGroupRequest(group="g", config=config()))
     state = await settle(groups, "g", ["a"])
     a = state["a"]
@@ -227,6 +236,7 @@ async def test_reset_to_time_and_describe_lag(store: StoreServer, groups: gpb_gr
 async def test_groups_survive_a_store_restart(make_store: StoreFactory, db_url: Callable[[str], str]) -> None:
     db = db_url("g")
     first = await make_store(db=db)
+    await fill(first.address, 50)
     async with grpc.aio.insecure_channel(first.address) as ch:
         stub = gpb_grpc.GroupsStub(ch)
         await stub.CreateGroup(gpb.CreateGroupRequest(group="g", config=config()))
@@ -263,3 +273,73 @@ async def test_bad_group_requests_are_refused(groups: gpb_grpc.GroupsStub) -> No
     with pytest.raises(SluiceError) as missing:
         await call(groups.DescribeGroup(gpb.DescribeGroupRequest(group="g")))
     assert missing.value.reason == "GROUP_NOT_FOUND" and missing.value.code == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_cursor_beyond_the_head_is_refused(groups: gpb_grpc.GroupsStub, store: StoreServer) -> None:
+    await fill(store.address, 5)
+    await groups.CreateGroup(gpb.CreateGroupRequest(group="g", config=config(partitions=1)))
+    a = (await settle(groups, "g", ["a"]))["a"]
+
+    def commit(position: int) -> gpb.CommitCursorRequest:
+        return gpb.CommitCursorRequest(
+            group="g", member_id="a", member_epoch=a.member_epoch, partition=0, position=position
+        )
+
+    await groups.CommitCursor(commit(6))  # head 5: everything handled
+    for position in (7, 10**12, 0):
+        with pytest.raises(SluiceError) as refused:
+            await call(groups.CommitCursor(commit(position)))
+        assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert (
+            refused.value.metadata["field"] == "position" and refused.value.metadata["head_position"] == "5"
+        )
+    desc = await groups.DescribeGroup(gpb.DescribeGroupRequest(group="g"))
+    assert desc.partitions[0].cursor == 6
+
+
+async def test_dead_letters_only_from_members_into_the_reserved_namespace(
+    groups: gpb_grpc.GroupsStub, store: StoreServer
+) -> None:
+    await groups.CreateGroup(gpb.CreateGroupRequest(group="g", config=config(partitions=1)))
+    desc = await groups.DescribeGroup(gpb.DescribeGroupRequest(group="g"))
+    assert desc.config.dead_letter_stream in ("", "$dlq.g")
+    for bad in ("dlq.g", "orders", "$dlq."):
+        with pytest.raises(SluiceError) as refused:
+            await call(
+                groups.CreateGroup(gpb.CreateGroupRequest(group="h", config=config(dead_letter_stream=bad)))
+            )
+        assert refused.value.metadata["field"] == "config.dead_letter_stream"
+    a = (await settle(groups, "g", ["a"]))["a"]
+    dead = [gpb.DeadLetterRequest(group="g", member_id="a", member_epoch=a.member_epoch, partition=0)]
+    dead[0].events.add(id="0193a0c2-7d5e-7000-8000-000000000001", type="Poison", data=b"x")
+    first = await groups.DeadLetter(dead[0])
+    again = await groups.DeadLetter(dead[0])  # a retry after a crash: stored once
+    assert first.stream == "$dlq.g" and again.duplicate and again.first_position == first.first_position
+    async with Client(store.address) as c:
+        with pytest.raises(SluiceError) as reserved:
+            await c.append("$dlq.g", [new_event("Forged", b"")])
+        assert reserved.value.reason == "SYSTEM_STREAM_RESERVED"
+        assert [e.type for e in await c.read_list("$dlq.g")] == ["Poison"]
+    stranger = gpb.DeadLetterRequest(group="g", member_id="zz", member_epoch=1, partition=0)
+    stranger.events.add(type="Forged")
+    with pytest.raises(SluiceError) as unknown:
+        await call(groups.DeadLetter(stranger))
+    assert unknown.value.reason == "UNKNOWN_MEMBER"
+
+
+async def test_a_group_reads_system_streams_only_when_it_names_them(store: StoreServer) -> None:
+    async with Client(store.address) as c:
+        await c.create_group("g", partitions=1, start=START)
+        a = await c.groups_stub.Heartbeat(gpb.HeartbeatRequest(group="g", member_id="a"))
+        dead = gpb.DeadLetterRequest(group="g", member_id="a", member_epoch=a.member_epoch, partition=0)
+        dead.events.add(type="Poison")
+        await c.groups_stub.DeadLetter(dead)
+        await c.append("orders-1", [new_event("Placed", b"")])
+
+        async def streams(*prefixes: str) -> list[str]:
+            filt = pb.Filter(stream_prefixes=prefixes, partition_count=1, partitions=[0])
+            return [e.stream async for msg in c._stub.Read(pb.ReadRequest(filter=filt)) for e in msg.events]
+
+        assert await streams() == ["orders-1"]  # a group's read: no dead letters
+        assert await streams("$dlq.") == ["$dlq.g"]  # named: read
+        assert [e.stream for e in await c.read_list()] == ["$dlq.g", "orders-1"]  # a plain read: all

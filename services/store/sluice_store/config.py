@@ -23,6 +23,9 @@ def _parse_prefix_rules(text: str) -> dict[str, Policy]:
     return rules
 
 
+#: The longest stream name any store accepts (max_stream_name is capped at it).
+NAME_LIMIT = 4096
+
 OPTIONS: tuple[Option, ...] = (
     Option(
         "addr",
@@ -112,6 +115,8 @@ class Settings:
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: must be positive, got {getattr(self, name)}")
+        if self.max_stream_name > NAME_LIMIT:
+            raise ConfigError(f"max_stream_name: at most {NAME_LIMIT}, got {self.max_stream_name}")
         if self.max_event_bytes > self.max_request_bytes:
             raise ConfigError("max_event_bytes: must not exceed max_request_bytes")
 

@@ -22,7 +22,7 @@ from google.protobuf import duration_pb2
 from sluice.v1 import groups_pb2 as gpb
 from sluice.v1 import streams_pb2 as pb
 from sluice_store.errors import InvalidArgument, StoreError
-from sluice_store.retention import US, now_us
+from sluice_store.retention import US
 from sluice_store.storage.base import GroupRecord, GroupTx, Storage
 
 DEFAULT_PARTITIONS = 12
@@ -167,10 +167,26 @@ def reconcile(state: GroupState, member: Member) -> None:
         member.epoch += 1
 
 
+#: Dead-letter streams live here, where Append cannot write: only DeadLetter adds to them.
+DEAD_LETTER_PREFIX = "$dlq."
+
+
+def dead_letter_stream(group: str, config: gpb.GroupConfig) -> str:
+    """Where the group's dead letters go."""
+    return config.dead_letter_stream or DEAD_LETTER_PREFIX + group
+
+
 def normalized(config: gpb.GroupConfig, creating: bool) -> gpb.GroupConfig:
     """A copy with defaults filled in; raises InvalidArgument for bad values."""
     c = gpb.GroupConfig()
     c.CopyFrom(config)
+    dlq = c.dead_letter_stream
+    if dlq and (not dlq.startswith(DEAD_LETTER_PREFIX) or len(dlq) == len(DEAD_LETTER_PREFIX)):
+        raise InvalidArgument(
+            f"dead_letter_stream must start with {DEAD_LETTER_PREFIX!r} (leave it empty for"
+            f" {DEAD_LETTER_PREFIX}<group>), got {dlq[:300]!r}",
+            field="config.dead_letter_stream",
+        )
     if creating and not c.partitions:
         c.partitions = DEFAULT_PARTITIONS
     if not 1 <= c.partitions <= MAX_PARTITIONS:
@@ -240,7 +256,7 @@ class Coordinator:
         async with self.storage.group_tx(name) as tx:
             if tx.record is not None:
                 raise GroupExists(f"group {name!r} already exists", group=name)
-            state = GroupState(name, cfg, now_us(), cursors=dict.fromkeys(range(cfg.partitions), start))
+            state = GroupState(name, cfg, tx.now_us, cursors=dict.fromkeys(range(cfg.partitions), start))
             await self._save(tx, state, state.cursors)
             return state
 
@@ -269,7 +285,7 @@ class Coordinator:
         async with self.storage.group_tx(name) as tx:
             state = self._state(tx)
             before = len(state.members)
-            expire(state, now_us())
+            expire(state, tx.now_us)
             if len(state.members) != before:
                 await self._save(tx, state)
             return state
@@ -279,7 +295,7 @@ class Coordinator:
             raise InvalidArgument("member_id is required", field="member_id")
         async with self.storage.group_tx(req.group) as tx:
             state = self._state(tx)
-            now = now_us()
+            now = tx.now_us
             member = state.members.get(req.member_id)
             expire(state, now)
             if req.leave:
@@ -311,33 +327,52 @@ class Coordinator:
             await self._save(tx, state)
             return state, member
 
+    @staticmethod
+    def _owner(tx: GroupTx, state: GroupState, member_id: str, epoch: int, partition: int) -> None:
+        """Refuse unless the member is in the group, at its current epoch, and owns the partition."""
+        group = state.name
+        member = state.members.get(member_id)
+        if member is None or member.lease_expires_us <= tx.now_us:
+            raise UnknownMember(
+                f"member {member_id!r} is not in group {group!r}", group=group, member_id=member_id
+            )
+        if epoch != member.epoch or member.fenced >= member.epoch:
+            raise StaleMemberEpoch(
+                f"member {member_id!r} sent epoch {epoch}; current is {member.epoch}",
+                group=group,
+                member_id=member_id,
+                epoch=epoch,
+                current_epoch=member.epoch,
+            )
+        if partition not in member.held:
+            raise NotPartitionOwner(
+                f"member {member_id!r} does not own partition {partition}",
+                group=group,
+                member_id=member_id,
+                partition=partition,
+            )
+
     async def commit(self, req: gpb.CommitCursorRequest) -> None:
         async with self.storage.group_tx(req.group) as tx:
             state = self._state(tx)
-            member = state.members.get(req.member_id)
-            if member is None or member.lease_expires_us <= now_us():
-                raise UnknownMember(
-                    f"member {req.member_id!r} is not in group {req.group!r}",
-                    group=req.group,
-                    member_id=req.member_id,
-                )
-            if req.member_epoch != member.epoch or member.fenced >= member.epoch:
-                raise StaleMemberEpoch(
-                    f"member {req.member_id!r} committed with epoch {req.member_epoch}; "
-                    f"current is {member.epoch}",
-                    group=req.group,
-                    member_id=req.member_id,
-                    epoch=req.member_epoch,
-                    current_epoch=member.epoch,
-                )
-            if req.partition not in member.held:
-                raise NotPartitionOwner(
-                    f"member {req.member_id!r} does not own partition {req.partition}",
-                    group=req.group,
-                    member_id=req.member_id,
-                    partition=req.partition,
+            self._owner(tx, state, req.member_id, req.member_epoch, req.partition)
+            if not 1 <= req.position <= tx.head_position + 1:
+                # A cursor past the head would make the group skip events not yet written.
+                raise InvalidArgument(
+                    f"position {req.position} is not a cursor of this store: 1 to the head"
+                    f" position + 1 ({tx.head_position + 1})",
+                    field="position",
+                    position=req.position,
+                    head_position=tx.head_position,
                 )
             await tx.save_cursors({req.partition: req.position})
+
+    async def dead_letter_target(self, req: gpb.DeadLetterRequest) -> str:
+        """The dead-letter stream a member may write these events to now."""
+        async with self.storage.group_tx(req.group) as tx:
+            state = self._state(tx)
+            self._owner(tx, state, req.member_id, req.member_epoch, req.partition)
+            return dead_letter_stream(state.name, state.config)
 
     async def reset(self, name: str, partitions: Sequence[int], to: pb.StartPoint | None) -> GroupState:
         position = await self.resolve(to)  # outside the transaction, as in create

@@ -6,6 +6,7 @@ import grpc
 from google.protobuf.message import Message
 
 from sluice.v1 import groups_pb2 as gpb
+from sluice.v1 import streams_pb2 as pb
 from sluice_store.groups import Coordinator, GroupState, Member, duration, target_assignment
 from sluice_store.retention import US, now_us
 from sluice_store.service import StreamsService, timestamp, unary_handler
@@ -111,6 +112,10 @@ class GroupsService:
         await self.coordinator.commit(request)
         return gpb.CommitCursorResponse()
 
+    async def DeadLetter(self, request: gpb.DeadLetterRequest) -> pb.AppendResponse:
+        stream = await self.coordinator.dead_letter_target(request)
+        return await self.streams.append_system(pb.AppendRequest(stream=stream, events=request.events))
+
     async def ResetCursors(self, request: gpb.ResetCursorsRequest) -> gpb.GroupDescription:
         to = request.to if request.HasField("to") else None
         return await self._describe(await self.coordinator.reset(request.group, request.partitions, to))
@@ -131,4 +136,5 @@ def methods(service: GroupsService) -> dict[str, grpc.RpcMethodHandler]:
         "Heartbeat": unary("Heartbeat", gpb.HeartbeatRequest, gpb.HeartbeatResponse),
         "CommitCursor": unary("CommitCursor", gpb.CommitCursorRequest, gpb.CommitCursorResponse),
         "ResetCursors": unary("ResetCursors", gpb.ResetCursorsRequest, gpb.GroupDescription),
+        "DeadLetter": unary("DeadLetter", gpb.DeadLetterRequest, pb.AppendResponse),
     }

@@ -281,6 +281,17 @@ class StreamsService:
         (result,) = await self._append([self._part(request)])
         return result
 
+    async def append_system(self, request: pb.AppendRequest) -> pb.AppendResponse:
+        """Append to one of the store's own streams ("$..."), which Append refuses; for
+        callers that checked the right to (a group member's dead letters)."""
+        self._check_request_size(request.ByteSize())
+        self.check_name(request.stream, writing=False)
+        expect, revision = self._expected(request.expected)
+        (result,) = await self._append(
+            [AppendPart(request.stream, expect, revision, self._events(request, -1))]
+        )
+        return result
+
     async def AppendMany(self, request: pb.AppendManyRequest) -> pb.AppendManyResponse:
         self._check_request_size(request.ByteSize())
         if not request.appends:

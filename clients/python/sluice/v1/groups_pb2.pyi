@@ -82,7 +82,11 @@ class GroupConfig(_message.Message):
     partitions: _builtins.int
     """Number of partitions, 1..1024 (default 12). Fixed once created."""
     dead_letter_stream: _builtins.str
-    """Where events go after max_attempts failures (default "dlq.<group>")."""
+    """Where events go after max_attempts failures: "$dlq.<group>" by default; any other
+    name must start with "$dlq." (several groups may share one). Streams whose names
+    start with "$" are never read by a group unless a prefix of its filter starts with
+    "$", so a group never consumes its own dead letters by accident.
+    """
     @_builtins.property
     def filter(self) -> _streams_pb2.Filter:
         """Which events the group reads (stream prefixes, event types); partition fields unused."""
@@ -512,6 +516,43 @@ class CommitCursorResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CommitCursorResponse: _TypeAlias = CommitCursorResponse  # noqa: Y015
+
+@_typing.final
+class DeadLetterRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_FIELD_NUMBER: _builtins.int
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    MEMBER_EPOCH_FIELD_NUMBER: _builtins.int
+    PARTITION_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    group: _builtins.str
+    member_id: _builtins.str
+    member_epoch: _builtins.int
+    partition: _builtins.int
+    """The partition the events came from; the member must own it."""
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_streams_pb2.EventData]:
+        """Appended atomically to the group's dead-letter stream. Ids make it idempotent:
+        sending the same ids again (after a crash) stores nothing twice.
+        """
+
+    def __init__(
+        self,
+        *,
+        group: _builtins.str = ...,
+        member_id: _builtins.str = ...,
+        member_epoch: _builtins.int = ...,
+        partition: _builtins.int = ...,
+        events: _abc.Iterable[_streams_pb2.EventData] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "group", b"group", "member_epoch", b"member_epoch", "member_id", b"member_id", "partition", b"partition"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeadLetterRequest: _TypeAlias = DeadLetterRequest  # noqa: Y015
 
 @_typing.final
 class ResetCursorsRequest(_message.Message):

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from sluice.v1 import groups_pb2 as sluice_dot_v1_dot_groups__pb2
+from sluice.v1 import streams_pb2 as sluice_dot_v1_dot_streams__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -74,6 +75,11 @@ class GroupsStub:
                 request_serializer=sluice_dot_v1_dot_groups__pb2.ResetCursorsRequest.SerializeToString,
                 response_deserializer=sluice_dot_v1_dot_groups__pb2.GroupDescription.FromString,
                 _registered_method=True)
+        self.DeadLetter = channel.unary_unary(
+                '/sluice.v1.Groups/DeadLetter',
+                request_serializer=sluice_dot_v1_dot_groups__pb2.DeadLetterRequest.SerializeToString,
+                response_deserializer=sluice_dot_v1_dot_streams__pb2.AppendResponse.FromString,
+                _registered_method=True)
 
 
 class GroupsServicer:
@@ -132,6 +138,16 @@ class GroupsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeadLetter(self, request, context):
+        """Put events a member gave up on into the group's dead-letter stream. Dead-letter
+        streams live under "$dlq.", where Append refuses to write (SYSTEM_STREAM_RESERVED):
+        only a current member of the group, at its epoch, for a partition it owns, adds to
+        them. Refusals as for CommitCursor.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GroupsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -174,6 +190,11 @@ def add_GroupsServicer_to_server(servicer, server):
                     servicer.ResetCursors,
                     request_deserializer=sluice_dot_v1_dot_groups__pb2.ResetCursorsRequest.FromString,
                     response_serializer=sluice_dot_v1_dot_groups__pb2.GroupDescription.SerializeToString,
+            ),
+            'DeadLetter': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeadLetter,
+                    request_deserializer=sluice_dot_v1_dot_groups__pb2.DeadLetterRequest.FromString,
+                    response_serializer=sluice_dot_v1_dot_streams__pb2.AppendResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -392,6 +413,33 @@ class Groups:
             '/sluice.v1.Groups/ResetCursors',
             sluice_dot_v1_dot_groups__pb2.ResetCursorsRequest.SerializeToString,
             sluice_dot_v1_dot_groups__pb2.GroupDescription.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeadLetter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sluice.v1.Groups/DeadLetter',
+            sluice_dot_v1_dot_groups__pb2.DeadLetterRequest.SerializeToString,
+            sluice_dot_v1_dot_streams__pb2.AppendResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -21,6 +21,7 @@ or partitioned member cannot move a cursor.
 from collections import abc as _abc
 from grpc import aio as _aio
 from sluice.v1 import groups_pb2 as _groups_pb2
+from sluice.v1 import streams_pb2 as _streams_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
@@ -59,6 +60,12 @@ class GroupsStub:
     """Move a partition's cursor: every event of the partition below `position` was handled."""
     ResetCursors: _grpc.UnaryUnaryMultiCallable[_groups_pb2.ResetCursorsRequest, _groups_pb2.GroupDescription]
     """Move cursors to a start point; owners see the new cursors at their next heartbeat."""
+    DeadLetter: _grpc.UnaryUnaryMultiCallable[_groups_pb2.DeadLetterRequest, _streams_pb2.AppendResponse]
+    """Put events a member gave up on into the group's dead-letter stream. Dead-letter
+    streams live under "$dlq.", where Append refuses to write (SYSTEM_STREAM_RESERVED):
+    only a current member of the group, at its epoch, for a partition it owns, adds to
+    them. Refusals as for CommitCursor.
+    """
 
 @_typing.type_check_only
 class GroupsAsyncStub(GroupsStub):
@@ -76,6 +83,12 @@ class GroupsAsyncStub(GroupsStub):
     """Move a partition's cursor: every event of the partition below `position` was handled."""
     ResetCursors: _aio.UnaryUnaryMultiCallable[_groups_pb2.ResetCursorsRequest, _groups_pb2.GroupDescription]  # type: ignore[assignment]
     """Move cursors to a start point; owners see the new cursors at their next heartbeat."""
+    DeadLetter: _aio.UnaryUnaryMultiCallable[_groups_pb2.DeadLetterRequest, _streams_pb2.AppendResponse]  # type: ignore[assignment]
+    """Put events a member gave up on into the group's dead-letter stream. Dead-letter
+    streams live under "$dlq.", where Append refuses to write (SYSTEM_STREAM_RESERVED):
+    only a current member of the group, at its epoch, for a partition it owns, adds to
+    them. Refusals as for CommitCursor.
+    """
 
 class GroupsServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -138,5 +151,17 @@ class GroupsServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_groups_pb2.GroupDescription, _abc.Awaitable[_groups_pb2.GroupDescription]]:
         """Move cursors to a start point; owners see the new cursors at their next heartbeat."""
+
+    @_abc_1.abstractmethod
+    def DeadLetter(
+        self,
+        request: _groups_pb2.DeadLetterRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_streams_pb2.AppendResponse, _abc.Awaitable[_streams_pb2.AppendResponse]]:
+        """Put events a member gave up on into the group's dead-letter stream. Dead-letter
+        streams live under "$dlq.", where Append refuses to write (SYSTEM_STREAM_RESERVED):
+        only a current member of the group, at its epoch, for a partition it owns, adds to
+        them. Refusals as for CommitCursor.
+        """
 
 def add_GroupsServicer_to_server(servicer: GroupsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

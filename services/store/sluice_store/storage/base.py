@@ -19,6 +19,7 @@ from typing import Any, Final
 from sluice.partition import fnv1a_32, partition_of
 from sluice.v1 import streams_pb2 as pb
 from sluice_store import codec
+from sluice_store.config import NAME_LIMIT
 from sluice_store.errors import (
     DuplicateEventId,
     InvalidArgument,
@@ -159,7 +160,35 @@ class StreamFilter:
         return not self.partition_count or self.in_partitions(stream)
 
     def in_partitions(self, stream: str) -> bool:
+        if stream.startswith("$") and self.skips_system:
+            return False
         return partition_of_cached(stream, self.partition_count) in self.partitions
+
+    @property
+    def skips_system(self) -> bool:
+        """A partitioned read (a consumer group's) skips the store's own streams ("$...",
+        such as dead letters) unless one of its prefixes names them."""
+        return bool(self.partition_count) and not any(p.startswith("$") for p in self.prefixes)
+
+
+def prefix_end(prefix: str) -> str:
+    """The least string above every name that starts with ``prefix``, in code-point order
+    (SQLite's and PostgreSQL's "C" order): ``prefix <= name < prefix_end(prefix)`` is the
+    prefix match as a range an index can serve."""
+    chars = list(prefix)
+    while chars:
+        c = ord(chars[-1])
+        if c < 0x10FFFF:
+            chars[-1] = chr(0xE000 if c == 0xD7FF else c + 1)  # no surrogates in names
+            return "".join(chars)
+        chars.pop()
+    return "\U0010ffff" * (NAME_LIMIT + 1)  # above every name
+
+
+#: The store's own streams (dead letters) are the names from SYSTEM_PREFIX up to
+#: SYSTEM_END; Append refuses to write them.
+SYSTEM_PREFIX = "$"
+SYSTEM_END = prefix_end(SYSTEM_PREFIX)
 
 
 @functools.lru_cache(maxsize=65536)
@@ -301,10 +330,18 @@ class GroupRecord:
 
 
 class GroupTx(abc.ABC):
-    """One group's transaction: ``record`` is its stored state (None if it does not exist)."""
+    """One group's transaction: ``record`` is its stored state (None if it does not exist).
+
+    ``now_us`` is the clock that judges leases: the database's where store replicas share
+    one (so a replica whose own clock is off can neither fence a live member nor keep a
+    dead one), read when the transaction began. ``head_position`` is the newest committed
+    position then, across every replica.
+    """
 
     name: str
     record: GroupRecord | None
+    now_us: int
+    head_position: int
 
     @abc.abstractmethod
     async def save(self, record: GroupRecord, cursors: Mapping[int, int] | None = None) -> None:

@@ -40,6 +40,8 @@ from sluice_store.errors import StoreUnavailable
 from sluice_store.retention import Policy, age_cutoff_us, age_limit_us, now_us
 from sluice_store.storage.base import (
     STREAM_COLUMNS,
+    SYSTEM_END,
+    SYSTEM_PREFIX,
     AppendPart,
     Expect,
     GroupRecord,
@@ -58,6 +60,7 @@ from sluice_store.storage.base import (
     name_hash,
     new_stream,
     plan_append,
+    prefix_end,
     reclaim_stream,
     search_position,
     set_own_policy,
@@ -182,7 +185,6 @@ SELECT e.position, e.stream_id, e.revision, e.created_us, e.head, e.data, s.name
 FROM events e JOIN streams s ON s.id = e.stream_id
 WHERE e.position >= $1 AND e.position <= $2 ORDER BY e.position LIMIT $3
 """
-PREFIX_END = "\U0010ffff"
 POOL_SIZE = 10
 PUMP_PAGE = 5000
 RECLAIM_LOCK = "sluice.reclaim"
@@ -306,7 +308,7 @@ class PostgresStorage(Storage):
         clauses = ["retained"]
         params: list[Any] = []
         for prefix in self.prefix_rules:
-            params += [prefix, prefix + PREFIX_END]
+            params += [prefix, prefix_end(prefix)]
             clauses.append(f"(name >= ${len(params) - 1} AND name < ${len(params)})")
         sql = (
             f"SELECT {STREAM_COLUMNS}, retained, max_count, truncate_before, age_us FROM streams"
@@ -589,12 +591,15 @@ class PostgresStorage(Storage):
         if filt.prefixes:
             ranges = []
             for p in filt.prefixes:
-                params += [p, p + PREFIX_END]
+                params += [p, prefix_end(p)]
                 ranges.append(f"(s.name >= ${len(params) - 1} AND s.name < ${len(params)})")
             where.append("(" + " OR ".join(ranges) + ")")
         if filt.partition_count:
             params += [filt.partition_count, sorted(filt.partitions)]
             where.append(f"s.hash % ${len(params) - 1} = ANY(${len(params)})")
+            if filt.skips_system:
+                params += [SYSTEM_PREFIX, SYSTEM_END]
+                where.append(f"NOT (s.name >= ${len(params) - 1} AND s.name < ${len(params)})")
         return where
 
     async def read_all(
@@ -673,7 +678,7 @@ class PostgresStorage(Storage):
             sql += " AND state = 2"
         sql += " ORDER BY name LIMIT $4"
         with _translated():
-            rows = await self.pool.fetch(sql, prefix, prefix + PREFIX_END, after, limit)
+            rows = await self.pool.fetch(sql, prefix, prefix_end(prefix), after, limit)
         return [self._meta(row) for row in rows]
 
     async def count_events(self, meta: StreamMeta) -> int:
@@ -794,6 +799,10 @@ class PostgresStorage(Storage):
                     "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
                     f"sluice.group.{self.schema}.{name}",
                 )
+                clock, head = await conn.fetchrow(
+                    "SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint,"
+                    " (SELECT position FROM head)"
+                )
                 row = await conn.fetchrow(
                     "SELECT config, created_us, members FROM consumer_groups WHERE name = $1", name
                 )
@@ -803,7 +812,7 @@ class PostgresStorage(Storage):
                         "SELECT partition, position FROM group_cursors WHERE grp = $1", name
                     )
                     record = GroupRecord(name, row[0], row[1], row[2], {p: pos for p, pos in cursors})
-                yield _PostgresGroupTx(conn, name, record)
+                yield _PostgresGroupTx(conn, name, record, clock, head)
 
     async def list_groups(self) -> list[str]:
         with _translated():
@@ -823,10 +832,14 @@ class _Slot:
 class _PostgresGroupTx(GroupTx):
     """Writes go straight to the open transaction."""
 
-    def __init__(self, conn: asyncpg.Connection, name: str, record: GroupRecord | None) -> None:
+    def __init__(
+        self, conn: asyncpg.Connection, name: str, record: GroupRecord | None, clock: int, head: int
+    ) -> None:
         self.conn = conn
         self.name = name
         self.record = record
+        self.now_us = clock
+        self.head_position = head
 
     async def save(self, record: GroupRecord, cursors: Mapping[int, int] | None = None) -> None:
         await self.conn.execute(

@@ -27,6 +27,8 @@ from sluice_store.errors import StoreUnavailable
 from sluice_store.retention import Policy, age_cutoff_us, now_us
 from sluice_store.storage.base import (
     STREAM_COLUMNS,
+    SYSTEM_END,
+    SYSTEM_PREFIX,
     AppendPart,
     Expect,
     GroupRecord,
@@ -45,6 +47,7 @@ from sluice_store.storage.base import (
     name_hash,
     new_stream,
     plan_append,
+    prefix_end,
     reclaim_stream,
     search_position,
     set_own_policy,
@@ -124,7 +127,6 @@ INLINE_LOOKUPS = 4  # ... when at most this many streams must be read from the d
 #: One statement of a group transaction and the cursor rows (group, partition, position) it sets.
 GroupWrite = tuple[str, Sequence[Any], list[tuple[Any, ...]]]
 SYNC_MODES = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
-PREFIX_END = "\U0010ffff"
 
 
 def _params(meta: StreamMeta) -> tuple[Any, ...]:
@@ -250,7 +252,7 @@ class SQLiteStorage(Storage):
         params: list[Any] = []
         for prefix in self.prefix_rules:
             clauses.append("(name >= ? AND name < ?)")
-            params += [prefix, prefix + PREFIX_END]
+            params += [prefix, prefix_end(prefix)]
         sql = f"SELECT {STREAM_COLUMNS} FROM streams WHERE " + " OR ".join(clauses)
         retained = w.execute(sql, params).fetchall()
         return max(head_e or 0, head_s or 0), (max_id or 0) + 1, last_created or 0, retained
@@ -492,13 +494,16 @@ class SQLiteStorage(Storage):
             ranges = " OR ".join("(name >= ? AND name < ?)" for _ in filt.prefixes)
             where.append(f"stream_id IN (SELECT id FROM streams WHERE {ranges})")
             for p in filt.prefixes:
-                params += [p, p + PREFIX_END]
+                params += [p, prefix_end(p)]
         order = "DESC" if backwards else "ASC"
         source = "events"
         if filt.partition_count:  # a stream's partition is its name's hash modulo the count
             source = "events JOIN streams ON streams.id = stream_id"
             where.append(f"streams.hash % ? IN ({','.join('?' * len(filt.partitions))})")
             params += [filt.partition_count, *sorted(filt.partitions)]
+            if filt.skips_system:
+                where.append("NOT (streams.name >= ? AND streams.name < ?)")
+                params += [SYSTEM_PREFIX, SYSTEM_END]
         sql = f"SELECT {cols} FROM {source} WHERE {' AND '.join(where)} ORDER BY position {order} LIMIT ?"
         params.append(limit)
         async with self._reader() as r:
@@ -574,7 +579,7 @@ class SQLiteStorage(Storage):
             sql += " AND state = 2"
         sql += " ORDER BY name LIMIT ?"
         async with self._reader() as r:
-            rows = await r.execute_fetchall(sql, (prefix, prefix + PREFIX_END, after, limit))
+            rows = await r.execute_fetchall(sql, (prefix, prefix_end(prefix), after, limit))
         return [self._cache.get(row[1]) or self._meta(row) for row in rows]
 
     async def count_events(self, meta: StreamMeta) -> int:
@@ -755,6 +760,8 @@ class _SQLiteGroupTx(GroupTx):
         self.storage = storage
         self.name = name
         self.record = record
+        self.now_us = now_us()  # one process owns the file: its clock is the only one
+        self.head_position = storage.head_position
         self.writes: list[GroupWrite] = []
         self.deleted = False
 
