@@ -415,10 +415,12 @@ class Member:
                 pause = min(pause * 2, 2.0)
 
     async def publish(self, request: pb.AppendRequest, traceparent: str | None) -> pb.AppendResponse:
-        """Append for the app, adding its identity and trace context to each event."""
+        """Append for the app, stamping its identity (whatever the app put there is replaced:
+        the sidecar vouches for it) and trace context on each event. Store-reserved ("$")
+        streams, dead letters among them, are refused by the store as for any caller."""
         for ev in request.events:
-            ev.metadata.setdefault("source-app", self.settings.app_id)
-            ev.metadata.setdefault("source-member", self.settings.member_id)
+            ev.metadata["source-app"] = self.settings.app_id
+            ev.metadata["source-member"] = self.settings.member_id
             if traceparent and "traceparent" not in ev.metadata:
                 ev.metadata["traceparent"] = traceparent
         try:

@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 from sluice import Client, Position, new_event
-from sluice.errors import InvalidArgument, LimitExceeded
+from sluice.errors import InvalidArgument, LimitExceeded, from_rpc_error
 from sluice.gateway import Cursor, GatewayClient, WatchItem
 from sluice.v1 import gateway_pb2 as gpb
 from sluice.v1 import streams_pb2 as pb
@@ -219,6 +219,15 @@ async def test_bad_requests_get_invalid_argument_with_details_and_the_gateway_ke
     with pytest.raises(InvalidArgument) as e:
         await gw.publish("", "T")
     assert e.value.metadata["field"] == "stream"
+    with pytest.raises(InvalidArgument) as e:
+        await gw.publish("$dlq.app", "T")  # store-reserved: as Append and Broadcast refuse it
+    assert e.value.reason == "SYSTEM_STREAM_RESERVED" and e.value.metadata["field"] == "stream"
+    with pytest.raises(InvalidArgument) as e:
+        await gw.publish("chat\x85room", "T")  # a C1 control character
+    assert e.value.metadata["field"] == "stream"
+    with pytest.raises(grpc.aio.AioRpcError) as call:
+        await gw.stub.Publish(gpb.PublishRequest(stream="chat", type="T", id="not-a-uuid"))
+    assert from_rpc_error(call.value).metadata["field"] == "id"
     raw = gw.stub.Watch(gpb.WatchRequest(form=99))  # type: ignore[arg-type]
     with pytest.raises(grpc.aio.AioRpcError) as rpc:
         await anext(aiter(raw))

@@ -131,6 +131,7 @@ async def test_publish_through_the_sidecar(
                 "content-type": "application/json",
                 "traceparent": trace,
                 "sluice-meta-tenant": "t1",
+                "sluice-meta-source-member": "someone-else",  # identity is the sidecar's to stamp
             },
         )
         assert resp.status == 200
@@ -139,14 +140,21 @@ async def test_publish_through_the_sidecar(
         assert bad.status == 400 and (await bad.json())["reason"] == "SYSTEM_STREAM_RESERVED"
     async with grpc.aio.insecure_channel(sc.grpc) as ch:
         await spb_grpc.SidecarStub(ch).Publish(
-            pb.AppendRequest(stream="orders-pub", events=[new_event("OrderPaid")])
+            pb.AppendRequest(
+                stream="orders-pub", events=[new_event("OrderPaid", metadata={"source-app": "forged"})]
+            )
         )
+        with pytest.raises(grpc.aio.AioRpcError) as dlq:
+            await spb_grpc.SidecarStub(ch).Publish(
+                pb.AppendRequest(stream="$dlq.app", events=[new_event("Forged")])
+            )
+        assert dlq.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     async with Client(store_proc.addr) as c:
         placed, paid = await c.read_list("orders-pub")
     assert placed.type == "OrderPlaced" and json.loads(placed.data) == {"total": 12}
     assert placed.metadata["traceparent"] == trace and placed.metadata["tenant"] == "t1"
     assert placed.metadata["source-app"] == "app" and placed.metadata["source-member"] == "pub0"
-    assert paid.metadata["source-member"] == "pub0"
+    assert paid.metadata["source-member"] == "pub0" and paid.metadata["source-app"] == "app"
 
 
 async def test_delivery_span_continues_the_producers_trace(

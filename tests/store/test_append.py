@@ -199,7 +199,10 @@ async def test_soft_delete_hides_and_recreation_continues_revisions(client: Clie
         ("", "INVALID_STREAM_NAME"),
         ("x" * 257, "INVALID_STREAM_NAME"),
         ("bad\nname", "INVALID_STREAM_NAME"),
+        ("c1\x85control", "INVALID_STREAM_NAME"),
+        ("c1\x9f", "INVALID_STREAM_NAME"),
         ("$system", "SYSTEM_STREAM_RESERVED"),
+        ("$dlq.app", "SYSTEM_STREAM_RESERVED"),
     ],
 )
 async def test_stream_name_rules(client: Client, stream: str, reason: str) -> None:
@@ -284,3 +287,13 @@ async def test_malformed_event_ids_are_refused(client: Client, bad: str) -> None
     with pytest.raises(InvalidArgument) as info:
         await client.append("ids", [pb.EventData(id=bad, type="T")])
     assert "events[0].id" in info.value.message
+
+
+async def test_broadcast_follows_the_same_name_rules(client: Client) -> None:
+    for stream, reason in (("$dlq.app", "SYSTEM_STREAM_RESERVED"), ("c1\x85", "INVALID_STREAM_NAME")):
+        with pytest.raises(InvalidArgument) as info:
+            await client._call(client._stub.Broadcast(pb.EphemeralMessage(stream=stream, type="T")))
+        assert info.value.reason == reason
+    with pytest.raises(InvalidArgument) as bad_type:
+        await client._call(client._stub.Broadcast(pb.EphemeralMessage(stream="ok", type="t\x9b")))
+    assert bad_type.value.metadata["field"] == "type"

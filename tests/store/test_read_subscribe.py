@@ -377,3 +377,15 @@ async def test_a_commit_landing_as_the_heartbeat_times_out_is_delivered_not_skip
     assert isinstance(item, pb.RecordedEvent), f"skipped past the event: {item}"
     assert item.position == appended[0].first_position
     await sub.aclose()
+
+
+async def test_a_prefix_matches_names_with_any_character_after_it(client: Client) -> None:
+    top = "\U0010ffff"  # the highest code point, once a prefix range's upper bound
+    names = [f"p{top}", f"p{top}x", "pa", f"{top}only", "q"]
+    for name in names:
+        await client.append(name, [new_event("E", b"")])
+    got = [e.stream for e in await client.read_list(stream_prefixes=["p"])]
+    assert got == [f"p{top}", f"p{top}x", "pa"]
+    assert [e.stream for e in await client.read_list(stream_prefixes=[top])] == [f"{top}only"]
+    assert [s.stream async for s in client.list_streams("p")] == sorted(got)
+    assert len([s async for s in client.list_streams("")]) == len(names)

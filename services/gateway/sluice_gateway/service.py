@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -21,6 +20,7 @@ from grpc_status import rpc_status
 
 from sluice.errors import make_status
 from sluice.ids import uuid7
+from sluice.names import MAX_TYPE, is_system, name_problem, parse_uuid
 from sluice.v1 import gateway_pb2 as gpb
 from sluice.v1 import streams_pb2 as pb
 from sluice.v1 import streams_pb2_grpc as pb_grpc
@@ -30,7 +30,6 @@ from sluice_gateway.hub import DISCONNECT, GRPC, SSE, Encoder, Filter, Hub, Subs
 
 log = logging.getLogger(__name__)
 
-_has_control = re.compile("[\x00-\x1f\x7f]").search
 READY_TIMEOUT = 10.0  # how long a new watch waits for the gateway's first contact with the store
 
 
@@ -57,9 +56,17 @@ def unavailable(message: str) -> GatewayError:
     return GatewayError(grpc.StatusCode.UNAVAILABLE, "STORE_UNAVAILABLE", message)
 
 
-def check_name(name: str, field: str, max_len: int = 256) -> None:
-    if not name or len(name) > max_len or _has_control(name):
-        raise invalid(f"{field}: 1..{max_len} characters without control characters, got {name!r}", field)
+def check_name(name: str, field: str, max_len: int = MAX_TYPE, writing: bool = False) -> None:
+    """The rules of sluice.names; ``writing``: not a store-reserved ("$") name either."""
+    if problem := name_problem(name, max_len, field):
+        raise invalid(problem, field)
+    if writing and is_system(name):
+        raise GatewayError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "SYSTEM_STREAM_RESERVED",
+            f"{field}: names starting with '$' are reserved for the store: {name[:300]!r}",
+            field=field,
+        )
 
 
 class Format(Protocol):
@@ -348,8 +355,12 @@ class GatewayService:
 
     async def publish(self, request: gpb.PublishRequest) -> gpb.PublishResponse:
         """Deliver to this gateway's subscribers now, then relay through the store to the others."""
-        check_name(request.stream, "stream")
+        check_name(request.stream, "stream", writing=True)
         check_name(request.type, "type")
+        try:
+            eid = parse_uuid(request.id)[1] if request.id else uuid7()[1]
+        except ValueError:
+            raise invalid(f"id is not a UUID: {request.id[:64]!r}", "id") from None
         ttl = request.time_to_live.ToTimedelta().total_seconds() if request.HasField("time_to_live") else 0.0
         if ttl < 0:
             raise invalid("time_to_live: must not be negative", "time_to_live")
@@ -358,7 +369,7 @@ class GatewayService:
         expires = timestamp_pb2.Timestamp()
         expires.FromNanoseconds(published.ToNanoseconds() + int(ttl * 1e9))
         msg = pb.EphemeralMessage(
-            id=request.id or uuid7()[1],
+            id=eid,
             stream=request.stream,
             type=request.type,
             data=request.data,

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import re
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -15,6 +13,7 @@ from google.protobuf import timestamp_pb2
 
 from sluice import telemetry
 from sluice.ids import uuid7
+from sluice.names import MAX_TYPE, has_control, is_system, name_problem, parse_uuid
 from sluice.v1 import streams_pb2 as pb
 from sluice_store import codec
 from sluice_store.broker import Broker, LiveSubscription
@@ -103,19 +102,6 @@ class Committer:
             self._task = None
 
 
-_has_control = re.compile("[\x00-\x1f\x7f]").search
-
-
-def _parse_uuid(text: str) -> tuple[bytes, str]:
-    """Bytes and canonical text of a UUID; raises ValueError."""
-    if len(text) == 36 and text[8] == text[13] == text[18] == text[23] == "-":
-        raw = bytes.fromhex(text.replace("-", ""))  # ValueError on anything but hex
-        if len(raw) == 16:
-            return raw, text.lower()
-    eid = uuid.UUID(text)  # braces, urn:uuid:, no dashes
-    return eid.bytes, str(eid)
-
-
 def timestamp(us: int) -> timestamp_pb2.Timestamp:
     """A Timestamp from microseconds since the epoch."""
     ts = timestamp_pb2.Timestamp()
@@ -138,23 +124,17 @@ class StreamsService:
     # -- validation -------------------------------------------------------------------
 
     def check_name(self, name: str, field: str = "stream", writing: bool = True) -> None:
+        """The rules of sluice.names; ``writing``: not a store-reserved ("$") name either."""
         if writing and name in self._good_names:
             return
         limit = self.settings.max_stream_name
-        if not name:
-            raise InvalidStreamName("stream name is empty", field=field)
-        if len(name) > limit:
-            raise InvalidStreamName(
-                f"stream name is {len(name)} characters; max_stream_name is {limit}",
-                field=field,
-                limit="max_stream_name",
-                max=limit,
-            )
-        if _has_control(name):
-            raise InvalidStreamName("stream name contains a control character", field=field)
-        if writing and name.startswith("$"):
+        problem = name_problem(name, limit)
+        if problem:
+            limits = {"limit": "max_stream_name", "max": limit} if len(name) > limit else {}
+            raise InvalidStreamName(problem, field=field, **limits)
+        if writing and is_system(name):
             raise SystemStreamReserved(
-                f"stream names starting with '$' are reserved for the store: {name!r}", field=field
+                f"stream names starting with '$' are reserved for the store: {name[:300]!r}", field=field
             )
         if writing:
             if len(self._good_names) > 100_000:
@@ -181,7 +161,7 @@ class StreamsService:
         for i, ev in enumerate(req.events):
             etype = ev.type
             if etype not in good_types:
-                if not etype or len(etype) > 256 or _has_control(etype):
+                if not etype or len(etype) > MAX_TYPE or has_control(etype):
                     raise InvalidEvent(
                         f"{prefix}events[{i}].type must be 1 to 256 characters without control characters",
                         field=f"{prefix}events[{i}].type",
@@ -192,7 +172,7 @@ class StreamsService:
             given = ev.id
             if given:
                 try:
-                    eid, text = _parse_uuid(given)
+                    eid, text = parse_uuid(given)
                 except ValueError:
                     raise InvalidEvent(
                         f"{prefix}events[{i}].id is not a UUID: {given[:64]!r}",
@@ -575,9 +555,9 @@ class StreamsService:
                 yield pb.SubscribeResponse(checkpoint=pb.Checkpoint(position=cursor.position))
 
     async def Broadcast(self, request: pb.EphemeralMessage) -> pb.BroadcastResponse:
-        self.check_name(request.stream, writing=False)
-        if not request.type or len(request.type) > 256:
-            raise InvalidEvent("type: 1..256 characters required", field="type")
+        self.check_name(request.stream)  # the rules of a write: no "$" names
+        if problem := name_problem(request.type, MAX_TYPE, "type"):
+            raise InvalidEvent(problem, field="type")
         message = pb.SubscribeResponse(ephemeral=request).SerializeToString()
         if len(message) > self.settings.max_event_bytes:
             raise LimitExceeded(

@@ -1,0 +1,47 @@
+"""The rules for names, one copy for every process: the store, the gateway, the sidecar.
+
+- A stream name or event type is 1 to N characters (N is the store's ``max_stream_name``
+  for streams, 256 for types) with no control character: C0 (U+0000-U+001F), DEL and C1
+  (U+0080-U+009F).
+- Stream names starting with ``$`` belong to the store (dead letters live under
+  ``$dlq.``). Nothing writes them through Append, Broadcast or Publish; reads and filters
+  may name them.
+- Event ids are UUIDs, in any of the forms Python's ``uuid.UUID`` reads; stored and
+  answered in their canonical form.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+SYSTEM_PREFIX = "$"
+MAX_TYPE = 256
+
+has_control = re.compile("[\x00-\x1f\x7f-\x9f]").search
+
+
+def name_problem(name: str, max_len: int, what: str = "stream name") -> str:
+    """Why ``name`` is not a valid name of at most ``max_len`` characters ("" if it is)."""
+    if not name:
+        return f"{what} is empty"
+    if len(name) > max_len:
+        return f"{what} is {len(name)} characters; at most {max_len}"
+    if has_control(name):
+        return f"{what} contains a control character"
+    return ""
+
+
+def is_system(name: str) -> bool:
+    """Whether the store reserves the stream name for itself."""
+    return name.startswith(SYSTEM_PREFIX)
+
+
+def parse_uuid(text: str) -> tuple[bytes, str]:
+    """Bytes and canonical text of an event id; raises ValueError."""
+    if len(text) == 36 and text[8] == text[13] == text[18] == text[23] == "-":
+        raw = bytes.fromhex(text.replace("-", ""))  # ValueError on anything but hex
+        if len(raw) == 16:
+            return raw, text.lower()
+    eid = uuid.UUID(text)  # braces, urn:uuid:, no dashes
+    return eid.bytes, str(eid)
