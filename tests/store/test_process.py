@@ -16,8 +16,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from sluice import START, Client, SluiceError, new_event
+from sluice.settings import redact
 from sluice.v1 import streams_pb2 as pb
 from tests.conftest import StoreProcess
+from tests.ports import announced
 
 
 async def test_health_and_reflection(spawn: Callable[..., StoreProcess]) -> None:
@@ -123,3 +125,35 @@ async def test_a_second_store_on_a_taken_port_fails_fast(
     async with Client(first.addr, timeout=5) as c:  # the first still answers every call
         resp = await c.append("still-mine", [new_event("E", b"x")])
         assert resp.first_revision == 0
+
+
+async def test_the_database_password_never_reaches_the_output(postgres_db: str) -> None:
+    # Trust authentication ignores the password, so a real store starts with one in its URL.
+    secret = "hunter2-not-for-logs"
+    user, _, rest = postgres_db.partition("@")
+    url = f"{user}:{secret}@{rest}?schema=redacted"
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "sluice_store", "--addr", "127.0.0.1:0", "--db", url),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert proc.stdout is not None
+    seen = bytearray()
+    try:
+        async with asyncio.timeout(20):
+            addr = (await announced(proc.stdout, r"listening on (\S+)", seen)).group(1)
+        async with Client(addr, timeout=5) as c:
+            await c.append("s", [new_event("E", b"")])
+    finally:
+        proc.terminate()
+        rest_out, _ = await asyncio.wait_for(proc.communicate(), 20)
+    out = (bytes(seen) + rest_out).decode()
+    assert ":***@" in out and secret not in out
+
+
+def test_redact_hides_passwords_in_the_user_part_and_the_query() -> None:
+    assert redact("postgresql://u:p%40ss@h:5432/db?password=x&schema=s") == (
+        "postgresql://u:***@h:5432/db?password=***&schema=s"
+    )
+    assert redact("postgresql://u@h/db") == "postgresql://u@h/db"
+    assert redact("sqlite:///data/s.db") == "sqlite:///data/s.db"

@@ -32,6 +32,25 @@ class ConfigError(ValueError):
     """A setting is missing or malformed; the message names it."""
 
 
+def redact(url: str) -> str:
+    """A URL fit for a log line: any password (user:password@ or ?password=) as ***."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if "@" in netloc:
+            user, _, host = netloc.rpartition("@")
+            if ":" in user:
+                netloc = f"{user.split(':', 1)[0]}:***@{host}"
+        secret = ("password", "sslpassword")
+        pairs = [(k, "***" if k.lower() in secret else v) for k, v in parse_qsl(parts.query)]
+        query = urlencode(pairs, safe="*")
+        return urlunsplit(parts._replace(netloc=netloc, query=query))
+    except ValueError:
+        return "<a URL that cannot be shown>"
+
+
 def listen_grpc(server: grpc.aio.Server, addr: str, setting: str) -> int:
     """Bind a gRPC server to ``addr`` (port 0: any free port); the port it got.
 

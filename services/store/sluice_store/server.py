@@ -12,7 +12,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from sluice import telemetry
-from sluice.settings import listen_grpc, settle_heap, until_signal
+from sluice.settings import listen_grpc, redact, settle_heap, until_signal
 from sluice.v1 import groups_pb2 as gpb
 from sluice.v1 import streams_pb2 as pb
 from sluice_store.broker import Broker
@@ -131,7 +131,7 @@ async def serve(settings: Settings) -> None:
     server = StoreServer(settings)
     await server.start()
     settle_heap()
-    print(f"sluice store listening on {server.address} (db {settings.db})", flush=True)
+    print(f"sluice store listening on {server.address} (db {redact(settings.db)})", flush=True)
     await until_signal()
     log.info("shutting down")
     await server.stop()

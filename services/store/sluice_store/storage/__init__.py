@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from urllib.parse import urlparse
 
+from sluice.settings import redact
 from sluice_store.config import ConfigError, Settings
 from sluice_store.storage.base import Storage
 
@@ -51,5 +52,6 @@ def open_storage(settings: Settings) -> Storage:
         factory = BACKENDS[scheme]
     except KeyError:
         known = ", ".join(f"{s}://" for s in BACKENDS)
-        raise ConfigError(f"db: unknown scheme {scheme!r} in {settings.db!r}; known: {known}") from None
+        shown = redact(settings.db)
+        raise ConfigError(f"db: unknown scheme {scheme!r} in {shown!r}; known: {known}") from None
     return factory(settings.db, settings)
