@@ -45,8 +45,9 @@ def redact(url: str) -> str:
                 netloc = f"{user.split(':', 1)[0]}:***@{host}"
         secret = ("password", "sslpassword")
         pairs = [(k, "***" if k.lower() in secret else v) for k, v in parse_qsl(parts.query)]
-        query = urlencode(pairs, safe="*")
-        return urlunsplit(parts._replace(netloc=netloc, query=query))
+        if netloc == parts.netloc and all(v != "***" for _, v in pairs):
+            return url  # nothing to hide (and sqlite:///path keeps its three slashes)
+        return urlunsplit(parts._replace(netloc=netloc, query=urlencode(pairs, safe="*")))
     except ValueError:
         return "<a URL that cannot be shown>"
 
