@@ -9,13 +9,14 @@ import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import unquote
 
 import asyncpg
 import pytest
 
 from sluice import START, Client, new_event
 from sluice.v1 import streams_pb2 as pb
-from sluice_store.retention import Policy
+from sluice_store.retention import Policy, archive_name
 from sluice_store.server import StoreServer
 from sluice_store.storage.postgres import parse_url
 from tests.conftest import StoreFactory, eventually
@@ -38,7 +39,7 @@ async def stored(store: StoreServer, stream: str) -> list[int]:
 
 def archived(root: Path, stream: str) -> list[dict[str, object]]:
     records = []
-    for f in sorted((root / stream).glob("*.jsonl.gz")):
+    for f in sorted((root / archive_name(stream)).glob("*.jsonl.gz")):
         with gzip.open(f, "rt") as fh:
             records += [json.loads(line) for line in fh]
     return records
@@ -241,3 +242,53 @@ async def test_schema_1_database_is_migrated_at_start(make_store: StoreFactory, 
         assert await _first_position(c, 1) == 2
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+
+
+def archive_files(top: Path) -> list[Path]:
+    return list(top.rglob("*.jsonl.gz"))
+
+
+HOSTILE = [
+    "..",
+    ".",
+    ".hidden",
+    "a/b",
+    "a_b",
+    "a:b",
+    "a%2Fb",
+    "a~b",
+    "../../escape",
+    "x" * 200,
+    "x" * 199 + "y",
+]
+
+
+def test_archive_names_are_reversible_distinct_and_stay_in_their_folder() -> None:
+    names = [archive_name(n) for n in HOSTILE]
+    assert len(set(names)) == len(HOSTILE)
+    for stream, name in zip(HOSTILE, names, strict=True):
+        assert "/" not in name and name not in (".", "..") and not name.startswith(".")
+        assert len(name) <= 120
+        if "~" not in name:
+            assert unquote(name) == stream
+
+
+async def test_hostile_stream_names_are_archived_apart_and_inside_the_archive(
+    make_store: StoreFactory, tmp_path: Path
+) -> None:
+    root = tmp_path / "archive"
+    store = await make_store(archive_dir=str(root))
+    async with Client(store.address) as c:
+        for stream in HOSTILE:
+            await fill(c, stream, 2)
+            await c.delete_stream(stream)
+
+        async def all_archived() -> bool:
+            return all(len(archived(root, stream)) == 2 for stream in HOSTILE)
+
+        await eventually(all_archived)
+    for stream in HOSTILE:
+        assert {r["stream"] for r in archived(root, stream)} == {stream}
+    files = archive_files(tmp_path)
+    assert all(root in f.parents for f in files) and len(files) == len(HOSTILE)
+    assert len({f.parent for f in files}) == len(HOSTILE)

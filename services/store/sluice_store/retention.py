@@ -5,12 +5,13 @@ from __future__ import annotations
 import base64
 import dataclasses
 import gzip
+import hashlib
 import json
 import os
-import re
 import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
+from urllib.parse import quote
 
 from sluice.settings import parse_duration
 from sluice.v1 import streams_pb2 as pb
@@ -114,14 +115,34 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name)[:120] or "_"
+ARCHIVE_NAME_MAX = 120  # characters of a stream's folder name; longer names are hashed
+
+
+def archive_name(stream: str) -> str:
+    """A stream's folder name in the archive: reversible and collision-free.
+
+    Letters, digits, "-", "_" and "." stand for themselves; every other character is
+    percent-encoded as UTF-8 (``urllib.parse.unquote`` gives the name back), and so is a
+    leading ".", so that no name is "." or ".." or hidden. A name whose encoding is longer
+    than ARCHIVE_NAME_MAX keeps its first 80 characters, then "~" and 32 hex digits of its
+    SHA-256 ("~" appears in no other folder name); its full name is in every record.
+    """
+    encoded = quote(stream, safe="-_.").replace("~", "%7E")
+    if encoded.startswith("."):
+        encoded = "%2E" + encoded[1:]
+    if len(encoded) <= ARCHIVE_NAME_MAX:
+        return encoded
+    head = encoded[:80]
+    if "%" in head[-2:]:  # do not cut an escape in two
+        head = head[: head.rindex("%")]
+    return f"{head}~{hashlib.sha256(stream.encode()).hexdigest()[:32]}"
 
 
 def archive_path(root: str, stream: str, first_revision: int, last_revision: int) -> str:
-    """``<root>/<stream>/<stream>.r<first>-r<last>.jsonl.gz``, revisions zero-padded to sort."""
-    safe = _safe(stream)
-    return os.path.join(root, safe, f"{safe}.r{first_revision:012d}-r{last_revision:012d}.jsonl.gz")
+    """``<root>/<name>/<name>.r<first>-r<last>.jsonl.gz`` (name: archive_name), revisions
+    zero-padded to sort; always inside root."""
+    name = archive_name(stream)
+    return os.path.join(root, name, f"{name}.r{first_revision:012d}-r{last_revision:012d}.jsonl.gz")
 
 
 def write_archive(root: str, stream: str, events: Iterable[pb.RecordedEvent]) -> str | None:
