@@ -8,6 +8,7 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import aiohttp
 import grpc
 import pytest
 
@@ -233,3 +234,27 @@ async def test_bad_requests_get_invalid_argument_with_details_and_the_gateway_ke
         await anext(aiter(raw))
     assert rpc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert isinstance(await asyncio.wait_for(anext(gw.watch()), 10), pb.CaughtUp)
+
+
+async def test_bad_http_bodies_get_400_and_the_gateway_keeps_serving(gateway: GatewayProcess) -> None:
+    bodies = [
+        b"[" * 100_000 + b"]" * 100_000,  # too deep for a parser that recurses
+        b'{"stream": "chat", "type": "T", "ttl_seconds": 1e308}',
+        b'{"stream": "chat", "type": "T", "ttl_seconds": "inf"}',
+        b'["not", "an", "object"]',
+        b'{"stream": "$dlq.x", "type": "T"}',
+        b"\xff\xfe not json",
+    ]
+    async with aiohttp.ClientSession() as http:
+        for body in bodies:
+            async with http.post(f"{gateway.http}/v1/publish", data=body) as r:
+                assert r.status == 400, (body[:40], r.status, await r.text())
+        async with http.post(f"{gateway.http}/v1/publish", data=b'{"stream": "chat", "type": "T"}') as r:
+            assert r.status == 200
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        async with GatewayClient(gateway.addr) as g:
+            req = gpb.PublishRequest(stream="chat", type="T")
+            req.time_to_live.seconds = 10**17
+            await g.stub.Publish(req)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert from_rpc_error(refused.value).metadata["field"] == "time_to_live"

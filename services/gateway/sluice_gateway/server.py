@@ -197,8 +197,9 @@ class GatewayServer:
             if body.get("ttl_seconds"):
                 req.time_to_live.FromMilliseconds(int(float(body["ttl_seconds"]) * 1000))
             resp = await self.service.publish(req)
-        except (ValueError, TypeError, AttributeError) as e:
-            return web.json_response({"error": f"bad body: {e}"}, status=400)
+        except (ValueError, TypeError, AttributeError, OverflowError, RecursionError) as e:
+            # Not JSON, not an object, too deep to parse, or numbers out of range.
+            return web.json_response({"error": f"bad body: {type(e).__name__}: {str(e)[:200]}"}, status=400)
         except GatewayError as e:
             return web.json_response({"error": e.message, "reason": e.reason, **e.metadata}, status=400)
         return web.json_response({"id": resp.id, "subscribers": resp.subscribers, "relayed": resp.relayed})

@@ -30,6 +30,7 @@ from sluice_gateway.hub import DISCONNECT, GRPC, SSE, Encoder, Filter, Hub, Subs
 
 log = logging.getLogger(__name__)
 
+MAX_TTL = 86_400.0  # an ephemeral message lives a day at most
 READY_TIMEOUT = 10.0  # how long a new watch waits for the gateway's first contact with the store
 
 
@@ -361,9 +362,9 @@ class GatewayService:
             eid = parse_uuid(request.id)[1] if request.id else uuid7()[1]
         except ValueError:
             raise invalid(f"id is not a UUID: {request.id[:64]!r}", "id") from None
-        ttl = request.time_to_live.ToTimedelta().total_seconds() if request.HasField("time_to_live") else 0.0
-        if ttl < 0:
-            raise invalid("time_to_live: must not be negative", "time_to_live")
+        ttl = request.time_to_live.ToNanoseconds() / 1e9 if request.HasField("time_to_live") else 0.0
+        if not 0 <= ttl <= MAX_TTL:
+            raise invalid(f"time_to_live: 0 to {MAX_TTL:.0f} seconds", "time_to_live")
         ttl = ttl or self.settings.ephemeral_ttl
         published = _now()
         expires = timestamp_pb2.Timestamp()

@@ -7,6 +7,7 @@ from google.protobuf.message import Message
 
 from sluice.v1 import groups_pb2 as gpb
 from sluice.v1 import streams_pb2 as pb
+from sluice_store.checks import parser
 from sluice_store.groups import Coordinator, GroupState, Member, duration, target_assignment
 from sluice_store.retention import US, now_us
 from sluice_store.service import StreamsService, timestamp, unary_handler
@@ -124,7 +125,7 @@ class GroupsService:
 def methods(service: GroupsService) -> dict[str, grpc.RpcMethodHandler]:
     def unary(name: str, req: type[Message], resp: type[Message]) -> grpc.RpcMethodHandler:
         return grpc.unary_unary_rpc_method_handler(
-            unary_handler(getattr(service, name)), req.FromString, resp.SerializeToString
+            unary_handler(getattr(service, name)), parser(req), resp.SerializeToString
         )
 
     return {

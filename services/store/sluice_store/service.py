@@ -17,6 +17,7 @@ from sluice.names import MAX_TYPE, has_control, is_system, name_problem, parse_u
 from sluice.v1 import streams_pb2 as pb
 from sluice_store import codec
 from sluice_store.broker import Broker, LiveSubscription
+from sluice_store.checks import Undecodable, check_request, parser, refuse_undecodable
 from sluice_store.config import Settings
 from sluice_store.errors import (
     InvalidArgument,
@@ -281,13 +282,14 @@ class StreamsService:
 
     async def AppendSession(
         self,
-        requests: AsyncIterator[pb.AppendSessionRequest],
+        requests: AsyncIterator[pb.AppendSessionRequest | Undecodable],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.AppendSessionResponse]:
         inflight: asyncio.Queue[list[asyncio.Future[Outcome] | StoreError] | None] = asyncio.Queue(1024)
 
         def submit(req: pb.AppendRequest) -> asyncio.Future[Outcome] | StoreError:
             try:
+                check_request(req)
                 self._check_request_size(req.ByteSize())
                 parts = [self._part(req)]
                 validate_new_event_ids(parts)
@@ -298,6 +300,9 @@ class StreamsService:
         async def pump() -> None:
             try:
                 async for msg in requests:
+                    if isinstance(msg, Undecodable):
+                        await inflight.put([refuse_undecodable(msg)])
+                        continue
                     await inflight.put([submit(req) for req in msg.appends])
             finally:
                 await inflight.put(None)
@@ -639,6 +644,14 @@ Unary = Callable[[Any], Awaitable[Any]]
 Streaming = Callable[[Any], AsyncIterator[Response]]
 
 
+def checked(request: Any) -> Any:
+    """The request, once it parsed and its numbers fit (see checks)."""
+    if isinstance(request, Undecodable):
+        raise refuse_undecodable(request)
+    check_request(request)
+    return request
+
+
 def unary_handler(
     fn: Unary, reading: bool = False
 ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
@@ -646,7 +659,7 @@ def unary_handler(
 
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            return await fn(request)
+            return await fn(checked(request))
         except StoreError as e:
             await abort(context, e, reading)
             raise AssertionError("unreachable") from e
@@ -657,7 +670,7 @@ def unary_handler(
 def _streaming(fn: Streaming) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Response]]:
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Response]:
         try:
-            async for msg in fn(request):
+            async for msg in fn(checked(request)):
                 yield msg
         except StoreError as e:
             await abort(context, e, reading=True)
@@ -670,47 +683,47 @@ def methods(service: StreamsService) -> dict[str, grpc.RpcMethodHandler]:
     unary = grpc.unary_unary_rpc_method_handler
     return {
         "Append": unary(
-            unary_handler(service.Append), pb.AppendRequest.FromString, pb.AppendResponse.SerializeToString
+            unary_handler(service.Append), parser(pb.AppendRequest), pb.AppendResponse.SerializeToString
         ),
         "AppendMany": unary(
             unary_handler(service.AppendMany),
-            pb.AppendManyRequest.FromString,
+            parser(pb.AppendManyRequest),
             pb.AppendManyResponse.SerializeToString,
         ),
         "AppendSession": grpc.stream_stream_rpc_method_handler(
             service.AppendSession,
-            pb.AppendSessionRequest.FromString,
+            parser(pb.AppendSessionRequest),
             pb.AppendSessionResponse.SerializeToString,
         ),
         "Read": grpc.unary_stream_rpc_method_handler(
-            _streaming(service.Read), pb.ReadRequest.FromString, codec.serialize
+            _streaming(service.Read), parser(pb.ReadRequest), codec.serialize
         ),
         "Subscribe": grpc.unary_stream_rpc_method_handler(
-            _streaming(service.Subscribe), pb.SubscribeRequest.FromString, codec.serialize
+            _streaming(service.Subscribe), parser(pb.SubscribeRequest), codec.serialize
         ),
         "GetStreamInfo": unary(
             unary_handler(service.GetStreamInfo, reading=True),
-            pb.GetStreamInfoRequest.FromString,
+            parser(pb.GetStreamInfoRequest),
             pb.StreamInfo.SerializeToString,
         ),
         "SetRetention": unary(
             unary_handler(service.SetRetention),
-            pb.SetRetentionRequest.FromString,
+            parser(pb.SetRetentionRequest),
             pb.StreamInfo.SerializeToString,
         ),
         "DeleteStream": unary(
             unary_handler(service.DeleteStream),
-            pb.DeleteStreamRequest.FromString,
+            parser(pb.DeleteStreamRequest),
             pb.DeleteStreamResponse.SerializeToString,
         ),
         "Broadcast": unary(
             unary_handler(service.Broadcast),
-            pb.EphemeralMessage.FromString,
+            parser(pb.EphemeralMessage),
             pb.BroadcastResponse.SerializeToString,
         ),
         "ListStreams": unary(
             unary_handler(service.ListStreams),
-            pb.ListStreamsRequest.FromString,
+            parser(pb.ListStreamsRequest),
             pb.ListStreamsResponse.SerializeToString,
         ),
     }

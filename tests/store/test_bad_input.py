@@ -1,0 +1,135 @@
+"""Bad input is refused as bad input: INVALID_ARGUMENT with the field named, never a server
+fault, never half-applied, and the store goes on serving. Both backends."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf.message import Message
+
+from sluice import Client, new_event
+from sluice.errors import from_rpc_error
+from sluice.v1 import groups_pb2 as gpb
+from sluice.v1 import streams_pb2 as pb
+from sluice_store.server import StoreServer
+
+BIG = 2**63  # one above the signed 64-bit range both databases store
+
+
+def read(**kw: Any) -> pb.ReadRequest:
+    return pb.ReadRequest(**kw)
+
+
+def start_at(**point: Any) -> pb.StartPoint:
+    sp = pb.StartPoint(**point)
+    return sp
+
+
+def far_time() -> pb.StartPoint:
+    sp = pb.StartPoint()
+    sp.time.seconds = 10**15  # far past year 9999
+    return sp
+
+
+def subscribe_from(point: pb.StartPoint) -> pb.SubscribeRequest:
+    req = pb.SubscribeRequest()
+    getattr(req, "from").CopyFrom(point)
+    return req
+
+
+def retention(**kw: Any) -> pb.SetRetentionRequest:
+    return pb.SetRetentionRequest(stream="r", retention=pb.RetentionPolicy(**kw))
+
+
+def huge_ttl() -> pb.SetRetentionRequest:
+    req = retention()
+    req.retention.time_to_live.seconds = 10**17
+    return req
+
+
+CASES: list[tuple[str, str, Callable[[], Message], str]] = [
+    ("Read", "unary_stream", lambda: read(**{"from": start_at(position=BIG)}), "from.position"),
+    ("Read", "unary_stream", lambda: read(stream="s", **{"from": start_at(revision=BIG)}), "from.revision"),
+    ("Read", "unary_stream", lambda: read(max_count=BIG), "max_count"),
+    ("Read", "unary_stream", lambda: read(**{"from": far_time()}), "from.time"),
+    (
+        "Read",
+        "unary_stream",
+        lambda: read(filter=pb.Filter(stream_prefixes=["a\x00"])),
+        "filter.stream_prefixes[0]",
+    ),
+    ("Read", "unary_stream", lambda: read(filter=pb.Filter(event_types=["T\x00"])), "filter.event_types[0]"),
+    (
+        "Subscribe",
+        "unary_stream",
+        lambda: subscribe_from(start_at(position=BIG)),
+        "from.position",
+    ),
+    ("SetRetention", "unary_unary", lambda: retention(max_count=BIG), "retention.max_count"),
+    ("SetRetention", "unary_unary", lambda: retention(max_bytes=BIG), "retention.max_bytes"),
+    ("SetRetention", "unary_unary", lambda: retention(truncate_before=BIG), "retention.truncate_before"),
+    ("SetRetention", "unary_unary", huge_ttl, "retention.time_to_live"),
+    (
+        "Append",
+        "unary_unary",
+        lambda: pb.AppendRequest(
+            stream="s", events=[new_event("E", b"")], expected=pb.ExpectedRevision(revision=BIG)
+        ),
+        "expected.revision",
+    ),
+]
+
+
+async def call(store: StoreServer, service: str, method: str, kind: str, req: Message | bytes) -> Any:
+    async with grpc.aio.insecure_channel(store.address) as ch:
+        serialize = (lambda b: b) if isinstance(req, bytes) else type(req).SerializeToString
+        rpc = getattr(ch, kind)(f"/sluice.v1.{service}/{method}", request_serializer=serialize)
+        if kind == "unary_stream":
+            return [m async for m in rpc(req, timeout=10)]
+        return await rpc(req, timeout=10)
+
+
+@pytest.mark.parametrize(("method", "kind", "make", "field"), CASES, ids=[c[3] + "-" + c[0] for c in CASES])
+async def test_values_no_store_can_hold_are_refused_naming_the_field(
+    store: StoreServer, method: str, kind: str, make: Callable[[], Message], field: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await call(store, "Streams", method, kind, make())
+    err = from_rpc_error(refused.value)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value.details()
+    assert err.metadata["field"] == field
+    async with Client(store.address) as c:  # nothing half-applied, and still serving
+        assert [s.stream async for s in c.list_streams("r")] == []
+        await c.append("after", [new_event("E", b"")])
+
+
+async def test_a_commit_past_the_signed_range_is_refused(store: StoreServer) -> None:
+    req = gpb.CommitCursorRequest(group="g", member_id="m", member_epoch=1, partition=0, position=BIG)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await call(store, "Groups", "CommitCursor", "unary_unary", req)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert from_rpc_error(refused.value).metadata["field"] == "position"
+
+
+@pytest.mark.parametrize(
+    ("service", "method", "kind"),
+    [
+        ("Streams", "Append", "unary_unary"),
+        ("Streams", "Read", "unary_stream"),
+        ("Groups", "CreateGroup", "unary_unary"),
+    ],
+)
+async def test_bytes_that_are_not_a_request_get_invalid_argument(
+    store: StoreServer, service: str, method: str, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    for garbage in (b"\xff\xff\xff\xff", b"\x0a\x05ab", bytes(range(256))):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await call(store, service, method, kind, garbage)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value.details()
+        assert from_rpc_error(refused.value).metadata["field"] == "request"
+    assert "Traceback" not in caplog.text
+    async with Client(store.address) as c:
+        await c.append("after", [new_event("E", b"")])
