@@ -124,10 +124,12 @@ async def main(a: argparse.Namespace) -> int:
         print(row(COLUMNS))
 
         async with Client(store) as client, GatewayClient(gateway) as gw:
+            producing = asyncio.Event()
+            producing.set()
 
             async def produce() -> None:
                 n = 0
-                while True:
+                while producing.is_set():  # stopped between appends, never in one
                     ev = new_event("OrderPlaced", {"order": n, "total": 10 + n % 7})
                     await client.append(f"orders-{n % 5}", [ev])
                     produced.append(ev.id)
@@ -172,7 +174,8 @@ async def main(a: argparse.Namespace) -> int:
                 await mesh.stop()
                 print(f"\nstopped after {len(produced)} orders")
                 return 0
-            tasks[1].cancel()  # stop producing; let the rest arrive
+            producing.clear()  # stop producing (a cancel could land after an append was sent)
+            await asyncio.wait_for(tasks[1], 10)
             total = len(produced)
             stats: dict[str, Any] = {}
             deadline = time.monotonic() + 15

@@ -191,3 +191,25 @@ def console_spans(out: str) -> list[dict[str, Any]]:
             if depth == 0:
                 spans.append(json.loads(out[start : i + 1]))
     return [s for s in spans if "context" in s]
+
+
+async def closed_by_server(reader: asyncio.StreamReader) -> bool:
+    """True once the server closes the connection (EOF or reset)."""
+    try:
+        while await reader.read(1024):
+            pass
+    except ConnectionError:
+        pass
+    return True
+
+
+async def slow_clients(host_port: str, n: int) -> list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """n connections that send half a request head and then nothing."""
+    host, _, port = host_port.rpartition(":")
+    conns = []
+    for _ in range(n):
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        await writer.drain()
+        conns.append((reader, writer))
+    return conns

@@ -44,6 +44,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("drain_timeout", 10.0, parse_duration, "on SIGTERM, how long in-flight work may finish"),
     Option("http_addr", "127.0.0.1:3500", str, "local HTTP: publish, status, health, readiness"),
     Option("grpc_addr", "127.0.0.1:50061", str, "local gRPC: Pull, Publish, Status"),
+    Option(
+        "http_idle_timeout",
+        15.0,
+        parse_duration,
+        "HTTP: close a connection that has not sent a whole request, or sat idle, this long",
+    ),
+    Option("http_max_connections", 256, int, "HTTP: most connections open at once; more are refused"),
     Option("app_id", "", str, "the app's name in published events' metadata; default: the group"),
 )
 
@@ -72,6 +79,8 @@ class Settings:
     drain_timeout: float = 10.0
     http_addr: str = "127.0.0.1:3500"
     grpc_addr: str = "127.0.0.1:50061"
+    http_idle_timeout: float = 15.0
+    http_max_connections: int = 256
     app_id: str = ""
 
     def __post_init__(self) -> None:

@@ -22,6 +22,7 @@ from google.protobuf import json_format
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from sluice.errors import SluiceError
+from sluice.httpserver import BoundedRunner
 from sluice.settings import listen_grpc, until_signal
 from sluice.v1 import sidecar_pb2 as spb
 from sluice.v1 import sidecar_pb2_grpc as spb_grpc
@@ -141,7 +142,12 @@ async def serve(settings: Settings) -> None:
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
     grpc_port = listen_grpc(grpc_server, settings.grpc_addr, "grpc_addr")
     await grpc_server.start()
-    runner = web.AppRunner(http_app(member), access_log=None)
+    runner = BoundedRunner(
+        http_app(member),
+        idle_timeout=settings.http_idle_timeout,
+        max_connections=settings.http_max_connections,
+        access_log=None,
+    )
     await runner.setup()
     host, _, port = settings.http_addr.rpartition(":")
     site = web.TCPSite(runner, host or "127.0.0.1", int(port))

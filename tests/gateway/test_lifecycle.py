@@ -18,7 +18,7 @@ from sluice import Client, new_event
 from sluice.gateway import Cursor, GatewayClient
 from sluice.v1 import gateway_pb2 as gpb
 from sluice.v1 import streams_pb2 as pb
-from tests.conftest import StoreProcess, console_spans, eventually
+from tests.conftest import StoreProcess, closed_by_server, console_spans, eventually, slow_clients
 from tests.gateway.conftest import GatewayProcess, Gateways
 from tests.gateway.test_fanout import collect, produce
 
@@ -308,3 +308,17 @@ async def test_without_reuse_port_a_second_gateway_on_the_same_port_fails_fast(g
         await second.start()
     async with GatewayClient(first.addr) as g:  # the first is untouched
         assert isinstance(await asyncio.wait_for(anext(g.watch()), 10), pb.CaughtUp)
+
+
+async def test_half_sent_requests_are_closed_and_connections_are_capped(gateways: Gateways) -> None:
+    g = gateways(env={"SLUICE_HTTP_IDLE_TIMEOUT": "1s", "SLUICE_HTTP_MAX_CONNECTIONS": "4"})
+    await g.start()
+    host_port = g.http.removeprefix("http://")
+    conns = await slow_clients(host_port, 6)
+    # Over the cap: closed at once; the rest after the idle timeout, not held forever.
+    closed = await asyncio.wait_for(asyncio.gather(*(closed_by_server(r) for r, _ in conns)), 20)
+    assert all(closed)
+    for _, w in conns:
+        w.close()
+    async with aiohttp.ClientSession() as http, http.get(f"{g.http}/healthz") as r:
+        assert r.status == 200  # and the gateway serves as before

@@ -134,6 +134,12 @@ async def test_published_messages_reach_connected_subscribers_only_and_expire(
     stalled = gw.watch_messages(req)
     assert (await asyncio.wait_for(anext(stalled), 10)).WhichOneof("content") == "caught_up"
     appended = await append_big(store_client)  # fills the windows: the gateway now queues for it
+
+    async def three_watching() -> bool:  # matching, other, stalled: the closed catch-up watch has left
+        async with aiohttp.ClientSession() as http, http.get(f"{gateway.http}/readyz") as r:
+            return bool((await r.json())["subscribers"] == 3)
+
+    await eventually(three_watching, timeout=30)
     short = await gw.publish("chat.room-1", "Short", b"", ttl=2)
     await gw.publish("chat.room-1", "Long", b"", ttl=60)
     assert short.subscribers == 2

@@ -19,7 +19,7 @@ from sluice import Client, new_event
 from sluice.v1 import sidecar_pb2 as spb
 from sluice.v1 import sidecar_pb2_grpc as spb_grpc
 from sluice.v1 import streams_pb2 as pb
-from tests.conftest import StoreProcess, console_spans, eventually
+from tests.conftest import StoreProcess, closed_by_server, console_spans, eventually, slow_clients
 from tests.sidecar.conftest import WAIT, App, Sidecar
 from tests.sidecar.test_mesh import in_order_per_stream, produce
 
@@ -200,3 +200,15 @@ async def test_a_taken_port_fails_fast_and_names_the_setting(
     log = (tmp_path / "sidecar-clash.log").read_text()
     assert f"{setting[2:].replace('-', '_')}: cannot listen on 127.0.0.1:{port}" in log
     assert "Traceback" not in log
+
+
+async def test_half_sent_requests_are_closed_and_connections_are_capped(
+    store_proc: StoreProcess, sidecars: Callable[..., Sidecar]
+) -> None:
+    sc = sidecars("slow0", "--http-idle-timeout", "1s", "--http-max-connections", "4")
+    await sc.start()
+    conns = await slow_clients(sc.http, 6)
+    assert all(await asyncio.wait_for(asyncio.gather(*(closed_by_server(r) for r, _ in conns)), 20))
+    for _, w in conns:
+        w.close()
+    assert (await sc.get("/readyz"))["ready"]

@@ -21,6 +21,13 @@ OPTIONS: tuple[Option, ...] = (
         env_name="SLUICE_GATEWAY_HTTP_ADDR",
     ),
     Option("reuse_port", True, parse_bool, "let several gateway processes listen on one port"),
+    Option(
+        "http_idle_timeout",
+        15.0,
+        parse_duration,
+        "HTTP: close a connection that has not sent a whole request, or sat idle, this long",
+    ),
+    Option("http_max_connections", 10_000, int, "HTTP: most connections open at once; more are refused"),
     Option("buffer_size", 10_000, int, "events held per subscriber before its overflow policy applies"),
     Option("max_buffer_size", 100_000, int, "the most a subscriber may ask to be held for it"),
     Option("max_batch", 1000, int, "most events in one message to a subscriber"),
@@ -54,6 +61,8 @@ class Settings:
     store: str = "127.0.0.1:50051"
     http_addr: str = "127.0.0.1:8052"
     reuse_port: bool = True
+    http_idle_timeout: float = 15.0
+    http_max_connections: int = 10_000
     buffer_size: int = 10_000
     max_buffer_size: int = 100_000
     max_batch: int = 1000

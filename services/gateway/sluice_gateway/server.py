@@ -13,6 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from sluice.httpserver import BoundedRunner
 from sluice.settings import listen_grpc, settle_heap, until_signal
 from sluice.v1 import gateway_pb2 as gpb
 from sluice.v1 import streams_pb2_grpc as pb_grpc
@@ -122,7 +123,14 @@ class GatewayServer:
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         # Cancel an SSE handler as soon as its client goes, so it leaves the fan-out at once.
-        self.http = web.AppRunner(app, handle_signals=False, access_log=None, handler_cancellation=True)
+        self.http = BoundedRunner(
+            app,
+            idle_timeout=self.settings.http_idle_timeout,
+            max_connections=self.settings.http_max_connections,
+            handle_signals=False,
+            access_log=None,
+            handler_cancellation=True,
+        )
         await self.http.setup()
         host, port = _split(self.settings.http_addr)
         site = web.TCPSite(self.http, host, port, reuse_port=self.settings.reuse_port)

@@ -1,0 +1,52 @@
+"""The HTTP servers of the gateway and the sidecar: bounded against slow or idle clients.
+
+aiohttp closes a connection that has not sent a whole request head, or has sat idle
+between requests, once its keep-alive timeout passes (armed when the connection opens;
+data alone does not reset it), so ``idle_timeout`` is both the header-read and the idle
+limit. On top, at most ``max_connections`` are open at once: a connection over the limit
+is closed as it arrives (the client sees a reset, and a well-behaved one retries), so a
+flood of half-open connections cannot take every file descriptor. Long-lived responses
+(Server-Sent Events) are not cut: the timeout applies only while no request is running.
+
+This module needs aiohttp, which the gateway and the sidecar install; the client alone
+does not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from aiohttp import web, web_protocol
+
+log = logging.getLogger(__name__)
+
+
+class BoundedRunner(web.AppRunner):
+    """An AppRunner whose connections time out when idle and are capped in number."""
+
+    def __init__(
+        self, app: web.Application, *, idle_timeout: float, max_connections: int, **kwargs: Any
+    ) -> None:
+        super().__init__(app, keepalive_timeout=idle_timeout, **kwargs)
+        self.max_connections = max_connections
+        self._refused_logged = 0.0
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        admit = server.connection_made
+
+        def connection_made(handler: web_protocol.RequestHandler, transport: asyncio.Transport) -> None:
+            if len(server.connections) >= self.max_connections:
+                now = time.monotonic()
+                if now - self._refused_logged > 60:
+                    self._refused_logged = now
+                    log.warning("HTTP: %d connections open, the limit; refusing more", self.max_connections)
+                transport.abort()
+                return
+            admit(handler, transport)
+
+        server.connection_made = connection_made  # type: ignore[method-assign]
+        return server
