@@ -89,6 +89,7 @@ class Row:
 class Results:
     def __init__(self) -> None:
         self.rows: list[Row] = []
+        self.failed: list[tuple[str, str]] = []  # (section, why)
 
     def add(self, row: Row) -> None:
         self.rows.append(row)
@@ -434,7 +435,7 @@ async def bench_latency(res: Results, a: argparse.Namespace) -> None:
         done.clear()
         sub: asyncio.Task[None] = asyncio.ensure_future(subscribe(lat, ready))
         await asyncio.wait_for(ready.wait(), 30)
-        await paced(rate_s, secs, send)
+        await asyncio.wait_for(paced(rate_s, secs, send), secs + 60)  # a peer that stops answering
         waiter = asyncio.ensure_future(done.wait())
         await asyncio.wait({sub, waiter}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
         if sub.done():
@@ -1012,7 +1013,13 @@ def report(res: Results, a: argparse.Namespace, elapsed: float) -> str:
                 f"| {row.section} | {row.case} | {row.unit} | {fmt(row.sluice)} | {peer} | "
                 f"{fmt(value)} | {fmt(row.ratio(peer))}x | {row.target} |"
             )
+    for section, why in res.failed:
+        lines.append(f"| {section} | **failed**: {why} | | | | | | |")
     return head + "\n".join(lines) + "\n"
+
+
+SECTION_LIMIT = 1200.0  # seconds one section may take in a full run
+SECTION_LIMIT_QUICK = 300.0
 
 
 async def main() -> None:
@@ -1055,7 +1062,18 @@ async def main() -> None:
     for name in chosen:
         log(f"== {name}")
         gc.collect()  # start each section without garbage from the last (fair to every system)
-        await sections[name](res, a)
+        limit = SECTION_LIMIT_QUICK if a.quick else SECTION_LIMIT
+        try:
+            async with asyncio.timeout(limit):  # every section ends: a hang fails it, the run goes on
+                await sections[name](res, a)
+        except Exception as e:
+            why = (
+                f"timed out after {limit:.0f} s"
+                if isinstance(e, TimeoutError)
+                else f"{type(e).__name__}: {e}"
+            )
+            log(f"{name}: failed: {why}")
+            res.failed.append((name, why[:300]))
     text = report(res, a, time.perf_counter() - t0)
     print(text)
     out = ROOT / "results"
@@ -1066,6 +1084,8 @@ async def main() -> None:
     (out / f"{name}-{stamp}{suffix}.md").write_text(text)
     (out / f"{name}-latest{suffix}.md").write_text(text)
     log(f"written to bench/results/{name}-{stamp}{suffix}.md")
+    if res.failed:
+        sys.exit(f"{len(res.failed)} section(s) failed: {', '.join(n for n, _ in res.failed)}")
 
 
 if __name__ == "__main__":
