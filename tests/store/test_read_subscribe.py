@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -389,3 +390,59 @@ async def test_a_prefix_matches_names_with_any_character_after_it(client: Client
     assert [e.stream for e in await client.read_list(stream_prefixes=[top])] == [f"{top}only"]
     assert [s.stream async for s in client.list_streams("p")] == sorted(got)
     assert len([s async for s in client.list_streams("")]) == len(names)
+
+
+def _ephemeral(n: int, size: int, ttl_s: float) -> pb.EphemeralMessage:
+    msg = pb.EphemeralMessage(id=str(n), stream="chat", type="T", data=b"x" * size)
+    msg.expires.FromNanoseconds(time.time_ns() + int(ttl_s * 1e9))
+    return msg
+
+
+async def _ephemeral_items(call: Any, total: int) -> tuple[list[str], int]:
+    """Read a subscription until `total` broadcasts are accounted for: (ids got, dropped)."""
+    got: list[str] = []
+    dropped = 0
+    async with asyncio.timeout(20):
+        async for msg in call:
+            kind = msg.WhichOneof("content")
+            if kind == "ephemeral":
+                got.append(msg.ephemeral.id)
+            elif kind == "ephemeral_dropped":
+                dropped += msg.ephemeral_dropped.count
+            if len(got) + dropped >= total:
+                return got, dropped
+    raise AssertionError("the subscription ended")
+
+
+async def test_broadcasts_for_a_stalled_subscriber_are_bounded_in_bytes_and_dropped_at_their_ttl(
+    make_store: StoreFactory,
+) -> None:
+    store = await make_store(ephemeral_buffer_bytes=1 << 20, ephemeral_total_bytes=4 << 20)
+    async with Client(store.address) as c:
+        stalled = c._stub.Subscribe(pb.SubscribeRequest(include_ephemeral=True))
+        assert (await anext(aiter(stalled))).WhichOneof("content") == "caught_up"
+        most = 0
+        for n in range(300):  # 30 MB for a subscriber that reads nothing: more than any socket holds
+            await c._stub.Broadcast(_ephemeral(n, 100_000, 60))
+            most = max(most, store.broker.ephemeral_bytes)
+        assert 0 < most <= 1 << 20
+        got, dropped = await _ephemeral_items(stalled, 300)
+        assert dropped > 0 and len(got) + dropped == 300  # every drop told
+        assert got[-1] == "299" and got == sorted(got, key=int)  # the newest kept, in order
+        stalled.cancel()
+
+        late = c._stub.Subscribe(pb.SubscribeRequest(include_ephemeral=True))
+        assert (await anext(aiter(late))).WhichOneof("content") == "caught_up"
+        for n in range(300):  # stalled again: its queue is full of long-lived messages
+            await c._stub.Broadcast(_ephemeral(n, 100_000, 60))
+        for n in range(3):  # then three that live 0.3 s
+            await c._stub.Broadcast(_ephemeral(1000 + n, 100_000, 0.3))
+        full = store.broker.ephemeral_bytes
+
+        async def swept() -> bool:  # dropped where they wait, at their time to live, unread
+            return store.broker.ephemeral_bytes <= full - 300_000
+
+        await eventually(swept)
+        got, dropped = await _ephemeral_items(late, 303)
+        assert not {"1000", "1001", "1002"} & set(got) and len(got) + dropped == 303
+        late.cancel()

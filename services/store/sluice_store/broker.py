@@ -3,11 +3,17 @@
 Each subscription has a bounded buffer. A subscriber that lets it overflow is marked
 and falls back to catch-up from storage: the broker never blocks on a subscriber and
 never holds more than ``limit`` events for one.
+
+Broadcast (never stored) messages wait in a per-subscriber queue bounded in bytes, with a
+bound on all queues together; the oldest go first when a queue is full, and each is
+dropped at its time to live wherever it waits. The subscriber is told how many it missed
+(``ephemeral_dropped``). A stalled subscriber costs at most its byte budget.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 
 from sluice_store.storage.base import P_POSITION, P_STREAM, P_TYPE, LiveRow, StreamFilter
@@ -21,6 +27,8 @@ class LiveSubscription:
         "checkpoint_every",
         "closed",
         "ephemeral",
+        "ephemeral_bytes",
+        "ephemeral_dropped",
         "filt",
         "limit",
         "notify_at",
@@ -34,8 +42,11 @@ class LiveSubscription:
         self, stream: str, filt: StreamFilter, limit: int, checkpoint_every: int, ephemeral: bool = False
     ) -> None:
         self.stream = stream
-        # Serialized SubscribeResponse{ephemeral} messages, for subscribers that asked for them.
-        self.ephemeral: deque[bytes] | None = deque() if ephemeral else None
+        # (expires in ns since the epoch, serialized SubscribeResponse{ephemeral}), for
+        # subscribers that asked for them.
+        self.ephemeral: deque[tuple[int, bytes]] | None = deque() if ephemeral else None
+        self.ephemeral_bytes = 0
+        self.ephemeral_dropped = 0  # not yet reported to the subscriber
         self.filt = filt
         self.limit = limit
         self.buffer: deque[LiveRow] = deque()
@@ -58,9 +69,12 @@ class LiveSubscription:
 class Broker:
     """Holds the live subscriptions and hands each commit to those it matches."""
 
-    def __init__(self) -> None:
+    def __init__(self, ephemeral_bytes: int = 4 << 20, ephemeral_total_bytes: int = 64 << 20) -> None:
         self._subs: set[LiveSubscription] = set()
         self.closed = False
+        self.ephemeral_budget = ephemeral_bytes  # per subscriber
+        self.ephemeral_total_budget = ephemeral_total_bytes
+        self.ephemeral_bytes = 0  # queued now, all subscribers
 
     def __len__(self) -> int:
         return len(self._subs)
@@ -80,6 +94,10 @@ class Broker:
 
     def unregister(self, sub: LiveSubscription) -> None:
         self._subs.discard(sub)
+        self.ephemeral_bytes -= sub.ephemeral_bytes
+        sub.ephemeral_bytes = 0
+        if sub.ephemeral:
+            sub.ephemeral.clear()
 
     def publish(self, rows: list[LiveRow]) -> None:
         """Called by storage after each commit, in position order."""
@@ -104,10 +122,11 @@ class Broker:
             elif sub.filt and last >= sub.notify_at:
                 sub.wakeup.set()
 
-    def broadcast(self, message: bytes, stream: str, type_: str) -> int:
+    def broadcast(self, message: bytes, stream: str, type_: str, expires_ns: int) -> int:
         """Queue a never-stored message for the live subscriptions that take ephemeral
-        messages and match it; how many. A full queue drops its oldest message."""
+        messages and match it; how many. A queue over its byte budget drops its oldest."""
         count = 0
+        size = len(message)
         for sub in self._subs:
             queue = sub.ephemeral
             if queue is None or sub.closed:
@@ -117,12 +136,53 @@ class Broker:
                     continue
             elif sub.filt and not sub.filt.matches(stream, type_):
                 continue
-            if len(queue) >= sub.limit:
-                queue.popleft()
-            queue.append(message)
+            while queue and sub.ephemeral_bytes + size > self.ephemeral_budget:
+                self._drop(sub, queue.popleft()[1])
+            if size > self.ephemeral_budget or self.ephemeral_bytes + size > self.ephemeral_total_budget:
+                sub.ephemeral_dropped += 1  # no room for it at all
+            else:
+                queue.append((expires_ns, message))
+                sub.ephemeral_bytes += size
+                self.ephemeral_bytes += size
+                count += 1
             sub.wakeup.set()
-            count += 1
         return count
+
+    def _drop(self, sub: LiveSubscription, body: bytes) -> None:
+        sub.ephemeral_bytes -= len(body)
+        self.ephemeral_bytes -= len(body)
+        sub.ephemeral_dropped += 1
+
+    def pop_ephemeral(self, sub: LiveSubscription) -> bytes | None:
+        """The subscriber's next unexpired message (expired ones are dropped), or None."""
+        queue = sub.ephemeral
+        now = time.time_ns()
+        while queue:
+            expires, body = queue.popleft()
+            sub.ephemeral_bytes -= len(body)
+            self.ephemeral_bytes -= len(body)
+            if expires > now:
+                return body
+            sub.ephemeral_dropped += 1
+        return None
+
+    def expire_ephemeral(self) -> int:
+        """Drop every queued message past its time to live; how many."""
+        now = time.time_ns()
+        dropped = 0
+        for sub in self._subs:
+            queue = sub.ephemeral
+            if not queue:
+                continue
+            kept = deque(item for item in queue if item[0] > now)
+            if len(kept) != len(queue):
+                for expires, body in queue:
+                    if expires <= now:
+                        self._drop(sub, body)
+                        dropped += 1
+                sub.ephemeral = kept
+                sub.wakeup.set()  # it has a drop to report
+        return dropped
 
     def close(self) -> None:
         """End every live subscription (shutdown)."""

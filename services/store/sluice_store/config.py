@@ -62,6 +62,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_stream_name", 256, int, "longest stream name, in characters"),
     Option("max_read_batch", 1000, int, "most events in one Read/Subscribe message"),
     Option("subscriber_buffer", 10_000, int, "live events buffered per subscriber before catch-up"),
+    Option(
+        "ephemeral_buffer_bytes",
+        4 << 20,
+        int,
+        "bytes of Broadcast messages queued per live subscriber; the oldest go first",
+    ),
+    Option("ephemeral_total_bytes", 64 << 20, int, "bytes of Broadcast messages queued for all subscribers"),
     Option("heartbeat_interval", 5.0, parse_duration, "default subscription heartbeat interval"),
     Option("stream_cache", 200_000, int, "stream states kept in memory"),
     Option(
@@ -93,6 +100,8 @@ class Settings:
     max_stream_name: int = 256
     max_read_batch: int = 1000
     subscriber_buffer: int = 10_000
+    ephemeral_buffer_bytes: int = 4 << 20
+    ephemeral_total_bytes: int = 64 << 20
     heartbeat_interval: float = 5.0
     stream_cache: int = 200_000
     db_poll_interval: float = 1.0
@@ -110,6 +119,8 @@ class Settings:
             "max_stream_name",
             "max_read_batch",
             "subscriber_buffer",
+            "ephemeral_buffer_bytes",
+            "ephemeral_total_bytes",
             "stream_cache",
             "db_pool_size",
         ):

@@ -36,7 +36,7 @@ class StoreServer:
     def __init__(self, settings: Settings, storage: Storage | None = None) -> None:
         self.settings = settings
         self.storage = storage or open_storage(settings)
-        self.broker = Broker()
+        self.broker = Broker(settings.ephemeral_buffer_bytes, settings.ephemeral_total_bytes)
         self.storage.listener = self.broker.publish
         self.storage.listening = lambda: len(self.broker) > 0
         self.service = StreamsService(self.storage, self.broker, settings)
@@ -98,6 +98,7 @@ class StoreServer:
     async def _reclaim_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.reclaim_interval)
+            self.broker.expire_ephemeral()  # Broadcast messages past their time to live
             try:
                 stats = await self.storage.reclaim()
                 if stats.events_removed:

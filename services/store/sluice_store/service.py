@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -525,8 +526,11 @@ class StreamsService:
     ) -> AsyncIterator[Response]:
         while not sub.closed:
             if sub.ephemeral:
-                while sub.ephemeral:
-                    yield sub.ephemeral.popleft()
+                while (body := self.broker.pop_ephemeral(sub)) is not None:
+                    yield body
+            if sub.ephemeral_dropped:
+                count, sub.ephemeral_dropped = sub.ephemeral_dropped, 0
+                yield pb.SubscribeResponse(ephemeral_dropped=pb.EphemeralDropped(count=count))
                 continue
             if not sub.buffer and not sub.overflowed:
                 sub.wakeup.clear()
@@ -571,7 +575,12 @@ class StreamsService:
                 value=len(message),
                 max=self.settings.max_event_bytes,
             )
-        count = self.broker.broadcast(message, request.stream, request.type)
+        expires = (
+            request.expires.ToNanoseconds()
+            if request.HasField("expires")
+            else time.time_ns() + DEFAULT_EPHEMERAL_TTL_NS
+        )
+        count = self.broker.broadcast(message, request.stream, request.type, expires)
         return pb.BroadcastResponse(subscriptions=count)
 
     # -- administration ---------------------------------------------------------------
@@ -642,6 +651,9 @@ class _Cursor:
 
 Unary = Callable[[Any], Awaitable[Any]]
 Streaming = Callable[[Any], AsyncIterator[Response]]
+
+
+DEFAULT_EPHEMERAL_TTL_NS = 30 * 10**9  # a Broadcast message without `expires` lives 30 s
 
 
 def checked(request: Any) -> Any:

@@ -867,6 +867,7 @@ class SubscribeResponse(_message.Message):
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     FELL_BEHIND_FIELD_NUMBER: _builtins.int
     EPHEMERAL_FIELD_NUMBER: _builtins.int
+    EPHEMERAL_DROPPED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def events(self) -> Global___EventBatch: ...
     @_builtins.property
@@ -891,6 +892,12 @@ class SubscribeResponse(_message.Message):
     def ephemeral(self) -> Global___EphemeralMessage:
         """A Broadcast message (only with include_ephemeral)."""
 
+    @_builtins.property
+    def ephemeral_dropped(self) -> Global___EphemeralDropped:
+        """Broadcast messages this subscription will not get: they expired while queued for
+        it, or its queue was over its byte budget (the oldest go first).
+        """
+
     def __init__(
         self,
         *,
@@ -900,16 +907,37 @@ class SubscribeResponse(_message.Message):
         heartbeat: Global___Heartbeat | None = ...,
         fell_behind: Global___FellBehind | None = ...,
         ephemeral: Global___EphemeralMessage | None = ...,
+        ephemeral_dropped: Global___EphemeralDropped | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["caught_up", b"caught_up", "checkpoint", b"checkpoint", "content", b"content", "ephemeral", b"ephemeral", "events", b"events", "fell_behind", b"fell_behind", "heartbeat", b"heartbeat"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["caught_up", b"caught_up", "checkpoint", b"checkpoint", "content", b"content", "ephemeral", b"ephemeral", "ephemeral_dropped", b"ephemeral_dropped", "events", b"events", "fell_behind", b"fell_behind", "heartbeat", b"heartbeat"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["caught_up", b"caught_up", "checkpoint", b"checkpoint", "content", b"content", "ephemeral", b"ephemeral", "events", b"events", "fell_behind", b"fell_behind", "heartbeat", b"heartbeat"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caught_up", b"caught_up", "checkpoint", b"checkpoint", "content", b"content", "ephemeral", b"ephemeral", "ephemeral_dropped", b"ephemeral_dropped", "events", b"events", "fell_behind", b"fell_behind", "heartbeat", b"heartbeat"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_content: _TypeAlias = _typing.Literal["events", "caught_up", "checkpoint", "heartbeat", "fell_behind", "ephemeral"]  # noqa: Y015
+    _WhichOneofReturnType_content: _TypeAlias = _typing.Literal["events", "caught_up", "checkpoint", "heartbeat", "fell_behind", "ephemeral", "ephemeral_dropped"]  # noqa: Y015
     _WhichOneofArgType_content: _TypeAlias = _typing.Literal["content", b"content"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_content) -> _WhichOneofReturnType_content | None: ...
 
 Global___SubscribeResponse: _TypeAlias = SubscribeResponse  # noqa: Y015
+
+@_typing.final
+class EphemeralDropped(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COUNT_FIELD_NUMBER: _builtins.int
+    count: _builtins.int
+    """How many were dropped since the last report."""
+    def __init__(
+        self,
+        *,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EphemeralDropped: _TypeAlias = EphemeralDropped  # noqa: Y015
 
 @_typing.final
 class EventBatch(_message.Message):
