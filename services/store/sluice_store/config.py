@@ -63,6 +63,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_read_batch", 1000, int, "most events in one Read/Subscribe message"),
     Option("subscriber_buffer", 10_000, int, "live events buffered per subscriber before catch-up"),
     Option(
+        "disk_reserve",
+        16 << 20,
+        int,
+        "SQLite: bytes kept in a file beside the database and freed when the disk fills, so the"
+        " store can checkpoint, reclaim and recover (0: none)",
+    ),
+    Option(
         "ephemeral_buffer_bytes",
         4 << 20,
         int,
@@ -100,6 +107,7 @@ class Settings:
     max_stream_name: int = 256
     max_read_batch: int = 1000
     subscriber_buffer: int = 10_000
+    disk_reserve: int = 16 << 20
     ephemeral_buffer_bytes: int = 4 << 20
     ephemeral_total_bytes: int = 64 << 20
     heartbeat_interval: float = 5.0

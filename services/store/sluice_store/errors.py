@@ -61,6 +61,15 @@ class StoreUnavailable(StoreError):
     reason = pb.STORE_UNAVAILABLE
 
 
+class StorageFull(StoreError):
+    """The disk or database is full: no appends until space is freed; reads go on."""
+
+    reason = pb.STORAGE_FULL
+
+    def __init__(self, message: str, **metadata: object) -> None:
+        super().__init__(message, limit="storage", **metadata)
+
+
 # reason -> gRPC status code. Reading a deleted stream is NOT_FOUND; writing one is
 # FAILED_PRECONDITION (see status_code).
 _CODES: dict[pb.ErrorReason.ValueType, grpc.StatusCode] = {
@@ -74,6 +83,7 @@ _CODES: dict[pb.ErrorReason.ValueType, grpc.StatusCode] = {
     pb.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
     pb.LIMIT_EXCEEDED: grpc.StatusCode.RESOURCE_EXHAUSTED,
     pb.STORE_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    pb.STORAGE_FULL: grpc.StatusCode.RESOURCE_EXHAUSTED,
     pb.GROUP_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
     pb.GROUP_EXISTS: grpc.StatusCode.ALREADY_EXISTS,
     pb.STALE_MEMBER_EPOCH: grpc.StatusCode.FAILED_PRECONDITION,

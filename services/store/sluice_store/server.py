@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from typing import Any
 
 import grpc
@@ -17,6 +18,7 @@ from sluice.v1 import groups_pb2 as gpb
 from sluice.v1 import streams_pb2 as pb
 from sluice_store.broker import Broker
 from sluice_store.config import Settings
+from sluice_store.errors import StoreError
 from sluice_store.groups import Coordinator
 from sluice_store.groups_service import GroupsService
 from sluice_store.groups_service import methods as groups_methods
@@ -28,6 +30,40 @@ log = logging.getLogger("sluice_store")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Streams"].full_name
 GROUPS_SERVICE_NAME = gpb.DESCRIPTOR.services_by_name["Groups"].full_name
+#: Health of appends alone: NOT_SERVING while storage is full (reads, and so readiness, go on).
+APPEND_HEALTH = f"{SERVICE_NAME}/Append"
+
+
+class DiskReserve:
+    """A file of ``size`` bytes kept beside the database and given back when the disk fills,
+    so that SQLite can still checkpoint its WAL and retention can still delete (both need to
+    write) and the store recovers once space is freed. Made again when appends fit."""
+
+    def __init__(self, path: str, size: int) -> None:
+        self.path = path
+        self.size = size
+
+    def fill(self) -> None:
+        if not self.size:
+            return
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, self.size)
+            finally:
+                os.close(fd)
+        except OSError as e:  # a full disk now: try again after the next recovery
+            log.warning("could not keep a disk reserve of %d bytes at %s: %s", self.size, self.path, e)
+
+    def free(self) -> int:
+        """Bytes free on the reserve's file system."""
+        st = os.statvfs(os.path.dirname(os.path.abspath(self.path)))
+        return st.f_bavail * st.f_frsize
+
+    def release(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
 
 
 class StoreServer:
@@ -47,8 +83,17 @@ class StoreServer:
         self.port = 0
         self._reclaimer: asyncio.Task[None] | None = None
         self._stopped = False
+        self.storage_full = False
+        self.service.committer.on_full = self._on_storage_full
+        self.service.has_room = self._has_room
+        self._reclaim_failing = False
+        self._background: set[asyncio.Future[Any]] = set()
+        path = getattr(self.storage, "path", "")
+        self.reserve = DiskReserve(f"{path}.reserve", settings.disk_reserve) if path else None
 
     async def start(self) -> None:
+        if self.reserve is not None:
+            await asyncio.to_thread(self.reserve.fill)
         await self.storage.open()
         try:
             await self._serve()
@@ -86,7 +131,7 @@ class StoreServer:
         )
         self.port = listen_grpc(self.server, self.settings.addr, "addr")
         await self.server.start()
-        for name in ("", SERVICE_NAME, GROUPS_SERVICE_NAME):
+        for name in ("", SERVICE_NAME, GROUPS_SERVICE_NAME, APPEND_HEALTH):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._reclaimer = asyncio.create_task(self._reclaim_loop())
 
@@ -108,8 +153,50 @@ class StoreServer:
                         stats.events_archived,
                         stats.streams,
                     )
+                if self._reclaim_failing:
+                    self._reclaim_failing = False
+                    log.info("retention passes work again")
+            except StoreError as e:  # one line when it starts failing, one when it recovers
+                if not self._reclaim_failing:
+                    self._reclaim_failing = True
+                    log.warning(
+                        "retention pass failed (%s); retrying every %ss", e, self.settings.reclaim_interval
+                    )
             except Exception:
                 log.exception("retention pass failed; retrying next interval")
+
+    def _has_room(self) -> bool:
+        """While full, appends are tried again only once the disk has twice the reserve
+        free: the reserve, released when it filled, is for checkpoints and retention."""
+        if not self.storage_full or self.reserve is None:
+            return True
+        return self.reserve.free() >= 2 * max(self.reserve.size, 1 << 20)
+
+    def _on_storage_full(self, full: bool) -> None:
+        """Appends stopped or started fitting: one log line and the append health per change."""
+        if full == self.storage_full or self._stopped:
+            return
+        self.storage_full = full
+        if full:
+            log.error(
+                "storage is full: appends are refused (STORAGE_FULL), reads go on; free space and"
+                " appends resume by themselves"
+            )
+            if self.reserve is not None:
+                self.reserve.release()  # room for the WAL checkpoint and retention to run
+        else:
+            log.warning("storage has room again: appends resume")
+            if self.reserve is not None:
+                self._run(asyncio.to_thread(self.reserve.fill))
+        status = (
+            health_pb2.HealthCheckResponse.NOT_SERVING if full else health_pb2.HealthCheckResponse.SERVING
+        )
+        self._run(self.health.set(APPEND_HEALTH, status))
+
+    def _run(self, aw: Any) -> None:
+        task = asyncio.ensure_future(aw)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def stop(self, grace: float | None = None) -> None:
         """NOT_SERVING, end live streams, let in-flight RPCs finish, close storage."""

@@ -25,6 +25,7 @@ from sluice_store.errors import (
     InvalidEvent,
     InvalidStreamName,
     LimitExceeded,
+    StorageFull,
     StoreError,
     StoreUnavailable,
     StreamDeleted,
@@ -61,6 +62,8 @@ class Committer:
     def __init__(self, storage: Storage, max_events: int = 20_000) -> None:
         self.storage = storage
         self.max_events = max_events
+        #: Told after each batch whether the storage was full (True) or took it (False).
+        self.on_full: Callable[[bool], None] = lambda full: None
         self._pending: list[tuple[list[AppendPart], int, asyncio.Future[Outcome]]] = []
         self._task: asyncio.Task[None] | None = None
 
@@ -90,9 +93,12 @@ class Committer:
                     async with self.storage.write_slot():
                         batch = self._take()
                         outcomes: list[Outcome] = await self.storage.append([op for op, _, _ in batch])
+                    self.on_full(False)
                 except StoreError as e:
                     batch = batch or self._take()
                     outcomes = [e] * len(batch)
+                    if isinstance(e, StorageFull):
+                        self.on_full(True)
                 except Exception as e:  # a bug or a driver fault: fail the batch, keep serving
                     log.exception("append batch failed")
                     batch = batch or self._take()
@@ -120,6 +126,8 @@ class StreamsService:
         self.settings = settings
         self.committer = Committer(storage)
         self.tracing = telemetry.tracing_enabled()
+        #: False while storage is full and has not been given room again (see server).
+        self.has_room: Callable[[], bool] = lambda: True
         self._good_names: set[str] = set()  # names that passed check_name
         self._good_types: set[str] = set()
 
@@ -250,6 +258,8 @@ class StreamsService:
         )
 
     async def _append(self, parts: list[AppendPart]) -> list[pb.AppendResponse]:
+        if not self.has_room():
+            raise StorageFull("the disk is full: appends resume once space is freed")
         validate_new_event_ids(parts)
         outcome = await self.committer.submit(parts)
         if isinstance(outcome, StoreError):

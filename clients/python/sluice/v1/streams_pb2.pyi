@@ -81,6 +81,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """RESOURCE_EXHAUSTED: a gateway subscriber that chose OVERFLOW_POLICY_DISCONNECT fell
     too far behind. metadata: position (its cursor: watch again from it), buffer_size.
     """
+    STORAGE_FULL: _ErrorReason.ValueType  # 17
+    """RESOURCE_EXHAUSTED: the store's storage (disk or database) is full, so it takes no
+    appends; reads go on. Appends work again, without a restart, once space is freed.
+    metadata: limit ("storage").
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Why a request was refused; the `reason` of the google.rpc.ErrorInfo detail."""
@@ -122,6 +127,11 @@ UNKNOWN_MEMBER: ErrorReason.ValueType  # 15
 SUBSCRIBER_TOO_SLOW: ErrorReason.ValueType  # 16
 """RESOURCE_EXHAUSTED: a gateway subscriber that chose OVERFLOW_POLICY_DISCONNECT fell
 too far behind. metadata: position (its cursor: watch again from it), buffer_size.
+"""
+STORAGE_FULL: ErrorReason.ValueType  # 17
+"""RESOURCE_EXHAUSTED: the store's storage (disk or database) is full, so it takes no
+appends; reads go on. Appends work again, without a restart, once space is freed.
+metadata: limit ("storage").
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 

@@ -36,7 +36,7 @@ import asyncpg
 from sluice.v1 import streams_pb2 as pb
 from sluice_store import codec
 from sluice_store.config import ConfigError
-from sluice_store.errors import StoreUnavailable
+from sluice_store.errors import StorageFull, StoreUnavailable
 from sluice_store.retention import Policy, age_cutoff_us, age_limit_us, now_us
 from sluice_store.storage.base import (
     STREAM_COLUMNS,
@@ -207,6 +207,8 @@ def _translated() -> Iterator[None]:
     """Driver and connection errors become the store's own: the storage is unavailable."""
     try:
         yield
+    except asyncpg.exceptions.DiskFullError as e:
+        raise StorageFull(f"the database's disk is full: {e}") from e
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as e:
         raise StoreUnavailable(f"storage error: {e}") from e
 

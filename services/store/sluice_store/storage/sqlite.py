@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
+import errno
 import logging
 import os
 import sqlite3
@@ -23,7 +24,7 @@ import aiosqlite
 
 from sluice.v1 import streams_pb2 as pb
 from sluice_store import codec
-from sluice_store.errors import StoreUnavailable
+from sluice_store.errors import StorageFull, StoreUnavailable
 from sluice_store.retention import Policy, age_cutoff_us, now_us
 from sluice_store.storage.base import (
     STREAM_COLUMNS,
@@ -148,11 +149,17 @@ def _params(meta: StreamMeta) -> tuple[Any, ...]:
 
 @contextlib.contextmanager
 def _translated() -> Iterator[None]:
-    """Driver errors become the store's own: the storage is unavailable."""
+    """Driver errors become the store's own: storage full, or else unavailable."""
     try:
         yield
     except sqlite3.Error as e:
+        if getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "is full" in str(e):
+            raise StorageFull(f"the disk is full: {e}") from e
         raise StoreUnavailable(f"storage error: {e}") from e
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise StorageFull(f"the disk is full: {e}") from e
+        raise
 
 
 class SQLiteStorage(Storage):
