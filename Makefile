@@ -10,7 +10,7 @@ PROTOS := $(shell find protos -name '*.proto')
 SLUICE_DATA ?= ./data
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install protos check-protos lint fmt test run demo bench clean
+.PHONY: install protos check-protos lint fmt test faults run demo bench clean
 
 install: $(STAMP)
 
@@ -49,6 +49,10 @@ $(NODE_STAMP): clients/node/package.json clients/node/package-lock.json
 
 test: $(STAMP) $(NODE_STAMP) check-protos lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# The fault suite alone, longer: 20 kill cycles of each kind (make test runs 3).
+faults: $(STAMP)
+	SLUICE_FAULT_CYCLES=$${SLUICE_FAULT_CYCLES:-20} $(VENV)/bin/pytest tests/faults --timeout 900 $(PYTEST_ARGS)
 
 # The mesh on one machine: the store (embedded SQLite) and the gateway; Ctrl-C stops both.
 run: $(STAMP)
