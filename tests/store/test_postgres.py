@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 import asyncpg
 import pytest
 
 from sluice import START, Client, new_event
+from sluice.v1 import groups_pb2 as gpb
 from sluice.v1 import streams_pb2 as pb
 from sluice_store.config import ConfigError
 from sluice_store.server import StoreServer
@@ -93,3 +95,18 @@ def test_a_bad_schema_name_fails_fast() -> None:
         "postgresql://u@h:5/db?sslmode=disable",
         "s_1",
     )
+
+
+@only_postgres
+async def test_leases_are_judged_by_the_database_clock_not_the_replicas(
+    make_store: StoreFactory, db_url: Callable[[str], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = await make_store(db=db_url("clock"))
+    async with Client(store.address) as c:
+        await c.create_group("g", partitions=2, lease=10.0)
+        await c.groups_stub.Heartbeat(gpb.HeartbeatRequest(group="g", member_id="m"))
+        real = time.time_ns
+        monkeypatch.setattr(time, "time_ns", lambda: real() + 3600 * 10**9)  # this replica runs 1 h ahead
+        desc = await c.describe_group("g")
+        assert [m.member_id for m in desc.members] == ["m"]  # not expired by a skewed replica clock
+        assert {p.owner for p in desc.partitions} == {"m"}
