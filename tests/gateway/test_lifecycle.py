@@ -7,6 +7,7 @@ import json
 import signal
 import socket
 import sys
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -322,3 +323,37 @@ async def test_half_sent_requests_are_closed_and_connections_are_capped(gateways
         w.close()
     async with aiohttp.ClientSession() as http, http.get(f"{g.http}/healthz") as r:
         assert r.status == 200  # and the gateway serves as before
+
+
+async def test_a_store_replaced_by_an_empty_one_is_followed_from_its_beginning(
+    gateway: GatewayProcess, gw: GatewayClient, store_proc: StoreProcess, tmp_path: Path
+) -> None:
+    watch = gw.watch(stream_prefixes=["x-"])
+    assert isinstance(await asyncio.wait_for(anext(watch), 10), pb.CaughtUp)
+    async with Client(store_proc.addr) as c:
+        old = [await c.append(f"x-{i % 3}", [new_event("Old", b"")]) for i in range(30)]
+    for r in old:
+        got = await asyncio.wait_for(anext(watch), 10)
+        assert isinstance(got, pb.RecordedEvent) and got.position == r.first_position
+    assert store_proc.proc is not None
+    store_proc.proc.kill()  # the store and its data are gone; an empty one takes its address
+    await store_proc.proc.wait()
+    empty = StoreProcess(f"sqlite:///{tmp_path}/empty.db")
+    empty.addr = store_proc.addr
+    empty.args[empty.args.index("--addr") + 1] = store_proc.addr
+    await empty.start()
+    try:
+        await eventually(lambda: health_is(gateway, "sluice.v1.Gateway", SERVING))
+        async with Client(empty.addr) as c:
+            new = [await c.append("x-new", [new_event("New", bytes([i]))]) for i in range(3)]
+        assert [r.first_position for r in new] == [1, 2, 3]  # positions start again
+        for r in new:  # ... and the gateway follows them instead of waiting to pass 30
+            got = await asyncio.wait_for(anext(watch), 20)
+            while not isinstance(got, pb.RecordedEvent):
+                got = await asyncio.wait_for(anext(watch), 20)
+            assert got.type == "New" and got.position == r.first_position
+    finally:
+        await watch.aclose()
+        assert empty.proc is not None
+        empty.proc.kill()
+        await empty.proc.wait()

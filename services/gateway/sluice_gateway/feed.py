@@ -50,7 +50,23 @@ class Feed:
         self.connected = asyncio.Event()
         self.on_state = on_state  # called with True when the feed is live, False when it ends
         self.reconnects = 0
+        self.store_id = ""  # the store's identity, from its first caught-up message
         self._task: asyncio.Task[None] | None = None
+
+    def _replaced(self, store_id: str) -> bool:
+        """Whether the store at the address is another one than before (a new or emptied
+        database): then its positions start again, and so does the hub."""
+        known, self.store_id = self.store_id, store_id or self.store_id
+        if not (known and store_id and store_id != known):
+            return False
+        log.error(
+            "the store was replaced (store id %s, before %s): its positions start again; following it"
+            " from its beginning, and live subscribers with it",
+            store_id,
+            known,
+        )
+        self.hub.restart()
+        return True
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -89,6 +105,8 @@ class Feed:
                         continue
                     msg = pb.SubscribeResponse.FromString(raw)
                     kind = msg.WhichOneof("content")
+                    if kind == "caught_up" and self._replaced(msg.caught_up.store_id):
+                        break  # follow the new store from its beginning
                     if kind == "caught_up":
                         hub.advance(msg.caught_up.position - 1)
                         if not self.connected.is_set():

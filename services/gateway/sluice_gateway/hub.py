@@ -179,6 +179,14 @@ class Hub:
                 self._by_stream.clear()
         self.subscribers -= 1
 
+    def restart(self) -> None:
+        """The store was replaced: positions start again at 1, for the hub and every live
+        subscriber (each keeps its filter and gets the new store's events from its start)."""
+        self.position = 0
+        for sub in self._live:
+            sub.cursor = 1
+            sub.skip_below = 0
+
     def advance(self, position: int) -> None:
         """The feed reached ``position`` without events (caught up, heartbeat)."""
         if position > self.position:

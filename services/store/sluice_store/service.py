@@ -386,6 +386,7 @@ class StreamsService:
                 first_revision=await self._first_revision(meta),
                 last_revision=meta.last_revision,
                 head_position=self.storage.head_position,
+                store_id=self.storage.store_id,
             )
             yield pb.ReadResponse(header=header)
             while remaining > 0:
@@ -409,7 +410,9 @@ class StreamsService:
         first = 1
         if not backwards and start.kind in ("position", "time"):
             first = await self.storage.removed_upto(filt, position) + 1
-        yield pb.ReadResponse(header=pb.ReadHeader(head_position=head, first_position=first))
+        yield pb.ReadResponse(
+            header=pb.ReadHeader(head_position=head, first_position=first, store_id=self.storage.store_id)
+        )
         while remaining > 0 and (position >= 1 if backwards else position <= head):
             rows, position, done = await self.storage.read_all(
                 position, backwards, min(batch, remaining), filt, with_data
@@ -463,7 +466,9 @@ class StreamsService:
                 sub.notify_at = cursor.position + sub.checkpoint_every
                 async for msg in self._catch_up(cursor, stream, filt, batch, with_data):
                     yield msg
-                yield pb.SubscribeResponse(caught_up=pb.CaughtUp(position=cursor.position))
+                yield pb.SubscribeResponse(
+                    caught_up=pb.CaughtUp(position=cursor.position, store_id=self.storage.store_id)
+                )
                 async for msg in self._live(sub, cursor, filt, batch, heartbeat, with_data):
                     yield msg
                 self.broker.unregister(sub)
@@ -554,7 +559,9 @@ class StreamsService:
                         yield pb.SubscribeResponse(checkpoint=pb.Checkpoint(position=cursor.position))
                     yield pb.SubscribeResponse(
                         heartbeat=pb.Heartbeat(
-                            head_position=self.storage.head_position, time=timestamp(now_us())
+                            store_id=self.storage.store_id,
+                            head_position=self.storage.head_position,
+                            time=timestamp(now_us()),
                         )
                     )
                     continue

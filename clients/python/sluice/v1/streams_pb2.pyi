@@ -701,6 +701,7 @@ class ReadHeader(_message.Message):
     LAST_REVISION_FIELD_NUMBER: _builtins.int
     HEAD_POSITION_FIELD_NUMBER: _builtins.int
     FIRST_POSITION_FIELD_NUMBER: _builtins.int
+    STORE_ID_FIELD_NUMBER: _builtins.int
     first_revision: _builtins.int
     """Single-stream reads: the first revision still available (older ones were removed
     by retention or deletion) and the last revision written.
@@ -713,6 +714,13 @@ class ReadHeader(_message.Message):
     When it is above the start, retention or deletion removed matching events below
     it (the ones still stored are read); from it on, nothing is missing. Otherwise 1.
     """
+    store_id: _builtins.str
+    """The store's identity: made once, when its database was created, and kept in it
+    (replicas on one database share it). A different id at the same address means the
+    store was replaced by one with other or no data: positions, revisions and cursors
+    learned from the old one mean nothing there. Gateways start their feed again from the
+    new store's beginning when it changes.
+    """
     def __init__(
         self,
         *,
@@ -720,10 +728,11 @@ class ReadHeader(_message.Message):
         last_revision: _builtins.int = ...,
         head_position: _builtins.int = ...,
         first_position: _builtins.int = ...,
+        store_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["first_position", b"first_position", "first_revision", b"first_revision", "head_position", b"head_position", "last_revision", b"last_revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["first_position", b"first_position", "first_revision", b"first_revision", "head_position", b"head_position", "last_revision", b"last_revision", "store_id", b"store_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -974,16 +983,20 @@ class CaughtUp(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     POSITION_FIELD_NUMBER: _builtins.int
+    STORE_ID_FIELD_NUMBER: _builtins.int
     position: _builtins.int
     """The cursor: every matching event below this position has been sent."""
+    store_id: _builtins.str
+    """The store's identity (see ReadHeader.store_id)."""
     def __init__(
         self,
         *,
         position: _builtins.int = ...,
+        store_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["position", b"position"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["position", b"position", "store_id", b"store_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1015,8 +1028,11 @@ class Heartbeat(_message.Message):
 
     HEAD_POSITION_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
+    STORE_ID_FIELD_NUMBER: _builtins.int
     head_position: _builtins.int
     """The newest position in the store: lag is head_position - last seen position."""
+    store_id: _builtins.str
+    """The store's identity (see ReadHeader.store_id)."""
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -1024,10 +1040,11 @@ class Heartbeat(_message.Message):
         *,
         head_position: _builtins.int = ...,
         time: _timestamp_pb2.Timestamp | None = ...,
+        store_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["head_position", b"head_position", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["head_position", b"head_position", "store_id", b"store_id", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

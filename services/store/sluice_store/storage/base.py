@@ -226,6 +226,9 @@ class Storage(abc.ABC):
 
     #: Called with the committed rows of each group commit, in position order.
     listener: CommitListener | None = None
+    #: The store's identity: made when its database was created, kept in it, loaded by
+    #: open(). Replicas on one database share it; an empty database gets a new one.
+    store_id: str = ""
     #: Whether the listener has anyone to give events to now; a backend that must read
     #: other processes' commits back to feed it may skip the read when not.
     listening: Callable[[], bool] = staticmethod(lambda: True)

@@ -302,6 +302,13 @@ class PostgresStorage(Storage):
                 for step in range(version + 1, SCHEMA_VERSION + 1):
                     await conn.execute(MIGRATIONS[step])
                     await conn.execute("UPDATE schema_version SET version = $1", step)
+                await conn.execute(
+                    "CREATE TABLE IF NOT EXISTS store_info (key text PRIMARY KEY, value text NOT NULL)"
+                )
+                await conn.execute(
+                    "INSERT INTO store_info VALUES ('store_id', $1) ON CONFLICT DO NOTHING", str(uuid.uuid4())
+                )
+                self.store_id = await conn.fetchval("SELECT value FROM store_info WHERE key = 'store_id'")
         finally:
             await conn.close()
 

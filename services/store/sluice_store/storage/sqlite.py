@@ -16,6 +16,7 @@ import errno
 import logging
 import os
 import sqlite3
+import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
@@ -250,6 +251,9 @@ class SQLiteStorage(Storage):
             for version in range(rows[0][0] + 1, SCHEMA_VERSION + 1):
                 w.executescript(MIGRATIONS[version])
                 w.execute("UPDATE schema_version SET version = ?", (version,))
+        w.execute("CREATE TABLE IF NOT EXISTS store_info (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        w.execute("INSERT OR IGNORE INTO store_info VALUES ('store_id', ?)", (str(uuid.uuid4()),))
+        self.store_id = w.execute("SELECT value FROM store_info WHERE key = 'store_id'").fetchone()[0]
         w.commit()
         head_e, head_s, max_id, last_created = w.execute(
             "SELECT (SELECT MAX(position) FROM events), (SELECT MAX(last_position) FROM streams),"
