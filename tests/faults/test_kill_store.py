@@ -10,6 +10,7 @@ import random
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from sluice import ANY, Client, SluiceError, new_event
 from sluice.v1 import streams_pb2 as pb
@@ -62,33 +63,40 @@ async def _session(c: Client, w: int, acked: Acked, requests: list[list[str]], s
                 _record(acked, result, ids)
 
 
-async def test_kill_9_cycles_under_mixed_appends(db_url: Callable[[str], str], report: Report) -> None:
-    store = StoreProcess(db_url("faults"), "--durability", "full")
+async def test_kill_9_cycles_under_mixed_appends(
+    db_url: Callable[[str], str], report: Report, tmp_path: Path
+) -> None:
+    store = StoreProcess(db_url("faults"), "--durability", "full", log=tmp_path / "store.log")
     acked: Acked = {}
     requests: list[list[str]] = []
     t0 = time.monotonic()
-    for _ in range(CYCLES):
+    try:
+        for _ in range(CYCLES):
+            await store.start()
+            stop = asyncio.Event()
+            async with Client(store.addr, timeout=10) as c:
+                kinds = [_unary, _unary, _many, _session]
+                tasks = [asyncio.create_task(k(c, w, acked, requests, stop)) for w, k in enumerate(kinds)]
+                start = len(acked)
+                async with asyncio.timeout(60):
+                    while len(acked) - start < 500 and not any(t.done() for t in tasks):  # noqa: ASYNC110
+                        await asyncio.sleep(0.01)
+                await asyncio.sleep(random.uniform(0, 0.05))  # the kill lands at a random moment
+                store.signal(signal.SIGKILL)
+                await store.wait()
+                stop.set()
+                for t in tasks:
+                    with contextlib.suppress(SluiceError, asyncio.InvalidStateError):
+                        await asyncio.wait_for(t, 30)
         await store.start()
-        stop = asyncio.Event()
-        async with Client(store.addr, timeout=10) as c:
-            kinds = [_unary, _unary, _many, _session]
-            tasks = [asyncio.create_task(k(c, w, acked, requests, stop)) for w, k in enumerate(kinds)]
-            start = len(acked)
-            async with asyncio.timeout(60):
-                while len(acked) - start < 500 and not any(t.done() for t in tasks):  # noqa: ASYNC110
-                    await asyncio.sleep(0.01)
-            await asyncio.sleep(random.uniform(0, 0.05))  # the kill lands at a random moment
-            store.signal(signal.SIGKILL)
-            await store.wait()
-            stop.set()
-            for t in tasks:
-                with contextlib.suppress(SluiceError, asyncio.InvalidStateError):
-                    await asyncio.wait_for(t, 30)
-    await store.start()
-    async with Client(store.addr, timeout=30) as c:
-        found = {e.id: e.position async for e in c.read()}
-    store.signal(signal.SIGTERM)
-    await store.wait()
+        async with Client(store.addr, timeout=30) as c:
+            found = {e.id: e.position async for e in c.read()}
+        store.signal(signal.SIGTERM)
+        await store.wait()
+    finally:
+        if store.proc and store.proc.returncode is None:
+            store.proc.kill()
+            await store.proc.wait()
     moved = {i: (p, found.get(i)) for i, p in acked.items() if found.get(i) != p}
     assert not moved, f"{len(moved)} acknowledged events lost or moved"
     partial = [ids for ids in requests if 0 < sum(i in found for i in ids) < len(ids)]

@@ -168,6 +168,11 @@ class Connection:
             options=[
                 ("grpc.max_receive_message_length", 64 << 20),
                 ("grpc.max_send_message_length", 64 << 20),
+                # Its own connections: a channel made after a store restart must not share a
+                # connection still backing off from the outage (and fail with its old error).
+                ("grpc.use_local_subchannel_pool", 1),
+                # Reconnect within seconds of a store coming back, not gRPC's default 2 minutes.
+                ("grpc.max_reconnect_backoff_ms", 5000),
                 *options,
             ],
             interceptors=interceptors or None,
