@@ -380,7 +380,8 @@ class SQLiteStorage(Storage):
             args = (self._head + 1, self._next_stream_id, created)
             with _translated():
                 if (
-                    len(missing) <= INLINE_LOOKUPS
+                    self.durability != "full"  # an fsync must not stall the event loop
+                    and len(missing) <= INLINE_LOOKUPS
                     and sum(len(p.events) for op in ops for p in op) <= INLINE_EVENTS
                 ):
                     # A few events (and stream look-ups by the unique name index): committing
