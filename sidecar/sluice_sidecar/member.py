@@ -282,6 +282,9 @@ class Member:
             else:
                 log.warning("heartbeat failed: %s", err)
             return None
+        refilter = self.joined and resp.config.filter != self.config.filter
+        if refilter:
+            log.info("the group's filter changed: reading every partition again from its cursor")
         self.config = resp.config
         self.epoch = resp.member_epoch
         lease = resp.lease.ToMicroseconds() / 1e6
@@ -293,7 +296,7 @@ class Member:
             self._release(p)
         for p, cursor in assigned.items():
             w = self.workers.get(p)
-            if w is not None and cursor != w.committed and not w.stopping:
+            if w is not None and (cursor != w.committed or refilter) and not w.stopping:
                 log.info("partition %d: cursor reset to %d", p, cursor)
                 w.stopping = True
                 w.task.cancel()

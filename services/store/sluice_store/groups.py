@@ -272,8 +272,19 @@ class Coordinator:
             if cfg.partitions != state.partitions:
                 raise InvalidArgument("the partition count of a group is fixed", field="config.partitions")
             cfg.start.CopyFrom(state.config.start)
+            moved: dict[int, int] = {}
+            if cfg.filter != state.config.filter:
+                # The new filter holds from each cursor, and at the latest from the head + 1
+                # as of now: no cursor may stay past it (members skipped what the old filter
+                # did not take), and owners are fenced so that no commit under the old
+                # filter lands after this.
+                since = tx.head_position + 1
+                moved = {p: since for p, c in state.cursors.items() if c > since}
+                state.cursors.update(moved)
+                for m in state.members.values():
+                    m.fenced = m.epoch
             state.config = cfg
-            await self._save(tx, state)
+            await self._save(tx, state, moved)
             return state
 
     async def delete(self, name: str) -> None:

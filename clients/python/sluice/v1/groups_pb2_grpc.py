@@ -93,6 +93,12 @@ class GroupsServicer:
 
     def UpdateGroup(self, request, context):
         """Change a group's filter, timing or retry policy. The partition count is fixed.
+        A new filter holds, in each partition, from the partition's cursor at the time of the
+        change, and at the latest from the head + 1 then: every event from there on that
+        matches it is delivered. Cursors past the head + 1 move back to it, and the members'
+        epochs are fenced as by ResetCursors, so they take the new filter at their next
+        heartbeat and nothing committed under the old filter lands after the change. Events
+        from the cursor on that the old filter also took may come again (at least once).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

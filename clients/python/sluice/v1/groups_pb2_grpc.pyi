@@ -49,7 +49,14 @@ class GroupsStub:
     def __new__(cls, channel: _aio.Channel) -> GroupsAsyncStub: ...
     CreateGroup: _grpc.UnaryUnaryMultiCallable[_groups_pb2.CreateGroupRequest, _groups_pb2.GroupDescription]
     UpdateGroup: _grpc.UnaryUnaryMultiCallable[_groups_pb2.UpdateGroupRequest, _groups_pb2.GroupDescription]
-    """Change a group's filter, timing or retry policy. The partition count is fixed."""
+    """Change a group's filter, timing or retry policy. The partition count is fixed.
+    A new filter holds, in each partition, from the partition's cursor at the time of the
+    change, and at the latest from the head + 1 then: every event from there on that
+    matches it is delivered. Cursors past the head + 1 move back to it, and the members'
+    epochs are fenced as by ResetCursors, so they take the new filter at their next
+    heartbeat and nothing committed under the old filter lands after the change. Events
+    from the cursor on that the old filter also took may come again (at least once).
+    """
     DescribeGroup: _grpc.UnaryUnaryMultiCallable[_groups_pb2.DescribeGroupRequest, _groups_pb2.GroupDescription]
     """Members, assignment, cursors and lag per partition."""
     ListGroups: _grpc.UnaryUnaryMultiCallable[_groups_pb2.ListGroupsRequest, _groups_pb2.ListGroupsResponse]
@@ -72,7 +79,14 @@ class GroupsAsyncStub(GroupsStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateGroup: _aio.UnaryUnaryMultiCallable[_groups_pb2.CreateGroupRequest, _groups_pb2.GroupDescription]  # type: ignore[assignment]
     UpdateGroup: _aio.UnaryUnaryMultiCallable[_groups_pb2.UpdateGroupRequest, _groups_pb2.GroupDescription]  # type: ignore[assignment]
-    """Change a group's filter, timing or retry policy. The partition count is fixed."""
+    """Change a group's filter, timing or retry policy. The partition count is fixed.
+    A new filter holds, in each partition, from the partition's cursor at the time of the
+    change, and at the latest from the head + 1 then: every event from there on that
+    matches it is delivered. Cursors past the head + 1 move back to it, and the members'
+    epochs are fenced as by ResetCursors, so they take the new filter at their next
+    heartbeat and nothing committed under the old filter lands after the change. Events
+    from the cursor on that the old filter also took may come again (at least once).
+    """
     DescribeGroup: _aio.UnaryUnaryMultiCallable[_groups_pb2.DescribeGroupRequest, _groups_pb2.GroupDescription]  # type: ignore[assignment]
     """Members, assignment, cursors and lag per partition."""
     ListGroups: _aio.UnaryUnaryMultiCallable[_groups_pb2.ListGroupsRequest, _groups_pb2.ListGroupsResponse]  # type: ignore[assignment]
@@ -104,7 +118,14 @@ class GroupsServicer(metaclass=_abc_1.ABCMeta):
         request: _groups_pb2.UpdateGroupRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_groups_pb2.GroupDescription, _abc.Awaitable[_groups_pb2.GroupDescription]]:
-        """Change a group's filter, timing or retry policy. The partition count is fixed."""
+        """Change a group's filter, timing or retry policy. The partition count is fixed.
+        A new filter holds, in each partition, from the partition's cursor at the time of the
+        change, and at the latest from the head + 1 then: every event from there on that
+        matches it is delivered. Cursors past the head + 1 move back to it, and the members'
+        epochs are fenced as by ResetCursors, so they take the new filter at their next
+        heartbeat and nothing committed under the old filter lands after the change. Events
+        from the cursor on that the old filter also took may come again (at least once).
+        """
 
     @_abc_1.abstractmethod
     def DescribeGroup(
