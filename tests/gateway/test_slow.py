@@ -15,7 +15,7 @@ from sluice.gateway import POLICIES, GatewayClient
 from sluice.v1 import gateway_pb2 as gpb
 from sluice.v1 import streams_pb2 as pb
 from tests.conftest import eventually
-from tests.gateway.conftest import GatewayProcess
+from tests.gateway.conftest import GatewayProcess, Gateways
 from tests.gateway.test_fanout import collect
 
 BIG = 16 * 1024  # events large enough to fill the HTTP/2 windows between gateway and subscriber
@@ -149,12 +149,46 @@ async def test_published_messages_reach_connected_subscribers_only_and_expire(
             pass
     await asyncio.sleep(max(0.0, m.expires.ToNanoseconds() - time.time_ns()) / 1e9)
     seen: list[str] = []
+    dropped = 0
     async with asyncio.timeout(60):
         async for msg in stalled:
             if msg.WhichOneof("content") == "ephemeral":
                 seen += [m.type for m in msg.ephemeral.messages]
-            if "Long" in seen and msg.position > appended[-1]:
+            elif msg.WhichOneof("content") == "ephemeral_dropped":
+                dropped += msg.ephemeral_dropped.count
+            if "Long" in seen and msg.position > appended[-1] and dropped:
                 break
-    assert seen == ["Long"]
+    assert seen == ["Long"] and dropped == 1  # the expired one is not sent, and the subscriber is told
     await matching.aclose()
     await other.aclose()
+
+
+async def test_published_messages_for_a_stalled_subscriber_are_bounded_in_bytes(
+    gateways: Gateways, store_client: Client
+) -> None:
+    g = gateways(env={"SLUICE_EPHEMERAL_BUFFER_BYTES": str(1 << 20)})
+    await g.start()
+    async with GatewayClient(g.addr) as gw:
+        req = gpb.WatchRequest(
+            stream_prefixes=["big-", "room."], buffer_size=100_000, heartbeat_interval_ms=100
+        )
+        req.live.SetInParent()
+        stalled = gw.watch_messages(req)
+        assert (await asyncio.wait_for(anext(stalled), 10)).WhichOneof("content") == "caught_up"
+        appended = await append_big(store_client)  # the windows are full: the gateway queues
+        total = 40
+        for n in range(total):  # 40 x 200 KB for a queue of 1 MiB
+            await gw.publish("room.1", f"M{n}", bytes(200_000), ttl=60)
+        got: list[str] = []
+        dropped = 0
+        async with asyncio.timeout(60):
+            async for msg in stalled:
+                kind = msg.WhichOneof("content")
+                if kind == "ephemeral":
+                    got += [m.type for m in msg.ephemeral.messages]
+                elif kind == "ephemeral_dropped":
+                    dropped += msg.ephemeral_dropped.count
+                if len(got) + dropped >= total and msg.position > appended[-1]:
+                    break
+    assert dropped > 0 and len(got) + dropped == total  # every drop told
+    assert got[-1] == f"M{total - 1}"  # the newest kept

@@ -47,6 +47,12 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("heartbeat_interval", 5.0, parse_duration, "default heartbeat interval of a subscription"),
     Option("ephemeral_ttl", 30.0, parse_duration, "default time to live of published messages"),
+    Option(
+        "ephemeral_buffer_bytes",
+        4 << 20,
+        int,
+        "bytes of published messages queued per subscriber; the oldest go first",
+    ),
     Option("reconnect_backoff", 2.0, parse_duration, "longest wait between attempts to reach the store"),
     Option("grace", 5.0, parse_duration, "seconds in-flight calls get on shutdown"),
     Option("uvloop", True, parse_bool, "use uvloop when installed"),
@@ -61,6 +67,7 @@ class Settings:
     store: str = "127.0.0.1:50051"
     http_addr: str = "127.0.0.1:8052"
     reuse_port: bool = True
+    ephemeral_buffer_bytes: int = 4 << 20
     http_idle_timeout: float = 15.0
     http_max_connections: int = 10_000
     buffer_size: int = 10_000

@@ -90,6 +90,9 @@ class Subscriber:
         self.queued = 0  # events in chunks
         self.skip_below = 0  # just joined past the hub's position: ignore events below this
         self.messages: deque[tuple[float, bytes]] = deque()  # (expires, ephemeral chunk)
+        self.message_bytes = 0  # in messages
+        self.next_expiry = float("inf")  # the soonest time to live among messages
+        self.messages_dropped = 0  # expired or pushed out, not yet reported
         self.cursor = 1  # every matching event below it was delivered, queued or reported
         self.gap: tuple[int, int] | None = None  # DROP: positions skipped, to report
         self.fell_behind = False  # CATCH_UP: left the fan-out, to be served from the store
@@ -119,19 +122,37 @@ class Subscriber:
         return b"".join(out), last
 
     def take_messages(self) -> list[bytes]:
-        """Queued published messages still within their time to live."""
+        """Queued published messages still within their time to live (the rest are counted
+        as dropped)."""
         now = time.monotonic()
         out = [chunk for expires, chunk in self.messages if expires > now]
+        self.messages_dropped += len(self.messages) - len(out)
         self.messages.clear()
+        self.message_bytes = 0
+        self.next_expiry = float("inf")
         return out
+
+    def expire_messages(self, now: float) -> None:
+        """Drop queued published messages past their time to live."""
+        if self.next_expiry > now:
+            return
+        kept = deque(m for m in self.messages if m[0] > now)
+        self.messages_dropped += len(self.messages) - len(kept)
+        self.message_bytes = sum(len(c) for _, c in kept)
+        self.next_expiry = min((e for e, _ in kept), default=float("inf"))
+        self.messages = kept
+        self.wakeup.set()  # it has a drop to report
 
 
 class Hub:
     """Subscribers by group; the live feed calls dispatch() with each batch in position order."""
 
-    def __init__(self, flush_interval: float = 0.0, message_budget: int = 20_000) -> None:
+    def __init__(
+        self, flush_interval: float = 0.0, message_budget: int = 20_000, ephemeral_bytes: int = 4 << 20
+    ) -> None:
         self.flush_interval = flush_interval
         self.message_budget = message_budget
+        self.ephemeral_bytes = ephemeral_bytes  # published messages queued per subscriber, at most
         self._dirty: list[Subscriber] = []
         self._flush_at: asyncio.TimerHandle | None = None
         self._live: set[Subscriber] = set()
@@ -279,6 +300,8 @@ class Hub:
                 if not sub.beat and now - sub.last_sent >= sub.heartbeat:
                     sub.beat = True
                     sub.wakeup.set()
+                if sub.messages:
+                    sub.expire_messages(now)
 
     def _overflow(self, sub: Subscriber, newest_first: int) -> None:
         """Apply the subscriber's policy; it never makes the fan-out wait."""
@@ -313,15 +336,26 @@ class Hub:
                 continue
             subs = self._groups[key]
             chunk = encoder([record], form)
+            size = len(chunk)
             for sub in subs:
                 if not sub.ephemeral:
                     continue
-                if len(sub.messages) >= sub.limit:
-                    sub.messages.popleft()  # the oldest would expire first anyway
+                while sub.messages and (
+                    len(sub.messages) >= sub.limit or sub.message_bytes + size > self.ephemeral_bytes
+                ):
+                    _, old = sub.messages.popleft()  # the oldest would expire first anyway
+                    sub.message_bytes -= len(old)
+                    sub.messages_dropped += 1
                     self.drops += 1
-                sub.messages.append((expires, chunk))
+                if size > self.ephemeral_bytes:
+                    sub.messages_dropped += 1
+                    self.drops += 1
+                else:
+                    sub.messages.append((expires, chunk))
+                    sub.message_bytes += size
+                    sub.next_expiry = min(sub.next_expiry, expires)
+                    count += 1
                 sub.wakeup.set()
-                count += 1
         return count
 
     def close(self) -> None:

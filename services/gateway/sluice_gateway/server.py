@@ -48,7 +48,7 @@ class GatewayServer:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.hub = Hub(settings.flush_interval, settings.message_budget)
+        self.hub = Hub(settings.flush_interval, settings.message_budget, settings.ephemeral_buffer_bytes)
         self.channel = grpc.aio.insecure_channel(
             settings.store,
             options=[

@@ -81,6 +81,7 @@ class Format(Protocol):
     def heartbeat(self, head: int, position: int) -> bytes: ...
     def fell_behind(self, position: int) -> bytes: ...
     def gap(self, reason: int, lo: int, hi: int, position: int) -> bytes: ...
+    def ephemeral_dropped(self, count: int, position: int) -> bytes: ...
 
 
 def _now() -> timestamp_pb2.Timestamp:
@@ -117,6 +118,10 @@ class GrpcFormat:
         g = gpb.Gap(reason=reason, from_position=lo, to_position=hi)  # type: ignore[arg-type]
         return gpb.WatchResponse(gap=g, position=position).SerializeToString()
 
+    def ephemeral_dropped(self, count: int, position: int) -> bytes:
+        dropped = pb.EphemeralDropped(count=count)
+        return gpb.WatchResponse(ephemeral_dropped=dropped, position=position).SerializeToString()
+
 
 class SseFormat:
     """Server-Sent Events: each event's id is its position (resume with Last-Event-ID)."""
@@ -137,6 +142,9 @@ class SseFormat:
 
     def fell_behind(self, position: int) -> bytes:
         return wire.sse_control("fell_behind", {"position": position})
+
+    def ephemeral_dropped(self, count: int, position: int) -> bytes:
+        return wire.sse_control("ephemeral_dropped", {"count": count, "position": position})
 
     def gap(self, reason: int, lo: int, hi: int, position: int) -> bytes:
         name = gpb.Gap.Reason.Name(reason).removeprefix("REASON_").lower()  # type: ignore[arg-type]
@@ -244,11 +252,11 @@ class Gateway:
                     await write(fmt.fell_behind(sub.cursor))
                     await self._catch_up(sub, sub.cursor, fmt, write, resume=False)
                     continue
-                if not (sub.chunks or sub.messages or sub.gap or sub.beat):
+                if not (sub.chunks or sub.messages or sub.gap or sub.beat or sub.messages_dropped):
                     sub.wakeup.clear()
                     await sub.wakeup.wait()  # the hub wakes it: flush round, heartbeat, overflow, close
                     continue
-                if sub.dirty and not (sub.messages or sub.gap or sub.beat):
+                if sub.dirty and not (sub.messages or sub.gap or sub.beat or sub.messages_dropped):
                     sub.wakeup.clear()
                     await sub.wakeup.wait()  # events queued: they go in the next flush round
                     continue
@@ -262,6 +270,9 @@ class Gateway:
                     body = b"".join(sub.take_messages())
                     if body:
                         await write(fmt.ephemeral(body, sub.cursor))
+                if sub.messages_dropped:
+                    count, sub.messages_dropped = sub.messages_dropped, 0
+                    await write(fmt.ephemeral_dropped(count, sub.cursor))
                 if sub.gap:
                     lo, hi = sub.gap
                     sub.gap = None

@@ -28,7 +28,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from sluice.v1 import streams_pb2 as sluice_dot_v1_dot_streams__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17sluice/v1/gateway.proto\x12\tsluice.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17sluice/v1/streams.proto\"\xb5\x02\n\x0cWatchRequest\x12\x0f\n\x07streams\x18\x01 \x03(\t\x12\x17\n\x0fstream_prefixes\x18\x02 \x03(\t\x12\x13\n\x0b\x65vent_types\x18\x03 \x03(\t\x12%\n\x04\x66orm\x18\x04 \x01(\x0e\x32\x17.sluice.v1.DeliveryForm\x12&\n\x04live\x18\x05 \x01(\x0b\x32\x16.google.protobuf.EmptyH\x00\x12\x12\n\x08position\x18\x06 \x01(\x04H\x00\x12+\n\x08overflow\x18\x07 \x01(\x0e\x32\x19.sluice.v1.OverflowPolicy\x12\x13\n\x0b\x62uffer_size\x18\x08 \x01(\r\x12\x1d\n\x15heartbeat_interval_ms\x18\t \x01(\r\x12\x19\n\x11\x65xclude_ephemeral\x18\n \x01(\x08\x42\x07\n\x05start\"\xa7\x02\n\rWatchResponse\x12\'\n\x06\x65vents\x18\x01 \x01(\x0b\x32\x15.sluice.v1.EventBatchH\x00\x12(\n\tcaught_up\x18\x02 \x01(\x0b\x32\x13.sluice.v1.CaughtUpH\x00\x12)\n\theartbeat\x18\x03 \x01(\x0b\x32\x14.sluice.v1.HeartbeatH\x00\x12,\n\x0b\x66\x65ll_behind\x18\x04 \x01(\x0b\x32\x15.sluice.v1.FellBehindH\x00\x12\x1d\n\x03gap\x18\x05 \x01(\x0b\x32\x0e.sluice.v1.GapH\x00\x12.\n\tephemeral\x18\x06 \x01(\x0b\x32\x19.sluice.v1.EphemeralBatchH\x00\x12\x10\n\x08position\x18\x0f \x01(\x04\x42\t\n\x07\x63ontent\"\xaf\x01\n\x03Gap\x12%\n\x06reason\x18\x01 \x01(\x0e\x32\x15.sluice.v1.Gap.Reason\x12\x15\n\rfrom_position\x18\x02 \x01(\x04\x12\x13\n\x0bto_position\x18\x03 \x01(\x04\"U\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x1f\n\x1bREASON_REMOVED_BY_RETENTION\x10\x01\x12\x12\n\x0eREASON_DROPPED\x10\x02\"?\n\x0e\x45phemeralBatch\x12-\n\x08messages\x18\x01 \x03(\x0b\x32\x1b.sluice.v1.EphemeralMessage\"\xfb\x01\n\x0ePublishRequest\x12\x0e\n\x06stream\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x39\n\x08metadata\x18\x04 \x03(\x0b\x32\'.sluice.v1.PublishRequest.MetadataEntry\x12\x14\n\x0c\x63ontent_type\x18\x05 \x01(\t\x12\n\n\x02id\x18\x06 \x01(\t\x12/\n\x0ctime_to_live\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"C\n\x0fPublishResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0bsubscribers\x18\x02 \x01(\r\x12\x0f\n\x07relayed\x18\x03 \x01(\r*e\n\x0c\x44\x65liveryForm\x12\x1d\n\x19\x44\x45LIVERY_FORM_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x44\x45LIVERY_FORM_NOTIFICATION\x10\x01\x12\x16\n\x12\x44\x45LIVERY_FORM_FULL\x10\x02*\x89\x01\n\x0eOverflowPolicy\x12\x1f\n\x1bOVERFLOW_POLICY_UNSPECIFIED\x10\x00\x12\x1c\n\x18OVERFLOW_POLICY_CATCH_UP\x10\x01\x12\x18\n\x14OVERFLOW_POLICY_DROP\x10\x02\x12\x1e\n\x1aOVERFLOW_POLICY_DISCONNECT\x10\x03\x32\x89\x01\n\x07Gateway\x12<\n\x05Watch\x12\x17.sluice.v1.WatchRequest\x1a\x18.sluice.v1.WatchResponse0\x01\x12@\n\x07Publish\x12\x19.sluice.v1.PublishRequest\x1a\x1a.sluice.v1.PublishResponseB\x10\n\x0cio.sluice.v1P\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17sluice/v1/gateway.proto\x12\tsluice.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17sluice/v1/streams.proto\"\xb5\x02\n\x0cWatchRequest\x12\x0f\n\x07streams\x18\x01 \x03(\t\x12\x17\n\x0fstream_prefixes\x18\x02 \x03(\t\x12\x13\n\x0b\x65vent_types\x18\x03 \x03(\t\x12%\n\x04\x66orm\x18\x04 \x01(\x0e\x32\x17.sluice.v1.DeliveryForm\x12&\n\x04live\x18\x05 \x01(\x0b\x32\x16.google.protobuf.EmptyH\x00\x12\x12\n\x08position\x18\x06 \x01(\x04H\x00\x12+\n\x08overflow\x18\x07 \x01(\x0e\x32\x19.sluice.v1.OverflowPolicy\x12\x13\n\x0b\x62uffer_size\x18\x08 \x01(\r\x12\x1d\n\x15heartbeat_interval_ms\x18\t \x01(\r\x12\x19\n\x11\x65xclude_ephemeral\x18\n \x01(\x08\x42\x07\n\x05start\"\xe1\x02\n\rWatchResponse\x12\'\n\x06\x65vents\x18\x01 \x01(\x0b\x32\x15.sluice.v1.EventBatchH\x00\x12(\n\tcaught_up\x18\x02 \x01(\x0b\x32\x13.sluice.v1.CaughtUpH\x00\x12)\n\theartbeat\x18\x03 \x01(\x0b\x32\x14.sluice.v1.HeartbeatH\x00\x12,\n\x0b\x66\x65ll_behind\x18\x04 \x01(\x0b\x32\x15.sluice.v1.FellBehindH\x00\x12\x1d\n\x03gap\x18\x05 \x01(\x0b\x32\x0e.sluice.v1.GapH\x00\x12.\n\tephemeral\x18\x06 \x01(\x0b\x32\x19.sluice.v1.EphemeralBatchH\x00\x12\x38\n\x11\x65phemeral_dropped\x18\x07 \x01(\x0b\x32\x1b.sluice.v1.EphemeralDroppedH\x00\x12\x10\n\x08position\x18\x0f \x01(\x04\x42\t\n\x07\x63ontent\"\xaf\x01\n\x03Gap\x12%\n\x06reason\x18\x01 \x01(\x0e\x32\x15.sluice.v1.Gap.Reason\x12\x15\n\rfrom_position\x18\x02 \x01(\x04\x12\x13\n\x0bto_position\x18\x03 \x01(\x04\"U\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x1f\n\x1bREASON_REMOVED_BY_RETENTION\x10\x01\x12\x12\n\x0eREASON_DROPPED\x10\x02\"?\n\x0e\x45phemeralBatch\x12-\n\x08messages\x18\x01 \x03(\x0b\x32\x1b.sluice.v1.EphemeralMessage\"\xfb\x01\n\x0ePublishRequest\x12\x0e\n\x06stream\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x39\n\x08metadata\x18\x04 \x03(\x0b\x32\'.sluice.v1.PublishRequest.MetadataEntry\x12\x14\n\x0c\x63ontent_type\x18\x05 \x01(\t\x12\n\n\x02id\x18\x06 \x01(\t\x12/\n\x0ctime_to_live\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"C\n\x0fPublishResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0bsubscribers\x18\x02 \x01(\r\x12\x0f\n\x07relayed\x18\x03 \x01(\r*e\n\x0c\x44\x65liveryForm\x12\x1d\n\x19\x44\x45LIVERY_FORM_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x44\x45LIVERY_FORM_NOTIFICATION\x10\x01\x12\x16\n\x12\x44\x45LIVERY_FORM_FULL\x10\x02*\x89\x01\n\x0eOverflowPolicy\x12\x1f\n\x1bOVERFLOW_POLICY_UNSPECIFIED\x10\x00\x12\x1c\n\x18OVERFLOW_POLICY_CATCH_UP\x10\x01\x12\x18\n\x14OVERFLOW_POLICY_DROP\x10\x02\x12\x1e\n\x1aOVERFLOW_POLICY_DISCONNECT\x10\x03\x32\x89\x01\n\x07Gateway\x12<\n\x05Watch\x12\x17.sluice.v1.WatchRequest\x1a\x18.sluice.v1.WatchResponse0\x01\x12@\n\x07Publish\x12\x19.sluice.v1.PublishRequest\x1a\x1a.sluice.v1.PublishResponseB\x10\n\x0cio.sluice.v1P\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,26 +38,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'\n\014io.sluice.v1P\001'
   _globals['_PUBLISHREQUEST_METADATAENTRY']._loaded_options = None
   _globals['_PUBLISHREQUEST_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_DELIVERYFORM']._serialized_start=1333
-  _globals['_DELIVERYFORM']._serialized_end=1434
-  _globals['_OVERFLOWPOLICY']._serialized_start=1437
-  _globals['_OVERFLOWPOLICY']._serialized_end=1574
+  _globals['_DELIVERYFORM']._serialized_start=1391
+  _globals['_DELIVERYFORM']._serialized_end=1492
+  _globals['_OVERFLOWPOLICY']._serialized_start=1495
+  _globals['_OVERFLOWPOLICY']._serialized_end=1632
   _globals['_WATCHREQUEST']._serialized_start=158
   _globals['_WATCHREQUEST']._serialized_end=467
   _globals['_WATCHRESPONSE']._serialized_start=470
-  _globals['_WATCHRESPONSE']._serialized_end=765
-  _globals['_GAP']._serialized_start=768
-  _globals['_GAP']._serialized_end=943
-  _globals['_GAP_REASON']._serialized_start=858
-  _globals['_GAP_REASON']._serialized_end=943
-  _globals['_EPHEMERALBATCH']._serialized_start=945
-  _globals['_EPHEMERALBATCH']._serialized_end=1008
-  _globals['_PUBLISHREQUEST']._serialized_start=1011
-  _globals['_PUBLISHREQUEST']._serialized_end=1262
-  _globals['_PUBLISHREQUEST_METADATAENTRY']._serialized_start=1215
-  _globals['_PUBLISHREQUEST_METADATAENTRY']._serialized_end=1262
-  _globals['_PUBLISHRESPONSE']._serialized_start=1264
-  _globals['_PUBLISHRESPONSE']._serialized_end=1331
-  _globals['_GATEWAY']._serialized_start=1577
-  _globals['_GATEWAY']._serialized_end=1714
+  _globals['_WATCHRESPONSE']._serialized_end=823
+  _globals['_GAP']._serialized_start=826
+  _globals['_GAP']._serialized_end=1001
+  _globals['_GAP_REASON']._serialized_start=916
+  _globals['_GAP_REASON']._serialized_end=1001
+  _globals['_EPHEMERALBATCH']._serialized_start=1003
+  _globals['_EPHEMERALBATCH']._serialized_end=1066
+  _globals['_PUBLISHREQUEST']._serialized_start=1069
+  _globals['_PUBLISHREQUEST']._serialized_end=1320
+  _globals['_PUBLISHREQUEST_METADATAENTRY']._serialized_start=1273
+  _globals['_PUBLISHREQUEST_METADATAENTRY']._serialized_end=1320
+  _globals['_PUBLISHRESPONSE']._serialized_start=1322
+  _globals['_PUBLISHRESPONSE']._serialized_end=1389
+  _globals['_GATEWAY']._serialized_start=1635
+  _globals['_GATEWAY']._serialized_end=1772
 # @@protoc_insertion_point(module_scope)

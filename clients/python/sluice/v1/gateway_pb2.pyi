@@ -178,6 +178,7 @@ class WatchResponse(_message.Message):
     FELL_BEHIND_FIELD_NUMBER: _builtins.int
     GAP_FIELD_NUMBER: _builtins.int
     EPHEMERAL_FIELD_NUMBER: _builtins.int
+    EPHEMERAL_DROPPED_FIELD_NUMBER: _builtins.int
     POSITION_FIELD_NUMBER: _builtins.int
     position: _builtins.int
     """The subscriber's cursor after this message: every matching event below it was
@@ -209,6 +210,12 @@ class WatchResponse(_message.Message):
     def ephemeral(self) -> Global___EphemeralBatch:
         """Messages sent with Publish: never stored, without positions."""
 
+    @_builtins.property
+    def ephemeral_dropped(self) -> _streams_pb2.EphemeralDropped:
+        """Published messages this subscriber will not get: they expired while queued for it,
+        or its queue was over its byte budget (the oldest go first).
+        """
+
     def __init__(
         self,
         *,
@@ -218,13 +225,14 @@ class WatchResponse(_message.Message):
         fell_behind: _streams_pb2.FellBehind | None = ...,
         gap: Global___Gap | None = ...,
         ephemeral: Global___EphemeralBatch | None = ...,
+        ephemeral_dropped: _streams_pb2.EphemeralDropped | None = ...,
         position: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["caught_up", b"caught_up", "content", b"content", "ephemeral", b"ephemeral", "events", b"events", "fell_behind", b"fell_behind", "gap", b"gap", "heartbeat", b"heartbeat"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["caught_up", b"caught_up", "content", b"content", "ephemeral", b"ephemeral", "ephemeral_dropped", b"ephemeral_dropped", "events", b"events", "fell_behind", b"fell_behind", "gap", b"gap", "heartbeat", b"heartbeat"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["caught_up", b"caught_up", "content", b"content", "ephemeral", b"ephemeral", "events", b"events", "fell_behind", b"fell_behind", "gap", b"gap", "heartbeat", b"heartbeat", "position", b"position"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caught_up", b"caught_up", "content", b"content", "ephemeral", b"ephemeral", "ephemeral_dropped", b"ephemeral_dropped", "events", b"events", "fell_behind", b"fell_behind", "gap", b"gap", "heartbeat", b"heartbeat", "position", b"position"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_content: _TypeAlias = _typing.Literal["events", "caught_up", "heartbeat", "fell_behind", "gap", "ephemeral"]  # noqa: Y015
+    _WhichOneofReturnType_content: _TypeAlias = _typing.Literal["events", "caught_up", "heartbeat", "fell_behind", "gap", "ephemeral", "ephemeral_dropped"]  # noqa: Y015
     _WhichOneofArgType_content: _TypeAlias = _typing.Literal["content", b"content"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_content) -> _WhichOneofReturnType_content | None: ...
 
