@@ -159,6 +159,7 @@ class Member:
         self.settings = settings
         self.deliverer = deliverer
         self.client = Client(settings.store, timeout=10)
+        self.store_id = ""  # the store's identity, from heartbeats
         self.config = gpb.GroupConfig()
         self.epoch = 0
         self.workers: dict[int, PartitionWorker] = {}
@@ -279,9 +280,16 @@ class Member:
             if err.reason in FENCED:
                 log.warning("fenced (%s): dropping partitions, joining again", err.reason)
                 await self._drop_all()
+            elif err.reason == "GROUP_NOT_FOUND" and await self._store_replaced():
+                if s.create_group:
+                    await self._ensure_group()
             else:
                 log.warning("heartbeat failed: %s", err)
             return None
+        if self.store_id and resp.store_id != self.store_id:
+            await self._on_new_store(resp.store_id)
+            return None
+        self.store_id = resp.store_id
         refilter = self.joined and resp.config.filter != self.config.filter
         if refilter:
             log.info("the group's filter changed: reading every partition again from its cursor")
@@ -305,6 +313,32 @@ class Member:
                 self.workers[p] = PartitionWorker(self, p, cursor)
         interval: float = resp.heartbeat_interval.ToMicroseconds() / 1e6
         return interval
+
+    async def _store_replaced(self) -> bool:
+        """Whether the store now answering is another one than the member knew."""
+        try:
+            call = self.client._stub.Read(pb.ReadRequest(max_count=1), timeout=5)
+            header = (await anext(aiter(call))).header
+            call.cancel()
+        except (grpc.aio.AioRpcError, StopAsyncIteration):
+            return False
+        if self.store_id and header.store_id and header.store_id != self.store_id:
+            await self._on_new_store(header.store_id)
+            return True
+        return False
+
+    async def _on_new_store(self, store_id: str) -> None:
+        """The store was replaced (a new or emptied database): cursors from before mean
+        nothing there. Drop every partition without committing and join again."""
+        log.error(
+            "the store was replaced (store id %s, before %s): dropping partitions without committing,"
+            " joining again%s",
+            store_id,
+            self.store_id,
+            " (creating the group there)" if self.settings.create_group else "",
+        )
+        self.store_id = store_id
+        await self._drop_all()
 
     def _release(self, partition: int) -> None:
         """Give a revoked partition back: finish in-flight work, commit, then stop reporting it."""

@@ -7,6 +7,7 @@ import collections
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from sluice import Client, new_event
 from sluice.partition import partition_of
@@ -278,3 +279,27 @@ async def test_a_widened_filter_delivers_what_it_takes_from_the_change_on(
             await c.append(f"orders-{n}", [ev])
         await app.wait(lambda: app.acked_ids() >= {e.id for e in later})  # none skipped
     assert in_order_per_stream(app.received)
+
+
+async def test_a_store_replaced_by_an_empty_one_is_joined_afresh(
+    store_proc: StoreProcess, app: App, sidecars: Callable[..., Sidecar], tmp_path: Path
+) -> None:
+    sc = sidecars("n0")
+    await sc.start()
+    before = await produce(store_proc, streams=4, per_stream=3)
+    await app.wait(lambda: app.acked_ids() >= set(before))
+    assert store_proc.proc is not None
+    store_proc.proc.kill()  # the store and its data are gone; an empty one takes its address
+    await store_proc.proc.wait()
+    empty = StoreProcess(f"sqlite:///{tmp_path}/empty.db", log=tmp_path / "empty.log")
+    empty.addr = store_proc.addr
+    empty.args[empty.args.index("--addr") + 1] = store_proc.addr
+    await empty.start()
+    try:
+        after = await produce(empty, streams=4, per_stream=3)  # positions 1.. again
+        await app.wait(lambda: app.acked_ids() >= set(after))  # the group was made again there
+        assert "the store was replaced" in (tmp_path / "sidecar-n0.log").read_text()
+    finally:
+        assert empty.proc is not None
+        empty.proc.kill()
+        await empty.proc.wait()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,7 +13,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sluice import END, START, Client, InvalidArgument, Position, Revision, StreamNotFound, new_event
+from sluice import (
+    END,
+    START,
+    Client,
+    InvalidArgument,
+    Position,
+    Revision,
+    StoreReplaced,
+    StreamNotFound,
+    new_event,
+)
 from sluice.client import SubscriptionItem
 from sluice.v1 import streams_pb2 as pb
 from sluice_store.server import StoreServer
@@ -446,3 +456,20 @@ async def test_broadcasts_for_a_stalled_subscriber_are_bounded_in_bytes_and_drop
         got, dropped = await _ephemeral_items(late, 303)
         assert not {"1000", "1001", "1002"} & set(got) and len(got) + dropped == 303
         late.cancel()
+
+
+async def test_the_client_says_when_the_store_at_its_address_was_replaced(
+    make_store: StoreFactory, db_url: Callable[[str], str]
+) -> None:
+    first = await make_store(db=db_url("a"))
+    second = await make_store(db=db_url("b"))  # another database: another store
+    async with Client(first.address) as c:
+        await c.read_list()
+        known = c.store_id
+    assert known
+    async with Client(second.address) as c2:
+        c2.store_id = known  # as if it had talked to the first store at this address before
+        with pytest.raises(StoreReplaced) as replaced:
+            await c2.read_list()
+        assert replaced.value.metadata["previous_store_id"] == known != c2.store_id
+        assert await c2.read_list() == []  # told once; it follows the new store from then on

@@ -16,7 +16,7 @@ import grpc
 from google.protobuf import empty_pb2, timestamp_pb2
 
 from sluice import telemetry
-from sluice.errors import SluiceError, WrongExpectedRevision, from_rpc_error, from_status
+from sluice.errors import SluiceError, StoreReplaced, WrongExpectedRevision, from_rpc_error, from_status
 from sluice.ids import uuid7
 from sluice.v1 import groups_pb2 as gpb
 from sluice.v1 import groups_pb2_grpc as gpb_grpc
@@ -214,6 +214,16 @@ class Client(Connection):
         self._stub = pb_grpc.StreamsStub(self._channel)
         #: The sluice.v1.Groups stub, for members (Heartbeat, CommitCursor).
         self.groups_stub = gpb_grpc.GroupsStub(self._channel)
+        #: The store's identity, from the first read header, caught-up or heartbeat seen.
+        self.store_id = ""
+
+    def _check_store(self, store_id: str) -> None:
+        """Raise StoreReplaced (once) when the store answering is not the one seen before."""
+        if not store_id or store_id == self.store_id:
+            return
+        known, self.store_id = self.store_id, store_id
+        if known:
+            raise StoreReplaced(known, store_id)
 
     async def _call(self, awaitable: Awaitable[S]) -> S:
         try:
@@ -267,6 +277,8 @@ class Client(Connection):
         call = self._stub.Read(req)
         try:
             async for msg in call:
+                if msg.HasField("header"):
+                    self._check_store(msg.header.store_id)
                 if msg.events:
                     yield msg.events
         except grpc.aio.AioRpcError as e:
@@ -310,6 +322,8 @@ class Client(Connection):
                     for ev in msg.events.events:
                         yield ev
                 elif kind is not None:
+                    if kind in ("caught_up", "heartbeat"):
+                        self._check_store(getattr(msg, kind).store_id)
                     yield getattr(msg, kind)
         except grpc.aio.AioRpcError as e:
             if e.code() == grpc.StatusCode.CANCELLED and call.cancelled():

@@ -82,6 +82,24 @@ class Unavailable(SluiceError):
     """The store cannot serve now (shutting down, restarting, unreachable): retry."""
 
 
+class StorageFull(LimitExceeded):
+    """The store's disk or database is full: no appends until space is freed; reads work."""
+
+
+class StoreReplaced(SluiceError):
+    """The store at this address is another one than before (its ``store_id`` changed: a
+    new or emptied database). Positions and cursors from the old one mean nothing there."""
+
+    def __init__(self, known: str, now: str) -> None:
+        super().__init__(
+            f"the store was replaced (store id {now}, before {known}): positions and cursors from"
+            " before do not apply",
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "STORE_REPLACED",
+            {"store_id": now, "previous_store_id": known},
+        )
+
+
 _BY_REASON: dict[str, type[SluiceError]] = {
     "WRONG_EXPECTED_REVISION": WrongExpectedRevision,
     "STREAM_DELETED": StreamDeleted,
@@ -92,6 +110,7 @@ _BY_REASON: dict[str, type[SluiceError]] = {
     "INVALID_ARGUMENT": InvalidArgument,
     "SYSTEM_STREAM_RESERVED": InvalidArgument,
     "LIMIT_EXCEEDED": LimitExceeded,
+    "STORAGE_FULL": StorageFull,
     "STORE_UNAVAILABLE": Unavailable,
     "SUBSCRIBER_TOO_SLOW": SubscriberTooSlow,
 }

@@ -102,6 +102,7 @@ class GroupsService:
             heartbeat_interval=state.config.heartbeat_interval,
             lease=duration(state.lease_us),
             config=state.config,
+            store_id=self.streams.storage.store_id,
         )
         if member is not None:
             out.member_epoch = member.epoch

@@ -441,7 +441,12 @@ class HeartbeatResponse(_message.Message):
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _builtins.int
     LEASE_FIELD_NUMBER: _builtins.int
     CONFIG_FIELD_NUMBER: _builtins.int
+    STORE_ID_FIELD_NUMBER: _builtins.int
     member_epoch: _builtins.int
+    store_id: _builtins.str
+    """The store's identity (see ReadHeader.store_id): a member that sees it change drops
+    its partitions without committing and joins again.
+    """
     @_builtins.property
     def assigned(self) -> _containers.RepeatedCompositeFieldContainer[Global___PartitionCursor]:
         """The partitions the member may work on now, with their cursors."""
@@ -462,10 +467,11 @@ class HeartbeatResponse(_message.Message):
         heartbeat_interval: _duration_pb2.Duration | None = ...,
         lease: _duration_pb2.Duration | None = ...,
         config: Global___GroupConfig | None = ...,
+        store_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "heartbeat_interval", b"heartbeat_interval", "lease", b"lease"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assigned", b"assigned", "config", b"config", "heartbeat_interval", b"heartbeat_interval", "lease", b"lease", "member_epoch", b"member_epoch"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assigned", b"assigned", "config", b"config", "heartbeat_interval", b"heartbeat_interval", "lease", b"lease", "member_epoch", b"member_epoch", "store_id", b"store_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
