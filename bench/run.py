@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -1021,6 +1021,27 @@ def report(res: Results, a: argparse.Namespace, elapsed: float) -> str:
 SECTION_LIMIT = 1200.0  # seconds one section may take in a full run
 SECTION_LIMIT_QUICK = 300.0
 
+Section = Callable[[Results, argparse.Namespace], Awaitable[None]]
+
+
+async def run_sections(
+    sections: Mapping[str, Section], chosen: list[str], res: Results, a: argparse.Namespace, limit: float
+) -> None:
+    """Run the chosen sections in order, each under ``limit`` seconds: one that fails or
+    hangs is recorded with why (a row of the report), and the run goes on."""
+    for name in chosen:
+        log(f"== {name}")
+        gc.collect()  # start each section without garbage from the last (fair to every system)
+        try:
+            async with asyncio.timeout(limit):
+                await sections[name](res, a)
+        except Exception as e:
+            why = (
+                f"timed out after {limit:g} s" if isinstance(e, TimeoutError) else f"{type(e).__name__}: {e}"
+            )
+            log(f"{name}: failed: {why}")
+            res.failed.append((name, why[:300]))
+
 
 async def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1059,21 +1080,7 @@ async def main() -> None:
     chosen = a.only.split(",") if a.only else list(sections)
     res = Results()
     t0 = time.perf_counter()
-    for name in chosen:
-        log(f"== {name}")
-        gc.collect()  # start each section without garbage from the last (fair to every system)
-        limit = SECTION_LIMIT_QUICK if a.quick else SECTION_LIMIT
-        try:
-            async with asyncio.timeout(limit):  # every section ends: a hang fails it, the run goes on
-                await sections[name](res, a)
-        except Exception as e:
-            why = (
-                f"timed out after {limit:.0f} s"
-                if isinstance(e, TimeoutError)
-                else f"{type(e).__name__}: {e}"
-            )
-            log(f"{name}: failed: {why}")
-            res.failed.append((name, why[:300]))
+    await run_sections(sections, chosen, res, a, SECTION_LIMIT_QUICK if a.quick else SECTION_LIMIT)
     text = report(res, a, time.perf_counter() - t0)
     print(text)
     out = ROOT / "results"
