@@ -173,7 +173,7 @@ class Member:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._releasing: set[asyncio.Task[None]] = set()
-        self.telemetry = Telemetry(self)
+        self.telemetry = Telemetry(settings.group, self.status)
 
     # -- life cycle -------------------------------------------------------------------
 

@@ -9,21 +9,19 @@ configured by the standard ``OTEL_*`` variables; with none set, the calls are no
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from opentelemetry import context, metrics, propagate, trace
 
 from sluice import telemetry
+from sluice.v1 import sidecar_pb2 as spb
 from sluice.v1 import streams_pb2 as pb
-
-if TYPE_CHECKING:
-    from sluice_sidecar.member import Member
 
 
 class Telemetry:
-    def __init__(self, member: Member) -> None:
-        self.member = member
+    def __init__(self, group: str, status: Callable[[], spb.SidecarStatus]) -> None:
+        self.group = group
+        self.status = status  # the member's status, read for the lag gauge
         self.tracing = telemetry.tracing_enabled()
         if self.tracing:
             telemetry.setup_tracing("sluice-sidecar")
@@ -35,9 +33,8 @@ class Telemetry:
         meter.create_observable_gauge("sluice.sidecar.lag", callbacks=[self._lag], unit="{position}")
 
     def _lag(self, _: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
-        m = self.member
-        for p in m.status().partitions:
-            yield metrics.Observation(p.lag_positions, {"group": m.settings.group, "partition": p.partition})
+        for p in self.status().partitions:
+            yield metrics.Observation(p.lag_positions, {"group": self.group, "partition": p.partition})
 
     @contextlib.contextmanager
     def delivery(self, events: Sequence[pb.RecordedEvent], partition: int, attempt: int) -> Iterator[None]:
@@ -55,7 +52,7 @@ class Telemetry:
                 attributes={
                     "messaging.system": "sluice",
                     "messaging.destination.name": first.stream,
-                    "messaging.consumer.group.name": self.member.settings.group,
+                    "messaging.consumer.group.name": self.group,
                     "messaging.batch.message_count": len(events),
                     "sluice.position": first.position,
                     "sluice.partition": partition,
