@@ -227,19 +227,30 @@ def _from_proto(r: spb.DeliveryResult) -> Result:
 
 
 class PullHub(Deliverer):
-    """Pull mode: apps connected to Sidecar.Pull take deliveries within the credits they grant."""
+    """Pull mode: apps connected to ``Sidecar.Pull`` take deliveries within their credits.
+
+    Credits are a window, per Pull call: a call that granted N credits in all has at most N
+    deliveries outstanding (sent, not yet answered). A delivery stops being outstanding, and
+    its credit comes back to the call, when the app acks it (whatever the outcome) or when
+    ``--delivery-timeout`` passes without an answer (then it is retried). When a call ends,
+    its unanswered deliveries are retried at once, on whichever call has credit.
+    """
 
     def __init__(self, group: str, timeout: float) -> None:
         self.group = group
         self.timeout = timeout
-        self.credits = 0
         self._changed = asyncio.Condition()
         self._outbox: collections.deque[spb.Delivery] = collections.deque()
         self._waiting: dict[int, asyncio.Future[Result]] = {}
-        self._sent: set[int] = set()  # delivered to the app, not yet acked
+        self._calls: set[_PullCall] = set()
+        self._notifying: set[asyncio.Task[None]] = set()
         self._ids = itertools.count(1)
-        self.outstanding = 0
         self.max_outstanding = 0  # the most deliveries ever outstanding at once (for tests)
+
+    @property
+    def outstanding(self) -> int:
+        """Deliveries sent to the app and not yet answered, on every call."""
+        return sum(len(c.sent) for c in self._calls)
 
     async def deliver(self, events: Sequence[pb.RecordedEvent], partition: int, attempt: int) -> Result:
         for ev in events:
@@ -249,6 +260,8 @@ class PullHub(Deliverer):
         return ACKED
 
     async def _one(self, ev: pb.RecordedEvent, partition: int, attempt: int) -> Result:
+        """Offer one event and wait for its answer. It waits for credit as long as it takes
+        (the app sets the pace); once sent, the app has ``--delivery-timeout`` to answer."""
         did = next(self._ids)
         fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._waiting[did] = fut
@@ -257,58 +270,91 @@ class PullHub(Deliverer):
             self._outbox.append(d)
             self._changed.notify_all()
         try:
-            return await asyncio.wait_for(fut, self.timeout)
-        except TimeoutError:
-            return Result(RETRY, "no ack from the app in time")
+            return await fut
         finally:
             self._waiting.pop(did, None)
             if d in self._outbox:
-                self._outbox.remove(d)  # never sent: it will be offered again as a retry
+                self._outbox.remove(d)  # never sent (the worker stopped)
             self._settle(did)
 
     def _settle(self, delivery_id: int) -> None:
-        """A sent delivery was acked, or expired: it is no longer outstanding."""
-        if delivery_id in self._sent:
-            self._sent.discard(delivery_id)
-            self.outstanding -= 1
+        """The delivery is answered, expired or abandoned: its credit comes back to its call."""
+        for call in self._calls:
+            timer = call.sent.pop(delivery_id, None)
+            if timer is not None:
+                timer.cancel()
+                self._notify()
+
+    def _notify(self) -> None:
+        async def notify() -> None:
+            async with self._changed:
+                self._changed.notify_all()
+
+        task = asyncio.get_running_loop().create_task(notify())
+        self._notifying.add(task)
+        task.add_done_callback(self._notifying.discard)
+
+    def _answer(self, delivery_id: int, result: Result) -> None:
+        fut = self._waiting.get(delivery_id)
+        if fut is not None and not fut.done():
+            fut.set_result(result)
+
+    def _expire(self, delivery_id: int) -> None:
+        self._answer(delivery_id, Result(RETRY, f"no answer from the app within {self.timeout:g}s"))
 
     async def serve(self, requests: AsyncIterator[spb.PullRequest]) -> AsyncIterator[spb.PullResponse]:
-        """One app connection: read credits and acks, send deliveries within the credits."""
-
-        closed = False
+        """One app connection: read credits and acks, send deliveries within its window."""
+        call = _PullCall()
+        self._calls.add(call)
+        loop = asyncio.get_running_loop()
 
         async def read() -> None:
-            nonlocal closed
             try:
                 async for req in requests:
                     kind = req.WhichOneof("request")
                     async with self._changed:
                         if kind == "credits":
-                            self.credits += req.credits
-                        elif kind == "ack":
-                            self._settle(req.ack.delivery_id)
-                            fut = self._waiting.get(req.ack.delivery_id)
-                            if fut is not None and not fut.done():
-                                fut.set_result(_from_proto(req.ack.result))
+                            call.window += req.credits
+                        elif kind == "ack" and req.ack.delivery_id in call.sent:
+                            call.sent.pop(req.ack.delivery_id).cancel()
+                            self._answer(req.ack.delivery_id, _from_proto(req.ack.result))
                         self._changed.notify_all()
             finally:
                 async with self._changed:
-                    closed = True
-                    self.credits = 0  # credits belong to the connection that granted them
+                    call.closed = True
                     self._changed.notify_all()
 
         reader = asyncio.create_task(read())
         try:
             while True:
                 async with self._changed:
-                    await self._changed.wait_for(lambda: closed or (self.credits > 0 and bool(self._outbox)))
-                    if closed:
+                    await self._changed.wait_for(
+                        lambda: call.closed or (call.room() > 0 and bool(self._outbox))
+                    )
+                    if call.closed:
                         break
                     d = self._outbox.popleft()
-                    self.credits -= 1
-                    self._sent.add(d.delivery_id)
-                    self.outstanding += 1
+                    call.sent[d.delivery_id] = loop.call_later(self.timeout, self._expire, d.delivery_id)
                     self.max_outstanding = max(self.max_outstanding, self.outstanding)
                 yield spb.PullResponse(delivery=d)
         finally:
             reader.cancel()
+            async with self._changed:
+                self._calls.discard(call)
+                for did, timer in call.sent.items():  # sent on this call, never answered: retry now
+                    timer.cancel()
+                    self._answer(did, Result(RETRY, "the app's Pull call ended before it answered", 0.0))
+                call.sent.clear()
+                self._changed.notify_all()
+
+
+@dataclasses.dataclass(eq=False)
+class _PullCall:
+    """One Pull call's window: credits granted in all, deliveries sent and not answered."""
+
+    window: int = 0
+    sent: dict[int, asyncio.TimerHandle] = dataclasses.field(default_factory=dict)
+    closed: bool = False
+
+    def room(self) -> int:
+        return self.window - len(self.sent)

@@ -7,7 +7,7 @@ import json
 import os
 import signal
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -19,7 +19,7 @@ from sluice import Client, new_event
 from sluice.v1 import sidecar_pb2 as spb
 from sluice.v1 import sidecar_pb2_grpc as spb_grpc
 from sluice.v1 import streams_pb2 as pb
-from tests.conftest import StoreProcess, closed_by_server, console_spans, eventually, slow_clients
+from tests.conftest import StoreProcess, closed_by_server, console_spans, slow_clients
 from tests.sidecar.conftest import WAIT, App, Sidecar
 from tests.sidecar.test_mesh import in_order_per_stream, produce
 
@@ -34,52 +34,6 @@ async def test_batched_push_keeps_order(
     assert len(app.received) == len(ids)
     assert max(app.batches) > 1  # events really travelled together
     assert in_order_per_stream(app.received)
-
-
-async def test_pull_mode_never_has_more_outstanding_than_granted(
-    store_proc: StoreProcess, sidecars: Callable[..., Sidecar]
-) -> None:
-    sc = sidecars("pull0", "--delivery", "pull")
-    await sc.start()
-    ids = await produce(store_proc, streams=12, per_stream=3)
-    requests: asyncio.Queue[spb.PullRequest] = asyncio.Queue()
-
-    async def outgoing() -> AsyncIterator[spb.PullRequest]:
-        while True:
-            yield await requests.get()
-
-    async with grpc.aio.insecure_channel(sc.grpc) as ch:
-        call = spb_grpc.SidecarStub(ch).Pull(outgoing())
-        granted = 5
-        await requests.put(spb.PullRequest(credits=granted))
-        got: list[spb.Delivery] = []
-        for _ in range(granted):
-            got.append((await asyncio.wait_for(call.read(), WAIT)).delivery)
-
-        async def many_waiting() -> bool:
-            status = await sc.status()
-            return int(status["in_flight"]) > granted and int(status["pull_outstanding"]) == granted
-
-        await eventually(many_waiting, timeout=WAIT)  # more events wait for credit ...
-        assert int((await sc.status())["pull_outstanding_max"]) == granted  # ... and none went out
-        # From here on the app acks each delivery at once and grants one credit for it.
-        delivered = 0
-        while delivered < len(ids):
-            d = got.pop(0) if got else (await asyncio.wait_for(call.read(), WAIT)).delivery
-            ok = spb.DeliveryResult(outcome=spb.ACK)
-            await requests.put(spb.PullRequest(ack=spb.Ack(delivery_id=d.delivery_id, result=ok)))
-            await requests.put(spb.PullRequest(credits=1))
-            delivered += 1
-
-        async def all_delivered() -> bool:
-            return int((await sc.status())["delivered"]) == len(ids)
-
-        await eventually(all_delivered, timeout=WAIT)  # the last acks reached the sidecar
-        call.cancel()
-        over_grpc = await spb_grpc.SidecarStub(ch).Status(spb.StatusRequest())
-        assert over_grpc.delivered == len(ids) and over_grpc.member_id == "pull0" and over_grpc.ready
-        assert len(over_grpc.partitions) == 12
-    assert int((await sc.status())["pull_outstanding_max"]) == granted
 
 
 class Callback(spb_grpc.AppCallbackServicer):

@@ -117,7 +117,9 @@ class PullRequest(_message.Message):
     CREDITS_FIELD_NUMBER: _builtins.int
     ACK_FIELD_NUMBER: _builtins.int
     credits: _builtins.int
-    """Allow this many more deliveries outstanding (credits add up)."""
+    """Widen this call's window by this many deliveries (credits add up; answers
+    and expiries give a credit back, so an app grants its window once).
+    """
     @_builtins.property
     def ack(self) -> Global___Ack:
         """The outcome of a delivery."""

@@ -58,8 +58,14 @@ class SidecarServicer:
     """
 
     def Pull(self, request_iterator, context):
-        """Pull mode: the app opens this stream, grants credits, and acks or nacks each
-        delivery. The sidecar never has more deliveries outstanding than credits granted.
+        """Pull mode: the app opens this stream, grants credits, and answers each delivery
+        (ack, retry or dead-letter). Credits are a window per call: a call that granted N
+        credits in all never has more than N deliveries outstanding (sent, not answered).
+        A delivery's credit comes back to its call when the app answers it, or when
+        --delivery-timeout passes without an answer (the event is then retried). Events
+        wait for credit as long as it takes, at no cost in attempts. When a call ends,
+        the deliveries it left unanswered are offered again at once (next attempt) on
+        any call with room. Several calls may pull at once; they share the work.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

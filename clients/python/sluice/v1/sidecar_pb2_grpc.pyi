@@ -37,8 +37,14 @@ class SidecarStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> SidecarAsyncStub: ...
     Pull: _grpc.StreamStreamMultiCallable[_sidecar_pb2.PullRequest, _sidecar_pb2.PullResponse]
-    """Pull mode: the app opens this stream, grants credits, and acks or nacks each
-    delivery. The sidecar never has more deliveries outstanding than credits granted.
+    """Pull mode: the app opens this stream, grants credits, and answers each delivery
+    (ack, retry or dead-letter). Credits are a window per call: a call that granted N
+    credits in all never has more than N deliveries outstanding (sent, not answered).
+    A delivery's credit comes back to its call when the app answers it, or when
+    --delivery-timeout passes without an answer (the event is then retried). Events
+    wait for credit as long as it takes, at no cost in attempts. When a call ends,
+    the deliveries it left unanswered are offered again at once (next attempt) on
+    any call with room. Several calls may pull at once; they share the work.
     """
     Publish: _grpc.UnaryUnaryMultiCallable[_streams_pb2.AppendRequest, _streams_pb2.AppendResponse]
     """Append through the sidecar: it adds the app's identity and trace context."""
@@ -51,8 +57,14 @@ class SidecarAsyncStub(SidecarStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Pull: _aio.StreamStreamMultiCallable[_sidecar_pb2.PullRequest, _sidecar_pb2.PullResponse]  # type: ignore[assignment]
-    """Pull mode: the app opens this stream, grants credits, and acks or nacks each
-    delivery. The sidecar never has more deliveries outstanding than credits granted.
+    """Pull mode: the app opens this stream, grants credits, and answers each delivery
+    (ack, retry or dead-letter). Credits are a window per call: a call that granted N
+    credits in all never has more than N deliveries outstanding (sent, not answered).
+    A delivery's credit comes back to its call when the app answers it, or when
+    --delivery-timeout passes without an answer (the event is then retried). Events
+    wait for credit as long as it takes, at no cost in attempts. When a call ends,
+    the deliveries it left unanswered are offered again at once (next attempt) on
+    any call with room. Several calls may pull at once; they share the work.
     """
     Publish: _aio.UnaryUnaryMultiCallable[_streams_pb2.AppendRequest, _streams_pb2.AppendResponse]  # type: ignore[assignment]
     """Append through the sidecar: it adds the app's identity and trace context."""
@@ -68,8 +80,14 @@ class SidecarServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_sidecar_pb2.PullRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_sidecar_pb2.PullResponse], _abc.AsyncIterator[_sidecar_pb2.PullResponse]]:
-        """Pull mode: the app opens this stream, grants credits, and acks or nacks each
-        delivery. The sidecar never has more deliveries outstanding than credits granted.
+        """Pull mode: the app opens this stream, grants credits, and answers each delivery
+        (ack, retry or dead-letter). Credits are a window per call: a call that granted N
+        credits in all never has more than N deliveries outstanding (sent, not answered).
+        A delivery's credit comes back to its call when the app answers it, or when
+        --delivery-timeout passes without an answer (the event is then retried). Events
+        wait for credit as long as it takes, at no cost in attempts. When a call ends,
+        the deliveries it left unanswered are offered again at once (next attempt) on
+        any call with room. Several calls may pull at once; they share the work.
         """
 
     @_abc_1.abstractmethod
