@@ -211,7 +211,7 @@ class GrpcDeliverer(Deliverer):
                 r = await self._stub.Deliver(d, timeout=self.timeout)
             except grpc.aio.AioRpcError as e:
                 return Result(RETRY, f"the app's callback failed: {e.code().name}: {e.details()}")
-            result = _from_proto(r)
+            result = _from_proto(r, "gRPC callback")
             if result.outcome != ACK:
                 return result
         return ACKED
@@ -220,10 +220,12 @@ class GrpcDeliverer(Deliverer):
         await self._channel.close()
 
 
-def _from_proto(r: spb.DeliveryResult) -> Result:
+def _from_proto(r: spb.DeliveryResult, how: str) -> Result:
+    """The app's answer; its reason as given, else which answer it gave and how."""
     delay = r.retry_after.ToMicroseconds() / 1e6 if r.HasField("retry_after") else None
     outcome = r.outcome or ACK
-    return Result(outcome, r.reason, delay)
+    reason = r.reason or f"the app answered {spb.Outcome.Name(outcome)} ({how}) and gave no reason"
+    return Result(outcome, reason, delay)
 
 
 class PullHub(Deliverer):
@@ -317,7 +319,7 @@ class PullHub(Deliverer):
                             call.window += req.credits
                         elif kind == "ack" and req.ack.delivery_id in call.sent:
                             call.sent.pop(req.ack.delivery_id).cancel()
-                            self._answer(req.ack.delivery_id, _from_proto(req.ack.result))
+                            self._answer(req.ack.delivery_id, _from_proto(req.ack.result, "Pull"))
                         self._changed.notify_all()
             finally:
                 async with self._changed:

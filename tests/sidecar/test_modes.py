@@ -19,7 +19,7 @@ from sluice import Client, new_event
 from sluice.v1 import sidecar_pb2 as spb
 from sluice.v1 import sidecar_pb2_grpc as spb_grpc
 from sluice.v1 import streams_pb2 as pb
-from tests.conftest import StoreProcess, closed_by_server, console_spans, slow_clients
+from tests.conftest import StoreProcess, closed_by_server, console_spans, eventually, slow_clients
 from tests.sidecar.conftest import WAIT, App, Sidecar
 from tests.sidecar.test_mesh import in_order_per_stream, produce
 
@@ -68,6 +68,54 @@ async def test_grpc_callback_mode(store_proc: StoreProcess, sidecars: Callable[.
         assert sorted(callback.calls) == sorted([(i, 1) for i in ids] + [(i, 2) for i in ids])
     finally:
         await server.stop(0)
+
+
+class Refusing(spb_grpc.AppCallbackServicer):
+    """An app in gRPC callback mode that gives up on events in every way it can."""
+
+    async def Deliver(self, request: spb.Delivery, context: grpc.aio.ServicerContext) -> spb.DeliveryResult:
+        kind = request.event.type
+        if kind == "Refused":
+            return spb.DeliveryResult(outcome=spb.DEAD_LETTER, reason="unknown sku 42")
+        if kind == "Silent":
+            return spb.DeliveryResult(outcome=spb.DEAD_LETTER)
+        if kind == "Flaky":
+            result = spb.DeliveryResult(outcome=spb.RETRY, reason="warehouse down")
+            result.retry_after.FromMilliseconds(10)
+            return result
+        await context.abort(grpc.StatusCode.INTERNAL, "db exploded")
+        raise AssertionError("abort raises")
+
+
+async def test_grpc_callback_reasons_and_attempts_reach_the_dead_letters(
+    store_proc: StoreProcess, sidecars: Callable[..., Sidecar]
+) -> None:
+    server = grpc.aio.server()
+    spb_grpc.add_AppCallbackServicer_to_server(Refusing(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        sc = sidecars("cb1", "--delivery", "grpc", "--app-grpc", f"127.0.0.1:{port}", "--max-attempts", "3")
+        await sc.start()
+        kinds = ["Refused", "Silent", "Flaky", "Broken"]
+        async with Client(store_proc.addr) as c:
+            for n, kind in enumerate(kinds):
+                await c.append(f"orders-{n}", [new_event(kind, {"n": n})])
+
+            async def all_dead() -> bool:
+                return (await c.stream_info("$dlq.app")).event_count == len(kinds)
+
+            await eventually(all_dead, timeout=WAIT)
+            dead = {e.type: e.metadata for e in await c.read_list("$dlq.app")}
+    finally:
+        await server.stop(0)
+    assert dead["Refused"]["dlq-reason"] == "unknown sku 42" and dead["Refused"]["dlq-attempts"] == "1"
+    assert dead["Silent"]["dlq-attempts"] == "1"
+    assert "DEAD_LETTER" in dead["Silent"]["dlq-reason"] and "no reason" in dead["Silent"]["dlq-reason"]
+    assert dead["Flaky"]["dlq-attempts"] == "3" and "warehouse down" in dead["Flaky"]["dlq-reason"]
+    assert dead["Broken"]["dlq-attempts"] == "3"
+    assert "INTERNAL" in dead["Broken"]["dlq-reason"] and "db exploded" in dead["Broken"]["dlq-reason"]
+    assert all(md["dlq-group"] == "app" for md in dead.values())
 
 
 async def test_publish_through_the_sidecar(
