@@ -168,6 +168,7 @@ class Member:
         self.delivered = self.retried = self.dead_lettered = 0
         self.joined = False
         self.stopping = False
+        self.missing = False  # the group does not exist (deleted, or not made yet)
         self._lease_until = 0.0
         self._lease_renewed = asyncio.Event()
         self._wake = asyncio.Event()
@@ -243,6 +244,7 @@ class Member:
         next_beat = 0.0
         failures = 0
         while not self.stopping:
+            self._wake.clear()  # a wake-up from here on (a refused commit) brings a heartbeat at once
             try:
                 await self._commit_all()
                 if time.monotonic() >= next_beat:
@@ -256,7 +258,6 @@ class Member:
             except Exception:  # keep the membership alive whatever one round did
                 log.exception("membership round failed")
                 next_beat = time.monotonic() + 1.0
-            self._wake.clear()
             wait = max(0.0, min(self.settings.commit_interval, next_beat - time.monotonic()))
             try:
                 await asyncio.wait_for(self._wake.wait(), wait)
@@ -280,9 +281,13 @@ class Member:
             if err.reason in FENCED:
                 log.warning("fenced (%s): dropping partitions, joining again", err.reason)
                 await self._drop_all()
-            elif err.reason == "GROUP_NOT_FOUND" and await self._store_replaced():
-                if s.create_group:
-                    await self._ensure_group()
+            elif err.reason == "GROUP_NOT_FOUND":
+                if await self._store_replaced():
+                    if s.create_group:
+                        await self._ensure_group()
+                else:
+                    await self._group_missing()
+                    return self.config.heartbeat_interval.ToMicroseconds() / 1e6 or 1.0
             else:
                 log.warning("heartbeat failed: %s", err)
             return None
@@ -290,6 +295,9 @@ class Member:
             await self._on_new_store(resp.store_id)
             return None
         self.store_id = resp.store_id
+        if self.missing:
+            log.info("group %s found: joining it", s.group)
+            self.missing = False
         refilter = self.joined and resp.config.filter != self.config.filter
         if refilter:
             log.info("the group's filter changed: reading every partition again from its cursor")
@@ -313,6 +321,24 @@ class Member:
                 self.workers[p] = PartitionWorker(self, p, cursor)
         interval: float = resp.heartbeat_interval.ToMicroseconds() / 1e6
         return interval
+
+    async def _group_missing(self) -> None:
+        """The group is gone (deleted) or was never made: deliver nothing, commit nothing,
+        report not ready, and wait for it to be created (a deleted group is an operator's
+        decision, so the sidecar does not make it again on its own)."""
+        if self.missing:
+            return
+        was = "was deleted" if self.joined else "does not exist"
+        log.error(
+            "group %s %s: not ready; partitions dropped without committing;"
+            " waiting for the group to be created (sluice groups create %s)",
+            self.settings.group,
+            was,
+            self.settings.group,
+        )
+        self.missing = True
+        self.joined = False
+        await self._drop_all()
 
     async def _store_replaced(self) -> bool:
         """Whether the store now answering is another one than the member knew."""
@@ -386,9 +412,11 @@ class Member:
             w.committed = position
         except grpc.aio.AioRpcError as e:
             err = from_rpc_error(e)
-            if err.reason in FENCED:
+            if err.reason in FENCED or err.reason == "GROUP_NOT_FOUND":
                 self._wake.set()  # the next heartbeat sorts out what we still own
-            log.warning("commit of partition %d failed: %s", w.partition, err)
+                log.info("commit of partition %d refused: %s", w.partition, err.reason)
+            else:
+                log.warning("commit of partition %d failed: %s", w.partition, err)
 
     # -- dead letters and publishing --------------------------------------------------
 
@@ -468,12 +496,26 @@ class Member:
 
     # -- status -----------------------------------------------------------------------
 
+    def ready(self) -> bool:
+        return self.joined and not self.stopping and not self.missing
+
+    def unready_reason(self) -> str:
+        """Why the member is not ready ("" when it is)."""
+        if self.stopping:
+            return "shutting down"
+        if self.missing:
+            return f"group {self.settings.group} does not exist: waiting for it to be created"
+        if not self.joined:
+            return f"joining group {self.settings.group}"
+        return ""
+
     def status(self) -> spb.SidecarStatus:
         out = spb.SidecarStatus(
             group=self.settings.group,
             member_id=self.settings.member_id,
             member_epoch=self.epoch,
-            ready=self.joined and not self.stopping,
+            ready=self.ready(),
+            reason=self.unready_reason(),
             delivered=self.delivered,
             retried=self.retried,
             dead_lettered=self.dead_lettered,

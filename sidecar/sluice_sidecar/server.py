@@ -2,7 +2,8 @@
 
 Local HTTP (``--http-addr``):
   GET  /healthz                 the process is alive
-  GET  /readyz                  200 once joined, 503 from SIGTERM on
+  GET  /readyz                  200 once joined; 503 with a reason before, while the
+                                group does not exist, and from SIGTERM on
   GET  /v1/status               assignment, cursors, in-flight and lag (JSON)
   POST /v1/publish/{stream}     append the body as one event; type from ``ce-type`` (or
                                 ``?type=``), id from ``ce-id``, metadata from
@@ -88,8 +89,9 @@ def http_app(member: Member) -> web.Application:
         return web.json_response({"status": "alive"})
 
     async def readyz(_: web.Request) -> web.Response:
-        ready = member.joined and not member.stopping
-        return web.json_response({"ready": ready}, status=200 if ready else 503)
+        ready = member.ready()
+        body = {"ready": ready} if ready else {"ready": False, "reason": member.unready_reason()}
+        return web.json_response(body, status=200 if ready else 503)
 
     async def status(_: web.Request) -> web.Response:
         body = json_format.MessageToDict(

@@ -144,14 +144,26 @@ class Sidecar:
         ]
         self.proc: asyncio.subprocess.Process | None = None
 
-    async def start(self) -> None:
+    async def start(self, ready: bool = True) -> None:
+        """Start it and learn its addresses; with ready, wait until it is ready too."""
         self.proc = await spawn_logged(self.args, self.log, self.env)
         assert self.proc.stdout is not None
         async with asyncio.timeout(WAIT):
             m = await announced(self.proc.stdout, r"sluice sidecar .*: http (\S+), grpc (\S+),")
             self.http, self.grpc = m.group(1), m.group(2)
-            while not (await self.get("/readyz", ok_only=False)).get("ready"):  # noqa: ASYNC110 (readiness can only be polled)
+        if ready:
+            await self.readiness(True)
+
+    async def readiness(self, ready: bool, reason: str = "") -> dict[str, Any]:
+        """Wait until /readyz says ready (or not, with a reason holding ``reason``); its body."""
+
+        def holds(body: dict[str, Any]) -> bool:
+            return body.get("ready") == ready and reason in body.get("reason", "")
+
+        async with asyncio.timeout(WAIT):
+            while not holds(body := await self.get("/readyz", ok_only=False)):  # noqa: ASYNC110 (readiness can only be polled)
                 await asyncio.sleep(0.05)
+        return body
 
     async def get(self, path: str, ok_only: bool = True) -> dict[str, Any]:
         async with aiohttp.ClientSession() as s, s.get(f"http://{self.http}{path}") as r:

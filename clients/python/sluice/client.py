@@ -429,6 +429,26 @@ class Client(Connection):
         resp = await self._call(self.groups_stub.ListGroups(gpb.ListGroupsRequest(), timeout=self.timeout))
         return list(resp.groups)
 
+    async def update_group(
+        self,
+        group: str,
+        *,
+        stream_prefixes: Iterable[str] | None = None,
+        event_types: Iterable[str] | None = None,
+    ) -> gpb.GroupDescription:
+        """Change a group's filter; what is not given stays. Running members take it at their
+        next heartbeat; it holds in each partition from the cursor at the time of the change
+        (see ``Groups.UpdateGroup``)."""
+        config = (await self.describe_group(group)).config
+        if stream_prefixes is not None:
+            del config.filter.stream_prefixes[:]
+            config.filter.stream_prefixes.extend(stream_prefixes)
+        if event_types is not None:
+            del config.filter.event_types[:]
+            config.filter.event_types.extend(event_types)
+        req = gpb.UpdateGroupRequest(group=group, config=config)
+        return await self._call(self.groups_stub.UpdateGroup(req, timeout=self.timeout))
+
     async def delete_group(self, group: str) -> None:
         await self._call(
             self.groups_stub.DeleteGroup(gpb.DeleteGroupRequest(group=group), timeout=self.timeout)
