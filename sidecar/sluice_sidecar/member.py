@@ -44,6 +44,8 @@ class PartitionWorker:
         self.in_flight = 0
         self.busy = False  # delivering (or waiting to retry) an event
         self.stopping = False
+        self.releasing = False
+        self.discard = False  # its progress must not be committed (read again from a cursor)
         self.task = asyncio.create_task(self._run(), name=f"partition-{partition}")
 
     async def _run(self) -> None:
@@ -174,6 +176,7 @@ class Member:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._releasing: set[asyncio.Task[None]] = set()
+        self._restart_at: dict[int, int] = {}  # partition -> cursor to read again from
         self.telemetry = Telemetry(settings.group, self.status)
 
     # -- life cycle -------------------------------------------------------------------
@@ -312,13 +315,10 @@ class Member:
             self._release(p)
         for p, cursor in assigned.items():
             w = self.workers.get(p)
-            if w is not None and (cursor != w.committed or refilter) and not w.stopping:
-                log.info("partition %d: cursor reset to %d", p, cursor)
-                w.stopping = True
-                w.task.cancel()
-                w = None
             if w is None:
                 self.workers[p] = PartitionWorker(self, p, cursor)
+            elif p in self._restart_at or (not w.stopping and (cursor != w.committed or refilter)):
+                self._restart(p, cursor)
         interval: float = resp.heartbeat_interval.ToMicroseconds() / 1e6
         return interval
 
@@ -366,27 +366,52 @@ class Member:
         self.store_id = store_id
         await self._drop_all()
 
+    def _restart(self, partition: int, cursor: int) -> None:
+        """Read a partition again from cursor (reset, or a new filter). The worker finishes the
+        delivery in progress first, so two never overlap, and its progress is not committed."""
+        pending = partition in self._restart_at
+        self._restart_at[partition] = cursor  # a later heartbeat's cursor wins
+        if pending:
+            return
+        log.info("partition %d: reading again from %d", partition, cursor)
+        old = self.workers[partition]
+        old.discard = True
+
+        async def restart() -> None:
+            await old.stop(self.settings.drain_timeout)
+            at = self._restart_at.pop(partition, None)
+            if at is not None and self.workers.get(partition) is old and not self.stopping:
+                self.workers[partition] = PartitionWorker(self, partition, at)
+
+        self._track(asyncio.create_task(restart()))
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
+
     def _release(self, partition: int) -> None:
         """Give a revoked partition back: finish in-flight work, commit, then stop reporting it."""
         worker = self.workers[partition]
-        if worker.stopping:
+        self._restart_at.pop(partition, None)
+        if worker.releasing:
             return
+        worker.releasing = True
 
         async def release() -> None:
             await worker.stop(self.settings.drain_timeout)
             await self._commit(worker)
-            self.workers.pop(partition, None)
+            if self.workers.get(partition) is worker:
+                del self.workers[partition]
             self._wake.set()  # tell the store at once
 
-        task = asyncio.create_task(release())
-        self._releasing.add(task)
-        task.add_done_callback(self._releasing.discard)
+        self._track(asyncio.create_task(release()))
 
     async def _drop_all(self) -> None:
         """Fenced: stop every worker without committing; rejoin with epoch 0."""
         workers, self.workers = list(self.workers.values()), {}
+        self._restart_at.clear()
         for w in workers:
-            w.stopping = True
+            w.stopping = w.discard = True
             w.task.cancel()
         self.wake_workers()
         self.epoch = 0
@@ -397,7 +422,7 @@ class Member:
             await self._commit(w)
 
     async def _commit(self, w: PartitionWorker) -> None:
-        if w.handled <= w.committed or not self.epoch:
+        if w.handled <= w.committed or not self.epoch or w.discard:
             return
         req = gpb.CommitCursorRequest(
             group=self.settings.group,
@@ -520,6 +545,7 @@ class Member:
             retried=self.retried,
             dead_lettered=self.dead_lettered,
             head_position=self.head,
+            filter=self.config.filter,
         )
         for p, w in sorted(self.workers.items()):
             out.partitions.add(

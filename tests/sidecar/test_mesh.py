@@ -11,7 +11,6 @@ from pathlib import Path
 
 from sluice import Client, new_event
 from sluice.partition import partition_of
-from sluice.v1 import groups_pb2 as gpb
 from tests.conftest import StoreProcess, eventually
 from tests.sidecar.conftest import WAIT, App, Received, Sidecar
 
@@ -256,29 +255,6 @@ async def test_a_group_of_every_stream_never_consumes_its_own_dead_letters(
         assert [r.stream for r in app.received] == ["refused", "after"]  # no dead letter came back
         assert len(await c.read_list("$dlq.every")) == 1
     assert int((await sc.status())["dead_lettered"]) == 1
-
-
-async def test_a_widened_filter_delivers_what_it_takes_from_the_change_on(
-    store_proc: StoreProcess, app: App, sidecars: Callable[..., Sidecar]
-) -> None:
-    scs = [sidecars(f"w{i}", "--types", "Wanted", group="typed") for i in range(2)]
-    for sc in scs:
-        await sc.start()
-    async with Client(store_proc.addr) as c:
-        first = [new_event("Wanted", {"n": n}) for n in range(6)]
-        skipped = [new_event("Later", {"n": n}) for n in range(6)]
-        for n, (a, b) in enumerate(zip(first, skipped, strict=True)):
-            await c.append(f"orders-{n}", [a, b])
-        await app.wait(lambda: app.acked_ids() >= {e.id for e in first})
-        desc = await c.describe_group("typed")
-        config = desc.config
-        config.filter.event_types.append("Later")
-        await c._call(c.groups_stub.UpdateGroup(gpb.UpdateGroupRequest(group="typed", config=config)))
-        later = [new_event("Later", {"n": n}) for n in range(8)]
-        for n, ev in enumerate(later):
-            await c.append(f"orders-{n}", [ev])
-        await app.wait(lambda: app.acked_ids() >= {e.id for e in later})  # none skipped
-    assert in_order_per_stream(app.received)
 
 
 async def test_a_store_replaced_by_an_empty_one_is_joined_afresh(

@@ -98,7 +98,8 @@ class GroupsServicer:
         matches it is delivered. Cursors past the head + 1 move back to it, and the members'
         epochs are fenced as by ResetCursors, so they take the new filter at their next
         heartbeat and nothing committed under the old filter lands after the change. Events
-        from the cursor on that the old filter also took may come again (at least once).
+        from the cursor on that the old filter also took may come again (at least once): a
+        member reads each partition again from its cursor once it has the new filter.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

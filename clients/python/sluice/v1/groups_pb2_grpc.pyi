@@ -55,7 +55,8 @@ class GroupsStub:
     matches it is delivered. Cursors past the head + 1 move back to it, and the members'
     epochs are fenced as by ResetCursors, so they take the new filter at their next
     heartbeat and nothing committed under the old filter lands after the change. Events
-    from the cursor on that the old filter also took may come again (at least once).
+    from the cursor on that the old filter also took may come again (at least once): a
+    member reads each partition again from its cursor once it has the new filter.
     """
     DescribeGroup: _grpc.UnaryUnaryMultiCallable[_groups_pb2.DescribeGroupRequest, _groups_pb2.GroupDescription]
     """Members, assignment, cursors and lag per partition."""
@@ -85,7 +86,8 @@ class GroupsAsyncStub(GroupsStub):
     matches it is delivered. Cursors past the head + 1 move back to it, and the members'
     epochs are fenced as by ResetCursors, so they take the new filter at their next
     heartbeat and nothing committed under the old filter lands after the change. Events
-    from the cursor on that the old filter also took may come again (at least once).
+    from the cursor on that the old filter also took may come again (at least once): a
+    member reads each partition again from its cursor once it has the new filter.
     """
     DescribeGroup: _aio.UnaryUnaryMultiCallable[_groups_pb2.DescribeGroupRequest, _groups_pb2.GroupDescription]  # type: ignore[assignment]
     """Members, assignment, cursors and lag per partition."""
@@ -124,7 +126,8 @@ class GroupsServicer(metaclass=_abc_1.ABCMeta):
         matches it is delivered. Cursors past the head + 1 move back to it, and the members'
         epochs are fenced as by ResetCursors, so they take the new filter at their next
         heartbeat and nothing committed under the old filter lands after the change. Events
-        from the cursor on that the old filter also took may come again (at least once).
+        from the cursor on that the old filter also took may come again (at least once): a
+        member reads each partition again from its cursor once it has the new filter.
         """
 
     @_abc_1.abstractmethod

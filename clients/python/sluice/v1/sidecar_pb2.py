@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from sluice.v1 import streams_pb2 as sluice_dot_v1_dot_streams__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17sluice/v1/sidecar.proto\x12\tsluice.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x17sluice/v1/streams.proto\"{\n\x08\x44\x65livery\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\x04\x12\'\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x18.sluice.v1.RecordedEvent\x12\x11\n\tpartition\x18\x03 \x01(\r\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\r\x12\r\n\x05group\x18\x05 \x01(\t\"u\n\x0e\x44\x65liveryResult\x12#\n\x07outcome\x18\x01 \x01(\x0e\x32\x12.sluice.v1.Outcome\x12.\n\x0bretry_after\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06reason\x18\x03 \x01(\t\"J\n\x0bPullRequest\x12\x11\n\x07\x63redits\x18\x01 \x01(\rH\x00\x12\x1d\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x0e.sluice.v1.AckH\x00\x42\t\n\x07request\"E\n\x03\x41\x63k\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\x04\x12)\n\x06result\x18\x02 \x01(\x0b\x32\x19.sluice.v1.DeliveryResult\"5\n\x0cPullResponse\x12%\n\x08\x64\x65livery\x18\x01 \x01(\x0b\x32\x13.sluice.v1.Delivery\"\x0f\n\rStatusRequest\"r\n\x0fPartitionStatus\x12\x11\n\tpartition\x18\x01 \x01(\r\x12\x11\n\tcommitted\x18\x02 \x01(\x04\x12\x0f\n\x07handled\x18\x03 \x01(\x04\x12\x11\n\tin_flight\x18\x04 \x01(\r\x12\x15\n\rlag_positions\x18\x05 \x01(\x04\"\xb3\x02\n\rSidecarStatus\x12\r\n\x05group\x18\x01 \x01(\t\x12\x11\n\tmember_id\x18\x02 \x01(\t\x12\x14\n\x0cmember_epoch\x18\x03 \x01(\x04\x12\r\n\x05ready\x18\x04 \x01(\x08\x12.\n\npartitions\x18\x05 \x03(\x0b\x32\x1a.sluice.v1.PartitionStatus\x12\x11\n\tin_flight\x18\x06 \x01(\r\x12\x11\n\tdelivered\x18\x07 \x01(\x04\x12\x0f\n\x07retried\x18\x08 \x01(\x04\x12\x15\n\rdead_lettered\x18\t \x01(\x04\x12\x15\n\rhead_position\x18\n \x01(\x04\x12\x18\n\x10pull_outstanding\x18\x0b \x01(\r\x12\x1c\n\x14pull_outstanding_max\x18\x0c \x01(\r\x12\x0e\n\x06reason\x18\r \x01(\t*G\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x07\n\x03\x41\x43K\x10\x01\x12\t\n\x05RETRY\x10\x02\x12\x0f\n\x0b\x44\x45\x41\x44_LETTER\x10\x03\x32\xc4\x01\n\x07Sidecar\x12;\n\x04Pull\x12\x16.sluice.v1.PullRequest\x1a\x17.sluice.v1.PullResponse(\x01\x30\x01\x12>\n\x07Publish\x12\x18.sluice.v1.AppendRequest\x1a\x19.sluice.v1.AppendResponse\x12<\n\x06Status\x12\x18.sluice.v1.StatusRequest\x1a\x18.sluice.v1.SidecarStatus2H\n\x0b\x41ppCallback\x12\x39\n\x07\x44\x65liver\x12\x13.sluice.v1.Delivery\x1a\x19.sluice.v1.DeliveryResultB\x10\n\x0cio.sluice.v1P\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17sluice/v1/sidecar.proto\x12\tsluice.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x17sluice/v1/streams.proto\"{\n\x08\x44\x65livery\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\x04\x12\'\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x18.sluice.v1.RecordedEvent\x12\x11\n\tpartition\x18\x03 \x01(\r\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\r\x12\r\n\x05group\x18\x05 \x01(\t\"u\n\x0e\x44\x65liveryResult\x12#\n\x07outcome\x18\x01 \x01(\x0e\x32\x12.sluice.v1.Outcome\x12.\n\x0bretry_after\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06reason\x18\x03 \x01(\t\"J\n\x0bPullRequest\x12\x11\n\x07\x63redits\x18\x01 \x01(\rH\x00\x12\x1d\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x0e.sluice.v1.AckH\x00\x42\t\n\x07request\"E\n\x03\x41\x63k\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\x04\x12)\n\x06result\x18\x02 \x01(\x0b\x32\x19.sluice.v1.DeliveryResult\"5\n\x0cPullResponse\x12%\n\x08\x64\x65livery\x18\x01 \x01(\x0b\x32\x13.sluice.v1.Delivery\"\x0f\n\rStatusRequest\"r\n\x0fPartitionStatus\x12\x11\n\tpartition\x18\x01 \x01(\r\x12\x11\n\tcommitted\x18\x02 \x01(\x04\x12\x0f\n\x07handled\x18\x03 \x01(\x04\x12\x11\n\tin_flight\x18\x04 \x01(\r\x12\x15\n\rlag_positions\x18\x05 \x01(\x04\"\xd6\x02\n\rSidecarStatus\x12\r\n\x05group\x18\x01 \x01(\t\x12\x11\n\tmember_id\x18\x02 \x01(\t\x12\x14\n\x0cmember_epoch\x18\x03 \x01(\x04\x12\r\n\x05ready\x18\x04 \x01(\x08\x12.\n\npartitions\x18\x05 \x03(\x0b\x32\x1a.sluice.v1.PartitionStatus\x12\x11\n\tin_flight\x18\x06 \x01(\r\x12\x11\n\tdelivered\x18\x07 \x01(\x04\x12\x0f\n\x07retried\x18\x08 \x01(\x04\x12\x15\n\rdead_lettered\x18\t \x01(\x04\x12\x15\n\rhead_position\x18\n \x01(\x04\x12\x18\n\x10pull_outstanding\x18\x0b \x01(\r\x12\x1c\n\x14pull_outstanding_max\x18\x0c \x01(\r\x12\x0e\n\x06reason\x18\r \x01(\t\x12!\n\x06\x66ilter\x18\x0e \x01(\x0b\x32\x11.sluice.v1.Filter*G\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x07\n\x03\x41\x43K\x10\x01\x12\t\n\x05RETRY\x10\x02\x12\x0f\n\x0b\x44\x45\x41\x44_LETTER\x10\x03\x32\xc4\x01\n\x07Sidecar\x12;\n\x04Pull\x12\x16.sluice.v1.PullRequest\x1a\x17.sluice.v1.PullResponse(\x01\x30\x01\x12>\n\x07Publish\x12\x18.sluice.v1.AppendRequest\x1a\x19.sluice.v1.AppendResponse\x12<\n\x06Status\x12\x18.sluice.v1.StatusRequest\x1a\x18.sluice.v1.SidecarStatus2H\n\x0b\x41ppCallback\x12\x39\n\x07\x44\x65liver\x12\x13.sluice.v1.Delivery\x1a\x19.sluice.v1.DeliveryResultB\x10\n\x0cio.sluice.v1P\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,8 +34,8 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sluice.v1.sidecar_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\014io.sluice.v1P\001'
-  _globals['_OUTCOME']._serialized_start=984
-  _globals['_OUTCOME']._serialized_end=1055
+  _globals['_OUTCOME']._serialized_start=1019
+  _globals['_OUTCOME']._serialized_end=1090
   _globals['_DELIVERY']._serialized_start=95
   _globals['_DELIVERY']._serialized_end=218
   _globals['_DELIVERYRESULT']._serialized_start=220
@@ -51,9 +51,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PARTITIONSTATUS']._serialized_start=558
   _globals['_PARTITIONSTATUS']._serialized_end=672
   _globals['_SIDECARSTATUS']._serialized_start=675
-  _globals['_SIDECARSTATUS']._serialized_end=982
-  _globals['_SIDECAR']._serialized_start=1058
-  _globals['_SIDECAR']._serialized_end=1254
-  _globals['_APPCALLBACK']._serialized_start=1256
-  _globals['_APPCALLBACK']._serialized_end=1328
+  _globals['_SIDECARSTATUS']._serialized_end=1017
+  _globals['_SIDECAR']._serialized_start=1093
+  _globals['_SIDECAR']._serialized_end=1289
+  _globals['_APPCALLBACK']._serialized_start=1291
+  _globals['_APPCALLBACK']._serialized_end=1363
 # @@protoc_insertion_point(module_scope)

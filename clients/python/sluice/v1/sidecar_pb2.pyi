@@ -249,6 +249,7 @@ class SidecarStatus(_message.Message):
     PULL_OUTSTANDING_FIELD_NUMBER: _builtins.int
     PULL_OUTSTANDING_MAX_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
     group: _builtins.str
     member_id: _builtins.str
     member_epoch: _builtins.int
@@ -265,6 +266,10 @@ class SidecarStatus(_message.Message):
     """Why it is not ready, when it is not (for example: its group does not exist)."""
     @_builtins.property
     def partitions(self) -> _containers.RepeatedCompositeFieldContainer[Global___PartitionStatus]: ...
+    @_builtins.property
+    def filter(self) -> _streams_pb2.Filter:
+        """The group's filter as this sidecar applies it (from its last heartbeat)."""
+
     def __init__(
         self,
         *,
@@ -281,10 +286,11 @@ class SidecarStatus(_message.Message):
         pull_outstanding: _builtins.int = ...,
         pull_outstanding_max: _builtins.int = ...,
         reason: _builtins.str = ...,
+        filter: _streams_pb2.Filter | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dead_lettered", b"dead_lettered", "delivered", b"delivered", "group", b"group", "head_position", b"head_position", "in_flight", b"in_flight", "member_epoch", b"member_epoch", "member_id", b"member_id", "partitions", b"partitions", "pull_outstanding", b"pull_outstanding", "pull_outstanding_max", b"pull_outstanding_max", "ready", b"ready", "reason", b"reason", "retried", b"retried"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dead_lettered", b"dead_lettered", "delivered", b"delivered", "filter", b"filter", "group", b"group", "head_position", b"head_position", "in_flight", b"in_flight", "member_epoch", b"member_epoch", "member_id", b"member_id", "partitions", b"partitions", "pull_outstanding", b"pull_outstanding", "pull_outstanding_max", b"pull_outstanding_max", "ready", b"ready", "reason", b"reason", "retried", b"retried"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
