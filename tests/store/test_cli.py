@@ -102,6 +102,13 @@ async def test_groups_commands(spawn: Callable[..., StoreProcess]) -> None:
     lines = out.splitlines()
     rows = lines[lines.index(next(ln for ln in lines if ln.startswith("partition"))) + 2 :]
     assert [r.split()[2:4] for r in rows] == [["7", "0"]] * 4  # cursor at the end, no lag
+    code, out, err = await sluice(store, "--json", "groups", "update", "billing", "--type", "Issued")
+    assert code == 0, err
+    assert json.loads(out)["config"]["filter"] == {"stream_prefixes": ["inv-"], "event_types": ["Issued"]}
+    code, out, _ = await sluice(
+        store, "--json", "groups", "update", "billing", "--type", "", "--prefix", "x-"
+    )
+    assert json.loads(out)["config"]["filter"] == {"stream_prefixes": ["x-"]}
     code, out, _ = await sluice(store, "groups", "delete", "billing")
     assert code == 0
     code, _, err = await sluice(store, "groups", "describe", "billing")

@@ -339,6 +339,16 @@ async def cmd_groups(c: Client, a: argparse.Namespace) -> None:
                 partitions=a.partitions,
             )
         ]
+    elif a.action == "update":
+        if a.prefix is None and a.type is None:
+            raise SystemExit("sluice: groups update needs --prefix or --type (--type '' for every type)")
+        groups = [
+            await c.update_group(
+                a.group,
+                stream_prefixes=None if a.prefix is None else [x for x in a.prefix if x],
+                event_types=None if a.type is None else [x for x in a.type if x],
+            )
+        ]
     elif a.action == "reset":
         if not a.to:
             raise SystemExit("sluice: groups reset needs --to (start, end, pos:N, an ISO time or -5m)")
@@ -453,11 +463,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--expected", type=parse_expected, default=ANY)
     sp.set_defaults(run=cmd_streams)
 
-    gp = sub.add_parser("groups", help="consumer groups: list, describe, create, reset, delete")
-    gp.add_argument("action", choices=["list", "describe", "create", "reset", "delete"])
+    gp = sub.add_parser("groups", help="consumer groups: list, describe, create, update, reset, delete")
+    gp.add_argument("action", choices=["list", "describe", "create", "update", "reset", "delete"])
     gp.add_argument("group", nargs="?")
-    gp.add_argument("--prefix", action="append", help="create: stream prefix to read")
-    gp.add_argument("--type", action="append", help="create: event type to read")
+    gp.add_argument(
+        "--prefix", action="append", help="create, update: stream prefix to read (update: replaces them)"
+    )
+    gp.add_argument("--type", action="append", help="create, update: event type to read ('' for every type)")
     gp.add_argument("--from", dest="start", help="create: where cursors start (default end)")
     gp.add_argument("--partitions", type=int, default=12, help="create: partition count")
     gp.add_argument("--to", help="reset: start, end, pos:N, an ISO time or -5m")
