@@ -6,6 +6,7 @@ import dataclasses
 import os
 import socket
 from collections.abc import Mapping, Sequence
+from urllib.parse import urlsplit
 
 from sluice import settings
 from sluice.settings import ConfigError, Option, parse_bool, parse_duration
@@ -37,6 +38,19 @@ OPTIONS: tuple[Option, ...] = (
     Option("delivery", "http", str, "how events reach the app: http, grpc or pull"),
     Option("app_url", "http://127.0.0.1:8080/events", str, "http: where events are POSTed"),
     Option("app_grpc", "127.0.0.1:50062", str, "grpc: the app's AppCallback address"),
+    Option(
+        "app_health_path",
+        "",
+        str,
+        "http: a path on the app's port answering 2xx while it is up; default: a TCP connect",
+    ),
+    Option("app_probe_interval", 0.5, parse_duration, "while the app does not answer: how often to ask"),
+    Option(
+        "app_down_grace",
+        5.0,
+        parse_duration,
+        "an app not answering this long: give its partitions up until it answers",
+    ),
     Option("batch", 0, int, "http: deliver up to this many events per request (0: one at a time)"),
     Option("max_in_flight", 64, int, "deliveries in progress at once, across partitions"),
     Option("delivery_timeout", 10.0, parse_duration, "how long one delivery may take"),
@@ -53,6 +67,21 @@ OPTIONS: tuple[Option, ...] = (
     Option("http_max_connections", 256, int, "HTTP: most connections open at once; more are refused"),
     Option("app_id", "", str, "the app's name in published events' metadata; default: the group"),
 )
+
+
+def _check_app_url(url: str) -> None:
+    """Refuse an app URL that cannot be what was meant (say, a missing port annotation)."""
+    where = "in Kubernetes the pod annotations sluice.dev/app-port and sluice.dev/app-path"
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+        ok = False
+    else:
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+    if not ok or (parts.netloc.endswith(":") and port is None):
+        raise ConfigError(f"app_url: expected http://host:port/path, got {url!r} ({where})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +101,9 @@ class Settings:
     delivery: str = "http"
     app_url: str = "http://127.0.0.1:8080/events"
     app_grpc: str = "127.0.0.1:50062"
+    app_health_path: str = ""
+    app_probe_interval: float = 0.5
+    app_down_grace: float = 5.0
     batch: int = 0
     max_in_flight: int = 64
     delivery_timeout: float = 10.0
@@ -85,7 +117,13 @@ class Settings:
 
     def __post_init__(self) -> None:
         if not self.group:
-            raise ConfigError("group: required (SLUICE_GROUP or --group)")
+            raise ConfigError(
+                "group: required (SLUICE_GROUP or --group; in Kubernetes the pod annotation sluice.dev/group)"
+            )
+        if self.delivery == "http":
+            _check_app_url(self.app_url)
+        if self.app_health_path and not self.app_health_path.startswith("/"):
+            raise ConfigError(f"app_health_path: a path starting with '/', got {self.app_health_path!r}")
         if self.delivery not in ("http", "grpc", "pull"):
             raise ConfigError(f"delivery: expected http, grpc or pull, got {self.delivery!r}")
         if self.start not in ("start", "end"):

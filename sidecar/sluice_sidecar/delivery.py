@@ -10,7 +10,10 @@ HTTP status contract (documented in the README):
 * 408, 409, 425, 429 and 5xx: retry, after ``Retry-After`` when the app sends it.
 * Any other 4xx: the app refuses the event itself; it goes to the dead-letter stream at
   once, with the status and the start of the body as the reason.
-* No answer in time, or no connection: retry.
+* No answer in time: retry.
+* No connection at all (refused, reset before an answer, not listening yet): the app is
+  down, which says nothing about the event. The delivery is not counted as an attempt;
+  the member pauses delivery until ``probe()`` finds the app answering again.
 """
 
 from __future__ import annotations
@@ -45,6 +48,33 @@ class Result:
     outcome: int
     reason: str = ""
     retry_after: float | None = None
+    app_down: bool = False  # nothing answered: not an attempt; wait for the app
+
+
+def _host_port(target: str, default_port: int) -> tuple[str, int]:
+    """(host, port) of a ``host:port`` target or a URL's authority."""
+    authority = target.split("://", 1)[-1].lstrip("/").split("/", 1)[0]
+    if authority.startswith("["):  # [IPv6]:port
+        host, _, rest = authority[1:].partition("]")
+        port = rest.lstrip(":")
+    else:
+        host, _, port = authority.partition(":")
+    return host or "127.0.0.1", int(port) if port else default_port
+
+
+async def _connects(host: str, port: int, timeout: float) -> bool:
+    """Whether something accepts a TCP connection at host:port."""
+    try:
+        async with asyncio.timeout(timeout):
+            _, writer = await asyncio.open_connection(host, port)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    try:
+        await writer.wait_closed()
+    except OSError:
+        pass
+    return True
 
 
 ACKED = Result(ACK)
@@ -56,6 +86,10 @@ class Deliverer(abc.ABC):
     @abc.abstractmethod
     async def deliver(self, events: Sequence[pb.RecordedEvent], partition: int, attempt: int) -> Result:
         """Deliver events of one partition (one event, or a batch in order); the outcome covers all."""
+
+    async def probe(self) -> bool:
+        """Whether the app answers now (asked while delivery is paused for a down app)."""
+        return True
 
     async def close(self) -> None:  # noqa: B027 (most deliverers hold nothing to release)
         """Release connections."""
@@ -88,11 +122,14 @@ def _time(ev: pb.RecordedEvent) -> str:
 class HttpDeliverer(Deliverer):
     """CloudEvents 1.0 over HTTP: binary mode for one event, batched JSON for several."""
 
-    def __init__(self, url: str, group: str, timeout: float) -> None:
+    def __init__(self, url: str, group: str, timeout: float, health_path: str = "") -> None:
         self.url = url
         self.group = group
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
+        self.host, self.port = _host_port(url, 80)
+        # The app's health endpoint (2xx: answering), else a TCP connection to its port.
+        self.health_url = f"http://{self.host}:{self.port}{health_path}" if health_path else ""
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -170,8 +207,20 @@ class HttpDeliverer(Deliverer):
             async with request as resp:
                 text = (await resp.text(errors="replace"))[:200]
                 return self._result(resp.status, resp.headers, text)
+        except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError, ConnectionResetError) as e:
+            # Refused, reset or closed without an answer: the app is down, not the event bad.
+            return Result(RETRY, f"the app is not answering: {type(e).__name__}: {e}", app_down=True)
         except (aiohttp.ClientError, TimeoutError) as e:
             return Result(RETRY, f"no answer from the app: {type(e).__name__}: {e}")
+
+    async def probe(self) -> bool:
+        if not self.health_url:
+            return await _connects(self.host, self.port, 2.0)
+        try:
+            async with self._http().get(self.health_url, timeout=aiohttp.ClientTimeout(total=2.0)) as r:
+                return 200 <= r.status < 300
+        except (aiohttp.ClientError, TimeoutError):
+            return False
 
     @staticmethod
     def _result(status: int, headers: Any, body: str) -> Result:
@@ -198,6 +247,7 @@ class GrpcDeliverer(Deliverer):
     def __init__(self, target: str, group: str, timeout: float) -> None:
         self.group = group
         self.timeout = timeout
+        self.host, self.port = _host_port(target, 443)
         self._channel = grpc.aio.insecure_channel(target)
         self._stub = spb_grpc.AppCallbackStub(self._channel)
         self._ids = itertools.count(1)
@@ -210,11 +260,17 @@ class GrpcDeliverer(Deliverer):
             try:
                 r = await self._stub.Deliver(d, timeout=self.timeout)
             except grpc.aio.AioRpcError as e:
-                return Result(RETRY, f"the app's callback failed: {e.code().name}: {e.details()}")
+                down = e.code() == grpc.StatusCode.UNAVAILABLE
+                return Result(
+                    RETRY, f"the app's callback failed: {e.code().name}: {e.details()}", app_down=down
+                )
             result = _from_proto(r, "gRPC callback")
             if result.outcome != ACK:
                 return result
         return ACKED
+
+    async def probe(self) -> bool:
+        return await _connects(self.host, self.port, 2.0)
 
     async def close(self) -> None:
         await self._channel.close()

@@ -10,6 +10,7 @@ fenced member (unknown, or with a stale epoch) drops its partitions without comm
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -23,6 +24,7 @@ from sluice.errors import SluiceError, from_rpc_error
 from sluice.v1 import groups_pb2 as gpb
 from sluice.v1 import sidecar_pb2 as spb
 from sluice.v1 import streams_pb2 as pb
+from sluice_sidecar.apphealth import AppHealth
 from sluice_sidecar.config import Settings
 from sluice_sidecar.delivery import ACK, DEAD_LETTER, Deliverer, PullHub, Result
 from sluice_sidecar.telemetry import Telemetry
@@ -97,18 +99,26 @@ class PartitionWorker:
                 return
             self.busy = True
             try:
-                await self._deliver(chunk)
+                if not await self._deliver(chunk):
+                    return
             finally:
                 self.busy = False
             self.handled = chunk[-1].position + 1
             if self.stopping:
                 return
 
-    async def _deliver(self, chunk: Sequence[pb.RecordedEvent]) -> None:
+    async def _deliver(self, chunk: Sequence[pb.RecordedEvent]) -> bool:
+        """Deliver until the app acks or the events are dead-lettered; False if stopped first."""
         m = self.member
         retry = m.config.retry
         attempt = 1
         while True:
+            if not m.app.up:  # paused: nothing in flight, so a stop need not wait for it
+                self.busy = False
+                await m.app.wait_up()
+                self.busy = True
+                if not await m.lease_valid(self):
+                    return False
             async with m.slots:
                 self.in_flight += len(chunk)
                 try:
@@ -116,13 +126,16 @@ class PartitionWorker:
                         result = await m.deliverer.deliver(chunk, self.partition, attempt)
                 finally:
                     self.in_flight -= len(chunk)
+            if result.app_down:  # nobody answered: not an attempt
+                m.app.down(result.reason)
+                continue
             if result.outcome == ACK:
                 m.delivered += len(chunk)
                 m.telemetry.delivered.add(len(chunk), {"group": m.settings.group})
-                return
+                return True
             if result.outcome == DEAD_LETTER or attempt >= retry.max_attempts:
                 await m.dead_letter(self.partition, chunk, result, attempt)
-                return
+                return True
             m.retried += 1
             m.telemetry.retried.add(len(chunk), {"group": m.settings.group})
             await asyncio.sleep(self._backoff(result, attempt))
@@ -171,6 +184,8 @@ class Member:
         self.joined = False
         self.stopping = False
         self.missing = False  # the group does not exist (deleted, or not made yet)
+        self.away = True  # not in the group because the app does not answer (yet)
+        self.app = AppHealth(deliverer.probe, settings.app_probe_interval, self._wake_now)
         self._lease_until = 0.0
         self._lease_renewed = asyncio.Event()
         self._wake = asyncio.Event()
@@ -184,6 +199,7 @@ class Member:
     async def start(self) -> None:
         if self.settings.create_group:
             await self._ensure_group()
+        self.app.start()  # the member joins once the app answers
         self._task = asyncio.create_task(self._coordinate(), name="coordinate")
 
     async def _ensure_group(self) -> None:
@@ -215,6 +231,12 @@ class Member:
             await self._task
         await asyncio.gather(*(w.stop(self.settings.drain_timeout) for w in self.workers.values()))
         await asyncio.gather(*self._releasing, return_exceptions=True)
+        await self._commit_and_leave()
+        self.workers.clear()
+        await self.app.close()
+        await self.client.close()
+
+    async def _commit_and_leave(self) -> None:
         try:
             await self._commit_all()
             await self.client.groups_stub.Heartbeat(
@@ -225,8 +247,33 @@ class Member:
             )
         except (grpc.aio.AioRpcError, SluiceError) as e:
             log.warning("could not commit and leave cleanly: %s", e)
+
+    async def _step_away(self) -> None:
+        """The app has not answered for the grace period: finish, commit and leave, so the
+        partitions move to members whose apps answer; join again once it answers."""
+        log.warning(
+            "the app has not answered for %.1fs: leaving the group until it answers (%s)",
+            self.app.down_for(),
+            self.app.reason,
+        )
+        self.away = True
+        workers = list(self.workers.values())
+        await asyncio.gather(*(w.stop(self.settings.drain_timeout) for w in workers))
+        await asyncio.gather(*self._releasing, return_exceptions=True)
+        await self._commit_and_leave()
         self.workers.clear()
-        await self.client.close()
+        self._restart_at.clear()
+        self.epoch = 0
+        self.joined = False
+        self._lease_until = 0.0
+
+    def _wake_now(self) -> None:
+        self._wake.set()
+
+    async def _idle(self, timeout: float) -> None:
+        """Wait for a wake-up (the app answers again, a stop), at most timeout."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
 
     # -- lease and fencing ------------------------------------------------------------
 
@@ -249,6 +296,13 @@ class Member:
         while not self.stopping:
             self._wake.clear()  # a wake-up from here on (a refused commit) brings a heartbeat at once
             try:
+                if not self.app.up and (self.away or self.app.down_for() >= self.settings.app_down_grace):
+                    if not self.away:
+                        await self._step_away()
+                    next_beat = 0.0  # join at once when the app answers (it wakes this loop)
+                    await self._idle(self.settings.app_down_grace)
+                    continue
+                self.away = False
                 await self._commit_all()
                 if time.monotonic() >= next_beat:
                     interval = await self._heartbeat()
@@ -380,7 +434,7 @@ class Member:
         async def restart() -> None:
             await old.stop(self.settings.drain_timeout)
             at = self._restart_at.pop(partition, None)
-            if at is not None and self.workers.get(partition) is old and not self.stopping:
+            if at is not None and self.workers.get(partition) is old and not (self.stopping or self.away):
                 self.workers[partition] = PartitionWorker(self, partition, at)
 
         self._track(asyncio.create_task(restart()))
@@ -522,7 +576,7 @@ class Member:
     # -- status -----------------------------------------------------------------------
 
     def ready(self) -> bool:
-        return self.joined and not self.stopping and not self.missing
+        return self.joined and not self.stopping and not self.missing and self.app.up
 
     def unready_reason(self) -> str:
         """Why the member is not ready ("" when it is)."""
@@ -530,6 +584,8 @@ class Member:
             return "shutting down"
         if self.missing:
             return f"group {self.settings.group} does not exist: waiting for it to be created"
+        if not self.app.up:
+            return f"the app is not answering ({self.app.reason}): waiting for it"
         if not self.joined:
             return f"joining group {self.settings.group}"
         return ""

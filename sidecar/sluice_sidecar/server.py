@@ -49,7 +49,7 @@ def make_deliverer(s: Settings) -> Deliverer:
         return GrpcDeliverer(s.app_grpc, s.group, s.delivery_timeout)
     if s.delivery == "pull":
         return PullHub(s.group, s.delivery_timeout)
-    return HttpDeliverer(s.app_url, s.group, s.delivery_timeout)
+    return HttpDeliverer(s.app_url, s.group, s.delivery_timeout, s.app_health_path)
 
 
 class SidecarService(spb_grpc.SidecarServicer):
