@@ -59,6 +59,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("http_addr", "127.0.0.1:3500", str, "local HTTP: publish, status, health, readiness"),
     Option("grpc_addr", "127.0.0.1:50061", str, "local gRPC: Pull, Publish, Status"),
     Option(
+        "probe_addr",
+        "",
+        str,
+        "HTTP for the kubelet's probes, /healthz and /readyz only (e.g. 0.0.0.0:3501); empty: none",
+    ),
+    Option(
         "http_idle_timeout",
         15.0,
         parse_duration,
@@ -111,6 +117,7 @@ class Settings:
     drain_timeout: float = 10.0
     http_addr: str = "127.0.0.1:3500"
     grpc_addr: str = "127.0.0.1:50061"
+    probe_addr: str = ""
     http_idle_timeout: float = 15.0
     http_max_connections: int = 256
     app_id: str = ""

@@ -9,6 +9,8 @@ Local HTTP (``--http-addr``):
                                 ``?type=``), id from ``ce-id``, metadata from
                                 ``sluice-meta-<key>`` headers, trace from ``traceparent``
 Local gRPC (``--grpc-addr``): sluice.v1.Sidecar (Pull, Publish, Status) and health.
+Probes (``--probe-addr``, optional): /healthz and /readyz alone, for the kubelet; the API
+above stays on localhost.
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ class SidecarService(spb_grpc.SidecarServicer):
         return self.member.status()
 
 
-def http_app(member: Member) -> web.Application:
+def health_routes(member: Member) -> list[web.RouteDef]:
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "alive"})
 
@@ -92,6 +94,18 @@ def http_app(member: Member) -> web.Application:
         ready = member.ready()
         body = {"ready": ready} if ready else {"ready": False, "reason": member.unready_reason()}
         return web.json_response(body, status=200 if ready else 503)
+
+    return [web.get("/healthz", healthz), web.get("/readyz", readyz)]
+
+
+def probe_app(member: Member) -> web.Application:
+    """What the kubelet may reach from outside the pod: health and readiness, nothing else."""
+    app = web.Application()
+    app.add_routes(health_routes(member))
+    return app
+
+
+def http_app(member: Member) -> web.Application:
 
     async def status(_: web.Request) -> web.Response:
         body = json_format.MessageToDict(
@@ -125,8 +139,7 @@ def http_app(member: Member) -> web.Application:
     app = web.Application()
     app.add_routes(
         [
-            web.get("/healthz", healthz),
-            web.get("/readyz", readyz),
+            *health_routes(member),
             web.get("/v1/status", status),
             web.post("/v1/publish/{stream}", publish),
         ]
@@ -151,6 +164,7 @@ async def serve(settings: Settings) -> None:
         access_log=None,
     )
     await runner.setup()
+    runners = [runner]
     host, _, port = settings.http_addr.rpartition(":")
     site = web.TCPSite(runner, host or "127.0.0.1", int(port))
     try:
@@ -158,6 +172,20 @@ async def serve(settings: Settings) -> None:
     except OSError as e:
         await grpc_server.stop(0)
         raise OSError(f"http_addr: cannot listen on {settings.http_addr}: {e.strerror}") from e
+    probes = ""
+    if settings.probe_addr:
+        probe_runner = BoundedRunner(
+            probe_app(member), idle_timeout=settings.http_idle_timeout, max_connections=16, access_log=None
+        )
+        await probe_runner.setup()
+        runners.append(probe_runner)
+        phost, _, pport = settings.probe_addr.rpartition(":")
+        try:
+            await web.TCPSite(probe_runner, phost or "0.0.0.0", int(pport)).start()
+        except OSError as e:
+            await grpc_server.stop(0)
+            raise OSError(f"probe_addr: cannot listen on {settings.probe_addr}: {e.strerror}") from e
+        probes = f", probes {phost or '0.0.0.0'}:{probe_runner.addresses[0][1]}"
     await member.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     # The addresses bound (port 0 in a setting: any free port), for whoever started it.
@@ -165,7 +193,7 @@ async def serve(settings: Settings) -> None:
     grpc_addr = f"{settings.grpc_addr.rpartition(':')[0]}:{grpc_port}"
     print(
         f"sluice sidecar {settings.member_id} in group {settings.group}: "
-        f"http {http_addr}, grpc {grpc_addr}, delivering by {settings.delivery}",
+        f"http {http_addr}, grpc {grpc_addr}, delivering by {settings.delivery}{probes}",
         flush=True,
     )
     await until_signal()
@@ -173,6 +201,7 @@ async def serve(settings: Settings) -> None:
     await health_servicer.enter_graceful_shutdown()
     await member.stop()  # readiness turns 503 first: member.stopping is set at once
     await grpc_server.stop(1.0)
-    await runner.cleanup()
+    for r in runners:
+        await r.cleanup()
     with contextlib.suppress(Exception):
         await member.deliverer.close()

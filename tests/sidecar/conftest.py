@@ -136,6 +136,7 @@ class Sidecar:
         self.log: Path | None = None
         self.http = ""  # what it bound (port 0), known once start() returns
         self.grpc = ""
+        self.probes = ""  # the probe listener, when asked for
         self.args = [
             *(sys.executable, "-m", "sluice_sidecar", "--store", store, "--group", group),
             *("--member-id", name, "--app-url", app_url),
@@ -149,8 +150,9 @@ class Sidecar:
         self.proc = await spawn_logged(self.args, self.log, self.env)
         assert self.proc.stdout is not None
         async with asyncio.timeout(WAIT):
-            m = await announced(self.proc.stdout, r"sluice sidecar .*: http (\S+), grpc (\S+),")
-            self.http, self.grpc = m.group(1), m.group(2)
+            line = r"sluice sidecar .*: http (\S+), grpc (\S+), delivering by \w+(?:, probes (\S+))?"
+            m = await announced(self.proc.stdout, line)
+            self.http, self.grpc, self.probes = m.group(1), m.group(2), m.group(3) or ""
         if ready:
             await self.readiness(True)
 

@@ -214,3 +214,21 @@ async def test_half_sent_requests_are_closed_and_connections_are_capped(
     for _, w in conns:
         w.close()
     assert (await sc.get("/readyz"))["ready"]
+
+
+async def test_probes_have_a_listener_of_their_own_that_answers_health_alone(
+    sidecars: Callable[..., Sidecar],
+) -> None:
+    sc = sidecars("probed", "--probe-addr", "127.0.0.1:0")
+    await sc.start()
+    assert sc.probes and sc.probes != sc.http
+    async with aiohttp.ClientSession() as http:
+        for path in ("/healthz", "/readyz"):
+            async with http.get(f"http://{sc.probes}{path}") as r:
+                assert r.status == 200, path
+        for method, path in (("POST", "/v1/publish/orders-1"), ("GET", "/v1/status")):
+            headers = {"ce-type": "Placed"}
+            async with http.request(method, f"http://{sc.probes}{path}", data=b"x", headers=headers) as r:
+                assert r.status == 404, path  # the API is not on the probe listener
+            async with http.request(method, f"http://{sc.http}{path}", data=b"x", headers=headers) as r:
+                assert r.status == 200, path  # it is on the local one
