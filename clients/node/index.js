@@ -126,11 +126,16 @@ function startPoint(at) {
   throw new TypeError(`unknown start point ${JSON.stringify(at)}`);
 }
 
+const ROUND_ROBIN = JSON.stringify({ loadBalancingConfig: [{ round_robin: {} }] });
+
 /** A connection to a Sluice store. */
 class Client {
   constructor(target = process.env.SLUICE_STORE_ADDR || DEFAULT_ADDR, options = {}) {
     const credentials = options.credentials || grpc.credentials.createInsecure();
-    this.streams = new sluice.Streams(target, credentials, options.channelOptions || {});
+    // Calls spread over every address the target resolves to (store replicas behind a
+    // headless Service: dns:///sluice-store-headless.<namespace>.svc:50051).
+    const channelOptions = { 'grpc.service_config': ROUND_ROBIN, ...(options.channelOptions || {}) };
+    this.streams = new sluice.Streams(target, credentials, channelOptions);
     this.deadlineMs = options.deadlineMs ?? 30_000;
   }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -110,3 +111,20 @@ async def test_leases_are_judged_by_the_database_clock_not_the_replicas(
         desc = await c.describe_group("g")
         assert [m.member_id for m in desc.members] == ["m"]  # not expired by a skewed replica clock
         assert {p.owner for p in desc.partitions} == {"m"}
+
+
+@only_postgres
+async def test_the_password_comes_from_a_file_read_at_each_connect(
+    make_store: StoreFactory, db_url: Callable[[str], str], tmp_path: Path
+) -> None:
+    secret = tmp_path / "password"
+    secret.write_text("first\n")  # as a mounted Secret key may end
+    store = await make_store(db=db_url("pw"), db_password_file=str(secret))
+    assert isinstance(store.storage, PostgresStorage) and store.storage.password is not None
+    assert store.storage.password() == "first"
+    secret.write_text("rotated")  # a rotated Secret: the next connection takes the new one
+    assert store.storage.password() == "rotated"
+    async with Client(store.address) as c:
+        await c.append("s", [new_event("E", {})])
+    with pytest.raises(Exception, match="db_password_file: cannot read"):
+        await make_store(db=db_url("pw2"), db_password_file=str(tmp_path / "missing"))

@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from sluice import START, Client, SluiceError, new_event
 from sluice.settings import redact
 from sluice.v1 import streams_pb2 as pb
-from tests.conftest import StoreProcess
+from tests.conftest import StoreProcess, eventually
 from tests.ports import announced
 
 
@@ -157,3 +157,42 @@ def test_redact_hides_passwords_in_the_user_part_and_the_query() -> None:
     )
     assert redact("postgresql://u@h/db") == "postgresql://u@h/db"
     assert redact("sqlite:///data/s.db") == "sqlite:///data/s.db"
+
+
+async def test_a_client_spreads_its_calls_over_every_address_of_its_target(
+    spawn: Callable[..., StoreProcess], tmp_path: Path
+) -> None:
+    stores = [spawn(db=f"sqlite:///{tmp_path}/s{i}.db") for i in range(3)]
+    for s in stores:
+        await s.start()
+    seen: set[str] = set()
+    async with Client("ipv4:" + ",".join(s.addr for s in stores)) as c:
+
+        async def answered_by_all() -> bool:  # each Read's header names the store that answered it
+            call = c._stub.Read(pb.ReadRequest(max_count=1), timeout=10)
+            seen.add((await anext(aiter(call))).header.store_id)
+            call.cancel()
+            return len(seen) == 3
+
+        await eventually(answered_by_all, timeout=10)
+
+
+async def test_connections_age_out_but_open_streams_run_on(spawn: Callable[..., StoreProcess]) -> None:
+    store = spawn("--max-connection-age", "200ms")
+    await store.start()
+    async with Client(store.addr) as c:
+        sub = c.subscribe(start=START)
+        got: list[str] = []
+        started = asyncio.get_running_loop().time()
+        # Appends (new calls, on new connections after each GOAWAY) for several ages, each
+        # seen by the one subscription opened at the start.
+        while asyncio.get_running_loop().time() - started < 1.0 or len(got) < 5:
+            ev = new_event("Tick", {"n": len(got)})
+            await c.append("ticks", [ev])
+            while True:
+                item = await asyncio.wait_for(anext(sub), 10)
+                if isinstance(item, pb.RecordedEvent):
+                    got.append(item.id)
+                    break
+            assert got[-1] == ev.id
+        await sub.aclose()

@@ -147,6 +147,9 @@ def _request(stream: str, events: Iterable[pb.EventData], expected: Expected) ->
 SubscriptionItem = pb.RecordedEvent | pb.CaughtUp | pb.Checkpoint | pb.Heartbeat | pb.FellBehind
 
 
+ROUND_ROBIN = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+
+
 class Connection:
     """A gRPC channel a client owns: ``async with``, and ``close()`` safe to call twice."""
 
@@ -173,6 +176,9 @@ class Connection:
                 ("grpc.use_local_subchannel_pool", 1),
                 # Reconnect within seconds of a store coming back, not gRPC's default 2 minutes.
                 ("grpc.max_reconnect_backoff_ms", 5000),
+                # Calls spread over every address the target resolves to (store replicas
+                # behind a headless Service: dns:///sluice-store-headless.<ns>.svc:50051).
+                ("grpc.service_config", ROUND_ROBIN),
                 *options,
             ],
             interceptors=interceptors or None,

@@ -86,6 +86,20 @@ OPTIONS: tuple[Option, ...] = (
         " notification did not announce",
     ),
     Option("db_pool_size", 10, int, "PostgreSQL: connections per store process"),
+    Option(
+        "db_password_file",
+        "",
+        str,
+        "PostgreSQL: read the password from this file at each connect (a mounted Secret key;"
+        " it may rotate); overrides one in the URL",
+    ),
+    Option(
+        "max_connection_age",
+        0.0,
+        parse_duration,
+        "ask clients to reconnect after this long (0: never), so that clients spread over"
+        " replicas that were added since; streams open then keep going to their end",
+    ),
     Option("grace", 10.0, parse_duration, "seconds in-flight RPCs get on shutdown"),
     Option("uvloop", True, parse_bool, "use uvloop when installed"),
 )
@@ -114,6 +128,8 @@ class Settings:
     stream_cache: int = 200_000
     db_poll_interval: float = 1.0
     db_pool_size: int = 10
+    db_password_file: str = ""
+    max_connection_age: float = 0.0
     grace: float = 10.0
     uvloop: bool = True
 

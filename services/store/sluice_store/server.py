@@ -117,6 +117,13 @@ class StoreServer:
                 ("grpc.so_reuseport", 0),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+                *(
+                    # GOAWAY after this age: clients reconnect (re-resolving the replicas) for
+                    # new calls; calls open then run on to their end (no grace limit).
+                    [("grpc.max_connection_age_ms", int(self.settings.max_connection_age * 1000))]
+                    if self.settings.max_connection_age > 0
+                    else []
+                ),
             ],
         )
         self.server.add_generic_rpc_handlers(

@@ -35,6 +35,7 @@ def _postgres(url: str, settings: Settings) -> Storage:
         prefix_rules=settings.retention,
         poll_interval=settings.db_poll_interval,
         pool_size=settings.db_pool_size,
+        password_file=settings.db_password_file,
     )
 
 

@@ -25,9 +25,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -219,6 +220,15 @@ def _policy_columns(meta: StreamMeta) -> tuple[bool, int, int, int]:
     return meta.retained, p.max_count, p.truncate_before, age_limit_us(p)
 
 
+def _read_password(path: str) -> str:
+    """The database password from a file (a mounted Secret key), without a final newline."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read().rstrip("\r\n")
+    except OSError as e:
+        raise StoreUnavailable(f"db_password_file: cannot read {path}: {e.strerror}") from e
+
+
 class PostgresStorage(Storage):
     """Events in PostgreSQL; any number of replicas may share the database."""
 
@@ -230,8 +240,13 @@ class PostgresStorage(Storage):
         prefix_rules: Mapping[str, Policy] | None = None,
         poll_interval: float = 1.0,
         pool_size: int = POOL_SIZE,
+        password_file: str = "",
     ) -> None:
         self.dsn, self.schema = parse_url(url)
+        # asyncpg calls this at each new connection: a rotated Secret is read when it is needed.
+        self.password: Callable[[], str] | None = (
+            functools.partial(_read_password, password_file) if password_file else None
+        )
         self.archive_dir = archive_dir
         self.prefix_rules = dict(prefix_rules or {})
         self.poll_interval = poll_interval
@@ -263,7 +278,7 @@ class PostgresStorage(Storage):
 
     async def _connect(self) -> asyncpg.Connection:
         conn: asyncpg.Connection = await asyncpg.connect(
-            self.dsn, server_settings={"search_path": self.schema}
+            self.dsn, password=self.password, server_settings={"search_path": self.schema}
         )
         return conn
 
@@ -272,6 +287,7 @@ class PostgresStorage(Storage):
             await self._migrate()
             self._pool = await asyncpg.create_pool(
                 self.dsn,
+                password=self.password,
                 min_size=min(2, self.pool_size),
                 max_size=self.pool_size,
                 server_settings={"search_path": self.schema},
@@ -284,7 +300,7 @@ class PostgresStorage(Storage):
 
     async def _migrate(self) -> None:
         """Create or upgrade the schema; replicas starting together take turns."""
-        conn = await asyncpg.connect(self.dsn)
+        conn = await asyncpg.connect(self.dsn, password=self.password)
         try:
             async with conn.transaction():
                 await conn.execute(
