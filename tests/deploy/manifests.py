@@ -54,7 +54,7 @@ class Workload:
 def workloads(docs: tuple[Doc, ...]) -> list[Workload]:
     out = []
     for d in docs:
-        if d["kind"] in ("Deployment", "StatefulSet"):
+        if d["kind"] in ("Deployment", "StatefulSet", "DaemonSet"):
             meta = d["spec"]["template"]["metadata"]
             out.append(
                 Workload(
@@ -66,6 +66,23 @@ def workloads(docs: tuple[Doc, ...]) -> list[Workload]:
                 )
             )
     return out
+
+
+def namespace(docs: tuple[Doc, ...]) -> str:
+    """The namespace the overlay puts its objects in."""
+    (ns,) = {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"}
+    assert ns, "every object has a namespace"
+    return str(ns)
+
+
+def service_address(target: str, ns: str) -> tuple[str, str]:
+    """(Service name, port) of a gRPC target naming a Service of namespace ns by its full
+    DNS name, as ``dns:///NAME.NS.svc.cluster.local:PORT``."""
+    assert target.startswith("dns:///"), f"{target}: a dns:/// target (resolved to every replica)"
+    host, _, port = target.removeprefix("dns:///").rpartition(":")
+    name, _, rest = host.partition(".")
+    assert rest == f"{ns}.svc.cluster.local", f"{target}: the full name in namespace {ns}"
+    return name, port
 
 
 def by_kind(docs: tuple[Doc, ...], kind: str) -> dict[str, Doc]:

@@ -137,9 +137,12 @@ class Pod:
 
 
 def localise(value: str, ports: Ports, services: set[str], data: Path) -> str:
-    """Service names and listen hosts -> 127.0.0.1 with the mapped port; /data -> data."""
-    hosts = "|".join(re.escape(h) for h in ["0.0.0.0", "127.0.0.1", *services])
-    value = re.sub(rf"\b({hosts}):(\d+)", lambda m: f"127.0.0.1:{ports[int(m.group(2))]}", value)
+    """Service names (short, or dns:/// full names) and listen hosts -> 127.0.0.1 with the
+    mapped port; /data -> data."""
+    names = "|".join(re.escape(h) for h in services)
+    full = rf"dns:///(?:{names})\.[a-z0-9-]+\.svc\.cluster\.local"  # a Service by its full name
+    hosts = "|".join([full, *(re.escape(h) for h in ["0.0.0.0", "127.0.0.1", *services])])
+    value = re.sub(rf"({hosts}):(\d+)\b", lambda m: f"127.0.0.1:{ports[int(m.group(2))]}", value)
     return value.replace("/data/", f"{data}/")
 
 
