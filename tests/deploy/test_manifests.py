@@ -240,15 +240,18 @@ def test_every_container_meets_the_restricted_pod_security_standard(overlay: str
 
 def test_the_sidecar_component_takes_every_workload_kind_labelled(tmp_path: Path) -> None:
     """A labelled StatefulSet or DaemonSet gets the sidecar as a Deployment does."""
-    pod = {
-        "metadata": {"labels": {"app": "x"}, "annotations": {"sluice.dev/group": "g"}},
-        "spec": {"containers": [{"name": "app", "image": "example/app:1"}]},
-    }
+    meta: Doc = {"labels": {"app": "x"}, "annotations": {"sluice.dev/group": "g"}}
+    containers = [{"name": "app", "image": "example/app:1"}]
     objects = []
     for kind in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
-        spec = {"selector": {"matchLabels": {"app": "x"}}, "template": pod}
+        spec: Doc = {
+            "selector": {"matchLabels": {"app": "x"}},
+            "template": {"metadata": meta, "spec": {"containers": containers}},
+        }
         if kind == "Job":
-            spec = {"template": {**pod, "spec": {**pod["spec"], "restartPolicy": "Never"}}}
+            spec = {
+                "template": {"metadata": meta, "spec": {"containers": containers, "restartPolicy": "Never"}}
+            }
         objects.append(
             {
                 "apiVersion": "batch/v1" if kind == "Job" else "apps/v1",
