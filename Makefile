@@ -5,12 +5,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NODE_STAMP := clients/node/node_modules/.installed
+CHECKOV_VENV := .venv-checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 GEN_DIR := clients/python
 PROTOS := $(shell find protos -name '*.proto')
 SLUICE_DATA ?= ./data
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install protos check-protos lint fmt test faults run demo bench clean
+.PHONY: install protos check-protos lint checkov fmt test faults run demo bench clean
 
 install: $(STAMP)
 
@@ -31,12 +33,31 @@ check-protos: $(STAMP)
 	  && echo "generated code is up to date" \
 	  || { echo "generated code is stale: run 'make protos' and commit" >&2; rm -rf $$tmp; exit 1; }; rm -rf $$tmp
 
-lint: $(STAMP)
+lint: $(STAMP) checkov
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/hadolint services/store/Dockerfile services/gateway/Dockerfile sidecar/Dockerfile \
 	  examples/orders-app/Dockerfile
+
+# checkov lives in its own virtualenv: its many dependencies stay out of the project's.
+$(CHECKOV_STAMP): tools/checkov-requirements.txt
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install -q --upgrade pip
+	$(CHECKOV_VENV)/bin/pip install -q -r tools/checkov-requirements.txt
+	touch $@
+
+# Security checks over every rendered overlay and the Dockerfiles (skips, with reasons,
+# in .checkov.yaml).
+checkov: $(STAMP) $(CHECKOV_STAMP)
+	@tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && \
+	  for o in deploy/k8s/overlays/*/; do \
+	    $(VENV)/bin/kubectl kustomize $$o > $$tmp/$$(basename $$o).yaml || exit 1; done && \
+	  export BC_SKIP_MAPPING=TRUE && \
+	  $(CHECKOV_VENV)/bin/checkov --config-file .checkov.yaml --framework kubernetes -d $$tmp && \
+	  $(CHECKOV_VENV)/bin/checkov --config-file .checkov.yaml --framework dockerfile \
+	    -f services/store/Dockerfile -f services/gateway/Dockerfile -f sidecar/Dockerfile \
+	    -f examples/orders-app/Dockerfile
 
 fmt: $(STAMP)
 	$(VENV)/bin/ruff format .
@@ -67,4 +88,4 @@ bench: $(STAMP)
 	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache clients/node/node_modules
+	rm -rf $(VENV) $(CHECKOV_VENV) .mypy_cache .pytest_cache .ruff_cache clients/node/node_modules
