@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -232,3 +233,23 @@ async def test_probes_have_a_listener_of_their_own_that_answers_health_alone(
                 assert r.status == 404, path  # the API is not on the probe listener
             async with http.request(method, f"http://{sc.http}{path}", data=b"x", headers=headers) as r:
                 assert r.status == 200, path  # it is on the local one
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"SLUICE_GROUP": "g", "SLUICE_APP_URL": "http://127.0.0.1:/events"}, "sluice.dev/app-port"),
+        ({"SLUICE_GROUP": "g", "SLUICE_APP_URL": "http://127.0.0.1:80x/events"}, "sluice.dev/app-port"),
+        ({"SLUICE_GROUP": ""}, "sluice.dev/group"),
+    ],
+)
+async def test_a_missing_or_malformed_annotation_stops_the_sidecar_at_start(
+    env: dict[str, str], named: str
+) -> None:
+    """As the downward API fills them when a pod annotation is missing: an empty value."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sluice_sidecar", env={**os.environ, **env},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(proc.communicate(), WAIT)
+    assert proc.returncode != 0 and named in err.decode() and "configuration error" in err.decode()
