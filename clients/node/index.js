@@ -50,10 +50,61 @@ class SluiceError extends Error {
 }
 /** The stream was not at the expected revision: `metadata` has stream, expected, actual. */
 class WrongExpectedRevision extends SluiceError {}
+/** The stream was deleted (a tombstoned stream refuses appends for good). */
+class StreamDeleted extends SluiceError {}
+/** The stream does not exist. */
+class StreamNotFound extends SluiceError {}
+/** An event id is stored at another place already: `metadata` says where. */
+class DuplicateEventId extends SluiceError {}
+/** The request broke a rule; `metadata.field` names the field. */
+class InvalidArgument extends SluiceError {}
+class InvalidStreamName extends InvalidArgument {}
+class InvalidEvent extends InvalidArgument {}
+/** Names starting with "$" belong to the store. */
+class SystemStreamReserved extends InvalidArgument {}
+/** A configured limit was exceeded; `metadata.limit` names it. */
+class LimitExceeded extends SluiceError {}
+/** The store's storage is full: no appends until space is freed; reads work. */
+class StorageFull extends LimitExceeded {}
 /** The store cannot serve now: retry (appends with the same event ids are safe to repeat). */
 class Unavailable extends SluiceError {}
+/** The consumer group does not exist. */
+class GroupNotFound extends SluiceError {}
+/** A group of that name exists already. */
+class GroupExists extends SluiceError {}
+/** A member acted on what it no longer holds: stop without committing, heartbeat again. */
+class Fenced extends SluiceError {}
+class StaleMemberEpoch extends Fenced {}
+class NotPartitionOwner extends Fenced {}
+class UnknownMember extends Fenced {}
+/** A gateway subscriber that asked to be dropped when it fell behind was; watch again
+ * from `metadata.position`. */
+class SubscriberTooSlow extends SluiceError {}
 
-const ERRORS = { WRONG_EXPECTED_REVISION: WrongExpectedRevision };
+/** One class for each sluice.v1.ErrorReason (the test walks the enum). */
+const ERRORS = {
+  WRONG_EXPECTED_REVISION: WrongExpectedRevision,
+  STREAM_DELETED: StreamDeleted,
+  STREAM_NOT_FOUND: StreamNotFound,
+  DUPLICATE_EVENT_ID: DuplicateEventId,
+  INVALID_STREAM_NAME: InvalidStreamName,
+  INVALID_EVENT: InvalidEvent,
+  INVALID_ARGUMENT: InvalidArgument,
+  SYSTEM_STREAM_RESERVED: SystemStreamReserved,
+  LIMIT_EXCEEDED: LimitExceeded,
+  STORE_UNAVAILABLE: Unavailable,
+  GROUP_NOT_FOUND: GroupNotFound,
+  GROUP_EXISTS: GroupExists,
+  STALE_MEMBER_EPOCH: StaleMemberEpoch,
+  NOT_PARTITION_OWNER: NotPartitionOwner,
+  UNKNOWN_MEMBER: UnknownMember,
+  SUBSCRIBER_TOO_SLOW: SubscriberTooSlow,
+  STORAGE_FULL: StorageFull,
+};
+/** The reasons the contract defines (from the loaded .proto). */
+const ERROR_REASONS = definition['sluice.v1.ErrorReason'].type.value
+  .map((v) => v.name)
+  .filter((name) => name !== 'ERROR_REASON_UNSPECIFIED');
 
 function fromGrpcError(err) {
   let reason = '';
@@ -212,8 +263,9 @@ class Client {
 module.exports = {
   Client,
   SluiceError,
-  WrongExpectedRevision,
-  Unavailable,
+  ...Object.fromEntries([...new Set(Object.values(ERRORS)), Fenced].map((c) => [c.name, c])),
+  ERRORS,
+  ERROR_REASONS,
   newEvent,
   uuid7,
   ANY,

@@ -20,7 +20,15 @@ from collections.abc import Sequence
 import grpc
 
 from sluice import Client
-from sluice.errors import SluiceError, from_rpc_error
+from sluice.errors import (
+    Fenced,
+    GroupExists,
+    GroupNotFound,
+    InvalidEvent,
+    LimitExceeded,
+    SluiceError,
+    from_rpc_error,
+)
 from sluice.v1 import groups_pb2 as gpb
 from sluice.v1 import sidecar_pb2 as spb
 from sluice.v1 import streams_pb2 as pb
@@ -31,7 +39,6 @@ from sluice_sidecar.telemetry import Telemetry
 
 log = logging.getLogger("sluice_sidecar")
 
-FENCED = {"UNKNOWN_MEMBER", "STALE_MEMBER_EPOCH", "NOT_PARTITION_OWNER"}
 DLQ_NAMESPACE = uuid.UUID("6f1f3c52-5a43-4c2e-9b7e-2f9d7c1e8a10")
 
 
@@ -217,9 +224,8 @@ class Member:
                 max_backoff=s.max_backoff,
             )
             log.info("created group %s", s.group)
-        except SluiceError as e:
-            if e.reason != "GROUP_EXISTS":
-                raise
+        except GroupExists:
+            pass
 
     async def stop(self) -> None:
         """Stop fetching, finish in-flight deliveries, commit, leave the group."""
@@ -335,10 +341,10 @@ class Member:
             resp = await self.client.groups_stub.Heartbeat(req, timeout=5)
         except grpc.aio.AioRpcError as e:
             err = from_rpc_error(e)
-            if err.reason in FENCED:
+            if isinstance(err, Fenced):
                 log.warning("fenced (%s): dropping partitions, joining again", err.reason)
                 await self._drop_all()
-            elif err.reason == "GROUP_NOT_FOUND":
+            elif isinstance(err, GroupNotFound):
                 if await self._store_replaced():
                     if s.create_group:
                         await self._ensure_group()
@@ -491,7 +497,7 @@ class Member:
             w.committed = position
         except grpc.aio.AioRpcError as e:
             err = from_rpc_error(e)
-            if err.reason in FENCED or err.reason == "GROUP_NOT_FOUND":
+            if isinstance(err, Fenced | GroupNotFound):
                 self._wake.set()  # the next heartbeat sorts out what we still own
                 log.info("commit of partition %d refused: %s", w.partition, err.reason)
             else:
@@ -541,13 +547,13 @@ class Member:
                 return
             except grpc.aio.AioRpcError as e:
                 err = from_rpc_error(e)
-                if err.reason in FENCED or err.reason == "GROUP_NOT_FOUND":
+                if isinstance(err, Fenced | GroupNotFound):
                     self._wake.set()
                     log.warning(
                         "dead-lettering on partition %d refused (%s); its next owner retries", partition, err
                     )
                     return
-                if err.reason in ("INVALID_EVENT", "LIMIT_EXCEEDED") and any(d.data for d in req.events):
+                if isinstance(err, InvalidEvent | LimitExceeded) and any(d.data for d in req.events):
                     # The reason made it too big: keep the record without the payload (the
                     # original stays readable at dlq-stream / dlq-position).
                     for dead in req.events:

@@ -5,7 +5,8 @@
 const test = require('node:test');
 const assert = require('node:assert/strict');
 const grpc = require('@grpc/grpc-js');
-const { Client, WrongExpectedRevision, SluiceError, newEvent, START, NO_STREAM, position } = require('..');
+const sluice = require('..');
+const { Client, WrongExpectedRevision, SluiceError, newEvent, START, NO_STREAM, position } = sluice;
 
 const stream = `node-${process.pid}-${Date.now()}`;
 let client;
@@ -93,4 +94,21 @@ test('subscribe: catch up, caught_up, then a live event', async () => {
     if (item.caught_up) break;
   }
   assert.deepEqual(resumed, [live.first_position]);
+});
+
+test('every ErrorReason has an exception class of its own', () => {
+  const missing = sluice.ERROR_REASONS.filter((r) => !sluice.ERRORS[r]);
+  assert.deepEqual(missing, [], `no exception class for ${missing}`);
+  assert.deepEqual(Object.keys(sluice.ERRORS).sort(), [...sluice.ERROR_REASONS].sort());
+  const classes = sluice.ERROR_REASONS.map((r) => sluice.ERRORS[r]);
+  assert.equal(new Set(classes).size, classes.length, 'two reasons share a class');
+  for (const c of classes) assert.ok(c.prototype instanceof SluiceError, c.name);
+});
+
+test('a reserved stream name arrives as SystemStreamReserved, an InvalidArgument', async () => {
+  await assert.rejects(client.append('$mine', [newEvent('E')]), (err) => {
+    assert.ok(err instanceof sluice.SystemStreamReserved && err instanceof sluice.InvalidArgument);
+    assert.equal(err.reason, 'SYSTEM_STREAM_RESERVED');
+    return true;
+  });
 });

@@ -16,7 +16,14 @@ import grpc
 from google.protobuf import empty_pb2, timestamp_pb2
 
 from sluice import telemetry
-from sluice.errors import SluiceError, StoreReplaced, WrongExpectedRevision, from_rpc_error, from_status
+from sluice.errors import (
+    SluiceError,
+    StoreReplaced,
+    StreamNotFound,
+    WrongExpectedRevision,
+    from_rpc_error,
+    from_status,
+)
 from sluice.ids import uuid7
 from sluice.v1 import groups_pb2 as gpb
 from sluice.v1 import groups_pb2_grpc as gpb_grpc
@@ -486,9 +493,8 @@ class Client(Connection):
             async for ev in self.read(stream):
                 state = apply(state, ev)
                 revision = ev.revision
-        except SluiceError as e:
-            if e.reason != "STREAM_NOT_FOUND":
-                raise
+        except StreamNotFound:
+            pass
         return state, revision
 
     async def decide_and_append(

@@ -65,6 +65,18 @@ class InvalidArgument(SluiceError):
     """The request broke a rule (stream name, event shape, ...)."""
 
 
+class InvalidStreamName(InvalidArgument):
+    """The stream name breaks the naming rules; ``metadata["field"]`` names the field."""
+
+
+class InvalidEvent(InvalidArgument):
+    """An event breaks a rule (no type, a bad id, too large with its metadata, ...)."""
+
+
+class SystemStreamReserved(InvalidArgument):
+    """Names starting with "$" belong to the store."""
+
+
 class LimitExceeded(SluiceError):
     """A configured limit was exceeded; ``metadata["limit"]`` names it."""
 
@@ -76,6 +88,35 @@ class SubscriberTooSlow(SluiceError):
     def position(self) -> int:
         """The cursor to watch again from: nothing below it was missed."""
         return int(self.metadata.get("position", "0"))
+
+
+class GroupNotFound(SluiceError):
+    """The consumer group does not exist (never created, or deleted)."""
+
+    @property
+    def group(self) -> str:
+        return self.metadata.get("group", "")
+
+
+class GroupExists(SluiceError):
+    """A group of that name exists already."""
+
+
+class Fenced(SluiceError):
+    """A member acted on what it no longer holds (a stale epoch, a partition moved away, a
+    lease run out): it must stop, without committing, and heartbeat to learn what it has."""
+
+
+class StaleMemberEpoch(Fenced):
+    """The member's epoch is not its current one."""
+
+
+class NotPartitionOwner(Fenced):
+    """The member does not own that partition."""
+
+
+class UnknownMember(Fenced):
+    """The member is not in the group (its lease ran out): join again."""
 
 
 class Unavailable(SluiceError):
@@ -100,19 +141,26 @@ class StoreReplaced(SluiceError):
         )
 
 
-_BY_REASON: dict[str, type[SluiceError]] = {
+#: One class for each sluice.v1.ErrorReason (tests/store/test_client_helpers.py walks the
+#: enum); the gRPC code decides only when a reply carries no reason.
+BY_REASON: dict[str, type[SluiceError]] = {
     "WRONG_EXPECTED_REVISION": WrongExpectedRevision,
     "STREAM_DELETED": StreamDeleted,
     "STREAM_NOT_FOUND": StreamNotFound,
     "DUPLICATE_EVENT_ID": DuplicateEventId,
-    "INVALID_STREAM_NAME": InvalidArgument,
-    "INVALID_EVENT": InvalidArgument,
+    "INVALID_STREAM_NAME": InvalidStreamName,
+    "INVALID_EVENT": InvalidEvent,
     "INVALID_ARGUMENT": InvalidArgument,
-    "SYSTEM_STREAM_RESERVED": InvalidArgument,
+    "SYSTEM_STREAM_RESERVED": SystemStreamReserved,
     "LIMIT_EXCEEDED": LimitExceeded,
-    "STORAGE_FULL": StorageFull,
     "STORE_UNAVAILABLE": Unavailable,
+    "GROUP_NOT_FOUND": GroupNotFound,
+    "GROUP_EXISTS": GroupExists,
+    "STALE_MEMBER_EPOCH": StaleMemberEpoch,
+    "NOT_PARTITION_OWNER": NotPartitionOwner,
+    "UNKNOWN_MEMBER": UnknownMember,
     "SUBSCRIBER_TOO_SLOW": SubscriberTooSlow,
+    "STORAGE_FULL": StorageFull,
 }
 _BY_CODE: dict[grpc.StatusCode, type[SluiceError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
@@ -132,7 +180,7 @@ def from_status(status: status_pb2.Status) -> SluiceError:
             info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)
             reason, metadata = info.reason, dict(info.metadata)
-    cls = _BY_REASON.get(reason) or _BY_CODE.get(code, SluiceError)
+    cls = BY_REASON.get(reason) or _BY_CODE.get(code, SluiceError)
     return cls(status.message, code, reason, metadata)
 
 
