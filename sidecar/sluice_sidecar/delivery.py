@@ -20,12 +20,9 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import base64
 import collections
 import dataclasses
-import functools
 import itertools
-import json
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -35,6 +32,7 @@ import aiohttp
 import grpc
 from opentelemetry import propagate, trace
 
+from sluice import cloudevent
 from sluice.v1 import sidecar_pb2 as spb
 from sluice.v1 import sidecar_pb2_grpc as spb_grpc
 from sluice.v1 import streams_pb2 as pb
@@ -108,17 +106,6 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
-@functools.lru_cache(maxsize=1024)
-def _second(seconds: int) -> str:
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-
-
-def _time(ev: pb.RecordedEvent) -> str:
-    """RFC 3339 time of the event, to the microsecond."""
-    created = ev.created
-    return f"{_second(created.seconds)}.{created.nanos // 1000:06d}Z"
-
-
 class HttpDeliverer(Deliverer):
     """CloudEvents 1.0 over HTTP: binary mode for one event, batched JSON for several."""
 
@@ -138,72 +125,20 @@ class HttpDeliverer(Deliverer):
             )
         return self._session
 
-    def _extensions(self, ev: pb.RecordedEvent, partition: int, attempt: int) -> dict[str, str]:
-        return {
-            "sluiceposition": str(ev.position),
-            "sluicerevision": str(ev.revision),
-            "sluicepartition": str(partition),
-            "sluiceattempt": str(attempt),
-            "sluicegroup": self.group,
-        }
-
-    def _binary(self, ev: pb.RecordedEvent, partition: int, attempt: int) -> dict[str, str]:
-        headers = {
-            "ce-specversion": "1.0",
-            "ce-id": ev.id,
-            "ce-source": f"/streams/{ev.stream}",
-            "ce-type": ev.type,
-            "ce-subject": ev.stream,
-            "ce-time": _time(ev),
-            "content-type": ev.content_type or "application/octet-stream",
-        }
-        headers.update({f"ce-{k}": v for k, v in self._extensions(ev, partition, attempt).items()})
-        for key in ("traceparent", "tracestate"):
-            if key in ev.metadata:
-                headers[key] = ev.metadata[key]
-        if trace.get_current_span().get_span_context().is_valid:
-            propagate.inject(headers)  # the delivery span, child of the producer's
-        if ev.metadata:
-            headers["sluice-metadata"] = json.dumps(dict(ev.metadata), separators=(",", ":"))
-        return headers
-
-    def _structured(self, ev: pb.RecordedEvent, partition: int, attempt: int) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "specversion": "1.0",
-            "id": ev.id,
-            "source": f"/streams/{ev.stream}",
-            "type": ev.type,
-            "subject": ev.stream,
-            "time": _time(ev),
-            **self._extensions(ev, partition, attempt),
-        }
-        if ev.content_type:
-            out["datacontenttype"] = ev.content_type
-        if "traceparent" in ev.metadata:
-            out["traceparent"] = ev.metadata["traceparent"]
-        if ev.content_type.endswith("json"):
-            try:
-                out["data"] = json.loads(ev.data)
-                return out
-            except ValueError:
-                pass
-        out["data_base64"] = base64.b64encode(ev.data).decode()
-        return out
+    def _extensions(self, partition: int, attempt: int) -> dict[str, cloudevent.Value]:
+        return {"sluicepartition": partition, "sluiceattempt": attempt, "sluicegroup": self.group}
 
     async def deliver(self, events: Sequence[pb.RecordedEvent], partition: int, attempt: int) -> Result:
         try:
+            extensions = self._extensions(partition, attempt)
             if len(events) == 1:
-                ev = events[0]
-                request = self._http().post(
-                    self.url, data=ev.data, headers=self._binary(ev, partition, attempt)
-                )
+                headers, body = cloudevent.binary(events[0], extensions)
+                if trace.get_current_span().get_span_context().is_valid:
+                    propagate.inject(headers)  # the delivery span, child of the producer's
             else:
-                body = json.dumps([self._structured(e, partition, attempt) for e in events])
-                request = self._http().post(
-                    self.url,
-                    data=body.encode(),
-                    headers={"content-type": "application/cloudevents-batch+json"},
-                )
+                headers = {"content-type": cloudevent.BATCH_CONTENT_TYPE}
+                body = cloudevent.batch(events, extensions)
+            request = self._http().post(self.url, data=body, headers=headers)
             async with request as resp:
                 text = (await resp.text(errors="replace"))[:200]
                 return self._result(resp.status, resp.headers, text)

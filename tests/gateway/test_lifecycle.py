@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import grpc
 import pytest
+from cloudevents.core.formats.json import JSONFormat
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sluice import Client, new_event
@@ -132,6 +133,14 @@ async def test_server_sent_events_with_last_event_id_resume(
         assert [d["id"] for _, _, d in got] == [e.id for e in orders[:5]]
         assert [d["subject"] for _, _, d in got] == [e.stream for e in orders[:5]]
         assert [d["data_base64"] for _, _, d in got]  # binary data travels as base64
+        for (_, _, d), e in zip(got, orders, strict=False):  # CloudEvents, as the SDK reads them
+            ce = JSONFormat().read(None, json.dumps(d).encode())
+            assert (ce.get_id(), ce.get_source(), ce.get_subject()) == (
+                e.id,
+                f"/streams/{e.stream}",
+                e.stream,
+            )
+            assert ce.get_extension("sluiceposition") == e.position
         more = await produce(store_client, 20, seed=6)
         orders += [e for e in more if e.stream.startswith("order")]
         # Reconnect as a browser does: the last id it saw, in Last-Event-ID.

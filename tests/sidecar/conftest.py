@@ -42,6 +42,7 @@ class App:
         self.script: dict[str, list[int]] = {}  # stream -> statuses for its next deliveries
         self.poison: set[str] = set()  # event types answered with 500, always
         self.batches: list[int] = []  # sizes of batched deliveries
+        self.raw: list[tuple[dict[str, str], bytes]] = []  # every request's headers and body
         self.traceparents: dict[str, str] = {}  # event id -> traceparent header
         self.hold: dict[str, asyncio.Event] = {}  # stream -> answer only once this is set
         self.holding = asyncio.Event()  # set while a delivery is held
@@ -53,9 +54,9 @@ class App:
 
     async def _events(self, request: web.Request) -> web.Response:
         h = request.headers
+        self.raw.append((dict(h), await request.read()))
         if h.get("content-type") == "application/cloudevents-batch+json":
             return await self._batch(request)
-        await request.read()
         got = Received(
             request.match_info["sidecar"],
             h["ce-id"],

@@ -10,19 +10,49 @@ import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import quote
 
 import aiohttp
 import grpc
 import pytest
+from cloudevents.core.bindings.http import HTTPMessage, from_http_event
+from cloudevents.core.formats.json import JSONFormat
 from opentelemetry.sdk.trace import TracerProvider
 
-from sluice import Client, new_event
+from sluice import Client, cloudevent, new_event
 from sluice.v1 import sidecar_pb2 as spb
 from sluice.v1 import sidecar_pb2_grpc as spb_grpc
 from sluice.v1 import streams_pb2 as pb
 from tests.conftest import StoreProcess, closed_by_server, console_spans, eventually, slow_clients
 from tests.sidecar.conftest import WAIT, App, Sidecar
 from tests.sidecar.test_mesh import in_order_per_stream, produce
+
+
+async def test_pushes_are_cloudevents_the_sdk_reads_in_both_modes(
+    store_proc: StoreProcess, app: App, sidecars: Callable[..., Sidecar]
+) -> None:
+    async with Client(store_proc.addr) as c:
+        placed = new_event("Placed", {"n": 1}, metadata={"tenant": "t1"})
+        await c.append("orders-a b", [placed])  # one event: binary mode
+        batch = [new_event("Placed", {"n": n}) for n in range(5)]
+        await c.append("orders-many", batch)  # waiting: a batch
+    sc = sidecars("ce0", "--batch", "10")
+    await sc.start()
+    await app.wait(lambda: app.acked_ids() >= {placed.id, *(e.id for e in batch)})
+    seen: dict[str, object] = {}
+    for headers, body in app.raw:
+        if headers["Content-Type"] == cloudevent.BATCH_CONTENT_TYPE:
+            for member in json.loads(body):
+                seen[member["id"]] = JSONFormat().read(None, json.dumps(member).encode())
+        else:
+            seen[headers["ce-id"]] = from_http_event(HTTPMessage(headers=headers, body=body))
+    for ev, stream in [(placed, "orders-a b"), *((e, "orders-many") for e in batch)]:
+        ce = seen[ev.id]
+        assert ce.get_source() == "/streams/" + quote(stream, safe="")  # type: ignore[attr-defined]
+        assert ce.get_subject() == stream and ce.get_type() == "Placed"  # type: ignore[attr-defined]
+        ext = ce.get_attributes()  # type: ignore[attr-defined]
+        assert str(ext["sluicegroup"]) == "app" and int(ext["sluiceattempt"]) == 1
+    assert json.loads(seen[placed.id].get_attributes()["sluicemetadata"]) == {"tenant": "t1"}  # type: ignore[attr-defined]
 
 
 async def test_batched_push_keeps_order(

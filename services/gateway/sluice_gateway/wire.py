@@ -8,10 +8,10 @@ joining these bytes: protobuf repeated fields concatenate.
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Iterable
 
+from sluice import cloudevent
 from sluice.protowire import read_varint, varint
 from sluice.v1 import gateway_pb2 as gpb
 from sluice.v1 import streams_pb2 as pb
@@ -145,43 +145,9 @@ TAG_EPHEMERAL = 0x32
 # -- Server-Sent Events -----------------------------------------------------------------
 
 
-def _payload(data: bytes, content_type: str) -> dict[str, object]:
-    if content_type.startswith("application/json") or content_type.endswith("+json"):
-        try:
-            return {"data": json.loads(data)}
-        except ValueError:
-            pass
-    if content_type.startswith("text/"):
-        try:
-            return {"data": data.decode()}
-        except UnicodeDecodeError:
-            pass
-    return {"data_base64": base64.b64encode(data).decode()}
-
-
 def sse_event(record: Record, form: int) -> bytes:
     """A CloudEvents 1.0 JSON event as one SSE message; its SSE id is the position."""
-    ev = record.event
-    body: dict[str, object] = {
-        "specversion": "1.0",
-        "id": ev.id,
-        "source": f"sluice/{ev.stream}",
-        "type": ev.type,
-        "subject": ev.stream,
-    }
-    if isinstance(ev, pb.RecordedEvent):
-        body["time"] = ev.created.ToJsonString()
-        body["sluiceposition"] = ev.position
-        body["sluicerevision"] = ev.revision
-    else:
-        body["time"] = ev.published.ToJsonString()
-        body["sluiceephemeral"] = True
-    if ev.metadata:
-        body["sluicemetadata"] = dict(ev.metadata)
-    if ev.content_type:
-        body["datacontenttype"] = ev.content_type
-    if form != NOTIFICATION and ev.data:
-        body.update(_payload(ev.data, ev.content_type))
+    body = cloudevent.structured(record.event, with_data=form != NOTIFICATION)
     text = json.dumps(body, separators=(",", ":"))
     head = f"id: {record.position}\n" if record.position else ""
     return f"{head}event: {'event' if record.position else 'ephemeral'}\ndata: {text}\n\n".encode()
