@@ -359,7 +359,7 @@ async def test_a_commit_landing_as_the_heartbeat_times_out_is_delivered_not_skip
 ) -> None:
     """The live wait and a commit race: wait_for raises TimeoutError although the commit has
     just filled the buffer. A filtered subscriber must get the events, not a checkpoint past them."""
-    from sluice_store import service
+    from sluice_store import subscriptions
 
     armed = asyncio.Event()
     appended: list[pb.AppendResponse] = []
@@ -376,7 +376,7 @@ async def test_a_commit_landing_as_the_heartbeat_times_out_is_delivered_not_skip
             appended.append(await client.append("race-1", [new_event("E", b"x")]))  # lands now...
             raise TimeoutError  # ...as the heartbeat times out
 
-    monkeypatch.setattr(service, "asyncio", RacingAsyncio())
+    monkeypatch.setattr(subscriptions, "asyncio", RacingAsyncio())
     sub = client.subscribe(stream_prefixes=["race-"], heartbeat_interval=0.05)
     assert isinstance(await asyncio.wait_for(anext(sub), WAIT), pb.CaughtUp)
     armed.set()

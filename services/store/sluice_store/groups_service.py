@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import grpc
 from google.protobuf.message import Message
 
@@ -10,8 +12,8 @@ from sluice.v1 import streams_pb2 as pb
 from sluice_store.checks import parser
 from sluice_store.groups import Coordinator, GroupState, Member, duration, target_assignment
 from sluice_store.retention import US, now_us
-from sluice_store.service import StreamsService, timestamp, unary_handler
-from sluice_store.storage.base import P_CREATED, StreamFilter
+from sluice_store.rpc import timestamp, unary_handler
+from sluice_store.storage.base import P_CREATED, Storage, StreamFilter
 
 #: Describe counts lag by scanning at most this many events per partition.
 LAG_SCAN_LIMIT = 100_000
@@ -20,9 +22,15 @@ LAG_SCAN_LIMIT = 100_000
 class GroupsService:
     """Handlers for sluice.v1.Groups."""
 
-    def __init__(self, coordinator: Coordinator, streams: StreamsService) -> None:
+    def __init__(
+        self,
+        coordinator: Coordinator,
+        storage: Storage,
+        append_system: Callable[[pb.AppendRequest], Awaitable[pb.AppendResponse]],
+    ) -> None:
         self.coordinator = coordinator
-        self.streams = streams
+        self.storage = storage
+        self.append_system = append_system  # appends to "$" streams (dead letters)
 
     async def _lag(self, state: GroupState, partition: int) -> tuple[int, float]:
         cfg = state.config
@@ -33,7 +41,7 @@ class GroupsService:
             frozenset((partition,)),
         )
         position, count, oldest = state.cursors.get(partition, 1), 0, 0
-        storage = self.streams.storage
+        storage = self.storage
         while count < LAG_SCAN_LIMIT and position <= storage.head_position:
             rows, position, done = await storage.read_all(position, False, 1000, filt, False)
             if rows and not oldest:
@@ -49,7 +57,7 @@ class GroupsService:
             group=state.name,
             config=state.config,
             created=timestamp(state.created_us),
-            head_position=self.streams.storage.head_position,
+            head_position=self.storage.head_position,
         )
         for m in sorted(state.members.values(), key=lambda m: m.id):
             out.members.add(
@@ -102,7 +110,7 @@ class GroupsService:
             heartbeat_interval=state.config.heartbeat_interval,
             lease=duration(state.lease_us),
             config=state.config,
-            store_id=self.streams.storage.store_id,
+            store_id=self.storage.store_id,
         )
         if member is not None:
             out.member_epoch = member.epoch
@@ -116,7 +124,7 @@ class GroupsService:
 
     async def DeadLetter(self, request: gpb.DeadLetterRequest) -> pb.AppendResponse:
         stream = await self.coordinator.dead_letter_target(request)
-        return await self.streams.append_system(pb.AppendRequest(stream=stream, events=request.events))
+        return await self.append_system(pb.AppendRequest(stream=stream, events=request.events))
 
     async def ResetCursors(self, request: gpb.ResetCursorsRequest) -> gpb.GroupDescription:
         to = request.to if request.HasField("to") else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 from typing import Any
@@ -16,6 +17,7 @@ from sluice import telemetry
 from sluice.settings import listen_grpc, redact, settle_heap, until_signal
 from sluice.v1 import groups_pb2 as gpb
 from sluice.v1 import streams_pb2 as pb
+from sluice_store import positions
 from sluice_store.broker import Broker
 from sluice_store.config import Settings
 from sluice_store.errors import StoreError
@@ -76,8 +78,8 @@ class StoreServer:
         self.storage.listener = self.broker.publish
         self.storage.listening = lambda: len(self.broker) > 0
         self.service = StreamsService(self.storage, self.broker, settings)
-        self.coordinator = Coordinator(self.storage, self.service.cursor_at)
-        self.groups = GroupsService(self.coordinator, self.service)
+        self.coordinator = Coordinator(self.storage, functools.partial(positions.cursor_at, self.storage))
+        self.groups = GroupsService(self.coordinator, self.storage, self.service.append_system)
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.port = 0

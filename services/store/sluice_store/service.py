@@ -1,4 +1,6 @@
-"""The sluice.v1.Streams service: validation, group commit, reads and subscriptions."""
+"""The sluice.v1.Streams service: checks what callers send, then appends (through group
+commit, ``commit``), reads, broadcasts and administers streams; Subscribe is served by
+``subscriptions``."""
 
 from __future__ import annotations
 
@@ -6,19 +8,18 @@ import asyncio
 import base64
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Callable
 
 import grpc
-from google.protobuf import timestamp_pb2
 
 from sluice import telemetry
 from sluice.ids import uuid7
 from sluice.names import MAX_TYPE, has_control, is_system, name_problem, parse_uuid
 from sluice.v1 import streams_pb2 as pb
-from sluice_store import codec
-from sluice_store.broker import Broker, LiveSubscription
+from sluice_store import codec, positions
+from sluice_store.broker import Broker
 from sluice_store.checks import Undecodable, check_request, parser, refuse_undecodable
+from sluice_store.commit import Committer
 from sluice_store.config import Settings
 from sluice_store.errors import (
     InvalidArgument,
@@ -27,14 +28,14 @@ from sluice_store.errors import (
     LimitExceeded,
     StorageFull,
     StoreError,
-    StoreUnavailable,
     StreamDeleted,
     StreamNotFound,
     SystemStreamReserved,
-    abort,
     to_status,
 )
+from sluice_store.positions import start_point, stream_filter
 from sluice_store.retention import Policy, age_cutoff_us, now_us
+from sluice_store.rpc import Response, streaming_handler, timestamp, unary_handler
 from sluice_store.storage.base import (
     P_POSITION,
     P_REVISION,
@@ -42,79 +43,18 @@ from sluice_store.storage.base import (
     Expect,
     NewEvent,
     Outcome,
-    Row,
     Start,
     State,
     Storage,
-    StreamFilter,
     StreamMeta,
     validate_new_event_ids,
 )
+from sluice_store.subscriptions import Subscriptions
 
 log = logging.getLogger(__name__)
 
-Response = pb.ReadResponse | pb.SubscribeResponse | bytes
-
-
-class Committer:
-    """Group commit: appends that arrive while a commit is running go into the next one."""
-
-    def __init__(self, storage: Storage, max_events: int = 20_000) -> None:
-        self.storage = storage
-        self.max_events = max_events
-        #: Told after each batch whether the storage was full (True) or took it (False).
-        self.on_full: Callable[[bool], None] = lambda full: None
-        self._pending: list[tuple[list[AppendPart], int, asyncio.Future[Outcome]]] = []
-        self._task: asyncio.Task[None] | None = None
-
-    def submit(self, op: list[AppendPart]) -> asyncio.Future[Outcome]:
-        fut: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._pending.append((op, sum(len(p.events) for p in op), fut))
-        if self._task is None:
-            self._task = asyncio.create_task(self._drain())
-        return fut
-
-    def _take(self) -> list[tuple[list[AppendPart], int, asyncio.Future[Outcome]]]:
-        """The next batch: pending appends in order, up to max_events (at least one)."""
-        take, total = 0, 0
-        for _, n, _ in self._pending:
-            if take and total + n > self.max_events:
-                break
-            take += 1
-            total += n
-        batch, self._pending = self._pending[:take], self._pending[take:]
-        return batch
-
-    async def _drain(self) -> None:
-        try:
-            while self._pending:
-                batch: list[tuple[list[AppendPart], int, asyncio.Future[Outcome]]] = []
-                try:
-                    async with self.storage.write_slot():
-                        batch = self._take()
-                        outcomes: list[Outcome] = await self.storage.append([op for op, _, _ in batch])
-                    self.on_full(False)
-                except StoreError as e:
-                    batch = batch or self._take()
-                    outcomes = [e] * len(batch)
-                    if isinstance(e, StorageFull):
-                        self.on_full(True)
-                except Exception as e:  # a bug or a driver fault: fail the batch, keep serving
-                    log.exception("append batch failed")
-                    batch = batch or self._take()
-                    outcomes = [StoreUnavailable(f"append failed: {e}")] * len(batch)
-                for (_, _, fut), outcome in zip(batch, outcomes, strict=True):
-                    if not fut.done():
-                        fut.set_result(outcome)
-        finally:
-            self._task = None
-
-
-def timestamp(us: int) -> timestamp_pb2.Timestamp:
-    """A Timestamp from microseconds since the epoch."""
-    ts = timestamp_pb2.Timestamp()
-    ts.FromMicroseconds(us)
-    return ts
+#: A Broadcast message without ``expires`` lives this long.
+DEFAULT_EPHEMERAL_TTL_NS = 30 * 10**9
 
 
 class StreamsService:
@@ -125,6 +65,7 @@ class StreamsService:
         self.broker = broker
         self.settings = settings
         self.committer = Committer(storage)
+        self.subscriptions = Subscriptions(storage, broker, settings, self.check_name)
         self.tracing = telemetry.tracing_enabled()
         #: False while storage is full and has not been given room again (see server).
         self.has_room: Callable[[], bool] = lambda: True
@@ -335,26 +276,6 @@ class StreamsService:
 
     # -- reads ------------------------------------------------------------------------
 
-    def _filter(self, msg: pb.Filter) -> StreamFilter:
-        if msg.partitions and not msg.partition_count:
-            raise InvalidArgument("filter.partitions needs filter.partition_count", field="filter")
-        if any(p >= msg.partition_count for p in msg.partitions):
-            raise InvalidArgument("a partition is not below partition_count", field="filter.partitions")
-        return StreamFilter(
-            tuple(msg.stream_prefixes),
-            tuple(msg.event_types),
-            msg.partition_count,
-            frozenset(msg.partitions),
-        )
-
-    def _start(self, msg: pb.StartPoint, default: str) -> Start:
-        kind = msg.WhichOneof("point") or default
-        if kind == "time":
-            return Start("time", msg.time.ToMicroseconds())
-        if kind in ("revision", "position"):
-            return Start(kind, getattr(msg, kind))
-        return Start(kind)
-
     async def _readable(self, name: str) -> StreamMeta:
         meta = await self.storage.stream(name)
         if meta is None or meta.state == State.MISSING or (meta.last_revision < 0):
@@ -376,7 +297,7 @@ class StreamsService:
         remaining = request.max_count or (1 << 63)
         backwards = request.backwards
         with_data = not request.notifications_only
-        start = self._start(request.__getattribute__("from"), "end" if backwards else "start")
+        start = start_point(request.__getattribute__("from"), "end" if backwards else "start")
         if request.stream:
             self.check_name(request.stream, writing=False)
             if request.HasField("filter"):
@@ -405,8 +326,8 @@ class StreamsService:
         if start.kind == "revision":
             raise InvalidArgument("a revision start needs a stream", field="from.revision")
         head = self.storage.head_position
-        position = await self._position(start, backwards)
-        filt = self._filter(request.filter)
+        position = await positions.position(self.storage, start, backwards)
+        filt = stream_filter(request.filter)
         first = 1
         if not backwards and start.kind in ("position", "time"):
             first = await self.storage.removed_upto(filt, position) + 1
@@ -424,161 +345,6 @@ class StreamsService:
                 remaining -= len(rows)
             if done:
                 return
-
-    async def cursor_at(self, msg: pb.StartPoint | None) -> int:
-        """The cursor (next position to read) for a start point; unset means the end."""
-        return await self._position(self._start(msg or pb.StartPoint(), "end"), False)
-
-    async def _position(self, start: Start, backwards: bool) -> int:
-        """A global position (inclusive) for a start point over all streams."""
-        head = self.storage.head_position
-        if start.kind == "start":
-            return 0 if backwards else 1
-        if start.kind == "end":
-            return head if backwards else head + 1
-        if start.kind == "time":
-            return await self.storage.position_at_time(start.value, backwards)
-        return max(start.value, 1) if not backwards else start.value
-
-    # -- subscriptions ----------------------------------------------------------------
-
-    async def Subscribe(self, request: pb.SubscribeRequest) -> AsyncIterator[Response]:
-        s = self.settings
-        stream = request.stream
-        heartbeat = (request.heartbeat_interval_ms / 1000) or s.heartbeat_interval
-        batch = min(request.max_batch or s.max_read_batch, s.max_read_batch)
-        with_data = not request.notifications_only
-        if stream:
-            self.check_name(stream, writing=False)
-            if request.HasField("filter"):
-                raise InvalidArgument("filter applies to subscriptions to all streams only", field="filter")
-        filt = StreamFilter() if stream else self._filter(request.filter)
-        cursor = _Cursor()
-        await self._resolve_start(cursor, stream, self._start(request.__getattribute__("from"), "end"))
-        sub = None
-        try:
-            while True:
-                async for msg in self._catch_up(cursor, stream, filt, batch, with_data):
-                    yield msg
-                sub = self.broker.register(
-                    stream, filt, s.subscriber_buffer, ephemeral=request.include_ephemeral
-                )
-                sub.notify_at = cursor.position + sub.checkpoint_every
-                async for msg in self._catch_up(cursor, stream, filt, batch, with_data):
-                    yield msg
-                yield pb.SubscribeResponse(
-                    caught_up=pb.CaughtUp(position=cursor.position, store_id=self.storage.store_id)
-                )
-                async for msg in self._live(sub, cursor, filt, batch, heartbeat, with_data):
-                    yield msg
-                self.broker.unregister(sub)
-                if sub.closed:
-                    return
-                sub = None
-                yield pb.SubscribeResponse(fell_behind=pb.FellBehind(position=cursor.position))
-        finally:
-            if sub is not None:
-                self.broker.unregister(sub)
-
-    async def _resolve_start(self, cursor: _Cursor, stream: str, start: Start) -> None:
-        head = self.storage.head_position
-        if not stream:
-            cursor.position = await self._position(start, False)
-            return
-        meta = await self.storage.stream(stream)
-        cursor.position = head + 1
-        if start.kind == "end":
-            cursor.revision = (meta.last_revision + 1) if meta else 0
-        elif start.kind == "revision":
-            cursor.revision = start.value
-            cursor.position = 1
-        elif start.kind in ("position", "time"):
-            cursor.position = await self._position(start, False)
-            cursor.revision = -1  # found on the first page
-        else:
-            cursor.revision = 0
-            cursor.position = 1
-
-    async def _catch_up(
-        self, cursor: _Cursor, stream: str, filt: StreamFilter, batch: int, with_data: bool
-    ) -> AsyncIterator[Response]:
-        while True:
-            if stream:
-                meta = await self.storage.stream(stream)
-                if meta is None or meta.state == State.TOMBSTONED:
-                    return
-                start = (
-                    Start("position", cursor.position)
-                    if cursor.revision < 0
-                    else Start("revision", cursor.revision)
-                )
-                rows: list[Row] = await self.storage.read_stream(meta, start, False, batch, with_data)
-                rows = [r for r in rows if r[P_POSITION] >= cursor.position]
-                done = len(rows) < batch
-                if rows:
-                    cursor.revision = rows[-1][P_REVISION] + 1
-                elif cursor.revision < 0:
-                    cursor.revision = meta.last_revision + 1
-            else:
-                rows, nxt, done = await self.storage.read_all(cursor.position, False, batch, filt, with_data)
-            if rows:
-                yield codec.subscribe_events([codec.event_bytes(r[4], r[5]) for r in rows])
-                cursor.position = rows[-1][P_POSITION] + 1
-            if not stream and nxt > cursor.position:
-                cursor.position = nxt
-                yield pb.SubscribeResponse(checkpoint=pb.Checkpoint(position=nxt))
-            if done:
-                return
-
-    async def _live(
-        self,
-        sub: LiveSubscription,
-        cursor: _Cursor,
-        filt: StreamFilter,
-        batch: int,
-        heartbeat: float,
-        with_data: bool,
-    ) -> AsyncIterator[Response]:
-        while not sub.closed:
-            if sub.ephemeral:
-                while (body := self.broker.pop_ephemeral(sub)) is not None:
-                    yield body
-            if sub.ephemeral_dropped:
-                count, sub.ephemeral_dropped = sub.ephemeral_dropped, 0
-                yield pb.SubscribeResponse(ephemeral_dropped=pb.EphemeralDropped(count=count))
-                continue
-            if not sub.buffer and not sub.overflowed:
-                sub.wakeup.clear()
-                try:
-                    await asyncio.wait_for(sub.wakeup.wait(), heartbeat)
-                except TimeoutError:
-                    if sub.buffer or sub.overflowed or sub.closed:
-                        continue  # a commit landed as the wait timed out: deliver it, skip nothing
-                    if filt and sub.seen >= cursor.position:
-                        cursor.position = sub.seen + 1
-                        yield pb.SubscribeResponse(checkpoint=pb.Checkpoint(position=cursor.position))
-                    yield pb.SubscribeResponse(
-                        heartbeat=pb.Heartbeat(
-                            store_id=self.storage.store_id,
-                            head_position=self.storage.head_position,
-                            time=timestamp(now_us()),
-                        )
-                    )
-                    continue
-            if sub.overflowed or sub.closed:
-                return
-            rows = [r for r in sub.take(batch) if r[P_POSITION] >= cursor.position]
-            if rows:
-                if with_data:
-                    yield codec.subscribe_events([codec.event_bytes(r[4], r[5]) for r in rows])
-                else:
-                    yield codec.subscribe_events([r[4] for r in rows])
-                cursor.position = rows[-1][P_POSITION] + 1
-                cursor.revision = rows[-1][P_REVISION] + 1
-            elif filt and not sub.buffer and sub.seen >= sub.notify_at:
-                cursor.position = max(cursor.position, sub.seen + 1)
-                sub.notify_at = cursor.position + sub.checkpoint_every
-                yield pb.SubscribeResponse(checkpoint=pb.Checkpoint(position=cursor.position))
 
     async def Broadcast(self, request: pb.EphemeralMessage) -> pb.BroadcastResponse:
         self.check_name(request.stream)  # the rules of a write: no "$" names
@@ -656,57 +422,6 @@ class StreamsService:
         return out
 
 
-class _Cursor:
-    """Where a subscription stands: next global position, and next revision for one stream."""
-
-    __slots__ = ("position", "revision")
-
-    def __init__(self) -> None:
-        self.position = 1
-        self.revision = 0
-
-
-Unary = Callable[[Any], Awaitable[Any]]
-Streaming = Callable[[Any], AsyncIterator[Response]]
-
-
-DEFAULT_EPHEMERAL_TTL_NS = 30 * 10**9  # a Broadcast message without `expires` lives 30 s
-
-
-def checked(request: Any) -> Any:
-    """The request, once it parsed and its numbers fit (see checks)."""
-    if isinstance(request, Undecodable):
-        raise refuse_undecodable(request)
-    check_request(request)
-    return request
-
-
-def unary_handler(
-    fn: Unary, reading: bool = False
-) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
-    """A handler that ends the call with the status of a refused request."""
-
-    async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            return await fn(checked(request))
-        except StoreError as e:
-            await abort(context, e, reading)
-            raise AssertionError("unreachable") from e
-
-    return handler
-
-
-def _streaming(fn: Streaming) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Response]]:
-    async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Response]:
-        try:
-            async for msg in fn(checked(request)):
-                yield msg
-        except StoreError as e:
-            await abort(context, e, reading=True)
-
-    return handler
-
-
 def methods(service: StreamsService) -> dict[str, grpc.RpcMethodHandler]:
     """Method handlers; Read and Subscribe responses may be pre-serialized bytes."""
     unary = grpc.unary_unary_rpc_method_handler
@@ -725,10 +440,10 @@ def methods(service: StreamsService) -> dict[str, grpc.RpcMethodHandler]:
             pb.AppendSessionResponse.SerializeToString,
         ),
         "Read": grpc.unary_stream_rpc_method_handler(
-            _streaming(service.Read), parser(pb.ReadRequest), codec.serialize
+            streaming_handler(service.Read), parser(pb.ReadRequest), codec.serialize
         ),
         "Subscribe": grpc.unary_stream_rpc_method_handler(
-            _streaming(service.Subscribe), parser(pb.SubscribeRequest), codec.serialize
+            streaming_handler(service.subscriptions.Subscribe), parser(pb.SubscribeRequest), codec.serialize
         ),
         "GetStreamInfo": unary(
             unary_handler(service.GetStreamInfo, reading=True),
