@@ -47,8 +47,8 @@ from sluice_store.storage.base import (
     State,
     Storage,
     StreamMeta,
-    validate_new_event_ids,
 )
+from sluice_store.storage.planner import validate_new_event_ids
 from sluice_store.subscriptions import Subscriptions
 
 log = logging.getLogger(__name__)

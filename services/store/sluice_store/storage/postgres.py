@@ -49,7 +49,6 @@ from sluice_store.storage.base import (
     GroupTx,
     LiveRow,
     Outcome,
-    Plan,
     ReclaimStats,
     Row,
     Start,
@@ -57,10 +56,8 @@ from sluice_store.storage.base import (
     StreamFilter,
     StreamMeta,
     count_by_floors,
-    mark_deleted,
     name_hash,
     new_stream,
-    plan_append,
     prefix_end,
     reclaim_stream,
     search_position,
@@ -68,6 +65,7 @@ from sluice_store.storage.base import (
     stream_meta,
     stream_window,
 )
+from sluice_store.storage.planner import Plan, mark_deleted, plan_append
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,6 @@ from sluice_store.storage.base import (
     GroupRecord,
     GroupTx,
     Outcome,
-    Plan,
     ReclaimStats,
     Row,
     Start,
@@ -45,10 +44,8 @@ from sluice_store.storage.base import (
     StreamFilter,
     StreamMeta,
     count_by_floors,
-    mark_deleted,
     name_hash,
     new_stream,
-    plan_append,
     prefix_end,
     reclaim_stream,
     search_position,
@@ -56,6 +53,7 @@ from sluice_store.storage.base import (
     stream_meta,
     stream_window,
 )
+from sluice_store.storage.planner import Plan, mark_deleted, plan_append
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

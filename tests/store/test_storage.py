@@ -1,0 +1,198 @@
+"""The storage conformance suite: the Storage interface called directly, the same cases on
+SQLite and PostgreSQL (as pyeventsourcing runs its recorder test cases on every backend)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from sluice.v1 import streams_pb2 as pb
+from sluice_store.config import Settings
+from sluice_store.errors import DuplicateEventId, StreamDeleted, StreamNotFound, WrongExpectedRevision
+from sluice_store.retention import Policy
+from sluice_store.storage import open_storage
+from sluice_store.storage.base import (
+    P_POSITION,
+    P_REVISION,
+    AppendPart,
+    Expect,
+    GroupRecord,
+    LiveRow,
+    NewEvent,
+    PartResult,
+    Start,
+    State,
+    Storage,
+    StreamFilter,
+)
+
+
+def event(type_: str = "T", client_id: bool = False, data: bytes = b"payload") -> NewEvent:
+    u = uuid.uuid4()
+    return NewEvent(
+        u.bytes, str(u), client_id, type_, pb.EventData(id=str(u), type=type_).SerializeToString(), data
+    )
+
+
+def part(stream: str, *events: NewEvent, expect: Expect = Expect.ANY, revision: int = 0) -> AppendPart:
+    return AppendPart(stream, expect, revision, list(events) or [event()])
+
+
+@pytest.fixture
+async def storage(db_url: Callable[[str], str]) -> AsyncIterator[Storage]:
+    s = open_storage(Settings(db=db_url("conformance"), durability="normal"))
+    committed: list[LiveRow] = []
+    s.listener = committed.extend
+    await s.open()
+    s.committed = committed  # type: ignore[attr-defined]
+    yield s
+    await s.close()
+
+
+async def ok(storage: Storage, *ops: list[AppendPart]) -> list[list[PartResult]]:
+    outcomes = await storage.append(list(ops))
+    assert all(isinstance(o, list) for o in outcomes), outcomes
+    return outcomes  # type: ignore[return-value]
+
+
+async def test_appends_number_densely_and_read_back_both_ways(storage: Storage) -> None:
+    assert storage.head_position == 0 and storage.store_id
+    (a,), (b,) = await ok(storage, [part("a", event(), event())], [part("b", event())])
+    ((a2,),) = await ok(storage, [part("a", event())])
+    assert (a.first_revision, a.last_revision, a.first_position, a.last_position) == (0, 1, 1, 2)
+    assert (b.first_revision, b.first_position) == (0, 3) and (a2.first_revision, a2.first_position) == (2, 4)
+    assert storage.head_position == 4
+    meta = await storage.stream("a")
+    assert meta is not None and (meta.last_revision, meta.last_position, meta.state) == (2, 4, State.ACTIVE)
+    assert await storage.stream("never") is None
+    forwards = await storage.read_stream(meta, Start("start"), False, 10, True)
+    assert [r[P_REVISION] for r in forwards] == [0, 1, 2] and all(r[5] == b"payload" for r in forwards)
+    backwards = await storage.read_stream(meta, Start("end"), True, 2, False)
+    assert [r[P_REVISION] for r in backwards] == [2, 1] and all(r[5] == b"" for r in backwards)
+    rows, nxt, done = await storage.read_all(1, False, 10, StreamFilter(), True)
+    assert [r[P_POSITION] for r in rows] == [1, 2, 3, 4] and done and nxt == 5
+    assert [r[0] for r in storage.committed] == [1, 2, 3, 4]  # type: ignore[attr-defined]
+    assert await storage.count_events(meta) == 3
+
+
+async def test_expected_revisions_and_atomic_operations(storage: Storage) -> None:
+    await ok(storage, [part("a")])
+    conflict, fine = await storage.append(
+        [
+            [part("b"), part("a", expect=Expect.EXACT, revision=5)],  # refused whole
+            [part("a", expect=Expect.EXACT, revision=0)],
+        ]
+    )
+    assert isinstance(conflict, WrongExpectedRevision) and isinstance(fine, list)
+    assert await storage.stream("b") is None  # nothing of the refused operation stayed
+    (none,) = await storage.append([[part("a", expect=Expect.NO_STREAM)]])
+    assert isinstance(none, WrongExpectedRevision) and none.metadata["actual"] == "1"
+    await ok(storage, [part("c", expect=Expect.NO_STREAM)], [part("c", expect=Expect.STREAM_EXISTS)])
+    rows, _, _ = await storage.read_all(1, False, 100, StreamFilter(), False)
+    assert [r[P_POSITION] for r in rows] == list(range(1, len(rows) + 1))  # no gap from the refusal
+
+
+async def test_replays_are_idempotent_across_commits_and_ids_are_unique(storage: Storage) -> None:
+    evs = [event(client_id=True) for _ in range(3)]
+    ((first,),) = await ok(storage, [part("a", *evs)])
+    ((again,),) = await ok(storage, [part("a", *evs)])
+    assert again.duplicate and (again.first_position, again.last_position) == (
+        first.first_position,
+        first.last_position,
+    )
+    assert storage.head_position == 3
+    (elsewhere,) = await storage.append([[part("b", evs[0])]])
+    assert isinstance(elsewhere, DuplicateEventId) and elsewhere.metadata["stream"] == "a"
+
+
+async def test_delete_then_append_again_and_tombstones_for_good(storage: Storage) -> None:
+    await ok(storage, [part("a", event(), event())])
+    await storage.delete_stream("a", Expect.EXACT, 1, tombstone=False)
+    meta = await storage.stream("a")
+    assert meta is not None and meta.state == State.DELETED
+    assert await storage.read_stream(meta, Start("start"), False, 10, False) == []
+    ((back,),) = await ok(storage, [part("a")])
+    assert back.first_revision == 2  # revisions go on where they were
+    with pytest.raises(StreamNotFound):
+        await storage.delete_stream("never", Expect.ANY, 0, tombstone=False)
+    await storage.delete_stream("a", Expect.ANY, 0, tombstone=True)
+    (refused,) = await storage.append([[part("a")]])
+    assert isinstance(refused, StreamDeleted)
+
+
+async def test_retention_hides_then_reclaim_removes(storage: Storage) -> None:
+    await ok(storage, *[[part("r")] for _ in range(10)])
+    meta = await storage.set_retention("r", Policy(max_count=3))
+    visible = await storage.read_stream(meta, Start("start"), False, 100, False)
+    assert [r[P_REVISION] for r in visible] == [7, 8, 9] and await storage.count_events(meta) == 3
+    stats = await storage.reclaim()
+    assert stats.events_removed == 7
+    assert (await storage.reclaim()).events_removed == 0  # nothing left to remove
+    filt = StreamFilter(prefixes=("r",))
+    assert await storage.removed_upto(filt, 1) >= 7  # a reader from 1 learns what is gone
+
+
+async def test_filters_partitions_listing_and_time(storage: Storage) -> None:
+    for name, kind in [
+        ("orders-1", "Placed"),
+        ("orders-2", "Paid"),
+        ("users-1", "Placed"),
+        ("$dlq.g", "Placed"),
+    ]:
+        await ok(storage, [part(name, event(kind))])
+    by_prefix, _, _ = await storage.read_all(1, False, 10, StreamFilter(prefixes=("orders-",)), False)
+    assert len(by_prefix) == 2
+    by_type, _, _ = await storage.read_all(1, False, 10, StreamFilter(types=("Placed",)), False)
+    assert len(by_type) == 3
+    seen: set[int] = set()
+    for p in range(4):  # the partitions of a group: each user stream in one, "$" streams in none
+        rows, _, _ = await storage.read_all(1, False, 10, StreamFilter((), (), 4, frozenset({p})), False)
+        seen.update(r[P_POSITION] for r in rows)
+    assert seen == {1, 2, 3}
+    page = await storage.list_streams("orders-", "", 1, False)
+    assert [m.name for m in page] == ["orders-1"]
+    assert [m.name for m in await storage.list_streams("orders-", "orders-1", 10, False)] == ["orders-2"]
+    meta = await storage.stream("users-1")
+    assert meta is not None
+    assert await storage.position_at_time(meta.created_us, False) <= 3
+    assert await storage.position_at_time(meta.created_us + 3_600_000_000, False) == 5  # after the head
+
+
+async def test_group_transactions_commit_discard_and_take_turns(storage: Storage) -> None:
+    async with storage.group_tx("g") as tx:
+        assert tx.record is None and tx.head_position == storage.head_position and tx.now_us > 0
+        await tx.save(GroupRecord("g", b"config", tx.now_us, "{}", {}), {0: 1, 1: 1})
+    with contextlib.suppress(RuntimeError):
+        async with storage.group_tx("g") as tx:
+            await tx.save_cursors({0: 99})
+            raise RuntimeError("the block fails: nothing it saved stays")
+    async with storage.group_tx("g") as tx:
+        assert tx.record is not None and tx.record.cursors == {0: 1, 1: 1}
+    order: list[str] = []
+
+    async def hold(tag: str) -> None:
+        async with storage.group_tx("g") as tx:
+            order.append(f"{tag}-in")
+            await asyncio.sleep(0.05)
+            await tx.save_cursors({0: len(order)})
+            order.append(f"{tag}-out")
+
+    await asyncio.gather(hold("x"), hold("y"))
+    assert order in (["x-in", "x-out", "y-in", "y-out"], ["y-in", "y-out", "x-in", "x-out"])
+    assert await storage.list_groups() == ["g"]
+    async with storage.group_tx("g") as tx:
+        await tx.delete()
+    assert await storage.list_groups() == []
+
+
+def test_the_suite_covers_the_whole_interface() -> None:
+    abstract = {n for n, v in vars(Storage).items() if getattr(v, "__isabstractmethod__", False)}
+    source = Path(__file__).read_text()
+    missing = sorted(n for n in abstract if not re.search(rf"\.{n}\b", source))
+    assert not missing, f"no conformance case calls {missing}"
