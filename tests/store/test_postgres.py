@@ -25,7 +25,7 @@ async def pair(make_store: StoreFactory, db: str) -> tuple[StoreServer, StoreSer
     """Two replicas on one schema; the second polls the head every 0.2 s."""
     writer = await make_store(db=db)
     reader = await make_store(db=db, db_poll_interval=0.2)
-    assert isinstance(reader.storage, PostgresStorage) and reader.storage._listen is not None
+    assert isinstance(reader.storage, PostgresStorage) and reader.storage.feed.connection is not None
     return writer, reader, reader.storage
 
 
@@ -53,8 +53,9 @@ async def test_a_lost_notification_is_made_good_by_the_head_poll(
     make_store: StoreFactory, db_url: Callable[[str], str]
 ) -> None:
     writer, reader, storage = await pair(make_store, db_url("poll"))
-    assert storage._listen is not None
-    await storage._listen.remove_listener(storage.channel, storage._notified)  # deaf to NOTIFY
+    listening = storage.feed.connection
+    assert listening is not None
+    await listening.remove_listener(storage.channel, storage.feed._notified)  # deaf to NOTIFY
     assert await seen_across(writer, reader, 3) == [1, 2, 3]
 
 
@@ -64,7 +65,7 @@ async def test_a_dropped_listener_connection_is_replaced(
 ) -> None:
     db = db_url("relisten")
     writer, reader, storage = await pair(make_store, db)
-    old = storage._listen
+    old = storage.feed.connection
     assert old is not None
     admin = await asyncpg.connect(parse_url(db)[0])
     try:
@@ -72,7 +73,7 @@ async def test_a_dropped_listener_connection_is_replaced(
     finally:
         await admin.close()
     async with asyncio.timeout(10):
-        while storage._listen is old or storage._listen is None:  # noqa: ASYNC110 (a reconnect signals nothing)
+        while storage.feed.connection in (old, None):  # noqa: ASYNC110 (a reconnect signals nothing)
             await asyncio.sleep(0.05)
     assert await seen_across(writer, reader, 2) == [1, 2]
 

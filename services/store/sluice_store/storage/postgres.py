@@ -47,7 +47,6 @@ from sluice_store.storage.base import (
     Expect,
     GroupRecord,
     GroupTx,
-    LiveRow,
     Outcome,
     ReclaimStats,
     Row,
@@ -65,6 +64,7 @@ from sluice_store.storage.base import (
     stream_meta,
     stream_window,
 )
+from sluice_store.storage.pgfeed import LiveFeed
 from sluice_store.storage.planner import Plan, mark_deleted, plan_append
 
 log = logging.getLogger(__name__)
@@ -178,14 +178,7 @@ VISIBLE = (
     f"(NOT s.retained OR (s.state <> 4 AND e.revision >= {FLOOR}"
     " AND (s.age_us = 0 OR e.created_us >= $NOW - s.age_us)))"
 )
-LIVE_ROWS = """
-SELECT e.position, e.stream_id, e.revision, e.created_us, e.head, e.data, s.name, e.type,
-    e.event_id, e.size
-FROM events e JOIN streams s ON s.id = e.stream_id
-WHERE e.position >= $1 AND e.position <= $2 ORDER BY e.position LIMIT $3
-"""
 POOL_SIZE = 10
-PUMP_PAGE = 5000
 RECLAIM_LOCK = "sluice.reclaim"
 MIGRATE_LOCK = "sluice.migrate"
 
@@ -252,21 +245,16 @@ class PostgresStorage(Storage):
         self.channel = f"sluice_events.{self.schema}"
         self.origin = uuid.uuid4().hex[:12]  # tells this replica's notifications from others'
         self._pool: asyncpg.Pool | None = None
-        self._listen: asyncpg.Connection | None = None
+        self.feed = LiveFeed(self)
         self._write_lock = asyncio.Lock()
         self._slot: _Slot | None = None
         self._closed = False
-        self._known = 0  # newest committed position this replica knows of
-        self._published = 0  # newest position handed to the listener
-        self._own: dict[int, list[LiveRow]] = {}  # own commits not yet published, by first position
-        self._pump_task: asyncio.Task[None] | None = None
-        self._poll_task: asyncio.Task[None] | None = None
 
     # -- life cycle -------------------------------------------------------------------
 
     @property
     def head_position(self) -> int:
-        return self._known
+        return self.feed.known
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -274,7 +262,7 @@ class PostgresStorage(Storage):
             raise StoreUnavailable("the store is shutting down")
         return self._pool
 
-    async def _connect(self) -> asyncpg.Connection:
+    async def connect(self) -> asyncpg.Connection:
         conn: asyncpg.Connection = await asyncpg.connect(
             self.dsn, password=self.password, server_settings={"search_path": self.schema}
         )
@@ -292,9 +280,7 @@ class PostgresStorage(Storage):
                 command_timeout=60,
             )
             await self._apply_prefix_rules()
-            self._known = self._published = await self.pool.fetchval("SELECT position FROM head")
-            await self._start_listening()
-        self._poll_task = asyncio.create_task(self._poll())
+            await self.feed.start(await self.pool.fetchval("SELECT position FROM head"))
 
     async def _migrate(self) -> None:
         """Create or upgrade the schema; replicas starting together take turns."""
@@ -347,93 +333,14 @@ class PostgresStorage(Storage):
             if changed:
                 await self._save(conn, changed, head[0], head[1], head[2], notify=False)
 
-    async def _start_listening(self) -> None:
-        conn = await self._connect()
-        await conn.add_listener(self.channel, self._notified)
-        self._listen = conn
-
-    def _notified(self, conn: object, pid: int, channel: str, payload: object) -> None:
-        position, _, origin = str(payload).partition(" ")
-        if origin != self.origin:  # own commits are published as they commit
-            self._advance(int(position))
-
-    async def _poll(self) -> None:
-        """The fallback for missed notifications: read the head now and then; re-listen."""
-        while True:
-            await asyncio.sleep(self.poll_interval)
-            try:
-                if self._listen is None or self._listen.is_closed():
-                    self._listen = None
-                    await self._start_listening()
-                self._advance(await self.pool.fetchval("SELECT position FROM head"))
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, StoreUnavailable) as e:
-                log.warning("head poll failed, will retry: %s", e)
-
     async def close(self) -> None:
         if self._closed:
             return
-        for task in (self._poll_task, self._pump_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        await self.feed.stop()
         async with self._write_lock:
             self._closed = True
-            if self._listen is not None:
-                with contextlib.suppress(Exception):
-                    await self._listen.close()
             if self._pool is not None:
                 await self._pool.close()
-
-    # -- the live feed ----------------------------------------------------------------
-
-    def _advance(self, position: int) -> None:
-        """Publish every committed event up to position, in order (in the background)."""
-        if position > self._known:
-            self._known = position
-        if self._known > self._published and (self._pump_task is None or self._pump_task.done()):
-            self._pump_task = asyncio.create_task(self._pump())
-
-    def _committed(self, rows: list[LiveRow]) -> None:
-        """An own commit: publish it now if everything before it is out, else queue it."""
-        first, last = rows[0][0], rows[-1][0]
-        self._known = max(self._known, last)
-        idle = self._pump_task is None or self._pump_task.done()
-        if idle and self._published == first - 1:
-            self._published = last
-            if self.listener is not None:
-                self.listener(rows)
-            return
-        self._own[first] = rows
-        self._advance(last)
-
-    async def _pump(self) -> None:
-        while self._published < self._known and not self._closed:
-            nxt = self._published + 1
-            own = self._own.pop(nxt, None)
-            if own is not None:
-                rows = own
-                self._published = own[-1][0]
-            else:
-                stop = min([self._known, *(f - 1 for f in self._own if f > nxt)])
-                if not self.listening():
-                    # Nobody to give them to: a subscriber that registers from now on
-                    # reads these from the table in its catch-up.
-                    self._published = stop
-                    continue
-                try:
-                    with _translated():
-                        fetched = await self.pool.fetch(LIVE_ROWS, nxt, stop, PUMP_PAGE)
-                except StoreUnavailable as e:
-                    log.warning("live feed read failed, will retry: %s", e)
-                    await asyncio.sleep(self.poll_interval)
-                    continue
-                rows = [tuple(r) for r in fetched]
-                # Positions are gap-free; a shorter page means retention removed the rest.
-                self._published = rows[-1][0] if len(rows) == PUMP_PAGE else stop
-            if rows and self.listener is not None:
-                self.listener(rows)
-        self._own = {f: r for f, r in self._own.items() if f > self._published}
 
     # -- stream state -----------------------------------------------------------------
 
@@ -538,7 +445,7 @@ class PostgresStorage(Storage):
                 async with conn.transaction():
                     plan = await self._append_tx(conn, ops, tuple(await conn.fetchrow(LOCK_HEAD)), True)
         if plan.rows:
-            self._committed(plan.rows)
+            self.feed.committed(plan.rows)
         return plan.outcomes
 
     async def _append_tx(
@@ -647,7 +554,7 @@ class PostgresStorage(Storage):
                     # Everything up to the head is committed (appends commit in position
                     # order), so a scan bounded by it sees no gap that fills in later.
                     params[2] = head = await conn.fetchval("SELECT position FROM head")
-                    self._advance(head)
+                    self.feed.advance(head)
                 rows: list[Row] = [tuple(r) for r in await conn.fetch(sql, *params)]
         done = len(rows) < limit
         if backwards:
