@@ -66,10 +66,10 @@ async def worker(a: argparse.Namespace) -> None:
     tasks: list[asyncio.Task[None]] = []
     if a.kind == "sluice":
         from sluice.gateway import GatewayClient
-        from sluice.v1 import gateway_pb2 as gpb
+        from sluice.v1 import gateway_pb2 as gwpb
 
         async def sub(i: int, g: GatewayClient) -> None:
-            req = gpb.WatchRequest(stream_prefixes=["fan-"])
+            req = gwpb.WatchRequest(stream_prefixes=["fan-"])
             req.live.SetInParent()
             async for msg in g.watch_messages(req):
                 kind = msg.WhichOneof("content")

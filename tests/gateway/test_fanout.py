@@ -15,7 +15,7 @@ import pytest
 from sluice import Client, Position, new_event
 from sluice.errors import InvalidArgument, LimitExceeded, from_rpc_error
 from sluice.gateway import Cursor, GatewayClient, WatchItem
-from sluice.v1 import gateway_pb2 as gpb
+from sluice.v1 import gateway_pb2 as gwpb
 from sluice.v1 import streams_pb2 as pb
 from tests.gateway.conftest import GatewayProcess
 
@@ -227,9 +227,9 @@ async def test_bad_requests_get_invalid_argument_with_details_and_the_gateway_ke
         await gw.publish("chat\x85room", "T")  # a C1 control character
     assert e.value.metadata["field"] == "stream"
     with pytest.raises(grpc.aio.AioRpcError) as call:
-        await gw.stub.Publish(gpb.PublishRequest(stream="chat", type="T", id="not-a-uuid"))
+        await gw.stub.Publish(gwpb.PublishRequest(stream="chat", type="T", id="not-a-uuid"))
     assert from_rpc_error(call.value).metadata["field"] == "id"
-    raw = gw.stub.Watch(gpb.WatchRequest(form=99))  # type: ignore[arg-type]
+    raw = gw.stub.Watch(gwpb.WatchRequest(form=99))  # type: ignore[arg-type]
     with pytest.raises(grpc.aio.AioRpcError) as rpc:
         await anext(aiter(raw))
     assert rpc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -253,7 +253,7 @@ async def test_bad_http_bodies_get_400_and_the_gateway_keeps_serving(gateway: Ga
             assert r.status == 200
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         async with GatewayClient(gateway.addr) as g:
-            req = gpb.PublishRequest(stream="chat", type="T")
+            req = gwpb.PublishRequest(stream="chat", type="T")
             req.time_to_live.seconds = 10**17
             await g.stub.Publish(req)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT

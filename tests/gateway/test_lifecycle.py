@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sluice import Client, new_event
 from sluice.gateway import Cursor, GatewayClient
-from sluice.v1 import gateway_pb2 as gpb
+from sluice.v1 import gateway_pb2 as gwpb
 from sluice.v1 import streams_pb2 as pb
 from tests.conftest import StoreProcess, closed_by_server, console_spans, eventually, slow_clients
 from tests.gateway.conftest import GatewayProcess, Gateways
@@ -36,14 +36,14 @@ async def test_resume_from_a_position_removed_by_retention_is_told_so(
     for prefixes in (["trim"], []):
         events, other, _ = await collect(gw, trimmed[-1].last_position, start=1, stream_prefixes=prefixes)
         gap = other[0]
-        assert isinstance(gap, gpb.Gap), other
-        assert gap.reason == gpb.Gap.REASON_REMOVED_BY_RETENTION
+        assert isinstance(gap, gwpb.Gap), other
+        assert gap.reason == gwpb.Gap.REASON_REMOVED_BY_RETENTION
         assert (gap.from_position, gap.to_position) == (1, newest_removed + 1)
         still = [t.first_position for t in trimmed[3:]]
         assert [e.position for e in events] == ([] if prefixes else [kept.first_position]) + still
     # Resuming above the removed events is whole: no gap.
     _, other, _ = await collect(gw, trimmed[-1].last_position, start=newest_removed + 1)
-    assert not any(isinstance(o, gpb.Gap) for o in other)
+    assert not any(isinstance(o, gwpb.Gap) for o in other)
 
 
 SERVING = health_pb2.HealthCheckResponse.SERVING

@@ -12,7 +12,7 @@ import pytest
 from sluice import Client, new_event
 from sluice.errors import SubscriberTooSlow
 from sluice.gateway import POLICIES, GatewayClient
-from sluice.v1 import gateway_pb2 as gpb
+from sluice.v1 import gateway_pb2 as gwpb
 from sluice.v1 import streams_pb2 as pb
 from tests.conftest import eventually
 from tests.gateway.conftest import GatewayProcess, Gateways
@@ -42,7 +42,7 @@ async def test_a_stalled_subscriber_delays_no_one_and_its_policy_holds(
     policy: str, gateway: GatewayProcess, gw: GatewayClient, store_client: Client
 ) -> None:
     counter = {"catch_up": "catch_ups", "drop": "drops", "disconnect": "disconnects"}[policy]
-    req = gpb.WatchRequest(buffer_size=100, overflow=POLICIES[policy], heartbeat_interval_ms=100)
+    req = gwpb.WatchRequest(buffer_size=100, overflow=POLICIES[policy], heartbeat_interval_ms=100)
     req.live.SetInParent()
     stalled = gw.watch_messages(req)
     first = await asyncio.wait_for(anext(stalled), 10)
@@ -66,7 +66,7 @@ async def test_a_stalled_subscriber_delays_no_one_and_its_policy_holds(
     # Now the stalled subscriber reads again.
     positions: list[int] = []
     kinds: list[str] = []
-    gaps: list[gpb.Gap] = []
+    gaps: list[gwpb.Gap] = []
     cursor = start
     try:
         async with asyncio.timeout(60):
@@ -93,7 +93,7 @@ async def test_a_stalled_subscriber_delays_no_one_and_its_policy_holds(
         assert "fell_behind" in kinds and kinds.index("fell_behind") < len(kinds) - 1
         assert positions == appended  # back through the store: nothing lost, nothing twice
     else:
-        assert gaps and all(g.reason == gpb.Gap.REASON_DROPPED for g in gaps)
+        assert gaps and all(g.reason == gwpb.Gap.REASON_DROPPED for g in gaps)
         assert positions == sorted(set(positions))
         skipped = {p for g in gaps for p in range(g.from_position, g.to_position)}
         assert not skipped & set(positions)
@@ -129,7 +129,7 @@ async def test_published_messages_reach_connected_subscribers_only_and_expire(
     assert not any(isinstance(i, pb.EphemeralMessage) for i in other_items)
 
     # A message that waits longer than its time to live in a stalled subscriber's queue is dropped.
-    req = gpb.WatchRequest(stream_prefixes=["big-", "chat."], buffer_size=100_000, heartbeat_interval_ms=100)
+    req = gwpb.WatchRequest(stream_prefixes=["big-", "chat."], buffer_size=100_000, heartbeat_interval_ms=100)
     req.live.SetInParent()
     stalled = gw.watch_messages(req)
     assert (await asyncio.wait_for(anext(stalled), 10)).WhichOneof("content") == "caught_up"
@@ -169,7 +169,7 @@ async def test_published_messages_for_a_stalled_subscriber_are_bounded_in_bytes(
     g = gateways(env={"SLUICE_EPHEMERAL_BUFFER_BYTES": str(1 << 20)})
     await g.start()
     async with GatewayClient(g.addr) as gw:
-        req = gpb.WatchRequest(
+        req = gwpb.WatchRequest(
             stream_prefixes=["big-", "room."], buffer_size=100_000, heartbeat_interval_ms=100
         )
         req.live.SetInParent()

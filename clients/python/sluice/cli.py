@@ -32,7 +32,7 @@ from sluice.client import (
 from sluice.errors import SluiceError
 from sluice.gateway import DEFAULT_GATEWAY_ADDR, GatewayClient
 from sluice.settings import parse_duration
-from sluice.v1 import gateway_pb2 as gpb
+from sluice.v1 import gateway_pb2 as gwpb
 from sluice.v1 import streams_pb2 as pb
 
 
@@ -226,8 +226,8 @@ async def tail_gateway(a: argparse.Namespace) -> None:
                     return
             elif isinstance(item, pb.CaughtUp):
                 print(f"-- caught up at position {item.position}; following --", file=sys.stderr, flush=True)
-            elif isinstance(item, gpb.Gap):
-                reason = gpb.Gap.Reason.Name(item.reason).removeprefix("REASON_").lower()
+            elif isinstance(item, gwpb.Gap):
+                reason = gwpb.Gap.Reason.Name(item.reason).removeprefix("REASON_").lower()
                 print(
                     f"-- gap ({reason}): positions {item.from_position}..{item.to_position - 1} --",
                     file=sys.stderr,

@@ -12,19 +12,19 @@ from google.protobuf import empty_pb2
 
 from sluice.client import Connection
 from sluice.errors import from_rpc_error
-from sluice.v1 import gateway_pb2 as gpb
-from sluice.v1 import gateway_pb2_grpc as gpb_grpc
+from sluice.v1 import gateway_pb2 as gwpb
+from sluice.v1 import gateway_pb2_grpc as gwpb_grpc
 from sluice.v1 import streams_pb2 as pb
 
 DEFAULT_GATEWAY_ADDR = "127.0.0.1:50052"
-FORMS = {"full": gpb.DELIVERY_FORM_FULL, "notification": gpb.DELIVERY_FORM_NOTIFICATION}
+FORMS = {"full": gwpb.DELIVERY_FORM_FULL, "notification": gwpb.DELIVERY_FORM_NOTIFICATION}
 POLICIES = {
-    "catch_up": gpb.OVERFLOW_POLICY_CATCH_UP,
-    "drop": gpb.OVERFLOW_POLICY_DROP,
-    "disconnect": gpb.OVERFLOW_POLICY_DISCONNECT,
+    "catch_up": gwpb.OVERFLOW_POLICY_CATCH_UP,
+    "drop": gwpb.OVERFLOW_POLICY_DROP,
+    "disconnect": gwpb.OVERFLOW_POLICY_DISCONNECT,
 }
 
-WatchItem = pb.RecordedEvent | pb.EphemeralMessage | pb.CaughtUp | pb.Heartbeat | pb.FellBehind | gpb.Gap
+WatchItem = pb.RecordedEvent | pb.EphemeralMessage | pb.CaughtUp | pb.Heartbeat | pb.FellBehind | gwpb.Gap
 
 
 @dataclasses.dataclass
@@ -47,9 +47,9 @@ class GatewayClient(Connection):
     ) -> None:
         target = target or os.environ.get("SLUICE_GATEWAY_ADDR", DEFAULT_GATEWAY_ADDR)
         super().__init__(target, channel, options, timeout)
-        self.stub = gpb_grpc.GatewayStub(self._channel)
+        self.stub = gwpb_grpc.GatewayStub(self._channel)
 
-    async def watch_messages(self, request: gpb.WatchRequest) -> AsyncGenerator[gpb.WatchResponse, None]:
+    async def watch_messages(self, request: gwpb.WatchRequest) -> AsyncGenerator[gwpb.WatchResponse, None]:
         """The raw WatchResponse messages of a watch."""
         call = self.stub.Watch(request)
         try:
@@ -80,7 +80,7 @@ class GatewayClient(Connection):
 
         ``cursor``, when given, is kept at the position to resume from after each message.
         """
-        req = gpb.WatchRequest(
+        req = gwpb.WatchRequest(
             streams=list(streams),
             stream_prefixes=list(stream_prefixes),
             event_types=list(event_types),
@@ -116,15 +116,15 @@ class GatewayClient(Connection):
         metadata: Mapping[str, str] | None = None,
         ttl: float = 0.0,
         content_type: str = "",
-    ) -> gpb.PublishResponse:
+    ) -> gwpb.PublishResponse:
         """Deliver a message to the matching subscribers connected now; never stored."""
-        req = gpb.PublishRequest(
+        req = gwpb.PublishRequest(
             stream=stream, type=type, data=data, metadata=metadata or {}, content_type=content_type
         )
         if ttl:
             req.time_to_live.FromNanoseconds(int(ttl * 1e9))
         try:
-            resp: gpb.PublishResponse = await self.stub.Publish(req, timeout=self.timeout)
+            resp: gwpb.PublishResponse = await self.stub.Publish(req, timeout=self.timeout)
         except grpc.aio.AioRpcError as e:
             raise from_rpc_error(e) from None
         return resp

@@ -22,14 +22,14 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from sluice.v1 import gateway_pb2 as gpb
+from sluice.v1 import gateway_pb2 as gwpb
 from sluice_gateway import wire
 from sluice_gateway.wire import Record
 
 STREAM_INDEX_SIZE = 100_000  # stream names whose matching groups are remembered
-CATCH_UP = gpb.OVERFLOW_POLICY_CATCH_UP
-DROP = gpb.OVERFLOW_POLICY_DROP
-DISCONNECT = gpb.OVERFLOW_POLICY_DISCONNECT
+CATCH_UP = gwpb.OVERFLOW_POLICY_CATCH_UP
+DROP = gwpb.OVERFLOW_POLICY_DROP
+DISCONNECT = gwpb.OVERFLOW_POLICY_DISCONNECT
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

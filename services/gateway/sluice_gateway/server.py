@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sluice.httpserver import BoundedRunner
 from sluice.settings import listen_grpc, settle_heap, until_signal
-from sluice.v1 import gateway_pb2 as gpb
+from sluice.v1 import gateway_pb2 as gwpb
 from sluice.v1 import streams_pb2_grpc as pb_grpc
 from sluice_gateway import wire
 from sluice_gateway.config import Settings
@@ -26,12 +26,12 @@ from sluice_gateway.telemetry import Telemetry
 
 log = logging.getLogger("sluice_gateway")
 
-SERVICE_NAME = gpb.DESCRIPTOR.services_by_name["Gateway"].full_name
+SERVICE_NAME = gwpb.DESCRIPTOR.services_by_name["Gateway"].full_name
 _FORMS = {"full": wire.FULL, "notification": wire.NOTIFICATION}
 _POLICIES = {
-    "catch_up": gpb.OVERFLOW_POLICY_CATCH_UP,
-    "drop": gpb.OVERFLOW_POLICY_DROP,
-    "disconnect": gpb.OVERFLOW_POLICY_DISCONNECT,
+    "catch_up": gwpb.OVERFLOW_POLICY_CATCH_UP,
+    "drop": gwpb.OVERFLOW_POLICY_DROP,
+    "disconnect": gwpb.OVERFLOW_POLICY_DISCONNECT,
 }
 
 
@@ -152,7 +152,7 @@ class GatewayServer:
         try:
             form = _FORMS[q.get("form", "full")]
             policy = _POLICIES[q.get("overflow", "catch_up")]
-            wr = gpb.WatchRequest(
+            wr = gwpb.WatchRequest(
                 streams=q.getall("stream", []),
                 stream_prefixes=q.getall("prefix", []),
                 event_types=q.getall("type", []),
@@ -195,7 +195,7 @@ class GatewayServer:
         """POST a JSON body {stream, type, data (JSON), metadata, ttl_seconds}: Publish over HTTP."""
         try:
             body = await request.json()
-            req = gpb.PublishRequest(
+            req = gwpb.PublishRequest(
                 stream=body.get("stream", ""),
                 type=body.get("type", ""),
                 data=json.dumps(body.get("data")).encode() if "data" in body else b"",

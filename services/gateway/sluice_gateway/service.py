@@ -21,7 +21,7 @@ from grpc_status import rpc_status
 from sluice.errors import make_status
 from sluice.ids import uuid7
 from sluice.names import MAX_TYPE, is_system, name_problem, parse_uuid
-from sluice.v1 import gateway_pb2 as gpb
+from sluice.v1 import gateway_pb2 as gwpb
 from sluice.v1 import streams_pb2 as pb
 from sluice.v1 import streams_pb2_grpc as pb_grpc
 from sluice_gateway import wire
@@ -102,25 +102,25 @@ class GrpcFormat:
         return wire.watch_message(wire.TAG_EPHEMERAL, body, position)
 
     def caught_up(self, position: int) -> bytes:
-        return gpb.WatchResponse(
+        return gwpb.WatchResponse(
             caught_up=pb.CaughtUp(position=position), position=position
         ).SerializeToString()
 
     def heartbeat(self, head: int, position: int) -> bytes:
         hb = pb.Heartbeat(head_position=head, time=_now())
-        return gpb.WatchResponse(heartbeat=hb, position=position).SerializeToString()
+        return gwpb.WatchResponse(heartbeat=hb, position=position).SerializeToString()
 
     def fell_behind(self, position: int) -> bytes:
-        msg = gpb.WatchResponse(fell_behind=pb.FellBehind(position=position), position=position)
+        msg = gwpb.WatchResponse(fell_behind=pb.FellBehind(position=position), position=position)
         return msg.SerializeToString()
 
     def gap(self, reason: int, lo: int, hi: int, position: int) -> bytes:
-        g = gpb.Gap(reason=reason, from_position=lo, to_position=hi)  # type: ignore[arg-type]
-        return gpb.WatchResponse(gap=g, position=position).SerializeToString()
+        g = gwpb.Gap(reason=reason, from_position=lo, to_position=hi)  # type: ignore[arg-type]
+        return gwpb.WatchResponse(gap=g, position=position).SerializeToString()
 
     def ephemeral_dropped(self, count: int, position: int) -> bytes:
         dropped = pb.EphemeralDropped(count=count)
-        return gpb.WatchResponse(ephemeral_dropped=dropped, position=position).SerializeToString()
+        return gwpb.WatchResponse(ephemeral_dropped=dropped, position=position).SerializeToString()
 
 
 class SseFormat:
@@ -147,7 +147,7 @@ class SseFormat:
         return wire.sse_control("ephemeral_dropped", {"count": count, "position": position})
 
     def gap(self, reason: int, lo: int, hi: int, position: int) -> bytes:
-        name = gpb.Gap.Reason.Name(reason).removeprefix("REASON_").lower()  # type: ignore[arg-type]
+        name = gwpb.Gap.Reason.Name(reason).removeprefix("REASON_").lower()  # type: ignore[arg-type]
         return wire.sse_control("gap", {"reason": name, "from_position": lo, "to_position": hi})
 
 
@@ -163,7 +163,7 @@ class Gateway:
         self.settings = settings
         self.origin = str(uuid.uuid4())  # this process, as the origin of what it publishes
 
-    def subscriber(self, request: gpb.WatchRequest, encoder: Encoder) -> tuple[Subscriber, int | None]:
+    def subscriber(self, request: gwpb.WatchRequest, encoder: Encoder) -> tuple[Subscriber, int | None]:
         """A subscriber for a request, and its start cursor (None: live); raises GatewayError."""
         for i, name in enumerate(request.streams):
             check_name(name, f"streams[{i}]")
@@ -171,9 +171,9 @@ class Gateway:
             check_name(prefix, f"stream_prefixes[{i}]")
         for i, type_ in enumerate(request.event_types):
             check_name(type_, f"event_types[{i}]")
-        if request.form not in gpb.DeliveryForm.values():
+        if request.form not in gwpb.DeliveryForm.values():
             raise invalid(f"form: unknown delivery form {request.form}", "form")
-        if request.overflow not in gpb.OverflowPolicy.values():
+        if request.overflow not in gwpb.OverflowPolicy.values():
             raise invalid(f"overflow: unknown policy {request.overflow}", "overflow")
         s = self.settings
         if request.buffer_size > s.max_buffer_size:
@@ -277,7 +277,7 @@ class Gateway:
                     lo, hi = sub.gap
                     sub.gap = None
                     sub.cursor = max(sub.cursor, hi)
-                    await write(fmt.gap(gpb.Gap.REASON_DROPPED, lo, hi, sub.cursor))
+                    await write(fmt.gap(gwpb.Gap.REASON_DROPPED, lo, hi, sub.cursor))
                 if sub.chunks:
                     body, last = sub.take(max_batch)
                     sub.cursor = hub.position + 1 if not sub.chunks and sub.live else last + 1
@@ -305,7 +305,7 @@ class Gateway:
                         head = msg.header.head_position
                         first = msg.header.first_position
                         if resume and first > cursor:
-                            await write(fmt.gap(gpb.Gap.REASON_REMOVED_BY_RETENTION, cursor, first, cursor))
+                            await write(fmt.gap(gwpb.Gap.REASON_REMOVED_BY_RETENTION, cursor, first, cursor))
                         resume = False
                         continue
                     events = msg.events
@@ -342,7 +342,7 @@ class GatewayService:
         self.gateway = gateway
         self.settings = gateway.settings
 
-    async def Watch(self, request: gpb.WatchRequest, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    async def Watch(self, request: gwpb.WatchRequest, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         try:
             sub, start = self.gateway.subscriber(request, GRPC)
         except GatewayError as e:
@@ -357,15 +357,15 @@ class GatewayService:
             await e.abort(context)
 
     async def Publish(
-        self, request: gpb.PublishRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> gpb.PublishResponse:
+        self, request: gwpb.PublishRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> gwpb.PublishResponse:
         try:
             return await self.publish(request)
         except GatewayError as e:
             await e.abort(context)
             raise AssertionError("unreachable") from None
 
-    async def publish(self, request: gpb.PublishRequest) -> gpb.PublishResponse:
+    async def publish(self, request: gwpb.PublishRequest) -> gwpb.PublishResponse:
         """Deliver to this gateway's subscribers now, then relay through the store to the others."""
         check_name(request.stream, "stream", writing=True)
         check_name(request.type, "type")
@@ -400,7 +400,7 @@ class GatewayService:
             if e.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED):
                 raise GatewayError(e.code(), "INVALID_ARGUMENT", e.details() or "refused by the store") from e
             log.warning("published %s here only: the store did not relay it (%s)", msg.id, e.code().name)
-        return gpb.PublishResponse(id=msg.id, subscribers=count, relayed=relayed)
+        return gwpb.PublishResponse(id=msg.id, subscribers=count, relayed=relayed)
 
 
 def _identity(b: bytes) -> bytes:
@@ -411,12 +411,12 @@ def methods(service: GatewayService) -> dict[str, grpc.RpcMethodHandler[Any, Any
     return {
         "Watch": grpc.unary_stream_rpc_method_handler(
             service.Watch,
-            request_deserializer=gpb.WatchRequest.FromString,
+            request_deserializer=gwpb.WatchRequest.FromString,
             response_serializer=_identity,
         ),
         "Publish": grpc.unary_unary_rpc_method_handler(
             service.Publish,
-            request_deserializer=gpb.PublishRequest.FromString,
-            response_serializer=gpb.PublishResponse.SerializeToString,
+            request_deserializer=gwpb.PublishRequest.FromString,
+            response_serializer=gwpb.PublishResponse.SerializeToString,
         ),
     }

@@ -13,11 +13,11 @@ from collections.abc import Iterable
 
 from sluice import cloudevent
 from sluice.protowire import read_varint, varint
-from sluice.v1 import gateway_pb2 as gpb
+from sluice.v1 import gateway_pb2 as gwpb
 from sluice.v1 import streams_pb2 as pb
 
-FULL = gpb.DELIVERY_FORM_FULL
-NOTIFICATION = gpb.DELIVERY_FORM_NOTIFICATION
+FULL = gwpb.DELIVERY_FORM_FULL
+NOTIFICATION = gwpb.DELIVERY_FORM_NOTIFICATION
 
 _TAG_EVENTS = 0x0A  # SubscribeResponse.events = 1, EventBatch.events = 1 (length-delimited)
 _TAG_DATA = 0x1A  # RecordedEvent.data = 3 / EphemeralMessage.type = 3 (not used for those)
