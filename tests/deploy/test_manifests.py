@@ -3,6 +3,7 @@ and probes, ports, addresses, settings and service names agree across manifests 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 from pathlib import Path
@@ -11,7 +12,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from sluice.settings import Option, parse_duration
+from sluice.settings import Option, default, parse_duration
 from sluice_gateway import config as gateway_config
 from sluice_gateway.server import SERVICE_NAME as GATEWAY_SERVICE
 from sluice_sidecar import config as sidecar_config
@@ -41,6 +42,11 @@ OPTIONS: dict[str, tuple[Option, ...]] = {
     "store": store_config.OPTIONS,
     "gateway": gateway_config.OPTIONS,
     "sidecar": sidecar_config.OPTIONS,
+}
+SETTINGS: dict[str, type] = {
+    "store": store_config.Settings,
+    "gateway": gateway_config.Settings,
+    "sidecar": sidecar_config.Settings,
 }
 #: The gRPC service each component's readiness probe asks about: SERVING only when ready.
 READY_SERVICE = {"store": STORE_SERVICE, "gateway": GATEWAY_SERVICE}
@@ -113,7 +119,8 @@ def test_probes_ports_and_settings_agree_with_the_code(overlay: str) -> None:
                         assert port in ports, f"{where}: {option.env}={value} is not a container port"
             # The pod waits longer than the pause before SIGTERM plus the component's drain.
             drain = next(o for o in OPTIONS[kind] if o.name == DRAIN[kind])
-            seconds = parse_duration(settings.get(drain.env, "")) if drain.env in settings else drain.default
+            fallback = default(SETTINGS[kind], drain.name)
+            seconds = parse_duration(settings.get(drain.env, "")) if drain.env in settings else fallback
             pause = c.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
             assert w.spec.get("terminationGracePeriodSeconds", 30) > pause + seconds, where
             sc = {**w.spec.get("securityContext", {}), **c.get("securityContext", {})}
@@ -358,3 +365,9 @@ def test_images_run_as_the_manifests_user_and_group_without_pip(kind: str) -> No
         assert any("/venv/bin/python -m pip uninstall" in line for line in lines)
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".git", ".venv", "**/node_modules"} <= set(ignored)
+
+
+@pytest.mark.parametrize("kind", sorted(OPTIONS))
+def test_every_option_is_a_settings_field_with_its_default_written_once(kind: str) -> None:
+    fields = {f.name for f in dataclasses.fields(SETTINGS[kind])}
+    assert {o.name for o in OPTIONS[kind]} == fields  # each default lives on the field alone

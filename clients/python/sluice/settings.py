@@ -80,10 +80,10 @@ def parse_bool(text: str) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class Option:
-    """One setting: its flag, environment variable, parser and help."""
+    """One setting: its flag, environment variable, parser and help. Its default is the
+    settings dataclass's field of the same name (written once, there)."""
 
     name: str
-    default: Any
     parse: Callable[[str], Any]
     help: str
     env_name: str = ""
@@ -95,6 +95,14 @@ class Option:
     @property
     def flag(self) -> str:
         return "--" + self.name.replace("_", "-")
+
+
+def default(cls: Any, name: str) -> Any:
+    """The default of a settings dataclass's field."""
+    field = next(f for f in dataclasses.fields(cls) if f.name == name)
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return field.default
 
 
 def load(
@@ -113,9 +121,8 @@ def load(
     env = os.environ if env is None else env
     parser = argparse.ArgumentParser(prog=prog, description=description)
     for opt in options:
-        parser.add_argument(
-            opt.flag, dest=opt.name, default=None, help=f"{opt.help} [{opt.env}; {opt.default!r}]"
-        )
+        shown = default(cls, opt.name)
+        parser.add_argument(opt.flag, dest=opt.name, default=None, help=f"{opt.help} [{opt.env}; {shown!r}]")
     args = parser.parse_args(argv)
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}

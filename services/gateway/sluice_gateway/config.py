@@ -11,51 +11,46 @@ from sluice.settings import ConfigError, Option, parse_bool, parse_duration
 __all__ = ["OPTIONS", "ConfigError", "Settings", "load"]
 
 OPTIONS: tuple[Option, ...] = (
-    Option("addr", "127.0.0.1:50052", str, "gRPC address (host:port)", env_name="SLUICE_GATEWAY_ADDR"),
-    Option("store", "127.0.0.1:50051", str, "the store's address", env_name="SLUICE_STORE_ADDR"),
+    Option("addr", str, "gRPC address (host:port)", env_name="SLUICE_GATEWAY_ADDR"),
+    Option("store", str, "the store's address", env_name="SLUICE_STORE_ADDR"),
     Option(
         "http_addr",
-        "127.0.0.1:8052",
         str,
         "HTTP address: Server-Sent Events, /metrics, /healthz; empty: off",
         env_name="SLUICE_GATEWAY_HTTP_ADDR",
     ),
-    Option("reuse_port", True, parse_bool, "let several gateway processes listen on one port"),
+    Option("reuse_port", parse_bool, "let several gateway processes listen on one port"),
     Option(
         "http_idle_timeout",
-        15.0,
         parse_duration,
         "HTTP: close a connection that has not sent a whole request, or sat idle, this long",
     ),
-    Option("http_max_connections", 10_000, int, "HTTP: most connections open at once; more are refused"),
-    Option("buffer_size", 10_000, int, "events held per subscriber before its overflow policy applies"),
-    Option("max_buffer_size", 100_000, int, "the most a subscriber may ask to be held for it"),
-    Option("max_batch", 1000, int, "most events in one message to a subscriber"),
+    Option("http_max_connections", int, "HTTP: most connections open at once; more are refused"),
+    Option("buffer_size", int, "events held per subscriber before its overflow policy applies"),
+    Option("max_buffer_size", int, "the most a subscriber may ask to be held for it"),
+    Option("max_batch", int, "most events in one message to a subscriber"),
     Option(
         "flush_interval",
-        0.0,
         parse_duration,
         "shortest time between two messages to one subscriber (0: batches that arrive in the same"
         " loop turn share a message)",
     ),
     Option(
         "message_budget",
-        20_000,
         int,
         "messages/s to all subscribers the gateway aims for under load: the flush interval grows"
         " to subscribers / budget, so busy subscribers get fewer, larger messages",
     ),
-    Option("heartbeat_interval", 5.0, parse_duration, "default heartbeat interval of a subscription"),
-    Option("ephemeral_ttl", 30.0, parse_duration, "default time to live of published messages"),
+    Option("heartbeat_interval", parse_duration, "default heartbeat interval of a subscription"),
+    Option("ephemeral_ttl", parse_duration, "default time to live of published messages"),
     Option(
         "ephemeral_buffer_bytes",
-        4 << 20,
         int,
         "bytes of published messages queued per subscriber; the oldest go first",
     ),
-    Option("reconnect_backoff", 2.0, parse_duration, "longest wait between attempts to reach the store"),
-    Option("grace", 5.0, parse_duration, "seconds in-flight calls get on shutdown"),
-    Option("uvloop", True, parse_bool, "use uvloop when installed"),
+    Option("reconnect_backoff", parse_duration, "longest wait between attempts to reach the store"),
+    Option("grace", parse_duration, "seconds in-flight calls get on shutdown"),
+    Option("uvloop", parse_bool, "use uvloop when installed"),
 )
 
 

@@ -29,79 +29,70 @@ NAME_LIMIT = 4096
 OPTIONS: tuple[Option, ...] = (
     Option(
         "addr",
-        "127.0.0.1:50051",
         str,
         "address the gRPC server listens on (host:port)",
         env_name="SLUICE_STORE_ADDR",  # the variable clients use to find the store
     ),
     Option(
         "db",
-        "sqlite:///./data/sluice.db",
         str,
         "storage URL: sqlite:///path/to/file.db (the embedded default) or"
         " postgresql://user@host:5432/db[?schema=name] (several replicas may share it)",
     ),
     Option(
         "durability",
-        "full",
         str,
         "SQLite sync mode: full (fsync each group commit; survives power loss), "
         "normal (survives a crash of the process), off (tests only)",
     ),
-    Option("archive_dir", "", str, "directory for archived events (gzip JSON Lines); empty: none"),
+    Option("archive_dir", str, "directory for archived events (gzip JSON Lines); empty: none"),
     Option(
         "retention",
-        "",
         _parse_prefix_rules,
         "retention by stream prefix: 'PREFIX=max_count:N,max_age:7d,max_bytes:N,ttl:30s;...'",
     ),
-    Option("reclaim_interval", 1.0, parse_duration, "how often expired events are reclaimed"),
-    Option("max_event_bytes", 1 << 20, int, "largest serialized event accepted"),
-    Option("max_request_bytes", 16 << 20, int, "largest request message accepted"),
-    Option("max_events_per_request", 10_000, int, "most events in one append request"),
-    Option("max_stream_name", 256, int, "longest stream name, in characters"),
-    Option("max_read_batch", 1000, int, "most events in one Read/Subscribe message"),
-    Option("subscriber_buffer", 10_000, int, "live events buffered per subscriber before catch-up"),
+    Option("reclaim_interval", parse_duration, "how often expired events are reclaimed"),
+    Option("max_event_bytes", int, "largest serialized event accepted"),
+    Option("max_request_bytes", int, "largest request message accepted"),
+    Option("max_events_per_request", int, "most events in one append request"),
+    Option("max_stream_name", int, "longest stream name, in characters"),
+    Option("max_read_batch", int, "most events in one Read/Subscribe message"),
+    Option("subscriber_buffer", int, "live events buffered per subscriber before catch-up"),
     Option(
         "disk_reserve",
-        16 << 20,
         int,
         "SQLite: bytes kept in a file beside the database and freed when the disk fills, so the"
         " store can checkpoint, reclaim and recover (0: none)",
     ),
     Option(
         "ephemeral_buffer_bytes",
-        4 << 20,
         int,
         "bytes of Broadcast messages queued per live subscriber; the oldest go first",
     ),
-    Option("ephemeral_total_bytes", 64 << 20, int, "bytes of Broadcast messages queued for all subscribers"),
-    Option("heartbeat_interval", 5.0, parse_duration, "default subscription heartbeat interval"),
-    Option("stream_cache", 200_000, int, "stream states kept in memory"),
+    Option("ephemeral_total_bytes", int, "bytes of Broadcast messages queued for all subscribers"),
+    Option("heartbeat_interval", parse_duration, "default subscription heartbeat interval"),
+    Option("stream_cache", int, "stream states kept in memory"),
     Option(
         "db_poll_interval",
-        1.0,
         parse_duration,
         "PostgreSQL: how often each replica checks the head for commits that a lost"
         " notification did not announce",
     ),
-    Option("db_pool_size", 10, int, "PostgreSQL: connections per store process"),
+    Option("db_pool_size", int, "PostgreSQL: connections per store process"),
     Option(
         "db_password_file",
-        "",
         str,
         "PostgreSQL: read the password from this file at each connect (a mounted Secret key;"
         " it may rotate); overrides one in the URL",
     ),
     Option(
         "max_connection_age",
-        0.0,
         parse_duration,
         "ask clients to reconnect after this long (0: never), so that clients spread over"
         " replicas that were added since; streams open then keep going to their end",
     ),
-    Option("grace", 10.0, parse_duration, "seconds in-flight RPCs get on shutdown"),
-    Option("uvloop", True, parse_bool, "use uvloop when installed"),
+    Option("grace", parse_duration, "seconds in-flight RPCs get on shutdown"),
+    Option("uvloop", parse_bool, "use uvloop when installed"),
 )
 
 
