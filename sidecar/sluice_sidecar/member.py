@@ -17,9 +17,7 @@ import time
 import uuid
 from collections.abc import Sequence
 
-import grpc
-
-from sluice import Client
+from sluice import Client, Position
 from sluice.errors import (
     Fenced,
     GroupExists,
@@ -27,7 +25,6 @@ from sluice.errors import (
     InvalidEvent,
     LimitExceeded,
     SluiceError,
-    from_rpc_error,
 )
 from sluice.v1 import groups_pb2 as gpb
 from sluice.v1 import sidecar_pb2 as spb
@@ -60,40 +57,37 @@ class PartitionWorker:
     async def _run(self) -> None:
         m = self.member
         cfg = m.config
-        filt = pb.Filter(
-            stream_prefixes=cfg.filter.stream_prefixes,
-            event_types=cfg.filter.event_types,
-            partition_count=cfg.partitions,
-            partitions=[self.partition],
-        )
         pause = 0.05
         while not self.stopping:
-            req = pb.SubscribeRequest(
-                filter=filt, max_batch=max(100, m.settings.batch), heartbeat_interval_ms=1000
+            items = m.client.subscribe_partitions(
+                cfg.partitions,
+                [self.partition],
+                start=Position(self.handled),
+                stream_prefixes=cfg.filter.stream_prefixes,
+                event_types=cfg.filter.event_types,
+                max_batch=max(100, m.settings.batch),
+                heartbeat_interval=1.0,
             )
-            getattr(req, "from").position = self.handled
-            call = m.client._stub.Subscribe(req)
             try:
-                async for msg in call:
-                    kind = msg.WhichOneof("content")
-                    if kind == "events":
-                        await self._handle(msg.events.events)
-                    elif kind in ("checkpoint", "caught_up"):
+                async for item in items:
+                    if isinstance(item, list):
+                        await self._handle(item)
+                    elif isinstance(item, pb.Checkpoint | pb.CaughtUp):
                         # Nothing of this partition below it is left: the filter skipped the rest.
-                        self.handled = max(self.handled, getattr(msg, kind).position)
-                    elif kind == "heartbeat":
-                        m.head = max(m.head, msg.heartbeat.head_position)
+                        self.handled = max(self.handled, item.position)
+                    elif isinstance(item, pb.Heartbeat):
+                        m.head = max(m.head, item.head_position)
                     if self.stopped():
                         break
                     pause = 0.05
-            except grpc.aio.AioRpcError as e:
+            except SluiceError as e:
                 if self.stopped():
                     break
-                log.warning("partition %d: subscription ended (%s); resuming", self.partition, e.code().name)
+                log.warning("partition %d: subscription ended (%s); resuming", self.partition, e.reason or e)
                 await asyncio.sleep(pause)  # the store is restarting: back off, bounded
                 pause = min(pause * 2, 1.0)
             finally:
-                call.cancel()
+                await items.aclose()
 
     def stopped(self) -> bool:
         return self.stopping
@@ -245,13 +239,13 @@ class Member:
     async def _commit_and_leave(self) -> None:
         try:
             await self._commit_all()
-            await self.client.groups_stub.Heartbeat(
+            await self.client.heartbeat(
                 gpb.HeartbeatRequest(
                     group=self.settings.group, member_id=self.settings.member_id, leave=True
                 ),
                 timeout=5,
             )
-        except (grpc.aio.AioRpcError, SluiceError) as e:
+        except SluiceError as e:
             log.warning("could not commit and leave cleanly: %s", e)
 
     async def _step_away(self) -> None:
@@ -338,9 +332,8 @@ class Member:
             owned=sorted(self.workers),
         )
         try:
-            resp = await self.client.groups_stub.Heartbeat(req, timeout=5)
-        except grpc.aio.AioRpcError as e:
-            err = from_rpc_error(e)
+            resp = await self.client.heartbeat(req, timeout=5)
+        except SluiceError as err:
             if isinstance(err, Fenced):
                 log.warning("fenced (%s): dropping partitions, joining again", err.reason)
                 await self._drop_all()
@@ -403,13 +396,11 @@ class Member:
     async def _store_replaced(self) -> bool:
         """Whether the store now answering is another one than the member knew."""
         try:
-            call = self.client._stub.Read(pb.ReadRequest(max_count=1), timeout=5)
-            header = (await anext(aiter(call))).header
-            call.cancel()
-        except (grpc.aio.AioRpcError, StopAsyncIteration):
+            now = await self.client.current_store_id()
+        except SluiceError:
             return False
-        if self.store_id and header.store_id and header.store_id != self.store_id:
-            await self._on_new_store(header.store_id)
+        if self.store_id and now and now != self.store_id:
+            await self._on_new_store(now)
             return True
         return False
 
@@ -493,10 +484,9 @@ class Member:
         )
         position = w.handled
         try:
-            await self.client.groups_stub.CommitCursor(req, timeout=5)
+            await self.client.commit_cursor(req, timeout=5)
             w.committed = position
-        except grpc.aio.AioRpcError as e:
-            err = from_rpc_error(e)
+        except SluiceError as err:
             if isinstance(err, Fenced | GroupNotFound):
                 self._wake.set()  # the next heartbeat sorts out what we still own
                 log.info("commit of partition %d refused: %s", w.partition, err.reason)
@@ -541,12 +531,11 @@ class Member:
         pause = 0.1
         while True:
             try:
-                await self.client.groups_stub.DeadLetter(req, timeout=10)
+                await self.client.dead_letter(req, timeout=10)
                 self.dead_lettered += len(out)
                 self.telemetry.dead_lettered.add(len(out), {"group": self.settings.group})
                 return
-            except grpc.aio.AioRpcError as e:
-                err = from_rpc_error(e)
+            except SluiceError as err:
                 if isinstance(err, Fenced | GroupNotFound):
                     self._wake.set()
                     log.warning(
@@ -573,11 +562,7 @@ class Member:
             ev.metadata["source-member"] = self.settings.member_id
             if traceparent and "traceparent" not in ev.metadata:
                 ev.metadata["traceparent"] = traceparent
-        try:
-            resp: pb.AppendResponse = await self.client._stub.Append(request, timeout=10)
-        except grpc.aio.AioRpcError as e:
-            raise from_rpc_error(e) from None
-        return resp
+        return await self.client.append_request(request)
 
     # -- status -----------------------------------------------------------------------
 

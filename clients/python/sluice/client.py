@@ -252,6 +252,10 @@ class Client(Connection):
         """Append events atomically; raises WrongExpectedRevision on a conflict."""
         return await self._call(self._stub.Append(_request(stream, events, expected), timeout=self.timeout))
 
+    async def append_request(self, request: pb.AppendRequest) -> pb.AppendResponse:
+        """Append a prepared request as it is (a proxy passing on what its caller sent)."""
+        return await self._call(self._stub.Append(request, timeout=self.timeout))
+
     async def append_many(
         self, parts: Iterable[tuple[str, Iterable[pb.EventData], Expected]]
     ) -> list[pb.AppendResponse]:
@@ -320,20 +324,67 @@ class Client(Connection):
         heartbeat_interval: float = 0.0,
     ) -> AsyncGenerator[SubscriptionItem, None]:
         """Catch up from ``start``, then follow live events. Yields events and control messages."""
+        req = self._subscription(
+            stream, start, stream_prefixes, event_types, notifications_only, max_batch, heartbeat_interval
+        )
+        async for item in self._subscribe(req):
+            if isinstance(item, list):
+                for ev in item:
+                    yield ev
+            else:
+                yield item
+
+    async def subscribe_partitions(
+        self,
+        partition_count: int,
+        partitions: Iterable[int],
+        *,
+        start: StartAt = END,
+        stream_prefixes: Iterable[str] | None = None,
+        event_types: Iterable[str] | None = None,
+        max_batch: int = 0,
+        heartbeat_interval: float = 0.0,
+    ) -> AsyncGenerator[list[pb.RecordedEvent] | SubscriptionItem, None]:
+        """Follow the streams of some partitions (a stream's partition is FNV-1a-32 of its
+        name mod ``partition_count``), as a consumer group member reads its share. Yields
+        events in the batches the store sends (lists), and control messages; the
+        checkpoints say how far the filter skipped."""
+        req = self._subscription(
+            "", start, stream_prefixes, event_types, False, max_batch, heartbeat_interval
+        )
+        req.filter.partition_count = partition_count
+        req.filter.partitions.extend(partitions)
+        async for item in self._subscribe(req):
+            yield item
+
+    @staticmethod
+    def _subscription(
+        stream: str,
+        start: StartAt,
+        prefixes: Iterable[str] | None,
+        types: Iterable[str] | None,
+        notifications_only: bool,
+        max_batch: int,
+        heartbeat_interval: float,
+    ) -> pb.SubscribeRequest:
         req = pb.SubscribeRequest(
             stream=stream,
             notifications_only=notifications_only,
             max_batch=max_batch,
             heartbeat_interval_ms=int(heartbeat_interval * 1000),
         )
-        _where(req, start, stream_prefixes, event_types)
+        _where(req, start, prefixes, types)
+        return req
+
+    async def _subscribe(
+        self, req: pb.SubscribeRequest
+    ) -> AsyncGenerator[list[pb.RecordedEvent] | SubscriptionItem, None]:
         call = self._stub.Subscribe(req)
         try:
             async for msg in call:
                 kind = msg.WhichOneof("content")
                 if kind == "events":
-                    for ev in msg.events.events:
-                        yield ev
+                    yield list(msg.events.events)
                 elif kind is not None:
                     if kind in ("caught_up", "heartbeat"):
                         self._check_store(getattr(msg, kind).store_id)
@@ -344,6 +395,18 @@ class Client(Connection):
             raise from_rpc_error(e) from None
         finally:
             call.cancel()
+
+    async def current_store_id(self) -> str:
+        """The identity of the store answering now (its ``store_id``), without remembering it."""
+        call = self._stub.Read(pb.ReadRequest(max_count=1), timeout=self.timeout)
+        try:
+            async for msg in call:
+                return str(msg.header.store_id)
+        except grpc.aio.AioRpcError as e:
+            raise from_rpc_error(e) from None
+        finally:
+            call.cancel()
+        return ""
 
     # -- administration ---------------------------------------------------------------
 
@@ -461,6 +524,20 @@ class Client(Connection):
             config.filter.event_types.extend(event_types)
         req = gpb.UpdateGroupRequest(group=group, config=config)
         return await self._call(self.groups_stub.UpdateGroup(req, timeout=self.timeout))
+
+    # -- membership (what a consumer group member, such as the sidecar, calls) --------
+
+    async def heartbeat(self, request: gpb.HeartbeatRequest, timeout: float | None = None) -> gpb.HeartbeatResponse:
+        """Join, stay in, or leave (``leave``) a group; the answer carries the assignment."""
+        return await self._call(self.groups_stub.Heartbeat(request, timeout=timeout or self.timeout))
+
+    async def commit_cursor(self, request: gpb.CommitCursorRequest, timeout: float | None = None) -> None:
+        """Record how far a member handled a partition it owns (refused once fenced)."""
+        await self._call(self.groups_stub.CommitCursor(request, timeout=timeout or self.timeout))
+
+    async def dead_letter(self, request: gpb.DeadLetterRequest, timeout: float | None = None) -> pb.AppendResponse:
+        """Put events on the group's dead-letter stream, as the owner of their partition."""
+        return await self._call(self.groups_stub.DeadLetter(request, timeout=timeout or self.timeout))
 
     async def delete_group(self, group: str) -> None:
         await self._call(
