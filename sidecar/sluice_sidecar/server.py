@@ -147,61 +147,78 @@ def http_app(member: Member) -> web.Application:
     return app
 
 
+class SidecarServer:
+    """A running sidecar: ``await start()`` binds its listeners and joins the group once
+    the app answers; ``await stop()`` drains, commits, leaves and closes (idempotent)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.member = Member(settings, make_deliverer(settings))
+        # No SO_REUSEPORT: a second sidecar on the same port fails at start instead of sharing it.
+        self.grpc_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        spb_grpc.add_SidecarServicer_to_server(SidecarService(self.member), self.grpc_server)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
+        self.runners: list[BoundedRunner] = []
+        #: What it bound (port 0 in a setting: any free port), known once start() returns.
+        self.http_addr = self.grpc_addr = self.probe_addr = ""
+        self._stopped = False
+
+    async def start(self) -> None:
+        s = self.settings
+        grpc_port = listen_grpc(self.grpc_server, s.grpc_addr, "grpc_addr")
+        await self.grpc_server.start()
+        self.grpc_addr = f"{s.grpc_addr.rpartition(':')[0]}:{grpc_port}"
+        try:
+            self.http_addr = await self._listen(http_app(self.member), s.http_addr, "http_addr", "127.0.0.1")
+            if s.probe_addr:
+                self.probe_addr = await self._listen(
+                    probe_app(self.member), s.probe_addr, "probe_addr", "0.0.0.0"
+                )
+        except OSError:
+            await self.grpc_server.stop(0)
+            for r in self.runners:
+                await r.cleanup()
+            raise
+        await self.member.start()
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+
+    async def _listen(self, app: web.Application, addr: str, setting: str, default_host: str) -> str:
+        s = self.settings
+        cap = s.http_max_connections if setting == "http_addr" else 16
+        runner = BoundedRunner(app, idle_timeout=s.http_idle_timeout, max_connections=cap, access_log=None)
+        await runner.setup()
+        self.runners.append(runner)
+        host, _, port = addr.rpartition(":")
+        try:
+            await web.TCPSite(runner, host or default_host, int(port)).start()
+        except OSError as e:
+            raise OSError(f"{setting}: cannot listen on {addr}: {e.strerror}") from e
+        return f"{host or default_host}:{runner.addresses[0][1]}"
+
+    async def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        await self.health.enter_graceful_shutdown()
+        await self.member.stop()  # readiness turns 503 first: member.stopping is set at once
+        await self.grpc_server.stop(1.0)
+        for r in self.runners:
+            await r.cleanup()
+        with contextlib.suppress(Exception):
+            await self.member.deliverer.close()
+
+
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM/SIGINT, then drain, commit, leave and exit."""
-    member = Member(settings, make_deliverer(settings))
-    # No SO_REUSEPORT: a second sidecar on the same port fails at start instead of sharing it.
-    grpc_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    spb_grpc.add_SidecarServicer_to_server(SidecarService(member), grpc_server)
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
-    grpc_port = listen_grpc(grpc_server, settings.grpc_addr, "grpc_addr")
-    await grpc_server.start()
-    runner = BoundedRunner(
-        http_app(member),
-        idle_timeout=settings.http_idle_timeout,
-        max_connections=settings.http_max_connections,
-        access_log=None,
-    )
-    await runner.setup()
-    runners = [runner]
-    host, _, port = settings.http_addr.rpartition(":")
-    site = web.TCPSite(runner, host or "127.0.0.1", int(port))
-    try:
-        await site.start()
-    except OSError as e:
-        await grpc_server.stop(0)
-        raise OSError(f"http_addr: cannot listen on {settings.http_addr}: {e.strerror}") from e
-    probes = ""
-    if settings.probe_addr:
-        probe_runner = BoundedRunner(
-            probe_app(member), idle_timeout=settings.http_idle_timeout, max_connections=16, access_log=None
-        )
-        await probe_runner.setup()
-        runners.append(probe_runner)
-        phost, _, pport = settings.probe_addr.rpartition(":")
-        try:
-            await web.TCPSite(probe_runner, phost or "0.0.0.0", int(pport)).start()
-        except OSError as e:
-            await grpc_server.stop(0)
-            raise OSError(f"probe_addr: cannot listen on {settings.probe_addr}: {e.strerror}") from e
-        probes = f", probes {phost or '0.0.0.0'}:{probe_runner.addresses[0][1]}"
-    await member.start()
-    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    # The addresses bound (port 0 in a setting: any free port), for whoever started it.
-    http_addr = f"{host or '127.0.0.1'}:{runner.addresses[0][1]}"
-    grpc_addr = f"{settings.grpc_addr.rpartition(':')[0]}:{grpc_port}"
+    server = SidecarServer(settings)
+    await server.start()
+    probes = f", probes {server.probe_addr}" if server.probe_addr else ""
     print(
         f"sluice sidecar {settings.member_id} in group {settings.group}: "
-        f"http {http_addr}, grpc {grpc_addr}, delivering by {settings.delivery}{probes}",
+        f"http {server.http_addr}, grpc {server.grpc_addr}, delivering by {settings.delivery}{probes}",
         flush=True,
     )
     await until_signal()
     log.info("shutting down: draining, committing, leaving the group")
-    await health_servicer.enter_graceful_shutdown()
-    await member.stop()  # readiness turns 503 first: member.stopping is set at once
-    await grpc_server.stop(1.0)
-    for r in runners:
-        await r.cleanup()
-    with contextlib.suppress(Exception):
-        await member.deliverer.close()
+    await server.stop()
