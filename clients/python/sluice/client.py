@@ -527,7 +527,9 @@ class Client(Connection):
 
     # -- membership (what a consumer group member, such as the sidecar, calls) --------
 
-    async def heartbeat(self, request: gpb.HeartbeatRequest, timeout: float | None = None) -> gpb.HeartbeatResponse:
+    async def heartbeat(
+        self, request: gpb.HeartbeatRequest, timeout: float | None = None
+    ) -> gpb.HeartbeatResponse:
         """Join, stay in, or leave (``leave``) a group; the answer carries the assignment."""
         return await self._call(self.groups_stub.Heartbeat(request, timeout=timeout or self.timeout))
 
@@ -535,7 +537,9 @@ class Client(Connection):
         """Record how far a member handled a partition it owns (refused once fenced)."""
         await self._call(self.groups_stub.CommitCursor(request, timeout=timeout or self.timeout))
 
-    async def dead_letter(self, request: gpb.DeadLetterRequest, timeout: float | None = None) -> pb.AppendResponse:
+    async def dead_letter(
+        self, request: gpb.DeadLetterRequest, timeout: float | None = None
+    ) -> pb.AppendResponse:
         """Put events on the group's dead-letter stream, as the owner of their partition."""
         return await self._call(self.groups_stub.DeadLetter(request, timeout=timeout or self.timeout))
 

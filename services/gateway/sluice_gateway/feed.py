@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import grpc
 
+from sluice import eventbytes
 from sluice.v1 import streams_pb2 as pb
 from sluice_gateway import wire
 from sluice_gateway.hub import Hub
@@ -21,7 +22,7 @@ from sluice_gateway.wire import Record
 
 log = logging.getLogger(__name__)
 
-_TAG_EVENTS = 0x0A
+_TAG_EVENTS = eventbytes.TAG_SUBSCRIBE_EVENTS[0]  # the first byte of a SubscribeResponse{events}
 _SUBSCRIBE = "/sluice.v1.Streams/Subscribe"
 
 

@@ -57,7 +57,7 @@ class GatewayServer:
                 ("grpc.keepalive_timeout_ms", 5_000),
             ],
         )
-        self.gateway = Gateway(self.hub, pb_grpc.StreamsStub(self.channel), settings)
+        self.gateway = Gateway(self.hub, pb_grpc.StreamsStub(self.channel), self.channel, settings)
         self.telemetry = Telemetry(self.hub)
         self.feed = Feed(
             self.channel,

@@ -157,9 +157,17 @@ Write = Callable[[bytes], Awaitable[None]]
 class Gateway:
     """The sessions' shared parts: the hub, the store, the settings."""
 
-    def __init__(self, hub: Hub, store: pb_grpc.StreamsStub, settings: Settings) -> None:
+    def __init__(
+        self, hub: Hub, store: pb_grpc.StreamsStub, channel: grpc.aio.Channel, settings: Settings
+    ) -> None:
         self.hub = hub
         self.store = store
+        # Catch-up reads come in as bytes: each event is cut out as the store serialized it.
+        self._read = channel.unary_stream(
+            "/sluice.v1.Streams/Read",
+            request_serializer=pb.ReadRequest.SerializeToString,
+            response_deserializer=None,
+        )
         self.settings = settings
         self.origin = str(uuid.uuid4())  # this process, as the origin of what it publishes
 
@@ -300,7 +308,8 @@ class Gateway:
             getattr(req, "from").position = cursor
             head = -1
             try:
-                async for msg in self.store.Read(req):
+                async for raw in self._read(req):
+                    msg = pb.ReadResponse.FromString(raw)
                     if msg.HasField("header"):
                         head = msg.header.head_position
                         first = msg.header.first_position
@@ -309,10 +318,9 @@ class Gateway:
                         resume = False
                         continue
                     events = msg.events
+                    records = wire.records_from_read(raw, events)
                     if exact:
-                        records = [wire.record_of(e) for e in events if filt.matches(e.stream, e.type)]
-                    else:
-                        records = [wire.record_of(e) for e in events]
+                        records = [r for r in records if filt.matches(r.stream, r.type)]
                     if events:
                         cursor = events[-1].position + 1
                     if records:

@@ -9,43 +9,25 @@ joining these bytes: protobuf repeated fields concatenate.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
-from sluice import cloudevent
-from sluice.protowire import read_varint, varint
+from sluice import cloudevent, eventbytes
+from sluice.eventbytes import varint
 from sluice.v1 import gateway_pb2 as gwpb
 from sluice.v1 import streams_pb2 as pb
 
 FULL = gwpb.DELIVERY_FORM_FULL
 NOTIFICATION = gwpb.DELIVERY_FORM_NOTIFICATION
 
-_TAG_EVENTS = 0x0A  # SubscribeResponse.events = 1, EventBatch.events = 1 (length-delimited)
-_TAG_DATA = 0x1A  # RecordedEvent.data = 3 / EphemeralMessage.type = 3 (not used for those)
-_TAG_POSITION = b"\x78"  # WatchResponse.position = 15, varint
-
-
-def split_events(raw: bytes) -> list[bytes]:
-    """The serialized RecordedEvents inside a serialized SubscribeResponse{events}."""
-    if not raw or raw[0] != _TAG_EVENTS:
-        return []
-    length, i = read_varint(raw, 1)
-    end = i + length
-    out = []
-    while i < end:
-        if raw[i] != _TAG_EVENTS:  # an unknown EventBatch field: skip it
-            raise ValueError("unexpected field in EventBatch")
-        n, i = read_varint(raw, i + 1)
-        out.append(raw[i : i + n])
-        i += n
-    return out
+_TAG_EVENTS = eventbytes.TAG_BATCH_EVENTS  # EventBatch.events
+assert eventbytes.tag(gwpb.EphemeralBatch.DESCRIPTOR, "messages") == _TAG_EVENTS  # one entry serves both
+_TAG_POSITION = eventbytes.tag(gwpb.WatchResponse.DESCRIPTOR, "position", 0)
 
 
 def _without_data(raw: bytes, data: bytes, msg: pb.RecordedEvent) -> bytes:
-    if not data:
-        return raw
-    tail = bytes([_TAG_DATA]) + varint(len(data)) + data
-    if raw.endswith(tail):
-        return raw[: -len(tail)]
+    cut = eventbytes.without_data(raw, data)
+    if cut is not None:
+        return cut
     copy = pb.RecordedEvent()
     copy.CopyFrom(msg)
     copy.ClearField("data")
@@ -80,7 +62,7 @@ class Record:
         e = self._entries.get(form)
         if e is None:
             raw = self.notification if form == NOTIFICATION else self.full
-            e = self._entries[form] = bytes([_TAG_EVENTS]) + varint(len(raw)) + raw
+            e = self._entries[form] = _TAG_EVENTS + varint(len(raw)) + raw
         return e
 
     def sse(self, form: int) -> bytes:
@@ -91,11 +73,8 @@ class Record:
         return s
 
 
-def records_from_feed(raw: bytes, msg: pb.SubscribeResponse) -> list[Record]:
-    """Records for the events of one live-feed message (``msg`` is ``raw`` parsed)."""
-    events = msg.events.events
-    pieces = split_events(raw)
-    if len(pieces) != len(events):
+def _records(pieces: list[bytes], events: Sequence[pb.RecordedEvent]) -> list[Record]:
+    if len(pieces) != len(events):  # not as the store lays events out: serialize them
         pieces = [e.SerializeToString() for e in events]
     return [
         Record(e.position, e.stream, e.type, piece, _without_data(piece, e.data, e), e)
@@ -103,12 +82,19 @@ def records_from_feed(raw: bytes, msg: pb.SubscribeResponse) -> list[Record]:
     ]
 
 
+def records_from_feed(raw: bytes, msg: pb.SubscribeResponse) -> list[Record]:
+    """Records for the events of one live-feed message (``msg`` is ``raw`` parsed)."""
+    return _records(eventbytes.events_of_subscribe(raw), msg.events.events)
+
+
+def records_from_read(raw: bytes, events: Sequence[pb.RecordedEvent]) -> list[Record]:
+    """Records for the events of one catch-up ReadResponse (``events`` parsed from ``raw``)."""
+    return _records(eventbytes.events_of_read(raw), events)
+
+
 def record_of(event: pb.RecordedEvent) -> Record:
-    """A record for an event read from the store (catch-up)."""
-    full = event.SerializeToString()
-    return Record(
-        event.position, event.stream, event.type, full, _without_data(full, event.data, event), event
-    )
+    """A record for an event that exists only parsed (tests, tools)."""
+    return _records([], [event])[0]
 
 
 def ephemeral_record(msg: pb.EphemeralMessage) -> Record:
@@ -132,14 +118,14 @@ def sse_chunk(records: Iterable[Record], form: int) -> bytes:
     return b"".join([r.sse(form) for r in records])
 
 
-def watch_message(field_tag: int, body: bytes, position: int) -> bytes:
+def watch_message(field_tag: bytes, body: bytes, position: int) -> bytes:
     """A serialized WatchResponse with one length-delimited content field and the cursor."""
-    return b"".join((bytes([field_tag]), varint(len(body)), body, _TAG_POSITION, varint(position)))
+    return b"".join((field_tag, varint(len(body)), body, _TAG_POSITION, varint(position)))
 
 
-# WatchResponse content field tags (field_number << 3 | 2).
-TAG_EVENTS = 0x0A
-TAG_EPHEMERAL = 0x32
+# WatchResponse content fields.
+TAG_EVENTS = eventbytes.tag(gwpb.WatchResponse.DESCRIPTOR, "events")
+TAG_EPHEMERAL = eventbytes.tag(gwpb.WatchResponse.DESCRIPTOR, "ephemeral")
 
 
 # -- Server-Sent Events -----------------------------------------------------------------

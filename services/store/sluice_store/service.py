@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable
 
 import grpc
 
-from sluice import telemetry
+from sluice import eventbytes, telemetry
 from sluice.ids import uuid7
 from sluice.names import MAX_TYPE, has_control, is_system, name_problem, parse_uuid
 from sluice.v1 import streams_pb2 as pb
@@ -316,7 +316,7 @@ class StreamsService:
                 )
                 if not rows:
                     return
-                yield codec.read_response([codec.event_bytes(r[4], r[5]) for r in rows])
+                yield eventbytes.read_response([eventbytes.event_bytes(r[4], r[5]) for r in rows])
                 remaining -= len(rows)
                 last = rows[-1][P_REVISION]
                 if last == 0 and backwards:
@@ -341,7 +341,7 @@ class StreamsService:
             if not backwards:
                 rows = [r for r in rows if r[P_POSITION] <= head]
             if rows:
-                yield codec.read_response([codec.event_bytes(r[4], r[5]) for r in rows])
+                yield eventbytes.read_response([eventbytes.event_bytes(r[4], r[5]) for r in rows])
                 remaining -= len(rows)
             if done:
                 return

@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 
+from sluice import eventbytes
 from sluice.v1 import streams_pb2 as pb
-from sluice_store import codec, positions
+from sluice_store import positions
 from sluice_store.broker import Broker, LiveSubscription
 from sluice_store.config import Settings
 from sluice_store.errors import InvalidArgument
@@ -108,7 +109,7 @@ class Subscriptions:
             else:
                 rows, nxt, done = await self.storage.read_all(cursor.position, False, batch, filt, with_data)
             if rows:
-                yield codec.subscribe_events([codec.event_bytes(r[4], r[5]) for r in rows])
+                yield eventbytes.subscribe_events([eventbytes.event_bytes(r[4], r[5]) for r in rows])
                 cursor.position = rows[-1][P_POSITION] + 1
             if not stream and nxt > cursor.position:
                 cursor.position = nxt
@@ -156,9 +157,9 @@ class Subscriptions:
             rows = [r for r in sub.take(batch) if r[P_POSITION] >= cursor.position]
             if rows:
                 if with_data:
-                    yield codec.subscribe_events([codec.event_bytes(r[4], r[5]) for r in rows])
+                    yield eventbytes.subscribe_events([eventbytes.event_bytes(r[4], r[5]) for r in rows])
                 else:
-                    yield codec.subscribe_events([r[4] for r in rows])
+                    yield eventbytes.subscribe_events([r[4] for r in rows])
                 cursor.position = rows[-1][P_POSITION] + 1
                 cursor.revision = rows[-1][P_REVISION] + 1
             elif filt and not sub.buffer and sub.seen >= sub.notify_at:

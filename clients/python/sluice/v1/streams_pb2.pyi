@@ -232,6 +232,9 @@ Global___EventData: _TypeAlias = EventData  # noqa: Y015
 class RecordedEvent(_message.Message):
     """An event as the store keeps and returns it. The fields it shares with EventData
     keep EventData's numbers, so a stored event is its EventData plus the fields below.
+    On the wire the store always writes `data` as the last field of a RecordedEvent (out
+    of field-number order, which protobuf allows): a relay holding the full bytes gets
+    the notification form by cutting that trailing field off, without parsing.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

@@ -17,9 +17,9 @@ import functools
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final
 
+from sluice import eventbytes
 from sluice.partition import fnv1a_32, partition_of
 from sluice.v1 import streams_pb2 as pb
-from sluice_store import codec
 from sluice_store.config import NAME_LIMIT
 from sluice_store.errors import (
     StoreError,
@@ -451,7 +451,7 @@ def stream_meta(row: Sequence[Any], prefix_rules: Mapping[str, Policy]) -> Strea
         source=source,
         created_us=row[9],
         updated_us=row[10],
-        field=codec.stream_field(row[1]),
+        field=eventbytes.stream_field(row[1]),
     )
 
 
@@ -464,7 +464,7 @@ def new_stream(name: str, stream_id: int, created_us: int, prefix_rules: Mapping
         created_us=created_us,
         policy=policy,
         source=source,
-        field=codec.stream_field(name),
+        field=eventbytes.stream_field(name),
     )
 
 

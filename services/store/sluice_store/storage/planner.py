@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 
-from sluice_store import codec
+from sluice import eventbytes
 from sluice_store.errors import (
     DuplicateEventId,
     InvalidArgument,
@@ -103,8 +103,8 @@ def plan_append(
     has the last word (the caller re-plans with stored_ids if it objects).
     Nothing in ``known`` is modified: changed streams are returned as copies.
     """
-    created = codec.created_field(created_us)
-    head = codec.head
+    created = eventbytes.created_field(created_us)
+    head = eventbytes.head
     staged: dict[str, StreamMeta] = {}
     batch_ids: dict[bytes, tuple[str, int, int]] = {}
     rows: list[EventRow] = []

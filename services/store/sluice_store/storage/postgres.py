@@ -34,8 +34,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
+from sluice import eventbytes
 from sluice.v1 import streams_pb2 as pb
-from sluice_store import codec
 from sluice_store.config import ConfigError
 from sluice_store.errors import StorageFull, StoreUnavailable
 from sluice_store.retention import Policy, age_cutoff_us, age_limit_us, now_us
@@ -716,7 +716,7 @@ class PostgresStorage(Storage):
             lo,
             hi,
         )
-        return [pb.RecordedEvent.FromString(codec.event_bytes(h, d)) for h, d in rows]
+        return [pb.RecordedEvent.FromString(eventbytes.event_bytes(h, d)) for h, d in rows]
 
     # -- consumer groups --------------------------------------------------------------
 

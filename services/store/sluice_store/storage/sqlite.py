@@ -23,8 +23,8 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
+from sluice import eventbytes
 from sluice.v1 import streams_pb2 as pb
-from sluice_store import codec
 from sluice_store.errors import StorageFull, StoreUnavailable
 from sluice_store.retention import Policy, age_cutoff_us, now_us
 from sluice_store.storage.base import (
@@ -697,7 +697,7 @@ class SQLiteStorage(Storage):
                 " ORDER BY revision",
                 (meta.id, lo, hi),
             )
-        return [pb.RecordedEvent.FromString(codec.event_bytes(h, d)) for h, d in rows]
+        return [pb.RecordedEvent.FromString(eventbytes.event_bytes(h, d)) for h, d in rows]
 
     # -- consumer groups --------------------------------------------------------------
     # One process owns the file: groups are cached in memory, one transaction at a time,
