@@ -62,4 +62,3 @@ def test_bytes_that_do_not_end_with_the_data_are_not_cut() -> None:
     ev = pb.RecordedEvent(id="x", data=b"payload", stream="s")  # protobuf's order: data third
     assert eventbytes.without_data(ev.SerializeToString(), b"payload") is None
     assert eventbytes.without_data(b"head", b"") == b"head"
-

@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 from sluice.v1 import streams_pb2 as pb
 from sluice_gateway import wire
-from sluice_gateway.hub import GRPC, Filter, Hub, Subscriber
+from sluice_gateway.grpc_api import encode
+from sluice_gateway.hub import Filter, Hub, Subscriber
 
 NAMES = ["a", "ab", "abc", "b", "ba", "c"]
 TYPES = ["X", "Y", "Z"]
@@ -39,7 +40,7 @@ def test_every_subscriber_gets_exactly_what_its_filter_matches(
     async def run() -> None:
         hub = Hub()
         hub.advance(0)
-        subs = [Subscriber(f, wire.FULL, GRPC, limit=10_000, policy=0) for f in fs]
+        subs = [Subscriber(f, wire.FULL, encode, limit=10_000, policy=0) for f in fs]
         joined = [0] * len(subs)  # the position each subscriber joined at
         position = 0
         sent: list[tuple[int, str, str]] = []

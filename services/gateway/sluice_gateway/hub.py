@@ -23,7 +23,6 @@ from collections.abc import Callable
 from typing import Any
 
 from sluice.v1 import gateway_pb2 as gwpb
-from sluice_gateway import wire
 from sluice_gateway.wire import Record
 
 STREAM_INDEX_SIZE = 100_000  # stream names whose matching groups are remembered
@@ -63,8 +62,6 @@ class Filter:
 
 # How a group's chunk is built for one encoding.
 Encoder = Callable[[list[Record], int], bytes]
-GRPC: Encoder = wire.events_chunk
-SSE: Encoder = wire.sse_chunk
 
 
 class Subscriber:

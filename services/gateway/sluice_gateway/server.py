@@ -1,41 +1,31 @@
-"""The gateway process: gRPC (Gateway, health, reflection), HTTP (SSE, /metrics), shutdown."""
+"""The gateway process: the store channel, the hub and its feed, the gRPC server (Gateway,
+health, reflection) and the HTTP server (sse), start and graceful shutdown."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
 
 import grpc
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sluice.httpserver import BoundedRunner
 from sluice.settings import listen_grpc, settle_heap, until_signal
 from sluice.v1 import gateway_pb2 as gwpb
 from sluice.v1 import streams_pb2_grpc as pb_grpc
-from sluice_gateway import wire
 from sluice_gateway.config import Settings
 from sluice_gateway.feed import Feed
-from sluice_gateway.hub import SSE, Hub
-from sluice_gateway.service import Gateway, GatewayError, GatewayService, SseFormat, methods
+from sluice_gateway.grpc_api import GatewayService, methods
+from sluice_gateway.hub import Hub
+from sluice_gateway.service import Gateway
+from sluice_gateway.sse import HttpApi
 from sluice_gateway.telemetry import Telemetry
 
 log = logging.getLogger("sluice_gateway")
 
 SERVICE_NAME = gwpb.DESCRIPTOR.services_by_name["Gateway"].full_name
-_FORMS = {"full": wire.FULL, "notification": wire.NOTIFICATION}
-_POLICIES = {
-    "catch_up": gwpb.OVERFLOW_POLICY_CATCH_UP,
-    "drop": gwpb.OVERFLOW_POLICY_DROP,
-    "disconnect": gwpb.OVERFLOW_POLICY_DISCONNECT,
-}
-
-
-SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 def _split(host_port: str) -> tuple[str, int]:
@@ -116,12 +106,7 @@ class GatewayServer:
         task.add_done_callback(self._health_updates.discard)
 
     async def _start_http(self) -> None:
-        app = web.Application()
-        app.router.add_get("/v1/watch", self.sse)
-        app.router.add_post("/v1/publish", self.http_publish)
-        app.router.add_get("/metrics", self.metrics)
-        app.router.add_get("/healthz", self.healthz)
-        app.router.add_get("/readyz", self.readyz)
+        app = HttpApi(self.gateway, self.hub, self.settings, self._ready).app()
         # Cancel an SSE handler as soon as its client goes, so it leaves the fan-out at once.
         self.http = BoundedRunner(
             app,
@@ -140,91 +125,14 @@ class GatewayServer:
             raise OSError(f"http_addr: cannot listen on {self.settings.http_addr}: {e.strerror}") from e
         self.http_port = self.http.addresses[0][1]
 
+    def _ready(self) -> bool:
+        return self.feed.connected.is_set() and not self._stopped
+
     @property
     def address(self) -> str:
         return f"{self.settings.addr.rsplit(':', 1)[0]}:{self.port}"
 
     # -- HTTP ----------------------------------------------------------------------------
-
-    async def sse(self, request: web.Request) -> web.StreamResponse:
-        """Server-Sent Events: ?stream=&prefix=&type= (repeatable), form, overflow, position."""
-        q = request.query
-        try:
-            form = _FORMS[q.get("form", "full")]
-            policy = _POLICIES[q.get("overflow", "catch_up")]
-            wr = gwpb.WatchRequest(
-                streams=q.getall("stream", []),
-                stream_prefixes=q.getall("prefix", []),
-                event_types=q.getall("type", []),
-                form=form,
-                overflow=policy,
-                buffer_size=int(q.get("buffer_size", "0")),
-                exclude_ephemeral=q.get("ephemeral", "true") == "false",
-            )
-            last_id = request.headers.get("Last-Event-ID", "")
-            if last_id:
-                wr.position = int(last_id) + 1
-            elif "position" in q:
-                wr.position = int(q["position"])
-            heartbeat = float(q.get("heartbeat", "0")) or self.settings.heartbeat_interval
-            sub, start = self.gateway.subscriber(wr, SSE)
-        except (KeyError, ValueError) as e:
-            return web.json_response({"error": f"bad query: {e}"}, status=400)
-        except GatewayError as e:
-            return web.json_response({"error": e.message, "reason": e.reason, **e.metadata}, status=400)
-        resp = web.StreamResponse(
-            headers={
-                "Content-Type": "text/event-stream",
-                "Cache-Control": "no-cache",
-                "X-Accel-Buffering": "no",
-            }
-        )
-        await resp.prepare(request)
-        await resp.write(b": sluice gateway\nretry: 1000\n\n")
-        try:
-            await self.gateway.watch(sub, start, SseFormat(), resp.write, heartbeat)
-        except GatewayError as e:
-            if e.reason != "SUBSCRIBER_TOO_SLOW":  # a stalled client would not read it: just close
-                with contextlib.suppress(ConnectionError):
-                    await resp.write(wire.sse_control("error", {"reason": e.reason, "message": e.message}))
-        except ConnectionError:
-            pass
-        return resp
-
-    async def http_publish(self, request: web.Request) -> web.Response:
-        """POST a JSON body {stream, type, data (JSON), metadata, ttl_seconds}: Publish over HTTP."""
-        try:
-            body = await request.json()
-            req = gwpb.PublishRequest(
-                stream=body.get("stream", ""),
-                type=body.get("type", ""),
-                data=json.dumps(body.get("data")).encode() if "data" in body else b"",
-                metadata=body.get("metadata") or {},
-                content_type="application/json" if "data" in body else "",
-            )
-            if body.get("ttl_seconds"):
-                req.time_to_live.FromMilliseconds(int(float(body["ttl_seconds"]) * 1000))
-            resp = await self.service.publish(req)
-        except (ValueError, TypeError, AttributeError, OverflowError, RecursionError) as e:
-            # Not JSON, not an object, too deep to parse, or numbers out of range.
-            return web.json_response({"error": f"bad body: {type(e).__name__}: {str(e)[:200]}"}, status=400)
-        except GatewayError as e:
-            return web.json_response({"error": e.message, "reason": e.reason, **e.metadata}, status=400)
-        return web.json_response({"id": resp.id, "subscribers": resp.subscribers, "relayed": resp.relayed})
-
-    async def metrics(self, _: web.Request) -> web.Response:
-        body = generate_latest()
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    async def healthz(self, _: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    async def readyz(self, _: web.Request) -> web.Response:
-        ready = self.feed.connected.is_set() and not self._stopped
-        return web.json_response(
-            {"ready": ready, "position": self.hub.position, "subscribers": self.hub.subscribers},
-            status=200 if ready else 503,
-        )
 
     # -- lifecycle -----------------------------------------------------------------------
 

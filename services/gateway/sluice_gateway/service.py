@@ -1,8 +1,7 @@
-"""sluice.v1.Gateway: Watch (catch up from the store, then live fan-out) and Publish.
-
-A watch runs as one *session*: it catches up from the store when it starts from a
-cursor, joins the hub, and then writes what the hub queues for it. The session is the
-same for gRPC and for Server-Sent Events; a Format turns its output into bytes.
+"""The gateway's sessions, whatever the transport: a watch catches up from the store when
+it starts from a cursor, joins the hub, and then writes what the hub queues for it; a
+publish reaches this gateway's subscribers at once and the others' through the store.
+A transport (grpc_api, sse) gives a Format that turns a session's output into bytes.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from sluice.v1 import streams_pb2 as pb
 from sluice.v1 import streams_pb2_grpc as pb_grpc
 from sluice_gateway import wire
 from sluice_gateway.config import Settings
-from sluice_gateway.hub import DISCONNECT, GRPC, SSE, Encoder, Filter, Hub, Subscriber
+from sluice_gateway.hub import DISCONNECT, Encoder, Filter, Hub, Subscriber
 
 log = logging.getLogger(__name__)
 
@@ -88,67 +87,6 @@ def _now() -> timestamp_pb2.Timestamp:
     ts = timestamp_pb2.Timestamp()
     ts.GetCurrentTime()
     return ts
-
-
-class GrpcFormat:
-    """Serialized WatchResponse messages."""
-
-    encoder: Encoder = GRPC
-
-    def events(self, body: bytes, position: int) -> bytes:
-        return wire.watch_message(wire.TAG_EVENTS, body, position)
-
-    def ephemeral(self, body: bytes, position: int) -> bytes:
-        return wire.watch_message(wire.TAG_EPHEMERAL, body, position)
-
-    def caught_up(self, position: int) -> bytes:
-        return gwpb.WatchResponse(
-            caught_up=pb.CaughtUp(position=position), position=position
-        ).SerializeToString()
-
-    def heartbeat(self, head: int, position: int) -> bytes:
-        hb = pb.Heartbeat(head_position=head, time=_now())
-        return gwpb.WatchResponse(heartbeat=hb, position=position).SerializeToString()
-
-    def fell_behind(self, position: int) -> bytes:
-        msg = gwpb.WatchResponse(fell_behind=pb.FellBehind(position=position), position=position)
-        return msg.SerializeToString()
-
-    def gap(self, reason: int, lo: int, hi: int, position: int) -> bytes:
-        g = gwpb.Gap(reason=reason, from_position=lo, to_position=hi)  # type: ignore[arg-type]
-        return gwpb.WatchResponse(gap=g, position=position).SerializeToString()
-
-    def ephemeral_dropped(self, count: int, position: int) -> bytes:
-        dropped = pb.EphemeralDropped(count=count)
-        return gwpb.WatchResponse(ephemeral_dropped=dropped, position=position).SerializeToString()
-
-
-class SseFormat:
-    """Server-Sent Events: each event's id is its position (resume with Last-Event-ID)."""
-
-    encoder: Encoder = SSE
-
-    def events(self, body: bytes, position: int) -> bytes:
-        return body
-
-    def ephemeral(self, body: bytes, position: int) -> bytes:
-        return body
-
-    def caught_up(self, position: int) -> bytes:
-        return wire.sse_control("caught_up", {"position": position})
-
-    def heartbeat(self, head: int, position: int) -> bytes:
-        return wire.sse_control("heartbeat", {"head_position": head, "position": position})
-
-    def fell_behind(self, position: int) -> bytes:
-        return wire.sse_control("fell_behind", {"position": position})
-
-    def ephemeral_dropped(self, count: int, position: int) -> bytes:
-        return wire.sse_control("ephemeral_dropped", {"count": count, "position": position})
-
-    def gap(self, reason: int, lo: int, hi: int, position: int) -> bytes:
-        name = gwpb.Gap.Reason.Name(reason).removeprefix("REASON_").lower()  # type: ignore[arg-type]
-        return wire.sse_control("gap", {"reason": name, "from_position": lo, "to_position": hi})
 
 
 Write = Callable[[bytes], Awaitable[None]]
@@ -342,37 +280,6 @@ class Gateway:
             if sub.closed:
                 return
 
-
-class GatewayService:
-    """gRPC handlers for sluice.v1.Gateway (registered with byte-passing serializers)."""
-
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
-        self.settings = gateway.settings
-
-    async def Watch(self, request: gwpb.WatchRequest, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        try:
-            sub, start = self.gateway.subscriber(request, GRPC)
-        except GatewayError as e:
-            await e.abort(context)
-            return
-        heartbeat = request.heartbeat_interval_ms / 1000 or self.settings.heartbeat_interval
-        # The session runs in the handler's own task: writes from another task cost gRPC an
-        # extra hop each (measured: twice the write time).
-        try:
-            await self.gateway.watch(sub, start, GrpcFormat(), context.write, heartbeat)
-        except GatewayError as e:
-            await e.abort(context)
-
-    async def Publish(
-        self, request: gwpb.PublishRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> gwpb.PublishResponse:
-        try:
-            return await self.publish(request)
-        except GatewayError as e:
-            await e.abort(context)
-            raise AssertionError("unreachable") from None
-
     async def publish(self, request: gwpb.PublishRequest) -> gwpb.PublishResponse:
         """Deliver to this gateway's subscribers now, then relay through the store to the others."""
         check_name(request.stream, "stream", writing=True)
@@ -397,34 +304,15 @@ class GatewayService:
             content_type=request.content_type,
             published=published,
             expires=expires,
-            origin=self.gateway.origin,
+            origin=self.origin,
         )
-        count = self.gateway.hub.publish(wire.ephemeral_record(msg), time.monotonic() + ttl)
+        count = self.hub.publish(wire.ephemeral_record(msg), time.monotonic() + ttl)
         relayed = 0
         try:
-            resp = await self.gateway.store.Broadcast(msg, timeout=5)
+            resp = await self.store.Broadcast(msg, timeout=5)
             relayed = max(0, resp.subscriptions - 1)  # less this gateway's own feed
         except grpc.aio.AioRpcError as e:
             if e.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED):
                 raise GatewayError(e.code(), "INVALID_ARGUMENT", e.details() or "refused by the store") from e
             log.warning("published %s here only: the store did not relay it (%s)", msg.id, e.code().name)
         return gwpb.PublishResponse(id=msg.id, subscribers=count, relayed=relayed)
-
-
-def _identity(b: bytes) -> bytes:
-    return b
-
-
-def methods(service: GatewayService) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
-    return {
-        "Watch": grpc.unary_stream_rpc_method_handler(
-            service.Watch,
-            request_deserializer=gwpb.WatchRequest.FromString,
-            response_serializer=_identity,
-        ),
-        "Publish": grpc.unary_unary_rpc_method_handler(
-            service.Publish,
-            request_deserializer=gwpb.PublishRequest.FromString,
-            response_serializer=gwpb.PublishResponse.SerializeToString,
-        ),
-    }

@@ -8,10 +8,9 @@ joining these bytes: protobuf repeated fields concatenate.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
 
-from sluice import cloudevent, eventbytes
+from sluice import eventbytes
 from sluice.eventbytes import varint
 from sluice.v1 import gateway_pb2 as gwpb
 from sluice.v1 import streams_pb2 as pb
@@ -37,7 +36,7 @@ def _without_data(raw: bytes, data: bytes, msg: pb.RecordedEvent) -> bytes:
 class Record:
     """One event (position > 0) or one published message (position 0), ready to fan out."""
 
-    __slots__ = ("_entries", "_sse", "event", "full", "notification", "position", "stream", "type")
+    __slots__ = ("_encoded", "_entries", "event", "full", "notification", "position", "stream", "type")
 
     def __init__(
         self,
@@ -55,7 +54,7 @@ class Record:
         self.notification = notification
         self.event = event
         self._entries: dict[int, bytes] = {}
-        self._sse: dict[int, bytes] = {}
+        self._encoded: dict[object, bytes] = {}
 
     def entry(self, form: int) -> bytes:
         """This event as one element of a repeated field (tag, length, bytes), cached."""
@@ -65,11 +64,11 @@ class Record:
             e = self._entries[form] = _TAG_EVENTS + varint(len(raw)) + raw
         return e
 
-    def sse(self, form: int) -> bytes:
-        """This event as one Server-Sent Event, cached."""
-        s = self._sse.get(form)
+    def cached(self, key: object, make: Callable[[Record], bytes]) -> bytes:
+        """What ``make`` encodes this record as (per transport and form), made once."""
+        s = self._encoded.get(key)
         if s is None:
-            s = self._sse[form] = sse_event(self, form)
+            s = self._encoded[key] = make(self)
         return s
 
 
@@ -107,37 +106,3 @@ def ephemeral_record(msg: pb.EphemeralMessage) -> Record:
     else:
         notification = full
     return Record(0, msg.stream, msg.type, full, notification, msg)
-
-
-def events_chunk(records: Iterable[Record], form: int) -> bytes:
-    """The EventBatch (or EphemeralBatch) body for these records: their entries, joined."""
-    return b"".join([r.entry(form) for r in records])
-
-
-def sse_chunk(records: Iterable[Record], form: int) -> bytes:
-    return b"".join([r.sse(form) for r in records])
-
-
-def watch_message(field_tag: bytes, body: bytes, position: int) -> bytes:
-    """A serialized WatchResponse with one length-delimited content field and the cursor."""
-    return b"".join((field_tag, varint(len(body)), body, _TAG_POSITION, varint(position)))
-
-
-# WatchResponse content fields.
-TAG_EVENTS = eventbytes.tag(gwpb.WatchResponse.DESCRIPTOR, "events")
-TAG_EPHEMERAL = eventbytes.tag(gwpb.WatchResponse.DESCRIPTOR, "ephemeral")
-
-
-# -- Server-Sent Events -----------------------------------------------------------------
-
-
-def sse_event(record: Record, form: int) -> bytes:
-    """A CloudEvents 1.0 JSON event as one SSE message; its SSE id is the position."""
-    body = cloudevent.structured(record.event, with_data=form != NOTIFICATION)
-    text = json.dumps(body, separators=(",", ":"))
-    head = f"id: {record.position}\n" if record.position else ""
-    return f"{head}event: {'event' if record.position else 'ephemeral'}\ndata: {text}\n\n".encode()
-
-
-def sse_control(kind: str, payload: dict[str, object]) -> bytes:
-    return f"event: {kind}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
