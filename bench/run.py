@@ -1,4 +1,6 @@
 """Benchmark: the Sluice store beside NATS JetStream and Redis Streams, in one run.
+(Over 500 lines: one section per measured path, each next to the peers' version of it,
+so a reader compares like with like.)
 
 Every system is driven by its Python client from this process, with ~200-byte JSON
 events. The store runs as its own process (``python -m sluice_store``) on a fresh SQLite

@@ -1,4 +1,6 @@
 """The sidecar's membership in a consumer group: heartbeats, partition workers, commits.
+(Over 500 lines: the membership state machine, joined, fenced, away, missing, stopping,
+reads best as one class beside the workers it drives.)
 
 One task (``_coordinate``) commits handled positions and heartbeats; one worker per
 assigned partition subscribes to the store for that partition and delivers its events

@@ -1,4 +1,8 @@
-"""The async Python client for the Sluice store."""
+"""The async Python client for the Sluice store.
+
+Over 500 lines because it is the public API in one place: ``Client`` (appends, reads,
+subscriptions, streams, groups, membership), ``AppendSession`` and ``Batcher``, and the
+start-point and expected-revision markers they take."""
 
 from __future__ import annotations
 

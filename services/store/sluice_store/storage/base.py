@@ -1,5 +1,7 @@
 """The storage interface every backend implements, and the stream bookkeeping they share
-(the append rules are in ``planner``).
+(the append rules are in ``planner``). Just over 500 lines: the interface with the row,
+stream and window types its methods take, and the retention bookkeeping both backends
+share.
 
 Rows on the read paths are plain tuples, for speed:
 ``(position, stream_id, revision, created_us, head, data)``; rows from the write path

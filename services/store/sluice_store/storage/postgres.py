@@ -1,4 +1,6 @@
 """PostgreSQL backend: several store replicas on one database, through asyncpg.
+(Over 500 lines: one class implements the whole Storage interface, with its SQL beside
+the code that runs it; the live feed is ``pgfeed``, the append rules ``planner``.)
 
 Positions become visible in order because appends are serialised: every write
 transaction first locks the single row of ``head`` (which holds the newest position),

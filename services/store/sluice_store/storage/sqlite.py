@@ -1,4 +1,6 @@
 """The embedded backend: one SQLite file in WAL mode, through aiosqlite.
+(Over 500 lines: one class implements the whole Storage interface, with its SQL beside
+the code that runs it; the append rules are ``planner``.)
 
 One writer connection applies group commits (one transaction each); a small pool of
 read-only connections serves reads, which WAL lets run beside the writer. Stream state
