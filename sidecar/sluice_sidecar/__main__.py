@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sluice.settings import run_main
+from sluice.process import run_main
 from sluice_sidecar import config
 from sluice_sidecar.server import serve
 

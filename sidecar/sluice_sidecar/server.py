@@ -26,7 +26,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from sluice.errors import SluiceError
 from sluice.httpserver import BoundedRunner
-from sluice.settings import listen_grpc, until_signal
+from sluice.process import listen_grpc, until_signal
 from sluice.v1 import sidecar_pb2 as spb
 from sluice.v1 import sidecar_pb2_grpc as spb_grpc
 from sluice.v1 import streams_pb2 as pb

@@ -12,7 +12,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from sluice.httpserver import BoundedRunner
-from sluice.settings import listen_grpc, settle_heap, until_signal
+from sluice.process import listen_grpc, settle_heap, until_signal
 from sluice.v1 import gateway_pb2 as gwpb
 from sluice.v1 import streams_pb2_grpc as pb_grpc
 from sluice_gateway.config import Settings

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sluice.settings import run_main
+from sluice.process import run_main
 from sluice_store import config
 from sluice_store.server import serve
 

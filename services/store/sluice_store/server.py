@@ -14,7 +14,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from sluice import telemetry
-from sluice.settings import listen_grpc, redact, settle_heap, until_signal
+from sluice.process import listen_grpc, settle_heap, until_signal
+from sluice.settings import redact
 from sluice.v1 import groups_pb2 as gpb
 from sluice.v1 import streams_pb2 as pb
 from sluice_store import positions

@@ -1,0 +1,82 @@
+"""What every Sluice server process does the same way: bind its gRPC port (port 0: any),
+start from its settings with uvloop, wait for SIGTERM or SIGINT, and settle its heap."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from sluice.settings import ConfigError
+
+if TYPE_CHECKING:
+    import grpc
+
+T = TypeVar("T")
+
+
+def listen_grpc(server: grpc.aio.Server, addr: str, setting: str) -> int:
+    """Bind a gRPC server to ``addr`` (port 0: any free port); the port it got.
+
+    A port another process holds (without ``SO_REUSEPORT`` on both sides), or an address
+    that is not this host's, fails at start with an error that names the setting.
+    """
+    try:
+        port: int = server.add_insecure_port(addr)
+    except RuntimeError:  # grpcio raises where older releases returned 0
+        port = 0
+    if not port:
+        raise OSError(
+            f"{setting}: cannot listen on {addr}: the port is in use or the address is not this host's"
+        )
+    return port
+
+
+def run_main(
+    prog: str,
+    load_settings: Callable[[], T],
+    serve: Callable[[T], Coroutine[Any, Any, None]],
+    use_uvloop: Callable[[T], bool] = lambda _: True,
+) -> None:
+    """A Sluice process's entry point: logging, settings that fail fast, uvloop, asyncio.run."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load_settings()
+    except ConfigError as e:
+        sys.exit(f"{prog}: configuration error: {e}")
+    if use_uvloop(settings):
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            uvloop.install()
+    try:
+        asyncio.run(serve(settings))
+    except ConfigError as e:
+        sys.exit(f"{prog}: configuration error: {e}")
+    except OSError as e:
+        sys.exit(f"{prog}: {e}")
+
+
+def settle_heap() -> None:
+    """After start-up: what exists now lives as long as the process. Keep it out of the
+    collector's young generations and collect less often, to shorten pauses on hot paths."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 50, 100)
+
+
+async def until_signal() -> None:
+    """Return when the process gets SIGTERM or SIGINT (the start of a graceful shutdown)."""
+    import signal
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
