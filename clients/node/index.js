@@ -81,6 +81,11 @@ class UnknownMember extends Fenced {}
  * from `metadata.position`. */
 class SubscriberTooSlow extends SluiceError {}
 
+/** No credential, or one the server does not accept. */
+class Unauthenticated extends SluiceError {}
+/** The caller may not do this: `metadata` names principal, action and resource. */
+class PermissionDenied extends SluiceError {}
+
 /** One class for each sluice.v1.ErrorReason (the test walks the enum). */
 const ERRORS = {
   WRONG_EXPECTED_REVISION: WrongExpectedRevision,
@@ -100,6 +105,8 @@ const ERRORS = {
   UNKNOWN_MEMBER: UnknownMember,
   SUBSCRIBER_TOO_SLOW: SubscriberTooSlow,
   STORAGE_FULL: StorageFull,
+  UNAUTHENTICATED: Unauthenticated,
+  PERMISSION_DENIED: PermissionDenied,
 };
 /** The reasons the contract defines (from the loaded .proto). */
 const ERROR_REASONS = definition['sluice.v1.ErrorReason'].type.value

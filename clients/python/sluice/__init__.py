@@ -13,6 +13,7 @@ from sluice.client import (
     Revision,
     new_event,
 )
+from sluice.credentials import Credentials
 from sluice.errors import (
     DuplicateEventId,
     Fenced,
@@ -23,6 +24,7 @@ from sluice.errors import (
     InvalidStreamName,
     LimitExceeded,
     NotPartitionOwner,
+    PermissionDenied,
     SluiceError,
     StaleMemberEpoch,
     StorageFull,
@@ -31,6 +33,7 @@ from sluice.errors import (
     StreamNotFound,
     SubscriberTooSlow,
     SystemStreamReserved,
+    Unauthenticated,
     Unavailable,
     UnknownMember,
     WrongExpectedRevision,
@@ -45,6 +48,7 @@ __all__ = [
     "AppendSession",
     "Batcher",
     "Client",
+    "Credentials",
     "DuplicateEventId",
     "Fenced",
     "GroupExists",
@@ -54,6 +58,7 @@ __all__ = [
     "InvalidStreamName",
     "LimitExceeded",
     "NotPartitionOwner",
+    "PermissionDenied",
     "Position",
     "Revision",
     "SluiceError",
@@ -64,6 +69,7 @@ __all__ = [
     "StreamNotFound",
     "SubscriberTooSlow",
     "SystemStreamReserved",
+    "Unauthenticated",
     "Unavailable",
     "UnknownMember",
     "WrongExpectedRevision",

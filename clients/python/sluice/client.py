@@ -20,6 +20,7 @@ import grpc
 from google.protobuf import empty_pb2, timestamp_pb2
 
 from sluice import telemetry
+from sluice.credentials import Credentials, bearer_interceptors
 from sluice.errors import (
     SluiceError,
     StoreReplaced,
@@ -162,7 +163,9 @@ ROUND_ROBIN = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
 
 
 class Connection:
-    """A gRPC channel a client owns: ``async with``, and ``close()`` safe to call twice."""
+    """A gRPC channel a client owns: ``async with``, and ``close()`` safe to call twice.
+    With ``credentials`` (else from SLUICE_TLS_* and SLUICE_TOKEN* variables, when set):
+    TLS and a bearer token on every call."""
 
     def __init__(
         self,
@@ -170,6 +173,7 @@ class Connection:
         channel: grpc.aio.Channel | None,
         options: Sequence[tuple[str, Any]],
         timeout: float | None,
+        credentials: Credentials | None = None,
     ) -> None:
         self.target = target
         interceptors: list[Any] = []
@@ -177,23 +181,34 @@ class Connection:
             from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
             interceptors = aio_client_interceptors()  # type: ignore[no-untyped-call]
-        self._channel = channel or grpc.aio.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_receive_message_length", 64 << 20),
-                ("grpc.max_send_message_length", 64 << 20),
-                # Its own connections: a channel made after a store restart must not share a
-                # connection still backing off from the outage (and fail with its old error).
-                ("grpc.use_local_subchannel_pool", 1),
-                # Reconnect within seconds of a store coming back, not gRPC's default 2 minutes.
-                ("grpc.max_reconnect_backoff_ms", 5000),
-                # Calls spread over every address the target resolves to (store replicas
-                # behind a headless Service: dns:///sluice-store-headless.<ns>.svc:50051).
-                ("grpc.service_config", ROUND_ROBIN),
-                *options,
-            ],
-            interceptors=interceptors or None,
-        )
+        creds = credentials if credentials is not None else Credentials.from_env()
+        token = creds.token_source() if creds else None
+        if token is not None:
+            interceptors += bearer_interceptors(token)
+        all_options = [
+            ("grpc.max_receive_message_length", 64 << 20),
+            ("grpc.max_send_message_length", 64 << 20),
+            # Its own connections: a channel made after a store restart must not share a
+            # connection still backing off from the outage (and fail with its old error).
+            ("grpc.use_local_subchannel_pool", 1),
+            # Reconnect within seconds of a store coming back, not gRPC's default 2 minutes.
+            ("grpc.max_reconnect_backoff_ms", 5000),
+            # Calls spread over every address the target resolves to (store replicas
+            # behind a headless Service: dns:///sluice-store-headless.<ns>.svc:50051).
+            ("grpc.service_config", ROUND_ROBIN),
+            *(creds.channel_options() if creds else ()),
+            *options,
+        ]
+        if channel is not None:
+            self._channel = channel
+        elif creds is not None and creds.secure:
+            self._channel = grpc.aio.secure_channel(
+                target, creds.channel_credentials(), options=all_options, interceptors=interceptors or None
+            )
+        else:
+            self._channel = grpc.aio.insecure_channel(
+                target, options=all_options, interceptors=interceptors or None
+            )
         self.timeout = timeout
         self._closed = False
 
@@ -224,9 +239,14 @@ class Client(Connection):
         channel: grpc.aio.Channel | None = None,
         timeout: float | None = 30.0,
         options: Sequence[tuple[str, Any]] = (),
+        credentials: Credentials | None = None,
     ) -> None:
         super().__init__(
-            target or os.environ.get("SLUICE_STORE_ADDR", DEFAULT_ADDR), channel, options, timeout
+            target or os.environ.get("SLUICE_STORE_ADDR", DEFAULT_ADDR),
+            channel,
+            options,
+            timeout,
+            credentials,
         )
         self._stub = pb_grpc.StreamsStub(self._channel)
         #: The sluice.v1.Groups stub, for members (Heartbeat, CommitCursor).

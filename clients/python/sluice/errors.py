@@ -127,6 +127,26 @@ class StorageFull(LimitExceeded):
     """The store's disk or database is full: no appends until space is freed; reads work."""
 
 
+class Unauthenticated(SluiceError):
+    """No credential, or one the server does not accept."""
+
+
+class PermissionDenied(SluiceError):
+    """The caller may not do this; ``metadata`` names principal, action and resource."""
+
+    @property
+    def principal(self) -> str:
+        return self.metadata.get("principal", "")
+
+    @property
+    def action(self) -> str:
+        return self.metadata.get("action", "")
+
+    @property
+    def resource(self) -> str:
+        return self.metadata.get("resource", "")
+
+
 class StoreReplaced(SluiceError):
     """The store at this address is another one than before (its ``store_id`` changed: a
     new or emptied database). Positions and cursors from the old one mean nothing there."""
@@ -161,12 +181,16 @@ BY_REASON: dict[str, type[SluiceError]] = {
     "UNKNOWN_MEMBER": UnknownMember,
     "SUBSCRIBER_TOO_SLOW": SubscriberTooSlow,
     "STORAGE_FULL": StorageFull,
+    "UNAUTHENTICATED": Unauthenticated,
+    "PERMISSION_DENIED": PermissionDenied,
 }
 _BY_CODE: dict[grpc.StatusCode, type[SluiceError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
     grpc.StatusCode.RESOURCE_EXHAUSTED: LimitExceeded,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.NOT_FOUND: StreamNotFound,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
 }
 _CODES = {c.value[0]: c for c in grpc.StatusCode}
 

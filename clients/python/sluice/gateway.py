@@ -11,6 +11,7 @@ import grpc
 from google.protobuf import empty_pb2
 
 from sluice.client import Connection
+from sluice.credentials import Credentials
 from sluice.errors import from_rpc_error
 from sluice.v1 import gateway_pb2 as gwpb
 from sluice.v1 import gateway_pb2_grpc as gwpb_grpc
@@ -44,9 +45,10 @@ class GatewayClient(Connection):
         channel: grpc.aio.Channel | None = None,
         timeout: float | None = 30.0,
         options: Sequence[tuple[str, Any]] = (),
+        credentials: Credentials | None = None,
     ) -> None:
         target = target or os.environ.get("SLUICE_GATEWAY_ADDR", DEFAULT_GATEWAY_ADDR)
-        super().__init__(target, channel, options, timeout)
+        super().__init__(target, channel, options, timeout, credentials)
         self.stub = gwpb_grpc.GatewayStub(self._channel)
 
     async def watch_messages(self, request: gwpb.WatchRequest) -> AsyncGenerator[gwpb.WatchResponse, None]:

@@ -17,14 +17,20 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-def listen_grpc(server: grpc.aio.Server, addr: str, setting: str) -> int:
-    """Bind a gRPC server to ``addr`` (port 0: any free port); the port it got.
+def listen_grpc(
+    server: grpc.aio.Server, addr: str, setting: str, credentials: grpc.ServerCredentials | None = None
+) -> int:
+    """Bind a gRPC server to ``addr`` (port 0: any free port), with TLS when given
+    ``credentials``; the port it got.
 
     A port another process holds (without ``SO_REUSEPORT`` on both sides), or an address
     that is not this host's, fails at start with an error that names the setting.
     """
     try:
-        port: int = server.add_insecure_port(addr)
+        if credentials is None:
+            port: int = server.add_insecure_port(addr)
+        else:
+            port = server.add_secure_port(addr, credentials)
     except RuntimeError:  # grpcio raises where older releases returned 0
         port = 0
     if not port:

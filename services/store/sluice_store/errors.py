@@ -70,6 +70,14 @@ class StorageFull(StoreError):
         super().__init__(message, limit="storage", **metadata)
 
 
+class Unauthenticated(StoreError):
+    reason = pb.UNAUTHENTICATED
+
+
+class PermissionDenied(StoreError):
+    reason = pb.PERMISSION_DENIED
+
+
 # reason -> gRPC status code. Reading a deleted stream is NOT_FOUND; writing one is
 # FAILED_PRECONDITION (see status_code).
 _CODES: dict[pb.ErrorReason.ValueType, grpc.StatusCode] = {
@@ -89,6 +97,8 @@ _CODES: dict[pb.ErrorReason.ValueType, grpc.StatusCode] = {
     pb.STALE_MEMBER_EPOCH: grpc.StatusCode.FAILED_PRECONDITION,
     pb.NOT_PARTITION_OWNER: grpc.StatusCode.FAILED_PRECONDITION,
     pb.UNKNOWN_MEMBER: grpc.StatusCode.FAILED_PRECONDITION,
+    pb.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+    pb.PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
 }
 
 

@@ -21,7 +21,7 @@ from google.protobuf import duration_pb2
 
 from sluice.v1 import groups_pb2 as gpb
 from sluice.v1 import streams_pb2 as pb
-from sluice_store.errors import InvalidArgument, StoreError
+from sluice_store.errors import InvalidArgument, PermissionDenied, StoreError
 from sluice_store.retention import US
 from sluice_store.storage.base import GroupRecord, GroupTx, Storage
 
@@ -66,6 +66,8 @@ class Member:
     lease_expires_us: int = 0
     #: Commits need an epoch above this (a cursor reset fences the epoch in use).
     fenced: int = -1
+    #: Who joined as this member: while it is in the group, no other principal may act as it.
+    principal: str = ""
 
     @property
     def held(self) -> set[int]:
@@ -78,6 +80,7 @@ class Member:
             "revoking": sorted(self.revoking),
             "lease_expires_us": self.lease_expires_us,
             "fenced": self.fenced,
+            "principal": self.principal,
         }
 
     @classmethod
@@ -89,6 +92,18 @@ class Member:
             set(d["revoking"]),  # type: ignore[call-overload]
             int(d["lease_expires_us"]),  # type: ignore[call-overload]
             int(d.get("fenced", -1)),  # type: ignore[call-overload]
+            str(d.get("principal", "")),
+        )
+
+
+def bound(member: Member, principal: str, group: str) -> None:
+    """Refuse a principal acting as a member another principal joined as."""
+    if principal and member.principal and member.principal != principal:
+        raise PermissionDenied(
+            f"member {member.id!r} of group {group!r} belongs to another principal",
+            principal=principal,
+            action="join",
+            resource=f"group {group} member {member.id}",
         )
 
 
@@ -301,7 +316,9 @@ class Coordinator:
                 await self._save(tx, state)
             return state
 
-    async def heartbeat(self, req: gpb.HeartbeatRequest) -> tuple[GroupState, Member | None]:
+    async def heartbeat(
+        self, req: gpb.HeartbeatRequest, principal: str = ""
+    ) -> tuple[GroupState, Member | None]:
         if not req.member_id:
             raise InvalidArgument("member_id is required", field="member_id")
         async with self.storage.group_tx(req.group) as tx:
@@ -309,13 +326,15 @@ class Coordinator:
             now = tx.now_us
             member = state.members.get(req.member_id)
             expire(state, now)
+            if req.member_id in state.members:
+                bound(state.members[req.member_id], principal, state.name)
             if req.leave:
                 state.members.pop(req.member_id, None)
                 await self._save(tx, state)
                 return state, None
             if req.member_epoch == 0:
                 # A (re)join: whatever this member id held before is given up.
-                member = Member(req.member_id, epoch=(member.epoch if member else 0) + 1)
+                member = Member(req.member_id, epoch=(member.epoch if member else 0) + 1, principal=principal)
                 state.members[req.member_id] = member
             elif member is None:
                 raise UnknownMember(
@@ -339,7 +358,9 @@ class Coordinator:
             return state, member
 
     @staticmethod
-    def _owner(tx: GroupTx, state: GroupState, member_id: str, epoch: int, partition: int) -> None:
+    def _owner(
+        tx: GroupTx, state: GroupState, member_id: str, epoch: int, partition: int, principal: str = ""
+    ) -> None:
         """Refuse unless the member is in the group, at its current epoch, and owns the partition."""
         group = state.name
         member = state.members.get(member_id)
@@ -347,6 +368,7 @@ class Coordinator:
             raise UnknownMember(
                 f"member {member_id!r} is not in group {group!r}", group=group, member_id=member_id
             )
+        bound(member, principal, group)
         if epoch != member.epoch or member.fenced >= member.epoch:
             raise StaleMemberEpoch(
                 f"member {member_id!r} sent epoch {epoch}; current is {member.epoch}",
@@ -363,10 +385,10 @@ class Coordinator:
                 partition=partition,
             )
 
-    async def commit(self, req: gpb.CommitCursorRequest) -> None:
+    async def commit(self, req: gpb.CommitCursorRequest, principal: str = "") -> None:
         async with self.storage.group_tx(req.group) as tx:
             state = self._state(tx)
-            self._owner(tx, state, req.member_id, req.member_epoch, req.partition)
+            self._owner(tx, state, req.member_id, req.member_epoch, req.partition, principal)
             if not 1 <= req.position <= tx.head_position + 1:
                 # A cursor past the head would make the group skip events not yet written.
                 raise InvalidArgument(
@@ -378,11 +400,11 @@ class Coordinator:
                 )
             await tx.save_cursors({req.partition: req.position})
 
-    async def dead_letter_target(self, req: gpb.DeadLetterRequest) -> str:
+    async def dead_letter_target(self, req: gpb.DeadLetterRequest, principal: str = "") -> str:
         """The dead-letter stream a member may write these events to now."""
         async with self.storage.group_tx(req.group) as tx:
             state = self._state(tx)
-            self._owner(tx, state, req.member_id, req.member_epoch, req.partition)
+            self._owner(tx, state, req.member_id, req.member_epoch, req.partition, principal)
             return dead_letter_stream(state.name, state.config)
 
     async def reset(self, name: str, partitions: Sequence[int], to: pb.StartPoint | None) -> GroupState:

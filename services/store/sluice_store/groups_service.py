@@ -9,6 +9,7 @@ from google.protobuf.message import Message
 
 from sluice.v1 import groups_pb2 as gpb
 from sluice.v1 import streams_pb2 as pb
+from sluice_store.access import Access, caller
 from sluice_store.checks import parser
 from sluice_store.groups import Coordinator, GroupState, Member, duration, target_assignment
 from sluice_store.retention import US, now_us
@@ -105,7 +106,7 @@ class GroupsService:
         return gpb.DeleteGroupResponse()
 
     async def Heartbeat(self, request: gpb.HeartbeatRequest) -> gpb.HeartbeatResponse:
-        state, member = await self.coordinator.heartbeat(request)
+        state, member = await self.coordinator.heartbeat(request, caller.get().name)
         out = gpb.HeartbeatResponse(
             heartbeat_interval=state.config.heartbeat_interval,
             lease=duration(state.lease_us),
@@ -119,11 +120,11 @@ class GroupsService:
         return out
 
     async def CommitCursor(self, request: gpb.CommitCursorRequest) -> gpb.CommitCursorResponse:
-        await self.coordinator.commit(request)
+        await self.coordinator.commit(request, caller.get().name)
         return gpb.CommitCursorResponse()
 
     async def DeadLetter(self, request: gpb.DeadLetterRequest) -> pb.AppendResponse:
-        stream = await self.coordinator.dead_letter_target(request)
+        stream = await self.coordinator.dead_letter_target(request, caller.get().name)
         return await self.append_system(pb.AppendRequest(stream=stream, events=request.events))
 
     async def ResetCursors(self, request: gpb.ResetCursorsRequest) -> gpb.GroupDescription:
@@ -131,10 +132,10 @@ class GroupsService:
         return await self._describe(await self.coordinator.reset(request.group, request.partitions, to))
 
 
-def methods(service: GroupsService) -> dict[str, grpc.RpcMethodHandler]:
+def methods(service: GroupsService, access: Access) -> dict[str, grpc.RpcMethodHandler]:
     def unary(name: str, req: type[Message], resp: type[Message]) -> grpc.RpcMethodHandler:
         return grpc.unary_unary_rpc_method_handler(
-            unary_handler(getattr(service, name)), parser(req), resp.SerializeToString
+            unary_handler(getattr(service, name), access, name), parser(req), resp.SerializeToString
         )
 
     return {

@@ -3,15 +3,18 @@ into its gRPC status, and the types and timestamps of replies."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 from google.protobuf import timestamp_pb2
 
+from sluice.security import audit_event
 from sluice.v1 import streams_pb2 as pb
+from sluice_store.access import ADMIN, NEEDS, Access
 from sluice_store.checks import Undecodable, check_request, refuse_undecodable
-from sluice_store.errors import StoreError, abort
+from sluice_store.errors import PermissionDenied, StoreError, abort
 
 #: A Read or Subscribe reply: a message, or one serialized already (see codec).
 Response = pb.ReadResponse | pb.SubscribeResponse | bytes
@@ -37,26 +40,59 @@ def checked(request: Any) -> Any:
 
 
 def unary_handler(
-    fn: Unary, reading: bool = False
+    fn: Unary, access: Access, method: str, reading: bool = False
 ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
-    """A handler that ends the call with the status of a refused request."""
+    """A handler that admits the caller, then ends the call with the status of a refused
+    request; administrative changes are audited."""
+    audited = method in ADMIN
 
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            return await fn(checked(request))
+            request = checked(request)
+            principal = access.admit(context, method, request)
+            result = await fn(request)
         except StoreError as e:
             await abort(context, e, reading)
             raise AssertionError("unreachable") from e
+        if audited and access.enabled:
+            for action, resource, _ in NEEDS[method](request):
+                audit_event("changed", principal.name, action, resource, method=method, peer=context.peer())
+        return result
 
     return handler
 
 
-def streaming_handler(fn: Streaming) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Response]]:
+def streaming_handler(
+    fn: Streaming, access: Access, method: str
+) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Response]]:
+    """A handler for a live read: admitted first, and ended with PERMISSION_DENIED when a
+    policy reload revokes its grant."""
+
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Response]:
+        live = None
         try:
-            async for msg in fn(checked(request)):
+            request = checked(request)
+            principal = access.admit(context, method, request)
+            live = access.register(principal, NEEDS[method](request))
+            async for msg in fn(request):
                 yield msg
         except StoreError as e:
             await abort(context, e, reading=True)
+        except asyncio.CancelledError:
+            if live is None or live.revoked is None:
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            action, resource, kind = live.revoked
+            denied = PermissionDenied(
+                f"{live.principal.name} may no longer {action} {kind[:-1]} {resource}: the policy changed",
+                principal=live.principal.name,
+                action=action,
+                resource=f"{kind[:-1]} {resource}",
+            )
+            await abort(context, denied, reading=True)
+        finally:
+            access.unregister(live)
 
     return handler

@@ -7,20 +7,22 @@ import contextlib
 import functools
 import logging
 import os
+import signal
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from sluice import telemetry
+from sluice import security, telemetry
 from sluice.process import listen_grpc, settle_heap, until_signal
 from sluice.settings import redact
 from sluice.v1 import groups_pb2 as gpb
 from sluice.v1 import streams_pb2 as pb
 from sluice_store import positions
+from sluice_store.access import Access
 from sluice_store.broker import Broker
-from sluice_store.config import Settings
+from sluice_store.config import ConfigError, Settings
 from sluice_store.errors import StoreError
 from sluice_store.groups import Coordinator
 from sluice_store.groups_service import GroupsService
@@ -81,6 +83,19 @@ class StoreServer:
         self.service = StreamsService(self.storage, self.broker, settings)
         self.coordinator = Coordinator(self.storage, functools.partial(positions.cursor_at, self.storage))
         self.groups = GroupsService(self.coordinator, self.storage, self.service.append_system)
+        self.access = Access(
+            security.Authenticator(
+                tokens_file=settings.tokens_file,
+                jwks_file=settings.jwks_file,
+                jwt_secret_file=settings.jwt_secret_file,
+                jwt_issuer=settings.jwt_issuer,
+                jwt_audience=settings.jwt_audience,
+                mtls=bool(settings.tls_client_ca),
+            ),
+            security.Policy(settings.policy_file),
+        )
+        self.service.access = self.access
+        self._policy_watch: asyncio.Task[None] | None = None
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.port = 0
@@ -105,6 +120,10 @@ class StoreServer:
             raise
 
     async def _serve(self) -> None:
+        s = self.settings
+        refused = security.protected_mode(s.addr, "addr", self.access.authenticator.configured, s.insecure)
+        if refused:
+            raise ConfigError(refused)
         interceptors: list[Any] = []
         if telemetry.tracing_enabled():
             from opentelemetry.instrumentation.grpc import aio_server_interceptor
@@ -131,19 +150,32 @@ class StoreServer:
         )
         self.server.add_generic_rpc_handlers(
             [
-                grpc.method_handlers_generic_handler(SERVICE_NAME, methods(self.service)),
-                grpc.method_handlers_generic_handler(GROUPS_SERVICE_NAME, groups_methods(self.groups)),
+                grpc.method_handlers_generic_handler(SERVICE_NAME, methods(self.service, self.access)),
+                grpc.method_handlers_generic_handler(
+                    GROUPS_SERVICE_NAME, groups_methods(self.groups, self.access)
+                ),
             ]
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             [SERVICE_NAME, GROUPS_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
         )
-        self.port = listen_grpc(self.server, self.settings.addr, "addr")
+        credentials = (
+            security.server_credentials(s.tls_cert, s.tls_key, s.tls_client_ca) if s.tls_cert else None
+        )
+        self.port = listen_grpc(self.server, s.addr, "addr", credentials)
         await self.server.start()
         for name in ("", SERVICE_NAME, GROUPS_SERVICE_NAME, APPEND_HEALTH):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._reclaimer = asyncio.create_task(self._reclaim_loop())
+        if self.access.policy.configured:
+            self._policy_watch = asyncio.create_task(self._watch_policy())
+
+    async def _watch_policy(self) -> None:
+        """Reload the policy when its file changes (and end what it no longer allows)."""
+        while True:
+            await asyncio.sleep(1.0)
+            self.access.reload()
 
     @property
     def address(self) -> str:
@@ -215,10 +247,11 @@ class StoreServer:
         self._stopped = True
         await self.health.enter_graceful_shutdown()
         self.broker.close()
-        if self._reclaimer:
-            self._reclaimer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reclaimer
+        for task in (self._reclaimer, self._policy_watch):
+            if task:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self.server:
             await self.server.stop(self.settings.grace if grace is None else grace)
         await self.storage.close()
@@ -230,6 +263,8 @@ async def serve(settings: Settings) -> None:
     await server.start()
     settle_heap()
     print(f"sluice store listening on {server.address} (db {redact(settings.db)})", flush=True)
+    with contextlib.suppress(NotImplementedError):  # SIGHUP: reload the policy now
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, server.access.reload)
     await until_signal()
     log.info("shutting down")
     await server.stop()

@@ -12,11 +12,12 @@ from collections.abc import AsyncIterator, Callable
 
 import grpc
 
-from sluice import eventbytes, telemetry
+from sluice import eventbytes, security, telemetry
 from sluice.ids import uuid7
 from sluice.names import MAX_TYPE, has_control, is_system, name_problem, parse_uuid
 from sluice.v1 import streams_pb2 as pb
 from sluice_store import codec, positions
+from sluice_store.access import Access
 from sluice_store.broker import Broker
 from sluice_store.checks import Undecodable, check_request, parser, refuse_undecodable
 from sluice_store.commit import Committer
@@ -31,6 +32,7 @@ from sluice_store.errors import (
     StreamDeleted,
     StreamNotFound,
     SystemStreamReserved,
+    abort,
     to_status,
 )
 from sluice_store.positions import start_point, stream_filter
@@ -66,6 +68,8 @@ class StreamsService:
         self.settings = settings
         self.committer = Committer(storage)
         self.subscriptions = Subscriptions(storage, broker, settings, self.check_name)
+        #: Who may call (the server sets it; by default everyone may do everything).
+        self.access = Access(security.Authenticator(), security.Policy())
         self.tracing = telemetry.tracing_enabled()
         #: False while storage is full and has not been given room again (see server).
         self.has_room: Callable[[], bool] = lambda: True
@@ -238,10 +242,19 @@ class StreamsService:
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.AppendSessionResponse]:
         inflight: asyncio.Queue[list[asyncio.Future[Outcome] | StoreError] | None] = asyncio.Queue(1024)
+        access = self.access
+        try:
+            principal = access.admit(context, "AppendSession", None)
+        except StoreError as e:
+            await abort(context, e)
+            return
+        peer = context.peer() if access.enabled else ""
 
         def submit(req: pb.AppendRequest) -> asyncio.Future[Outcome] | StoreError:
             try:
                 check_request(req)
+                if access.enabled:
+                    access.check(principal, [("append", req.stream, "streams")], peer)
                 self._check_request_size(req.ByteSize())
                 parts = [self._part(req)]
                 validate_new_event_ids(parts)
@@ -422,15 +435,17 @@ class StreamsService:
         return out
 
 
-def methods(service: StreamsService) -> dict[str, grpc.RpcMethodHandler]:
+def methods(service: StreamsService, access: Access) -> dict[str, grpc.RpcMethodHandler]:
     """Method handlers; Read and Subscribe responses may be pre-serialized bytes."""
     unary = grpc.unary_unary_rpc_method_handler
     return {
         "Append": unary(
-            unary_handler(service.Append), parser(pb.AppendRequest), pb.AppendResponse.SerializeToString
+            unary_handler(service.Append, access, "Append"),
+            parser(pb.AppendRequest),
+            pb.AppendResponse.SerializeToString,
         ),
         "AppendMany": unary(
-            unary_handler(service.AppendMany),
+            unary_handler(service.AppendMany, access, "AppendMany"),
             parser(pb.AppendManyRequest),
             pb.AppendManyResponse.SerializeToString,
         ),
@@ -440,33 +455,35 @@ def methods(service: StreamsService) -> dict[str, grpc.RpcMethodHandler]:
             pb.AppendSessionResponse.SerializeToString,
         ),
         "Read": grpc.unary_stream_rpc_method_handler(
-            streaming_handler(service.Read), parser(pb.ReadRequest), codec.serialize
+            streaming_handler(service.Read, access, "Read"), parser(pb.ReadRequest), codec.serialize
         ),
         "Subscribe": grpc.unary_stream_rpc_method_handler(
-            streaming_handler(service.subscriptions.Subscribe), parser(pb.SubscribeRequest), codec.serialize
+            streaming_handler(service.subscriptions.Subscribe, access, "Subscribe"),
+            parser(pb.SubscribeRequest),
+            codec.serialize,
         ),
         "GetStreamInfo": unary(
-            unary_handler(service.GetStreamInfo, reading=True),
+            unary_handler(service.GetStreamInfo, access, "GetStreamInfo", reading=True),
             parser(pb.GetStreamInfoRequest),
             pb.StreamInfo.SerializeToString,
         ),
         "SetRetention": unary(
-            unary_handler(service.SetRetention),
+            unary_handler(service.SetRetention, access, "SetRetention"),
             parser(pb.SetRetentionRequest),
             pb.StreamInfo.SerializeToString,
         ),
         "DeleteStream": unary(
-            unary_handler(service.DeleteStream),
+            unary_handler(service.DeleteStream, access, "DeleteStream"),
             parser(pb.DeleteStreamRequest),
             pb.DeleteStreamResponse.SerializeToString,
         ),
         "Broadcast": unary(
-            unary_handler(service.Broadcast),
+            unary_handler(service.Broadcast, access, "Broadcast"),
             parser(pb.EphemeralMessage),
             pb.BroadcastResponse.SerializeToString,
         ),
         "ListStreams": unary(
-            unary_handler(service.ListStreams),
+            unary_handler(service.ListStreams, access, "ListStreams"),
             parser(pb.ListStreamsRequest),
             pb.ListStreamsResponse.SerializeToString,
         ),

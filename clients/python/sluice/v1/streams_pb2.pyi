@@ -86,6 +86,14 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     appends; reads go on. Appends work again, without a restart, once space is freed.
     metadata: limit ("storage").
     """
+    UNAUTHENTICATED: _ErrorReason.ValueType  # 18
+    """UNAUTHENTICATED: no credential, or one that does not verify (bad signature, expired,
+    not yet valid, another audience, an unknown token, an untrusted certificate).
+    """
+    PERMISSION_DENIED: _ErrorReason.ValueType  # 19
+    """PERMISSION_DENIED: the principal may not do this. metadata: principal, action,
+    resource. Also ends a live subscription or watch whose grant was revoked.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Why a request was refused; the `reason` of the google.rpc.ErrorInfo detail."""
@@ -132,6 +140,14 @@ STORAGE_FULL: ErrorReason.ValueType  # 17
 """RESOURCE_EXHAUSTED: the store's storage (disk or database) is full, so it takes no
 appends; reads go on. Appends work again, without a restart, once space is freed.
 metadata: limit ("storage").
+"""
+UNAUTHENTICATED: ErrorReason.ValueType  # 18
+"""UNAUTHENTICATED: no credential, or one that does not verify (bad signature, expired,
+not yet valid, another audience, an unknown token, an untrusted certificate).
+"""
+PERMISSION_DENIED: ErrorReason.ValueType  # 19
+"""PERMISSION_DENIED: the principal may not do this. metadata: principal, action,
+resource. Also ends a live subscription or watch whose grant was revoked.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 

@@ -1,0 +1,414 @@
+"""Who is calling and what they may do: TLS that reloads, authentication, the policy engine
+and the audit log, shared by the store and the gateway.
+
+Authentication maps each call to a principal, from (in this order) a bearer token in the
+``authorization`` metadata (a static API token, compared by its SHA-256 hash, or a JWT
+verified offline against a JWKS file) or the client certificate of a mutual-TLS
+connection (its URI SAN, such as a SPIFFE ID, else its CN). With no authentication
+configured every call is the anonymous principal, allowed everything (what protected
+mode keeps to loopback).
+
+The policy (a YAML or JSON file, reloaded when it changes) is a list of rules:
+
+    roles:                       # optional: principals per role
+      writers: [orders-app, spiffe://cluster/ns/shop/sa/billing]
+    rules:
+      - allow: [append, read]    # actions
+        streams: ["orders-*"]    # glob patterns (fnmatch); or groups: [...]
+        who: [role:writers]      # principal names, role:<name>, or "*"
+      - deny: [delete]
+        streams: ["*"]
+        who: ["*"]
+
+Deny wins over allow; nothing is allowed unless a rule allows it. A pattern that does
+not start with "$" never matches the store's own names ("$dlq.…"): those need a pattern
+that names them. A read over a prefix is allowed only when one allow rule covers every
+name with that prefix and no deny rule could match any of them; a read of every stream
+needs an allow of "*" and no deny at all. Decisions are cached per principal, action and
+resource until the policy changes.
+
+Nothing cryptographic is written here: PyJWT verifies tokens, grpc and ssl do TLS.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import functools
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import os
+import ssl
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import grpc
+
+ACTIONS = ("append", "read", "delete", "retention", "list", "join", "admin", "publish", "watch")
+STREAM_ACTIONS = {"append", "read", "delete", "retention", "list", "publish", "watch"}
+GROUP_ACTIONS = {"join", "admin"}
+ANONYMOUS_NAME = "anonymous"
+
+audit = logging.getLogger("sluice.audit")
+
+
+class Unauthenticated(Exception):
+    """No credential, or one that does not verify."""
+
+
+class Denied(Exception):
+    """The principal may not do this."""
+
+    def __init__(self, principal: str, action: str, resource: str) -> None:
+        super().__init__(f"{principal} may not {action} {resource}")
+        self.principal, self.action, self.resource = principal, action, resource
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Principal:
+    name: str
+    roles: frozenset[str] = frozenset()
+    how: str = "anonymous"  # token, jwt, mtls, anonymous
+
+
+ANONYMOUS = Principal(ANONYMOUS_NAME)
+
+
+class Watched:
+    """A file read again when its modification time changes (rotated Secrets, policies)."""
+
+    def __init__(self, path: str, parse: Callable[[bytes], Any]) -> None:
+        self.path = path
+        self.parse = parse
+        self._stamp: tuple[float, int] | None = None
+        self.value: Any = None
+
+    def get(self) -> Any:
+        st = os.stat(self.path)
+        stamp = (st.st_mtime, st.st_size)
+        if stamp != self._stamp:
+            self.value = self.parse(Path(self.path).read_bytes())
+            self._stamp = stamp
+        return self.value
+
+    def changed(self) -> bool:
+        """Whether the file changed since it was last read (it is read again then)."""
+        before = self._stamp
+        try:
+            self.get()
+        except (OSError, ValueError):
+            return False  # keep what was loaded: a half-written file is not a policy
+        return before is not None and self._stamp != before
+
+
+def _yaml_or_json(raw: bytes) -> Any:
+    import yaml
+
+    return yaml.safe_load(raw) or {}
+
+
+def token_hash(token: str) -> str:
+    """What a static API token is stored as in the tokens file."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Authenticator:
+    """Maps a call's metadata and TLS peer to a principal."""
+
+    def __init__(
+        self,
+        *,
+        tokens_file: str = "",
+        jwks_file: str = "",
+        jwt_secret_file: str = "",
+        jwt_issuer: str = "",
+        jwt_audience: str = "sluice",
+        mtls: bool = False,
+    ) -> None:
+        self._tokens = Watched(tokens_file, _yaml_or_json) if tokens_file else None
+        self._jwks = Watched(jwks_file, lambda raw: raw.decode()) if jwks_file else None
+        self._secret = Watched(jwt_secret_file, lambda raw: raw.strip()) if jwt_secret_file else None
+        self.issuer = jwt_issuer
+        self.audience = jwt_audience
+        self.mtls = mtls
+
+    @property
+    def configured(self) -> bool:
+        return bool(self._tokens or self._jwks or self._secret or self.mtls)
+
+    def principal(self, metadata: Mapping[str, str], peer_identity: Sequence[str] = ()) -> Principal:
+        """The caller, or Unauthenticated. ``peer_identity``: the verified client
+        certificate's URI SANs then CN (empty without mutual TLS)."""
+        if not self.configured:
+            return ANONYMOUS
+        auth = metadata.get("authorization", "")
+        if auth:
+            scheme, _, credential = auth.partition(" ")
+            if scheme.lower() != "bearer" or not credential:
+                raise Unauthenticated("authorization: expected 'Bearer <token>'")
+            return self._bearer(credential.strip())
+        if self.mtls and peer_identity:
+            return Principal(peer_identity[0], how="mtls")
+        raise Unauthenticated("no credential: send 'authorization: Bearer <token>' or a client certificate")
+
+    def _bearer(self, token: str) -> Principal:
+        if token.count(".") == 2 and (self._jwks or self._secret):
+            return self._jwt(token)
+        if self._tokens is not None:
+            digest = token_hash(token)
+            for entry in self._tokens.get().get("tokens", []):
+                if hmac.compare_digest(str(entry.get("sha256", "")), digest):
+                    return Principal(str(entry["name"]), frozenset(entry.get("roles", ())), "token")
+        raise Unauthenticated("the token is not one this server knows")
+
+    def _jwt(self, token: str) -> Principal:
+        import jwt  # PyJWT: all verification is its
+
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as e:
+            raise Unauthenticated(f"bad token: {e}") from None
+        alg = header.get("alg", "")
+        key: Any
+        if alg == "HS256" and self._secret is not None:
+            key, algorithms = self._secret.get(), ["HS256"]
+        elif alg in ("RS256", "ES256", "EdDSA") and self._jwks is not None:
+            keys = jwt.PyJWKSet.from_json(self._jwks.get())
+            kid = header.get("kid")
+            found = [k for k in keys.keys if kid is None or k.key_id == kid]
+            if not found:
+                raise Unauthenticated("the token's key is not in the configured JWKS")
+            jwk = found[0]
+            # The algorithm follows from the key, never from the token alone (no key confusion).
+            expected = {"RSA": "RS256", "EC": "ES256", "OKP": "EdDSA"}.get(str(jwk.key_type), "")
+            if alg != expected:
+                raise Unauthenticated(f"the token's alg {alg!r} does not fit its key")
+            key, algorithms = jwk.key, [expected]
+        else:
+            raise Unauthenticated(f"tokens signed with {alg or 'no algorithm'!r} are not accepted")
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=algorithms,
+                audience=self.audience,
+                issuer=self.issuer or None,
+                options={"require": ["exp", "sub"]},
+                leeway=30,
+            )
+        except jwt.PyJWTError as e:
+            raise Unauthenticated(f"the token does not verify: {e}") from None
+        roles = claims.get("roles") or claims.get("groups") or ()
+        return Principal(str(claims["sub"]), frozenset(str(r) for r in roles), "jwt")
+
+
+def peer_identity(auth_context: Mapping[str, Iterable[bytes]]) -> list[str]:
+    """A verified client certificate's names as gRPC's auth context gives them: URI SANs
+    (say, a SPIFFE ID) first, then the CN."""
+    sans = [v.decode() for v in auth_context.get("x509_subject_alternative_name", ())]
+    cns = [v.decode() for v in auth_context.get("x509_common_name", ())]
+    return [s for s in sans if "://" in s] + cns
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Rule:
+    effect: str  # allow or deny
+    actions: frozenset[str]
+    kind: str  # streams or groups
+    patterns: tuple[str, ...]
+    who: tuple[str, ...]
+
+    def applies(self, principal: Principal) -> bool:
+        for w in self.who:
+            if w == "*" or w == principal.name:
+                return True
+            if w.startswith("role:") and w[5:] in principal.roles:
+                return True
+        return False
+
+
+def matches(pattern: str, name: str) -> bool:
+    """A glob that does not start with "$" never matches the store's own names."""
+    if name.startswith("$") and not pattern.startswith("$"):
+        return False
+    return fnmatch.fnmatchcase(name, pattern)
+
+
+def _literal(pattern: str) -> str:
+    """The part of a glob before its first wildcard."""
+    for i, ch in enumerate(pattern):
+        if ch in "*?[":
+            return pattern[:i]
+    return pattern
+
+
+def covers_prefix(pattern: str, prefix: str) -> bool:
+    """Whether every name starting with ``prefix`` matches ``pattern``."""
+    if prefix.startswith("$") and not pattern.startswith("$"):
+        return False
+    lit = _literal(pattern)
+    return pattern == lit + "*" and prefix.startswith(lit)
+
+
+def overlaps_prefix(pattern: str, prefix: str) -> bool:
+    """Whether some name starting with ``prefix`` may match ``pattern`` (conservative)."""
+    lit = _literal(pattern)
+    return lit.startswith(prefix) or prefix.startswith(lit)
+
+
+class Policy:
+    """Rules from a file, reloaded when it changes. Without a file: everything allowed."""
+
+    def __init__(self, path: str = "") -> None:
+        self._file = Watched(path, _yaml_or_json) if path else None
+        self.generation = 0  # bumped at each reload: decisions made before are void
+        self.rules: list[Rule] = []
+        self.roles: dict[str, set[str]] = {}
+        if self._file is not None:
+            self._load(self._file.get())
+
+    @property
+    def configured(self) -> bool:
+        return self._file is not None
+
+    def reload(self) -> bool:
+        """Read the file again if it changed; True when the rules changed."""
+        if self._file is None or not self._file.changed():
+            return False
+        self._load(self._file.value)
+        audit_event("policy_reload", ANONYMOUS_NAME, "admin", self._file.path, rules=len(self.rules))
+        return True
+
+    def _load(self, doc: Mapping[str, Any]) -> None:
+        rules = []
+        for i, raw in enumerate(doc.get("rules", [])):
+            effect = "deny" if "deny" in raw else "allow"
+            actions = frozenset(raw[effect])
+            unknown = actions - set(ACTIONS) - {"*"}
+            if unknown:
+                raise ValueError(
+                    f"rules[{i}]: unknown actions {sorted(unknown)}; known: {', '.join(ACTIONS)}"
+                )
+            if "*" in actions:
+                actions = frozenset(ACTIONS)
+            kind = "groups" if "groups" in raw else "streams"
+            rules.append(
+                Rule(effect, actions, kind, tuple(raw.get(kind, ["*"])), tuple(raw.get("who", ["*"])))
+            )
+        self.rules = rules
+        self.roles = {role: set(names) for role, names in (doc.get("roles") or {}).items()}
+        self.generation += 1
+        self._decide.cache_clear()
+
+    def _principal(self, principal: Principal) -> Principal:
+        extra = {role for role, names in self.roles.items() if principal.name in names}
+        return dataclasses.replace(principal, roles=principal.roles | extra) if extra else principal
+
+    def check(self, principal: Principal, action: str, resource: str, kind: str = "streams") -> None:
+        """Raise Denied unless ``principal`` may do ``action`` on ``resource`` (a name; a
+        prefix ending with "*", or "*" alone for everything)."""
+        if self._file is None:
+            return
+        if not self._decide(self._principal(principal), action, resource, kind):
+            raise Denied(principal.name, action, f"{kind[:-1]} {resource}")
+
+    @functools.lru_cache(maxsize=65536)  # noqa: B019 (the policy lives as long as the process)
+    def _decide(self, principal: Principal, action: str, resource: str, kind: str) -> bool:
+        rules = [r for r in self.rules if r.kind == kind and action in r.actions and r.applies(principal)]
+        if resource.endswith("*"):  # every name with this prefix ("*": every name)
+            prefix = resource[:-1]
+            if any(r.effect == "deny" and any(overlaps_prefix(p, prefix) for p in r.patterns) for r in rules):
+                return False
+            return any(
+                r.effect == "allow" and any(covers_prefix(p, prefix) for p in r.patterns) for r in rules
+            )
+        if any(r.effect == "deny" and any(matches(p, resource) for p in r.patterns) for r in rules):
+            return False
+        return any(r.effect == "allow" and any(matches(p, resource) for p in r.patterns) for r in rules)
+
+
+def audit_event(event: str, principal: str, action: str, resource: str, **extra: object) -> None:
+    """One JSON line on the sluice.audit logger: a refusal or an administrative change."""
+    record = {"time": round(time.time(), 3), "event": event, "principal": principal, "action": action}
+    record["resource"] = resource
+    record.update({k: v for k, v in extra.items() if v not in (None, "")})
+    audit.info(json.dumps(record, separators=(",", ":"), default=str))
+
+
+def _stamp(*paths: str) -> tuple[tuple[float, int], ...]:
+    out = []
+    for p in paths:
+        st = os.stat(p)
+        out.append((st.st_mtime, st.st_size))
+    return tuple(out)
+
+
+def server_credentials(cert: str, key: str, client_ca: str = "") -> grpc.ServerCredentials:
+    """TLS for a gRPC server; with ``client_ca``, mutual TLS (a client certificate that CA
+    signed is required). The files are read again when they change, at the next handshake:
+    rotated certificates are served without a restart, and open connections stay."""
+    import grpc
+
+    paths = [p for p in (cert, key, client_ca) if p]
+
+    def configuration() -> grpc.ServerCertificateConfiguration:
+        ca = Path(client_ca).read_bytes() if client_ca else None
+        pair = (Path(key).read_bytes(), Path(cert).read_bytes())
+        return grpc.ssl_server_certificate_configuration([pair], root_certificates=ca)
+
+    seen = [_stamp(*paths)]
+    initial = configuration()
+
+    def fetch() -> grpc.ServerCertificateConfiguration | None:
+        try:
+            now = _stamp(*paths)
+            if now == seen[0]:
+                return None
+            fresh = configuration()
+        except (OSError, ValueError) as e:  # mid-rotation: keep serving what was loaded
+            logging.getLogger(__name__).warning("TLS files unreadable, keeping the loaded ones: %s", e)
+            return None
+        seen[0] = now
+        logging.getLogger(__name__).info("TLS certificate reloaded from %s", cert)
+        return fresh
+
+    return grpc.dynamic_ssl_server_credentials(initial, fetch, require_client_authentication=bool(client_ca))
+
+
+def ssl_context(cert: str, key: str, client_ca: str = "") -> ssl.SSLContext:
+    """TLS for an HTTP server (the gateway's); ``reload_ssl`` loads rotated files into it."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    if client_ca:
+        ctx.load_verify_locations(client_ca)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def is_loopback(addr: str) -> bool:
+    host = addr.rpartition(":")[0].strip("[]") or "0.0.0.0"
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def protected_mode(addr: str, setting: str, secured: bool, insecure: bool) -> str:
+    """Refuse to serve beyond loopback without TLS or authentication, unless told to
+    (``--insecure``); "" when fine, else what to set."""
+    if secured or insecure or is_loopback(addr):
+        return ""
+    return (
+        f"{setting}: {addr} is reachable beyond this machine but no authentication is configured;"
+        " set --tokens-file, --jwks-file or --jwt-secret-file (and --tls-cert/--tls-key,"
+        " --tls-client-ca for mutual TLS), or bind 127.0.0.1, or pass --insecure to serve"
+        " everyone anyway"
+    )
