@@ -137,7 +137,7 @@ async def test_no_or_bad_credentials_are_unauthenticated(
         "a JWT signed by another key": keys.token("orders-app", key=keys.other),
         "alg none": jwt.encode(
             {"sub": "root", "aud": AUDIENCE, "iss": ISSUER, "exp": now},
-            None,  # type: ignore[arg-type] (unsigned: exactly what must be refused)
+            None,  # type: ignore[arg-type]  # unsigned: exactly what must be refused
             algorithm="none",
         ),
     }
