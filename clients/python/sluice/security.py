@@ -32,6 +32,7 @@ Nothing cryptographic is written here: PyJWT verifies tokens, grpc and ssl do TL
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import fnmatch
 import functools
@@ -331,6 +332,85 @@ class Policy:
         if any(r.effect == "deny" and any(matches(p, resource) for p in r.patterns) for r in rules):
             return False
         return any(r.effect == "allow" and any(matches(p, resource) for p in r.patterns) for r in rules)
+
+
+Need = tuple[str, str, str]  # action, resource (a name, or a prefix ending with "*"), kind
+
+
+@dataclasses.dataclass(eq=False)
+class Live:
+    """A running read (subscription, watch) and the grants it needs."""
+
+    principal: Principal
+    needs: list[Need]
+    task: asyncio.Task[Any]
+    revoked: Need | None = None
+
+
+class Guard:
+    """Authentication, the policy and the live reads it may have to end, whatever the
+    transport: a server asks ``principal`` and ``check``, and registers its live reads."""
+
+    def __init__(self, authenticator: Authenticator, policy: Policy) -> None:
+        self.authenticator = authenticator
+        self.policy = policy
+        self.enabled = authenticator.configured or policy.configured
+        self._live: set[Live] = set()
+
+    def principal(self, metadata: Mapping[str, str], identity: Sequence[str], peer: str) -> Principal:
+        try:
+            return self.authenticator.principal(metadata, identity)
+        except Unauthenticated as e:
+            audit_event("refused", "", "authenticate", "", peer=peer, why=str(e))
+            raise
+
+    def check(self, principal: Principal, needs: Iterable[Need], peer: str = "") -> None:
+        for action, resource, kind in needs:
+            try:
+                self.policy.check(principal, action, resource, kind)
+            except Denied as e:
+                audit_event("refused", principal.name, action, e.resource, peer=peer)
+                raise
+
+    def register(self, principal: Principal, needs: list[Need]) -> Live | None:
+        """Keep a live read under watch; None when nothing can revoke it."""
+        if not self.policy.configured:
+            return None
+        task = asyncio.current_task()
+        assert task is not None
+        live = Live(principal, needs, task)
+        self._live.add(live)
+        return live
+
+    def unregister(self, live: Live | None) -> None:
+        if live is not None:
+            self._live.discard(live)
+
+    def reload(self) -> None:
+        """Read the policy again if it changed, and end live reads it no longer allows
+        (their tasks are cancelled with ``revoked`` set: the handler ends the call)."""
+        try:
+            changed = self.policy.reload()
+        except (ValueError, KeyError, TypeError, OSError) as e:
+            logging.getLogger(__name__).error("policy file not loaded, keeping the previous rules: %s", e)
+            return
+        if not changed:
+            return
+        for live in list(self._live):
+            for action, resource, kind in live.needs:
+                try:
+                    self.policy.check(live.principal, action, resource, kind)
+                except Denied:
+                    live.revoked = (action, resource, kind)
+                    audit_event("revoked", live.principal.name, action, resource)
+                    live.task.cancel()
+                    break
+
+    async def watch(self, interval: float = 1.0) -> None:
+        """Reload the policy whenever its file changes (run as a task)."""
+        while True:
+            await asyncio.sleep(interval)
+            self.reload()
 
 
 def audit_event(event: str, principal: str, action: str, resource: str, **extra: object) -> None:

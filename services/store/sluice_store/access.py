@@ -5,9 +5,7 @@ their grant ends them with PERMISSION_DENIED."""
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
-import dataclasses
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -15,7 +13,7 @@ from typing import Any
 import grpc
 
 from sluice import security
-from sluice.security import ANONYMOUS, Principal
+from sluice.security import ANONYMOUS, Need, Principal
 from sluice.v1 import streams_pb2 as pb
 from sluice_store.errors import PermissionDenied, Unauthenticated
 
@@ -25,7 +23,6 @@ log = logging.getLogger(__name__)
 #: as whom a group member belongs to).
 caller: contextvars.ContextVar[Principal] = contextvars.ContextVar("caller", default=ANONYMOUS)
 
-Need = tuple[str, str, str]  # action, resource (a name, or a prefix ending with "*"), kind
 S, G = "streams", "groups"
 
 
@@ -61,39 +58,28 @@ NEEDS: dict[str, Callable[[Any], list[Need]]] = {
 ADMIN = {"SetRetention", "DeleteStream", "CreateGroup", "UpdateGroup", "ResetCursors", "DeleteGroup"}
 
 
-@dataclasses.dataclass(eq=False)
-class Live:
-    principal: Principal
-    needs: list[Need]
-    task: asyncio.Task[Any]
-    revoked: Need | None = None
-
-
 class Access:
-    def __init__(self, authenticator: security.Authenticator, policy: security.Policy) -> None:
-        self.authenticator = authenticator
-        self.policy = policy
-        self.enabled = authenticator.configured or policy.configured
-        self._live: set[Live] = set()
+    """The guard, speaking the store's errors."""
+
+    def __init__(self, guard: security.Guard) -> None:
+        self.guard = guard
+        self.enabled = guard.enabled
 
     def authenticate(self, context: grpc.aio.ServicerContext) -> Principal:
         metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+        identity = security.peer_identity(context.auth_context()) if self.guard.authenticator.mtls else []
         try:
-            identity = security.peer_identity(context.auth_context()) if self.authenticator.mtls else []
-            return self.authenticator.principal(metadata, identity)
+            return self.guard.principal(metadata, identity, context.peer())
         except security.Unauthenticated as e:
-            security.audit_event("refused", "", "authenticate", "", peer=context.peer(), why=str(e))
             raise Unauthenticated(str(e)) from None
 
     def check(self, principal: Principal, needs: list[Need], peer: str = "") -> None:
-        for action, resource, kind in needs:
-            try:
-                self.policy.check(principal, action, resource, kind)
-            except security.Denied as e:
-                security.audit_event("refused", principal.name, action, e.resource, peer=peer)
-                raise PermissionDenied(
-                    str(e), principal=principal.name, action=action, resource=e.resource
-                ) from None
+        try:
+            self.guard.check(principal, needs, peer)
+        except security.Denied as e:
+            raise PermissionDenied(
+                str(e), principal=e.principal, action=e.action, resource=e.resource
+            ) from None
 
     def admit(self, context: grpc.aio.ServicerContext, method: str, request: Any) -> Principal:
         """The caller, allowed what ``method`` does with ``request``; else a refusal."""
@@ -103,34 +89,3 @@ class Access:
         self.check(principal, NEEDS[method](request), context.peer())
         caller.set(principal)
         return principal
-
-    def register(self, principal: Principal, needs: list[Need]) -> Live | None:
-        """Keep a live read's grant under watch (policy reloads); None when nothing can revoke it."""
-        if not self.policy.configured:
-            return None
-        live = Live(principal, needs, asyncio.current_task())  # type: ignore[arg-type]
-        self._live.add(live)
-        return live
-
-    def unregister(self, live: Live | None) -> None:
-        if live is not None:
-            self._live.discard(live)
-
-    def reload(self) -> None:
-        """Read the policy again if it changed, and end live reads it no longer allows."""
-        try:
-            changed = self.policy.reload()
-        except (ValueError, KeyError, TypeError) as e:
-            log.error("policy file not loaded, keeping the previous rules: %s", e)
-            return
-        if not changed:
-            return
-        for live in list(self._live):
-            for action, resource, kind in live.needs:
-                try:
-                    self.policy.check(live.principal, action, resource, kind)
-                except security.Denied:
-                    live.revoked = (action, resource, kind)
-                    security.audit_event("revoked", live.principal.name, action, resource)
-                    live.task.cancel()
-                    break

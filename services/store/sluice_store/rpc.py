@@ -73,7 +73,7 @@ def streaming_handler(
         try:
             request = checked(request)
             principal = access.admit(context, method, request)
-            live = access.register(principal, NEEDS[method](request))
+            live = access.guard.register(principal, NEEDS[method](request))
             async for msg in fn(request):
                 yield msg
         except StoreError as e:
@@ -93,6 +93,6 @@ def streaming_handler(
             )
             await abort(context, denied, reading=True)
         finally:
-            access.unregister(live)
+            access.guard.unregister(live)
 
     return handler

@@ -84,15 +84,17 @@ class StoreServer:
         self.coordinator = Coordinator(self.storage, functools.partial(positions.cursor_at, self.storage))
         self.groups = GroupsService(self.coordinator, self.storage, self.service.append_system)
         self.access = Access(
-            security.Authenticator(
-                tokens_file=settings.tokens_file,
-                jwks_file=settings.jwks_file,
-                jwt_secret_file=settings.jwt_secret_file,
-                jwt_issuer=settings.jwt_issuer,
-                jwt_audience=settings.jwt_audience,
-                mtls=bool(settings.tls_client_ca),
-            ),
-            security.Policy(settings.policy_file),
+            security.Guard(
+                security.Authenticator(
+                    tokens_file=settings.tokens_file,
+                    jwks_file=settings.jwks_file,
+                    jwt_secret_file=settings.jwt_secret_file,
+                    jwt_issuer=settings.jwt_issuer,
+                    jwt_audience=settings.jwt_audience,
+                    mtls=bool(settings.tls_client_ca),
+                ),
+                security.Policy(settings.policy_file),
+            )
         )
         self.service.access = self.access
         self._policy_watch: asyncio.Task[None] | None = None
@@ -121,7 +123,9 @@ class StoreServer:
 
     async def _serve(self) -> None:
         s = self.settings
-        refused = security.protected_mode(s.addr, "addr", self.access.authenticator.configured, s.insecure)
+        refused = security.protected_mode(
+            s.addr, "addr", self.access.guard.authenticator.configured, s.insecure
+        )
         if refused:
             raise ConfigError(refused)
         interceptors: list[Any] = []
@@ -168,14 +172,8 @@ class StoreServer:
         for name in ("", SERVICE_NAME, GROUPS_SERVICE_NAME, APPEND_HEALTH):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._reclaimer = asyncio.create_task(self._reclaim_loop())
-        if self.access.policy.configured:
-            self._policy_watch = asyncio.create_task(self._watch_policy())
-
-    async def _watch_policy(self) -> None:
-        """Reload the policy when its file changes (and end what it no longer allows)."""
-        while True:
-            await asyncio.sleep(1.0)
-            self.access.reload()
+        if self.access.guard.policy.configured:
+            self._policy_watch = asyncio.create_task(self.access.guard.watch())
 
     @property
     def address(self) -> str:
@@ -264,7 +262,7 @@ async def serve(settings: Settings) -> None:
     settle_heap()
     print(f"sluice store listening on {server.address} (db {redact(settings.db)})", flush=True)
     with contextlib.suppress(NotImplementedError):  # SIGHUP: reload the policy now
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, server.access.reload)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, server.access.guard.reload)
     await until_signal()
     log.info("shutting down")
     await server.stop()

@@ -69,7 +69,7 @@ class StreamsService:
         self.committer = Committer(storage)
         self.subscriptions = Subscriptions(storage, broker, settings, self.check_name)
         #: Who may call (the server sets it; by default everyone may do everything).
-        self.access = Access(security.Authenticator(), security.Policy())
+        self.access = Access(security.Guard(security.Authenticator(), security.Policy()))
         self.tracing = telemetry.tracing_enabled()
         #: False while storage is full and has not been given room again (see server).
         self.has_room: Callable[[], bool] = lambda: True
