@@ -48,6 +48,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sluice.credentials import Credentials
+from sluice.settings import ConfigError, Option, parse_bool
+
 if TYPE_CHECKING:
     import grpc
 
@@ -492,3 +495,88 @@ def protected_mode(addr: str, setting: str, secured: bool, insecure: bool) -> st
         " --tls-client-ca for mutual TLS), or bind 127.0.0.1, or pass --insecure to serve"
         " everyone anyway"
     )
+
+
+#: A server's security settings (the store's and the gateway's), as flags and variables.
+SERVER_OPTIONS: tuple[Option, ...] = (
+    Option("tls_cert", str, "TLS: the server certificate (PEM); re-read when it changes"),
+    Option("tls_key", str, "TLS: its private key (PEM)"),
+    Option("tls_client_ca", str, "mutual TLS: require client certificates this CA signed"),
+    Option("tokens_file", str, "static API tokens: a YAML file of {name, sha256, roles}"),
+    Option("jwks_file", str, "JWT bearer tokens: the keys that sign them (a JWKS file)"),
+    Option("jwt_secret_file", str, "JWT bearer tokens signed with HS256: the shared secret"),
+    Option("jwt_issuer", str, "JWT: the issuer tokens must name (empty: any)"),
+    Option("jwt_audience", str, "JWT: the audience tokens must name"),
+    Option("policy_file", str, "who may do what (YAML); reloaded when it changes or on SIGHUP"),
+    Option(
+        "insecure",
+        parse_bool,
+        "serve beyond loopback without authentication (otherwise refused: protected mode)",
+    ),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerSecurity:
+    """The security fields of a server's settings (see SERVER_OPTIONS)."""
+
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    tokens_file: str = ""
+    jwks_file: str = ""
+    jwt_secret_file: str = ""
+    jwt_issuer: str = ""
+    jwt_audience: str = "sluice"
+    policy_file: str = ""
+    insecure: bool = False
+
+    def check_security(self) -> None:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("tls_cert: needs tls_key too (and the other way round)")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ConfigError("tls_client_ca: mutual TLS needs tls_cert and tls_key")
+
+    def guard(self) -> Guard:
+        authenticator = Authenticator(
+            tokens_file=self.tokens_file,
+            jwks_file=self.jwks_file,
+            jwt_secret_file=self.jwt_secret_file,
+            jwt_issuer=self.jwt_issuer,
+            jwt_audience=self.jwt_audience,
+            mtls=bool(self.tls_client_ca),
+        )
+        return Guard(authenticator, Policy(self.policy_file))
+
+    def grpc_credentials(self) -> grpc.ServerCredentials | None:
+        if not self.tls_cert:
+            return None
+        return server_credentials(self.tls_cert, self.tls_key, self.tls_client_ca)
+
+
+#: How a process (the gateway, the sidecar) reaches the store when the store asks for
+#: credentials.
+STORE_CLIENT_OPTIONS: tuple[Option, ...] = (
+    Option("store_tls_ca", str, "TLS to the store: the CA that signed its certificate"),
+    Option("store_tls_cert", str, "mutual TLS to the store: this process's certificate"),
+    Option("store_tls_key", str, "mutual TLS to the store: its key"),
+    Option("store_token_file", str, "a bearer token for the store, in a file read again when it changes"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreClientSecurity:
+    store_tls_ca: str = ""
+    store_tls_cert: str = ""
+    store_tls_key: str = ""
+    store_token_file: str = ""
+
+    def store_credentials(self) -> Credentials | None:
+        if not (self.store_tls_ca or self.store_tls_cert or self.store_token_file):
+            return None
+        return Credentials(
+            ca_file=self.store_tls_ca,
+            cert_file=self.store_tls_cert,
+            key_file=self.store_tls_key,
+            token_file=self.store_token_file,
+        )

@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 
 from sluice import settings
+from sluice.security import SERVER_OPTIONS, ServerSecurity
 from sluice.settings import ConfigError, Option, parse_bool
 from sluice_store.retention import Policy, parse_duration
 
@@ -92,26 +93,13 @@ OPTIONS: tuple[Option, ...] = (
         " replicas that were added since; streams open then keep going to their end",
     ),
     Option("grace", parse_duration, "seconds in-flight RPCs get on shutdown"),
-    Option("tls_cert", str, "TLS: the server certificate (PEM); re-read when it changes"),
-    Option("tls_key", str, "TLS: its private key (PEM)"),
-    Option("tls_client_ca", str, "mutual TLS: require client certificates this CA signed"),
-    Option("tokens_file", str, "static API tokens: a YAML file of {name, sha256, roles}"),
-    Option("jwks_file", str, "JWT bearer tokens: the keys that sign them (a JWKS file)"),
-    Option("jwt_secret_file", str, "JWT bearer tokens signed with HS256: the shared secret"),
-    Option("jwt_issuer", str, "JWT: the issuer tokens must name (empty: any)"),
-    Option("jwt_audience", str, "JWT: the audience tokens must name"),
-    Option("policy_file", str, "who may do what (YAML); reloaded when it changes or on SIGHUP"),
-    Option(
-        "insecure",
-        parse_bool,
-        "serve beyond loopback without authentication (otherwise refused: protected mode)",
-    ),
     Option("uvloop", parse_bool, "use uvloop when installed"),
+    *SERVER_OPTIONS,
 )
 
 
 @dataclasses.dataclass(frozen=True)
-class Settings:
+class Settings(ServerSecurity):
     """The store's configuration; see OPTIONS for each field's meaning."""
 
     addr: str = "127.0.0.1:50051"
@@ -136,23 +124,10 @@ class Settings:
     db_password_file: str = ""
     max_connection_age: float = 0.0
     grace: float = 10.0
-    tls_cert: str = ""
-    tls_key: str = ""
-    tls_client_ca: str = ""
-    tokens_file: str = ""
-    jwks_file: str = ""
-    jwt_secret_file: str = ""
-    jwt_issuer: str = ""
-    jwt_audience: str = "sluice"
-    policy_file: str = ""
-    insecure: bool = False
     uvloop: bool = True
 
     def __post_init__(self) -> None:
-        if bool(self.tls_cert) != bool(self.tls_key):
-            raise ConfigError("tls_cert: needs tls_key too (and the other way round)")
-        if self.tls_client_ca and not self.tls_cert:
-            raise ConfigError("tls_client_ca: mutual TLS needs tls_cert and tls_key")
+        self.check_security()
         if self.durability not in ("full", "normal", "off"):
             raise ConfigError(f"durability: expected full, normal or off, got {self.durability!r}")
         for name in (

@@ -83,19 +83,7 @@ class StoreServer:
         self.service = StreamsService(self.storage, self.broker, settings)
         self.coordinator = Coordinator(self.storage, functools.partial(positions.cursor_at, self.storage))
         self.groups = GroupsService(self.coordinator, self.storage, self.service.append_system)
-        self.access = Access(
-            security.Guard(
-                security.Authenticator(
-                    tokens_file=settings.tokens_file,
-                    jwks_file=settings.jwks_file,
-                    jwt_secret_file=settings.jwt_secret_file,
-                    jwt_issuer=settings.jwt_issuer,
-                    jwt_audience=settings.jwt_audience,
-                    mtls=bool(settings.tls_client_ca),
-                ),
-                security.Policy(settings.policy_file),
-            )
-        )
+        self.access = Access(settings.guard())
         self.service.access = self.access
         self._policy_watch: asyncio.Task[None] | None = None
         self.health = health.aio.HealthServicer()
@@ -164,10 +152,7 @@ class StoreServer:
         reflection.enable_server_reflection(
             [SERVICE_NAME, GROUPS_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
         )
-        credentials = (
-            security.server_credentials(s.tls_cert, s.tls_key, s.tls_client_ca) if s.tls_cert else None
-        )
-        self.port = listen_grpc(self.server, s.addr, "addr", credentials)
+        self.port = listen_grpc(self.server, s.addr, "addr", s.grpc_credentials())
         await self.server.start()
         for name in ("", SERVICE_NAME, GROUPS_SERVICE_NAME, APPEND_HEALTH):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
