@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from urllib.parse import urlsplit
 
 from sluice import settings
+from sluice.security import STORE_CLIENT_OPTIONS, StoreClientSecurity
 from sluice.settings import ConfigError, Option, parse_bool, parse_duration
 
 __all__ = ["OPTIONS", "ConfigError", "Settings", "load"]
@@ -68,6 +69,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("http_max_connections", int, "HTTP: most connections open at once; more are refused"),
     Option("app_id", str, "the app's name in published events' metadata; default: the group"),
+    *STORE_CLIENT_OPTIONS,
 )
 
 
@@ -87,7 +89,7 @@ def _check_app_url(url: str) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class Settings:
+class Settings(StoreClientSecurity):
     store: str = "127.0.0.1:50051"
     group: str = ""
     member_id: str = ""

@@ -176,7 +176,7 @@ class Member:
     def __init__(self, settings: Settings, deliverer: Deliverer) -> None:
         self.settings = settings
         self.deliverer = deliverer
-        self.client = Client(settings.store, timeout=10)
+        self.client = Client(settings.store, timeout=10, credentials=settings.store_credentials())
         self.store_id = ""  # the store's identity, from heartbeats
         self.config = gpb.GroupConfig()
         self.epoch = 0

@@ -88,6 +88,8 @@ class _Bearer:
 
     def _details(self, d: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
         metadata = grpc.aio.Metadata(*(d.metadata or ()))
+        if "authorization" in metadata:
+            return d  # a credential passed on for someone else (the gateway's callers) stays
         metadata.add("authorization", f"Bearer {self.token()}")
         return grpc.aio.ClientCallDetails(d.method, d.timeout, metadata, d.credentials, d.wait_for_ready)
 

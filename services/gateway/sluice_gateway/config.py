@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 
 from sluice import settings
+from sluice.security import SERVER_OPTIONS, STORE_CLIENT_OPTIONS, ServerSecurity, StoreClientSecurity
 from sluice.settings import ConfigError, Option, parse_bool, parse_duration
 
 __all__ = ["OPTIONS", "ConfigError", "Settings", "load"]
@@ -51,11 +52,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("reconnect_backoff", parse_duration, "longest wait between attempts to reach the store"),
     Option("grace", parse_duration, "seconds in-flight calls get on shutdown"),
     Option("uvloop", parse_bool, "use uvloop when installed"),
+    *SERVER_OPTIONS,
+    *STORE_CLIENT_OPTIONS,
 )
 
 
 @dataclasses.dataclass(frozen=True)
-class Settings:
+class Settings(ServerSecurity, StoreClientSecurity):
     """The gateway's configuration; see OPTIONS for each field's meaning."""
 
     addr: str = "127.0.0.1:50052"
@@ -77,6 +80,7 @@ class Settings:
     uvloop: bool = True
 
     def __post_init__(self) -> None:
+        self.check_security()
         for name in ("buffer_size", "max_buffer_size", "max_batch", "message_budget"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: must be positive, got {getattr(self, name)}")

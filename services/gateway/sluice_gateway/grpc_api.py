@@ -9,12 +9,12 @@ from typing import Any
 import grpc
 from google.protobuf import timestamp_pb2
 
-from sluice import eventbytes
+from sluice import eventbytes, security
 from sluice.eventbytes import varint
 from sluice.v1 import gateway_pb2 as gwpb
 from sluice.v1 import streams_pb2 as pb
 from sluice_gateway.hub import Encoder
-from sluice_gateway.service import Gateway, GatewayError
+from sluice_gateway.service import Caller, Gateway, GatewayError, watch_needs
 from sluice_gateway.wire import Record
 
 # WatchResponse content fields, and its cursor.
@@ -84,8 +84,19 @@ class GatewayService:
         self.gateway = gateway
         self.settings = gateway.settings
 
+    def _caller(self, context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
+        guard = self.gateway.guard
+        if not guard.enabled:
+            return Caller()
+        metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+        identity = security.peer_identity(context.auth_context()) if guard.authenticator.mtls else []
+        return self.gateway.authenticate(metadata, identity, context.peer())
+
     async def Watch(self, request: gwpb.WatchRequest, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         try:
+            caller = self._caller(context)
+            needs = watch_needs(request)
+            self.gateway.authorize(caller, needs, context.peer())
             sub, start = self.gateway.subscriber(request, encode)
         except GatewayError as e:
             await e.abort(context)
@@ -94,7 +105,7 @@ class GatewayService:
         # The session runs in the handler's own task: writes from another task cost gRPC an
         # extra hop each (measured: twice the write time).
         try:
-            await self.gateway.watch(sub, start, GrpcFormat(), context.write, heartbeat)
+            await self.gateway.watch(sub, start, GrpcFormat(), context.write, heartbeat, caller, needs)
         except GatewayError as e:
             await e.abort(context)
 
@@ -102,7 +113,7 @@ class GatewayService:
         self, request: gwpb.PublishRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> gwpb.PublishResponse:
         try:
-            return await self.gateway.publish(request)
+            return await self.gateway.publish(request, self._caller(context))
         except GatewayError as e:
             await e.abort(context)
             raise AssertionError("unreachable") from None

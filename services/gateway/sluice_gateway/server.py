@@ -4,15 +4,20 @@ health, reflection) and the HTTP server (sse), start and graceful shutdown."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import signal
 
 import grpc
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from sluice import security
+from sluice.credentials import bearer_interceptors
 from sluice.httpserver import BoundedRunner
 from sluice.process import listen_grpc, settle_heap, until_signal
+from sluice.settings import ConfigError
 from sluice.v1 import gateway_pb2 as gwpb
 from sluice.v1 import streams_pb2_grpc as pb_grpc
 from sluice_gateway.config import Settings
@@ -28,6 +33,23 @@ log = logging.getLogger("sluice_gateway")
 SERVICE_NAME = gwpb.DESCRIPTOR.services_by_name["Gateway"].full_name
 
 
+def store_channel(settings: Settings) -> grpc.aio.Channel:
+    """The gateway's one channel to the store, with its credentials when it has some."""
+    options = [
+        ("grpc.max_receive_message_length", 64 << 20),
+        ("grpc.keepalive_time_ms", 10_000),
+        ("grpc.keepalive_timeout_ms", 5_000),
+    ]
+    creds = settings.store_credentials()
+    token = creds.token_source() if creds else None
+    interceptors = bearer_interceptors(token) if token else None
+    if creds is not None and creds.secure:
+        return grpc.aio.secure_channel(
+            settings.store, creds.channel_credentials(), options=options, interceptors=interceptors
+        )
+    return grpc.aio.insecure_channel(settings.store, options=options, interceptors=interceptors)
+
+
 def _split(host_port: str) -> tuple[str, int]:
     host, _, port = host_port.rpartition(":")
     return host.strip("[]") or "0.0.0.0", int(port)
@@ -39,15 +61,11 @@ class GatewayServer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.hub = Hub(settings.flush_interval, settings.message_budget, settings.ephemeral_buffer_bytes)
-        self.channel = grpc.aio.insecure_channel(
-            settings.store,
-            options=[
-                ("grpc.max_receive_message_length", 64 << 20),
-                ("grpc.keepalive_time_ms", 10_000),
-                ("grpc.keepalive_timeout_ms", 5_000),
-            ],
+        self.channel = store_channel(settings)
+        self.guard = settings.guard()
+        self.gateway = Gateway(
+            self.hub, pb_grpc.StreamsStub(self.channel), self.channel, settings, self.guard
         )
-        self.gateway = Gateway(self.hub, pb_grpc.StreamsStub(self.channel), self.channel, settings)
         self.telemetry = Telemetry(self.hub)
         self.feed = Feed(
             self.channel,
@@ -64,10 +82,20 @@ class GatewayServer:
         self.port = 0
         self.http_port = 0
         self._stopped = False
+        self._policy_watch: asyncio.Task[None] | None = None
         self._health_updates: set[asyncio.Future[None]] = set()
 
     async def start(self) -> None:
+        s = self.settings
+        for setting, addr in (("addr", s.addr), ("http_addr", s.http_addr)):
+            refused = addr and security.protected_mode(
+                addr, setting, self.guard.authenticator.configured, s.insecure
+            )
+            if refused:
+                raise ConfigError(refused)
         self.feed.start()
+        if self.guard.policy.configured:
+            self._policy_watch = asyncio.create_task(self.guard.watch())
         # No OpenTelemetry server interceptor: it cannot wrap Watch, which writes with
         # context.write so that a slow subscriber can be cut off mid-write. The gateway's
         # spans are its fan-out spans (see telemetry).
@@ -86,7 +114,7 @@ class GatewayServer:
         reflection.enable_server_reflection(
             [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
         )
-        self.port = listen_grpc(self.server, self.settings.addr, "addr")
+        self.port = listen_grpc(self.server, self.settings.addr, "addr", self.settings.grpc_credentials())
         await self.server.start()
         # "" (liveness) is SERVING while the process runs; sluice.v1.Gateway (readiness)
         # only while the live feed from the store is up.
@@ -118,7 +146,9 @@ class GatewayServer:
         )
         await self.http.setup()
         host, port = _split(self.settings.http_addr)
-        site = web.TCPSite(self.http, host, port, reuse_port=self.settings.reuse_port)
+        s = self.settings
+        tls = security.ssl_context(s.tls_cert, s.tls_key, s.tls_client_ca) if s.tls_cert else None
+        site = web.TCPSite(self.http, host, port, reuse_port=s.reuse_port, ssl_context=tls)
         try:
             await site.start()
         except OSError as e:
@@ -141,6 +171,8 @@ class GatewayServer:
         if self._stopped:
             return
         self._stopped = True
+        if self._policy_watch is not None:
+            self._policy_watch.cancel()
         await self.health.enter_graceful_shutdown()
         self.hub.close()
         if self.http is not None:
@@ -160,6 +192,8 @@ async def serve(settings: Settings) -> None:
     host = settings.http_addr.rpartition(":")[0] if settings.http_addr else ""
     http = f", HTTP on {host}:{server.http_port}" if settings.http_addr else ""
     print(f"sluice gateway listening on {server.address}{http} (store {settings.store})", flush=True)
+    with contextlib.suppress(NotImplementedError):  # SIGHUP: reload the policy now
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, server.guard.reload)
     await until_signal()
     log.info("shutting down")
     await server.stop()

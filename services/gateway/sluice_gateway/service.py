@@ -7,19 +7,22 @@ A transport (grpc_api, sse) gives a Format that turns a session's output into by
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import grpc
 from google.protobuf import timestamp_pb2
 from grpc_status import rpc_status
 
+from sluice import security
 from sluice.errors import make_status
 from sluice.ids import uuid7
 from sluice.names import MAX_TYPE, is_system, name_problem, parse_uuid
+from sluice.security import ANONYMOUS, Need, Principal
 from sluice.v1 import gateway_pb2 as gwpb
 from sluice.v1 import streams_pb2 as pb
 from sluice.v1 import streams_pb2_grpc as pb_grpc
@@ -92,12 +95,37 @@ def _now() -> timestamp_pb2.Timestamp:
 Write = Callable[[bytes], Awaitable[None]]
 
 
+@dataclasses.dataclass(frozen=True)
+class Caller:
+    """Who a session serves: its principal, and its own bearer credential (passed on to the
+    store for what the gateway reads or publishes on its behalf, so that the store decides)."""
+
+    principal: Principal = ANONYMOUS
+    authorization: str = ""
+
+    def metadata(self) -> tuple[tuple[str, str], ...] | None:
+        return (("authorization", self.authorization),) if self.authorization else None
+
+
+def watch_needs(request: gwpb.WatchRequest) -> list[Need]:
+    """What a watch reads: its streams, its prefixes, else every stream."""
+    if request.streams:
+        return [("watch", name, "streams") for name in request.streams]
+    return [("watch", p + "*", "streams") for p in (list(request.stream_prefixes) or [""])]
+
+
 class Gateway:
     """The sessions' shared parts: the hub, the store, the settings."""
 
     def __init__(
-        self, hub: Hub, store: pb_grpc.StreamsStub, channel: grpc.aio.Channel, settings: Settings
+        self,
+        hub: Hub,
+        store: pb_grpc.StreamsStub,
+        channel: grpc.aio.Channel,
+        settings: Settings,
+        guard: security.Guard | None = None,
     ) -> None:
+        self.guard = guard or security.Guard(security.Authenticator(), security.Policy())
         self.hub = hub
         self.store = store
         # Catch-up reads come in as bytes: each event is cut out as the store serialized it.
@@ -108,6 +136,32 @@ class Gateway:
         )
         self.settings = settings
         self.origin = str(uuid.uuid4())  # this process, as the origin of what it publishes
+
+    def authenticate(self, metadata: Mapping[str, str], identity: Sequence[str], peer: str) -> Caller:
+        """The caller of a watch or publish; GatewayError UNAUTHENTICATED if none verifies."""
+        if not self.guard.enabled:
+            return Caller()
+        try:
+            principal = self.guard.principal(metadata, identity, peer)
+        except security.Unauthenticated as e:
+            raise GatewayError(grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED", str(e)) from None
+        auth = metadata.get("authorization", "")
+        return Caller(principal, auth if principal.how in ("token", "jwt") else "")
+
+    def authorize(self, caller: Caller, needs: list[Need], peer: str = "") -> None:
+        if not self.guard.enabled:
+            return
+        try:
+            self.guard.check(caller.principal, needs, peer)
+        except security.Denied as e:
+            raise GatewayError(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "PERMISSION_DENIED",
+                str(e),
+                principal=e.principal,
+                action=e.action,
+                resource=e.resource,
+            ) from None
 
     def subscriber(self, request: gwpb.WatchRequest, encoder: Encoder) -> tuple[Subscriber, int | None]:
         """A subscriber for a request, and its start cursor (None: live); raises GatewayError."""
@@ -155,18 +209,39 @@ class Gateway:
             raise unavailable(f"the gateway has not reached the store at {self.settings.store} yet") from None
 
     async def watch(
-        self, sub: Subscriber, start: int | None, fmt: Format, write: Write, heartbeat: float
+        self,
+        sub: Subscriber,
+        start: int | None,
+        fmt: Format,
+        write: Write,
+        heartbeat: float,
+        caller: Caller = Caller(),
+        needs: list[Need] | None = None,
     ) -> None:
         """Run a session in the calling task (a transport's handler). A DISCONNECT subscriber
         that falls behind has this task cancelled by the hub; it ends in a GatewayError
-        (SUBSCRIBER_TOO_SLOW) carrying the cursor to watch again from."""
+        (SUBSCRIBER_TOO_SLOW) carrying the cursor to watch again from. A policy reload that
+        revokes ``needs`` ends it with PERMISSION_DENIED."""
         task = asyncio.current_task()
         assert task is not None
         if sub.policy == DISCONNECT:
             sub.on_disconnect = task.cancel
+        live = self.guard.register(caller.principal, needs) if needs and self.guard.enabled else None
         try:
-            await self.session(sub, start, fmt, write, heartbeat)
+            await self.session(sub, start, fmt, write, heartbeat, caller)
         except asyncio.CancelledError:
+            if live is not None and live.revoked is not None:
+                task.uncancel()
+                action, resource, kind = live.revoked
+                raise GatewayError(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    "PERMISSION_DENIED",
+                    f"{caller.principal.name} may no longer {action} {kind[:-1]} {resource}:"
+                    " the policy changed",
+                    principal=caller.principal.name,
+                    action=action,
+                    resource=f"{kind[:-1]} {resource}",
+                ) from None
             if not (sub.disconnect and task.uncancel() == 0):
                 raise  # the client went away, or the server is stopping
             raise GatewayError(
@@ -179,7 +254,13 @@ class Gateway:
             ) from None
 
     async def session(
-        self, sub: Subscriber, start: int | None, fmt: Format, write: Write, heartbeat: float
+        self,
+        sub: Subscriber,
+        start: int | None,
+        fmt: Format,
+        write: Write,
+        heartbeat: float,
+        caller: Caller = Caller(),
     ) -> None:
         """Serve one subscriber until it goes, the gateway closes, or its policy ends it."""
         hub = self.hub
@@ -188,7 +269,7 @@ class Gateway:
             hub.register(sub)
             await write(fmt.caught_up(sub.cursor))
         else:
-            await self._catch_up(sub, start, fmt, write, resume=True)
+            await self._catch_up(sub, start, fmt, write, caller, resume=True)
         max_batch = self.settings.max_batch
         sub.heartbeat = heartbeat
         try:
@@ -196,7 +277,7 @@ class Gateway:
                 if sub.fell_behind:
                     sub.fell_behind = False
                     await write(fmt.fell_behind(sub.cursor))
-                    await self._catch_up(sub, sub.cursor, fmt, write, resume=False)
+                    await self._catch_up(sub, sub.cursor, fmt, write, caller, resume=False)
                     continue
                 if not (sub.chunks or sub.messages or sub.gap or sub.beat or sub.messages_dropped):
                     sub.wakeup.clear()
@@ -232,7 +313,9 @@ class Gateway:
         finally:
             hub.unregister(sub)
 
-    async def _catch_up(self, sub: Subscriber, cursor: int, fmt: Format, write: Write, resume: bool) -> None:
+    async def _catch_up(
+        self, sub: Subscriber, cursor: int, fmt: Format, write: Write, caller: Caller, resume: bool
+    ) -> None:
         """Serve the subscriber from the store up to the hub's position, then join the hub."""
         filt, form = sub.filt, sub.form
         req = pb.ReadRequest(
@@ -246,7 +329,7 @@ class Gateway:
             getattr(req, "from").position = cursor
             head = -1
             try:
-                async for raw in self._read(req):
+                async for raw in self._read(req, metadata=caller.metadata()):
                     msg = pb.ReadResponse.FromString(raw)
                     if msg.HasField("header"):
                         head = msg.header.head_position
@@ -280,8 +363,13 @@ class Gateway:
             if sub.closed:
                 return
 
-    async def publish(self, request: gwpb.PublishRequest) -> gwpb.PublishResponse:
+    async def publish(
+        self,
+        request: gwpb.PublishRequest,
+        caller: Caller = Caller(),
+    ) -> gwpb.PublishResponse:
         """Deliver to this gateway's subscribers now, then relay through the store to the others."""
+        self.authorize(caller, [("publish", request.stream, "streams")])
         check_name(request.stream, "stream", writing=True)
         check_name(request.type, "type")
         try:
@@ -309,9 +397,11 @@ class Gateway:
         count = self.hub.publish(wire.ephemeral_record(msg), time.monotonic() + ttl)
         relayed = 0
         try:
-            resp = await self.store.Broadcast(msg, timeout=5)
+            resp = await self.store.Broadcast(msg, timeout=5, metadata=caller.metadata())
             relayed = max(0, resp.subscriptions - 1)  # less this gateway's own feed
         except grpc.aio.AioRpcError as e:
+            if e.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                raise GatewayError(e.code(), e.code().name, e.details() or "refused by the store") from e
             if e.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED):
                 raise GatewayError(e.code(), "INVALID_ARGUMENT", e.details() or "refused by the store") from e
             log.warning("published %s here only: the store did not relay it (%s)", msg.id, e.code().name)

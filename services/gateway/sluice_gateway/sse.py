@@ -15,7 +15,7 @@ from sluice.v1 import gateway_pb2 as gwpb
 from sluice_gateway import wire
 from sluice_gateway.config import Settings
 from sluice_gateway.hub import Encoder, Hub
-from sluice_gateway.service import Gateway, GatewayError
+from sluice_gateway.service import Caller, Gateway, GatewayError, watch_needs
 from sluice_gateway.wire import NOTIFICATION, Record
 
 _FORMS = {"full": wire.FULL, "notification": wire.NOTIFICATION}
@@ -90,6 +90,20 @@ class HttpApi:
         self.settings = settings
         self.ready = ready  # the feed from the store is up and the gateway is not stopping
 
+    def _caller(self, request: web.Request) -> Caller:
+        """The caller from an Authorization header, or, for browsers (EventSource cannot set
+        headers), an ``access_token`` query parameter or a ``sluice_token`` cookie."""
+        if not self.gateway.guard.enabled:
+            return Caller()
+        token = request.query.get("access_token") or request.cookies.get("sluice_token", "")
+        auth = request.headers.get("Authorization", "") or (f"Bearer {token}" if token else "")
+        return self.gateway.authenticate({"authorization": auth} if auth else {}, (), request.remote or "")
+
+    @staticmethod
+    def _refused(e: GatewayError) -> web.Response:
+        status = {"UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403}.get(e.reason, 400)
+        return web.json_response({"error": e.message, "reason": e.reason, **e.metadata}, status=status)
+
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/v1/watch", self.sse)
@@ -120,11 +134,14 @@ class HttpApi:
             elif "position" in q:
                 wr.position = int(q["position"])
             heartbeat = float(q.get("heartbeat", "0")) or self.settings.heartbeat_interval
+            caller = self._caller(request)
+            needs = watch_needs(wr)
+            self.gateway.authorize(caller, needs, request.remote or "")
             sub, start = self.gateway.subscriber(wr, encode)
         except (KeyError, ValueError) as e:
             return web.json_response({"error": f"bad query: {e}"}, status=400)
         except GatewayError as e:
-            return web.json_response({"error": e.message, "reason": e.reason, **e.metadata}, status=400)
+            return self._refused(e)
         resp = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
@@ -135,7 +152,7 @@ class HttpApi:
         await resp.prepare(request)
         await resp.write(b": sluice gateway\nretry: 1000\n\n")
         try:
-            await self.gateway.watch(sub, start, SseFormat(), resp.write, heartbeat)
+            await self.gateway.watch(sub, start, SseFormat(), resp.write, heartbeat, caller, needs)
         except GatewayError as e:
             if e.reason != "SUBSCRIBER_TOO_SLOW":  # a stalled client would not read it: just close
                 with contextlib.suppress(ConnectionError):
@@ -157,12 +174,12 @@ class HttpApi:
             )
             if body.get("ttl_seconds"):
                 req.time_to_live.FromMilliseconds(int(float(body["ttl_seconds"]) * 1000))
-            resp = await self.gateway.publish(req)
+            resp = await self.gateway.publish(req, self._caller(request))
         except (ValueError, TypeError, AttributeError, OverflowError, RecursionError) as e:
             # Not JSON, not an object, too deep to parse, or numbers out of range.
             return web.json_response({"error": f"bad body: {type(e).__name__}: {str(e)[:200]}"}, status=400)
         except GatewayError as e:
-            return web.json_response({"error": e.message, "reason": e.reason, **e.metadata}, status=400)
+            return self._refused(e)
         return web.json_response({"id": resp.id, "subscribers": resp.subscribers, "relayed": resp.relayed})
 
     async def metrics(self, _: web.Request) -> web.Response:
