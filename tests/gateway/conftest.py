@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sluice import Client
+from sluice import Client, Credentials
 from sluice.gateway import GatewayClient
 from tests.conftest import StoreProcess, reap
 from tests.ports import announced
@@ -23,7 +23,15 @@ class GatewayProcess:
     what it says it bound, known once ``start()`` returns.
     """
 
-    def __init__(self, store: str, *extra: str, port: int = 0, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        store: str,
+        *extra: str,
+        port: int = 0,
+        env: dict[str, str] | None = None,
+        credentials: Credentials | None = None,
+    ) -> None:
+        self.credentials = credentials  # how the readiness check below calls it
         self.port = port
         self.addr = ""
         self.http = ""
@@ -50,7 +58,7 @@ class GatewayProcess:
         self.output += bytes(seen)
         self.addr, self.http = m.group(1), f"http://{m.group(2)}"
         self.port = int(self.addr.rpartition(":")[2])
-        async with GatewayClient(self.addr) as g:  # ready: the feed from the store is live
+        async with GatewayClient(self.addr, credentials=self.credentials) as g:  # ready: its feed is live
             await asyncio.wait_for(anext(g.watch()), 20)
 
     async def stop(self) -> int:

@@ -38,7 +38,12 @@ POLICY: dict[str, Any] = {
         {"allow": ["append", "read"], "streams": ["mesh-*"], "who": ["spiffe://test/ns/shop/sa/orders"]},
     ],
 }
-TOKENS = {"root": "root-secret-token", "orders-app": "orders-secret-token", "auditor": "auditor-token"}
+TOKENS = {
+    "root": "root-secret-token",
+    "orders-app": "orders-secret-token",
+    "auditor": "auditor-token",
+    "gateway": "gateway-token",
+}
 
 
 class Keys:

@@ -1,0 +1,135 @@
+"""The mesh with security on: store, gateway and sidecar over TLS, each with its own
+credential, one policy; events flow end to end and each part gets only its grants."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+import pytest
+import yaml
+
+from sluice import START, Client, Credentials, PermissionDenied, Unauthenticated, new_event
+from sluice.gateway import GatewayClient
+from sluice.security import token_hash
+from sluice.v1 import streams_pb2 as pb
+from tests.conftest import StoreProcess
+from tests.gateway.conftest import GatewayProcess
+from tests.security.conftest import TOKENS, Setup
+from tests.sidecar.conftest import App, Sidecar
+
+WAIT = 30.0
+
+MESH_POLICY = {
+    "rules": [
+        {"allow": ["*"], "streams": ["*", "$*"], "who": ["root"]},
+        {"allow": ["*"], "groups": ["*"], "who": ["root"]},
+        {"allow": ["read", "publish"], "streams": ["*"], "who": ["gateway"]},  # its feed, relays
+        {"allow": ["read", "append"], "streams": ["orders-*"], "who": ["orders-app"]},
+        {"allow": ["join"], "groups": ["orders-app"], "who": ["orders-app"]},
+        {"allow": ["read", "watch"], "streams": ["orders-*"], "who": ["auditor"]},
+    ]
+}
+
+
+@pytest.fixture
+async def app() -> AsyncIterator[App]:
+    a = App()
+    await a.start()
+    yield a
+    await a.stop()
+
+
+async def test_events_flow_through_a_secured_mesh_and_each_part_has_only_its_grants(
+    secure_store: Callable[..., Awaitable[StoreProcess]], setup: Setup, app: App, tmp_path: Path
+) -> None:
+    setup.write_policy(MESH_POLICY)
+    store = await secure_store()
+    ca = str(setup.ca_file)
+    gateway_token = tmp_path / "gateway.token"
+    gateway_token.write_text(TOKENS["gateway"])
+    sidecar_token = tmp_path / "sidecar.token"
+    sidecar_token.write_text(TOKENS["orders-app"])
+    gateway = GatewayProcess(
+        store.addr,
+        *setup.store_flags(),
+        *("--store-tls-ca", ca, "--store-token-file", str(gateway_token)),
+        credentials=setup.creds("root"),
+    )
+    sidecar = Sidecar(
+        "pod-1",
+        store.addr,
+        "orders-app",
+        app.url("pod-1"),
+        *("--create-group", "false", "--store-tls-ca", ca, "--store-token-file", str(sidecar_token)),
+    )
+    sidecar.log = tmp_path / "sidecar.log"
+    try:
+        async with Client(store.addr, credentials=setup.creds("root")) as root:
+            await root.create_group("orders-app", stream_prefixes=["orders-"], start=START, lease=2.0)
+            await gateway.start()
+            await sidecar.start()
+            first = [new_event("Placed", {"n": n}) for n in range(10)]
+            for n, ev in enumerate(first):
+                await root.append(f"orders-{n % 3}", [ev])
+            await app.wait(lambda: app.acked_ids() >= {e.id for e in first})
+
+            # A subscriber of the gateway with its own token, from a cursor: the catch-up read
+            # goes to the store with that token.
+            async with GatewayClient(gateway.addr, credentials=setup.creds("auditor")) as gw:
+                seen: list[str] = []
+                async with asyncio.timeout(WAIT):
+                    async for item in gw.watch(stream_prefixes=["orders-"], start=1):
+                        if isinstance(item, pb.RecordedEvent):
+                            seen.append(item.id)
+                        if len(seen) == len(first):
+                            break
+                assert seen == [e.id for e in first]
+                with pytest.raises(PermissionDenied):
+                    await anext(gw.watch(stream_prefixes=["users-"]))
+            async with GatewayClient(gateway.addr, credentials=Credentials(ca_file=ca)) as anonymous:
+                with pytest.raises(Unauthenticated):
+                    await anext(anonymous.watch(stream_prefixes=["orders-"]))
+            # Browsers: no token, 401; a token in the query string, events.
+            async with aiohttp.ClientSession() as http:
+                url = gateway.http.replace("http://", "https://") + "/v1/watch?prefix=orders-&position=1"
+                ssl_ctx = ssl.create_default_context(cafile=ca)
+                async with http.get(url, ssl=ssl_ctx) as r:
+                    assert r.status == 401
+                async with http.get(url + f"&access_token={TOKENS['auditor']}", ssl=ssl_ctx) as r:
+                    assert r.status == 200 and r.headers["Content-Type"] == "text/event-stream"
+                    line = b""
+                    async with asyncio.timeout(WAIT):
+                        while not line.startswith(b"data: {"):
+                            line = await r.content.readline()
+                # What the app publishes through its sidecar: the sidecar's grants, no more.
+                publish = f"http://{sidecar.http}/v1/publish"
+                headers = {"ce-type": "Noted"}
+                async with http.post(f"{publish}/orders-notes", data=b"x", headers=headers) as r:
+                    assert r.status == 200
+                async with http.post(f"{publish}/users-1", data=b"x", headers=headers) as r:
+                    assert r.status == 403 and (await r.json())["reason"] == "PERMISSION_DENIED"
+
+            # The sidecar's token rotates (as a projected service-account token does): the
+            # store knows only the new one now, and delivery goes on.
+            new_token = "orders-rotated-token"
+            doc = yaml.safe_load(setup.tokens.read_text())
+            for entry in doc["tokens"]:
+                if entry["name"] == "orders-app":
+                    entry["sha256"] = token_hash(new_token)
+            setup.tokens.write_text(yaml.safe_dump(doc))
+            sidecar_token.write_text(new_token)
+            os.utime(sidecar_token)
+            later = [new_event("Placed", {"n": n}) for n in range(5)]
+            for n, ev in enumerate(later):
+                await root.append(f"orders-{n % 3}", [ev])
+            await app.wait(lambda: app.acked_ids() >= {e.id for e in later})
+    finally:
+        for proc in (sidecar.proc, gateway.proc):
+            if proc is not None and proc.returncode is None:
+                proc.kill()
+                await proc.wait()
