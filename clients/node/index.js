@@ -6,6 +6,7 @@
 
 const path = require('node:path');
 const crypto = require('node:crypto');
+const fs = require('node:fs');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
 const protobuf = require('protobufjs');
@@ -187,9 +188,48 @@ function startPoint(at) {
 const ROUND_ROBIN = JSON.stringify({ loadBalancingConfig: [{ round_robin: {} }] });
 
 /** A connection to a Sluice store. */
+/** A file's bytes for a path, or the Buffer given. */
+function pem(value) {
+  if (!value) return null;
+  return Buffer.isBuffer(value) ? value : fs.readFileSync(value);
+}
+
+/**
+ * A bearer token: the one given, or a file's content read again when it changes (as a
+ * rotated Kubernetes service-account token is), from options or SLUICE_TOKEN(_FILE).
+ */
+function tokenSource(token, tokenFile) {
+  if (token) return () => token;
+  if (!tokenFile) return null;
+  let value = '';
+  let stamp = '';
+  return () => {
+    const st = fs.statSync(tokenFile);
+    const now = `${st.mtimeMs}:${st.size}`;
+    if (now !== stamp) {
+      value = fs.readFileSync(tokenFile, 'utf8').trim();
+      stamp = now;
+    }
+    return value;
+  };
+}
+
 class Client {
+  /**
+   * `options.tls`: `{ ca, cert, key }` (paths or Buffers; `{}` for the system's roots);
+   * `options.token` or `options.tokenFile`: a bearer token. Without them the variables
+   * SLUICE_TLS_CA, SLUICE_TLS_CERT, SLUICE_TLS_KEY, SLUICE_TOKEN and SLUICE_TOKEN_FILE apply.
+   */
   constructor(target = process.env.SLUICE_STORE_ADDR || DEFAULT_ADDR, options = {}) {
-    const credentials = options.credentials || grpc.credentials.createInsecure();
+    const env = process.env;
+    let tls = options.tls;
+    if (!tls && (env.SLUICE_TLS_CA || env.SLUICE_TLS_CERT)) {
+      tls = { ca: env.SLUICE_TLS_CA, cert: env.SLUICE_TLS_CERT, key: env.SLUICE_TLS_KEY };
+    }
+    this._token = tokenSource(options.token || env.SLUICE_TOKEN, options.tokenFile || env.SLUICE_TOKEN_FILE);
+    const credentials =
+      options.credentials ||
+      (tls ? grpc.credentials.createSsl(pem(tls.ca), pem(tls.key), pem(tls.cert)) : grpc.credentials.createInsecure());
     // Calls spread over every address the target resolves to (store replicas behind a
     // headless Service: dns:///sluice-store-headless.<namespace>.svc:50051).
     const channelOptions = { 'grpc.service_config': ROUND_ROBIN, ...(options.channelOptions || {}) };
@@ -201,10 +241,17 @@ class Client {
     this.streams.close();
   }
 
+  /** Call metadata: the bearer token, when there is one. */
+  _metadata() {
+    const md = new grpc.Metadata();
+    if (this._token) md.set('authorization', `Bearer ${this._token()}`);
+    return md;
+  }
+
   _unary(method, request) {
     const deadline = new Date(Date.now() + this.deadlineMs);
     return new Promise((resolve, reject) => {
-      this.streams[method](request, { deadline }, (err, response) =>
+      this.streams[method](request, this._metadata(), { deadline }, (err, response) =>
         err ? reject(fromGrpcError(err)) : resolve(response),
       );
     });
@@ -217,13 +264,16 @@ class Client {
 
   /** Events of one stream (or of all streams, with stream ''), one by one. */
   async *read(stream = '', { start, backwards = false, maxCount = 0, prefixes = [], types = [] } = {}) {
-    const call = this.streams.Read({
-      stream,
-      from: startPoint(start),
-      backwards,
-      max_count: maxCount,
-      filter: filter(prefixes, types),
-    });
+    const call = this.streams.Read(
+      {
+        stream,
+        from: startPoint(start),
+        backwards,
+        max_count: maxCount,
+        filter: filter(prefixes, types),
+      },
+      this._metadata(),
+    );
     try {
       for await (const msg of call) yield* msg.events; // the first message is a header
     } catch (err) {
@@ -245,12 +295,15 @@ class Client {
    * `{ fell_behind }` for the control messages. Stop with `break`.
    */
   async *subscribe(stream = '', { start = END, prefixes = [], types = [], heartbeatMs = 0 } = {}) {
-    const call = this.streams.Subscribe({
-      stream,
-      from: startPoint(start),
-      filter: filter(prefixes, types),
-      heartbeat_interval_ms: heartbeatMs,
-    });
+    const call = this.streams.Subscribe(
+      {
+        stream,
+        from: startPoint(start),
+        filter: filter(prefixes, types),
+        heartbeat_interval_ms: heartbeatMs,
+      },
+      this._metadata(),
+    );
     try {
       for await (const msg of call) {
         if (msg.content === 'events') {
