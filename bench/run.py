@@ -1020,6 +1020,101 @@ def report(res: Results, a: argparse.Namespace, elapsed: float) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+# -- security ---------------------------------------------------------------------------
+
+
+async def bench_security(res: Results, a: argparse.Namespace) -> None:
+    """The store with TLS, a bearer token on every call and a policy, beside the same store
+    in plaintext, in one run: what the checks cost (decisions are cached per principal,
+    action and resource, not made per event)."""
+    import trustme
+    import yaml
+
+    from sluice import Credentials
+    from sluice.security import token_hash
+
+    tmp = Path(tempfile.mkdtemp(prefix="sluice-bench-security-"))
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.cert_chain_pems[0].write_to_path(str(tmp / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(tmp / "key.pem"))
+    ca.cert_pem.write_to_path(str(tmp / "ca.pem"))
+    token = "bench-token"
+    (tmp / "tokens.yaml").write_text(
+        yaml.safe_dump({"tokens": [{"name": "bench", "sha256": token_hash(token)}]})
+    )
+    rule = {"allow": ["append", "read"], "streams": ["bench-*"], "who": ["bench"]}
+    (tmp / "policy.yaml").write_text(yaml.safe_dump({"rules": [rule]}))
+    secured = {
+        "tls_cert": str(tmp / "cert.pem"),
+        "tls_key": str(tmp / "key.pem"),
+        "tokens_file": str(tmp / "tokens.yaml"),
+        "policy_file": str(tmp / "policy.yaml"),
+    }
+    creds = Credentials(ca_file=str(tmp / "ca.pem"), token=token)
+    events = [payload(i) for i in range(1000)]
+    n_catch = max(a.catchup // 4, 10_000)
+
+    async def measure(name: str, flags: dict[str, str], credentials: Credentials | None) -> dict[str, float]:
+        db = f"sqlite:///{tmp}/{name}.db"
+        async with (
+            store_processes(db, 1, {"durability": a.durability, **flags}) as (addr,),
+            Client(addr, timeout=120, credentials=credentials) as c,
+        ):
+
+            async def batched() -> int:
+                for _ in range(a.batches):
+                    await c.append("bench-batch", [new_event("E", e) for e in events])
+                return 1000 * a.batches
+
+            async def pipelined() -> int:
+                async with c.session() as s:
+                    pending: list[asyncio.Future[pb.AppendResponse]] = []
+                    for i in range(a.inflight):
+                        pending.append(s.send(f"bench-{i % 64}", [new_event("E", events[i % 1000])]))
+                        if len(pending) >= 256:
+                            await pending.pop(0)
+                    await asyncio.gather(*pending)
+                return a.inflight
+
+            async def catch_up() -> int:
+                got = 0
+                async for item in c.subscribe(start=START, stream_prefixes=["bench-"]):
+                    if isinstance(item, pb.RecordedEvent):
+                        got += 1
+                    elif isinstance(item, pb.CaughtUp):
+                        return got
+                return got
+
+            out = {"batched": await timed(batched), "pipelined": await timed(pipelined)}
+            while (await c.stream_info("bench-batch")).event_count < n_catch:
+                await c.append("bench-batch", [new_event("E", e) for e in events])
+            out["catch-up"] = await timed(catch_up)
+            return out
+
+    try:
+        plain = await measure("plain", {}, None)
+        secure = await measure("secure", secured, creds)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    labels = {
+        "batched": "batches of 1000 events per request",
+        "pipelined": "single-event appends, 256 in flight (session)",
+        "catch-up": "subscription catch-up over a prefix",
+    }
+    for key, label in labels.items():
+        res.add(
+            Row(
+                "security",
+                f"TLS + token + policy vs plaintext: {label}",
+                "events/s",
+                secure[key],
+                {"plaintext": plain[key]},
+                target=">= 0.85x plaintext",
+            )
+        )
+
+
 SECTION_LIMIT = 1200.0  # seconds one section may take in a full run
 SECTION_LIMIT_QUICK = 300.0
 
@@ -1050,7 +1145,8 @@ async def main() -> None:
     p.add_argument("--quick", action="store_true", help="smaller sizes for a quick look")
     p.add_argument("--durability", default="full", choices=["full", "normal"])
     p.add_argument(
-        "--only", help="comma-separated sections: appends,latency,catchup,scale,sidecar,gateway,postgres"
+        "--only",
+        help="comma-separated sections: appends,latency,catchup,scale,sidecar,gateway,postgres,security",
     )
     p.add_argument(
         "--gateway-flags", default="", help="extra flags for the gateway, e.g. '--flush-interval 10ms'"
@@ -1078,6 +1174,7 @@ async def main() -> None:
         "sidecar": bench_sidecar,
         "gateway": bench_gateway,
         "postgres": bench_postgres,
+        "security": bench_security,
     }
     chosen = a.only.split(",") if a.only else list(sections)
     res = Results()
