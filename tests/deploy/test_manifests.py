@@ -319,7 +319,7 @@ def test_the_store_is_sized_from_a_measurement_and_starts_before_it_is_probed(ov
     request = mebibytes(c["resources"]["requests"]["memory"])
     assert request >= 1.5 * measured_store_rss_mib(), "the request leaves room above the measured size"
     assert mebibytes(c["resources"]["limits"]["memory"]) >= 2 * request
-    assert c["startupProbe"]["grpc"]["port"] == 50051  # liveness waits for the database to open
+    assert c["startupProbe"]["grpc"]["port"] == 8071  # liveness waits for the database to open
     if overlay == "postgres":
         env = container_env(c, store, docs)
         assert "<secret:" in env["SLUICE_DB"]  # the URL, without the password ...

@@ -40,6 +40,19 @@ def listen_grpc(
     return port
 
 
+async def health_listener(servicer: Any, addr: str) -> tuple[grpc.aio.Server, int]:
+    """A plaintext gRPC server with nothing but ``servicer`` (grpc.health.v1) on ``addr``:
+    what the kubelet's gRPC probes reach when the service port speaks TLS."""
+    import grpc
+    from grpc_health.v1 import health_pb2_grpc
+
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = listen_grpc(server, addr, "health_addr")
+    await server.start()
+    return server, port
+
+
 def run_main(
     prog: str,
     load_settings: Callable[[], T],

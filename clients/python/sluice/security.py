@@ -513,6 +513,11 @@ SERVER_OPTIONS: tuple[Option, ...] = (
         parse_bool,
         "serve beyond loopback without authentication (otherwise refused: protected mode)",
     ),
+    Option(
+        "health_addr",
+        str,
+        "plaintext gRPC health alone, for the kubelet's probes (they cannot speak TLS); empty: off",
+    ),
 )
 
 
@@ -530,6 +535,7 @@ class ServerSecurity:
     jwt_audience: str = "sluice"
     policy_file: str = ""
     insecure: bool = False
+    health_addr: str = ""
 
     def check_security(self) -> None:
         if bool(self.tls_cert) != bool(self.tls_key):

@@ -16,7 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from sluice import security
 from sluice.credentials import bearer_interceptors
 from sluice.httpserver import BoundedRunner
-from sluice.process import listen_grpc, settle_heap, until_signal
+from sluice.process import health_listener, listen_grpc, settle_heap, until_signal
 from sluice.settings import ConfigError
 from sluice.v1 import gateway_pb2 as gwpb
 from sluice.v1 import streams_pb2_grpc as pb_grpc
@@ -78,6 +78,8 @@ class GatewayServer:
         self.service = GatewayService(self.gateway)
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
+        self.health_server: grpc.aio.Server | None = None
+        self.health_port = 0
         self.http: web.AppRunner | None = None
         self.port = 0
         self.http_port = 0
@@ -116,6 +118,9 @@ class GatewayServer:
         )
         self.port = listen_grpc(self.server, self.settings.addr, "addr", self.settings.grpc_credentials())
         await self.server.start()
+        if self.settings.health_addr:
+            health_addr = self.settings.health_addr
+            self.health_server, self.health_port = await health_listener(self.health, health_addr)
         # "" (liveness) is SERVING while the process runs; sluice.v1.Gateway (readiness)
         # only while the live feed from the store is up.
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -180,6 +185,8 @@ class GatewayServer:
             await self.http.cleanup()
         if self.server is not None:
             await self.server.stop(self.settings.grace if grace is None else grace)
+        if self.health_server is not None:
+            await self.health_server.stop(0)
         await self.feed.close()
         await self.channel.close()
 

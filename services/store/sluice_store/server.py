@@ -15,7 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from sluice import security, telemetry
-from sluice.process import listen_grpc, settle_heap, until_signal
+from sluice.process import health_listener, listen_grpc, settle_heap, until_signal
 from sluice.settings import redact
 from sluice.v1 import groups_pb2 as gpb
 from sluice.v1 import streams_pb2 as pb
@@ -88,6 +88,8 @@ class StoreServer:
         self._policy_watch: asyncio.Task[None] | None = None
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
+        self.health_server: grpc.aio.Server | None = None
+        self.health_port = 0
         self.port = 0
         self._reclaimer: asyncio.Task[None] | None = None
         self._stopped = False
@@ -154,6 +156,8 @@ class StoreServer:
         )
         self.port = listen_grpc(self.server, s.addr, "addr", s.grpc_credentials())
         await self.server.start()
+        if s.health_addr:
+            self.health_server, self.health_port = await health_listener(self.health, s.health_addr)
         for name in ("", SERVICE_NAME, GROUPS_SERVICE_NAME, APPEND_HEALTH):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._reclaimer = asyncio.create_task(self._reclaim_loop())
@@ -237,6 +241,8 @@ class StoreServer:
                     await task
         if self.server:
             await self.server.stop(self.settings.grace if grace is None else grace)
+        if self.health_server is not None:
+            await self.health_server.stop(0)
         await self.storage.close()
 
 
