@@ -6,12 +6,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import subprocess
+import tempfile
 from pathlib import Path
 
 import kubernetes_validate
 import pytest
 import yaml
 
+from sluice import security
 from sluice.settings import Option, default, parse_duration
 from sluice_gateway import config as gateway_config
 from sluice_gateway.server import SERVICE_NAME as GATEWAY_SERVICE
@@ -55,7 +57,7 @@ DRAIN = {"store": "grace", "gateway": "grace", "sidecar": "drain_timeout"}
 
 
 def test_the_overlays_are_the_ones_documented() -> None:
-    assert OVERLAYS == ["example", "postgres", "sqlite"]
+    assert OVERLAYS == ["example", "postgres", "secure", "sqlite"]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -64,6 +66,9 @@ def test_every_object_validates_strictly(overlay: str, version: str) -> None:
     docs = render(overlay)
     assert docs
     for doc in docs:
+        if doc["apiVersion"].startswith("cert-manager.io/"):  # a CRD: no schema here
+            assert doc["kind"] in ("Issuer", "Certificate") and doc["spec"], doc
+            continue
         try:
             kubernetes_validate.validate(doc, version, strict=True)
         except kubernetes_validate.ValidationError as e:
@@ -371,3 +376,65 @@ def test_images_run_as_the_manifests_user_and_group_without_pip(kind: str) -> No
 def test_every_option_is_a_settings_field_with_its_default_written_once(kind: str) -> None:
     fields = {f.name for f in dataclasses.fields(SETTINGS[kind])}
     assert {o.name for o in OPTIONS[kind]} == fields  # each default lives on the field alone
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_protected_mode_lets_every_server_start(overlay: str) -> None:
+    """A store or gateway beyond loopback has authentication, or says it may go without."""
+    docs = render(overlay)
+    for w in workloads(docs):
+        for c in w.containers():
+            kind = component(c)
+            if kind not in ("store", "gateway"):
+                continue
+            env = {**dockerfile(DOCKERFILES[kind])[0], **container_env(c, w, docs)}
+            secured = any(
+                env.get(k) for k in ("SLUICE_TOKENS_FILE", "SLUICE_JWKS_FILE", "SLUICE_TLS_CLIENT_CA")
+            )
+            insecure = env.get("SLUICE_INSECURE") == "true"
+            addr = env.get("SLUICE_STORE_ADDR" if kind == "store" else "SLUICE_GATEWAY_ADDR", "")
+            assert not security.protected_mode(addr, "addr", secured, insecure), f"{overlay}: {w.name}"
+
+
+def mounted(container: Doc, path: str) -> bool:
+    return any(path.startswith(m["mountPath"].rstrip("/") + "/") for m in container.get("volumeMounts", []))
+
+
+def test_the_secure_overlay_turns_everything_on_and_its_policy_grants_what_runs() -> None:
+    docs = render("secure")
+    maps = by_kind(docs, "ConfigMap")
+    policy_file = Path(tempfile.mkdtemp()) / "policy.yaml"
+    policy_file.write_text(maps["sluice-policy"]["data"]["policy.yaml"])
+    policy = security.Policy(str(policy_file))  # the engine itself reads it
+    for w in workloads(docs):
+        for c in w.containers():
+            kind = component(c)
+            env = {**dockerfile(DOCKERFILES[kind])[0], **container_env(c, w, docs)}
+            files = [
+                v
+                for k, v in env.items()
+                if k.endswith("_FILE") or k.startswith(("SLUICE_TLS_", "SLUICE_STORE_TLS_"))
+            ]
+            for path in files:
+                assert mounted(c, path), f"{w.name}/{c['name']}: {path} is not mounted"
+            if kind in ("store", "gateway"):
+                assert (
+                    env["SLUICE_INSECURE"] == "false" and env["SLUICE_TLS_CERT"] and env["SLUICE_JWKS_FILE"]
+                )
+            if kind in ("gateway", "sidecar"):
+                token = next(
+                    v
+                    for v in w.spec["volumes"]
+                    if mounted(c, env["SLUICE_STORE_TOKEN_FILE"]) and "projected" in v
+                )
+                source = token["projected"]["sources"][0]["serviceAccountToken"]
+                assert source["audience"] == maps["sluice-store"]["data"]["SLUICE_JWT_AUDIENCE"]
+                account = w.spec.get("serviceAccountName", "default")
+                principal = security.Principal(f"system:serviceaccount:sluice:{account}")
+                if kind == "gateway":
+                    policy.check(principal, "read", "*")  # its feed
+                else:
+                    group = env["SLUICE_GROUP"]
+                    policy.check(principal, "join", group, "groups")
+                    for prefix in env["SLUICE_PREFIXES"].split(","):
+                        policy.check(principal, "read", prefix + "*")
