@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import socket
 import ssl
 import sys
@@ -27,7 +28,7 @@ from sluice import (
 from sluice.v1 import groups_pb2 as gpb
 from sluice.v1 import streams_pb2 as pb
 from tests.conftest import StoreProcess
-from tests.security.conftest import AUDIENCE, ISSUER, POLICY, Setup
+from tests.security.conftest import AUDIENCE, ISSUER, POLICY, TOKENS, Setup
 
 WAIT = 20.0
 
@@ -282,3 +283,39 @@ async def test_protected_mode_serves_loopback_only_without_credentials(tmp_path:
     proc.terminate()
     await proc.wait()
     assert b"listening on 0.0.0.0:" in line
+
+
+async def test_refusals_and_changes_are_audited_as_json_without_secrets(
+    secure_store: Callable[..., Awaitable[StoreProcess]], setup: Setup
+) -> None:
+    store = await secure_store()
+    async with Client(store.addr, credentials=setup.creds("orders-app")) as app:
+        with pytest.raises(PermissionDenied):
+            await app.delete_stream("orders-1")
+    async with Client(store.addr, credentials=setup.creds("root")) as root:
+        await root.append("orders-9", [new_event("E")])
+        await root.set_retention("orders-9", max_count=3)
+    async with Client(
+        store.addr, credentials=Credentials(ca_file=str(setup.ca_file), token="wrong-token-4d2f")
+    ) as bad:
+        with pytest.raises(Unauthenticated):
+            await bad.append("orders-1", [new_event("E")])
+    assert store.log is not None
+
+    def audit() -> list[dict[str, object]]:
+        lines = store.log.read_text().splitlines() if store.log else []
+        return [json.loads(line.split("sluice.audit: ", 1)[1]) for line in lines if "sluice.audit: " in line]
+
+    async with asyncio.timeout(WAIT):
+        while len(audit()) < 3:  # noqa: ASYNC110 (the log file is the only signal)
+            await asyncio.sleep(0.05)
+    records = audit()
+    refused = [r for r in records if r["event"] == "refused"]
+    assert {"principal": "orders-app", "action": "delete", "resource": "stream orders-1"}.items() <= refused[
+        0
+    ].items()
+    assert any(r["action"] == "authenticate" and r.get("peer") for r in refused)
+    changed = [r for r in records if r["event"] == "changed"]
+    assert changed and changed[0]["principal"] == "root" and changed[0]["action"] == "retention"
+    text = store.log.read_text()
+    assert all(token not in text for token in (*TOKENS.values(), "wrong-token-4d2f"))
