@@ -847,8 +847,10 @@ async def fanout_run(
     expect: int,
     produce: Callable[[], Awaitable[None]],
     latency: bool = False,
+    env: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Start two worker processes holding ``subs`` subscribers, produce, gather their results."""
+    """Start two worker processes holding ``subs`` subscribers, produce, gather their results
+    (``env``: their environment, say SLUICE_TLS_CA and SLUICE_TOKEN for a secured gateway)."""
     script = str(ROOT / "fanout.py")
     workers = []
     for share in (subs - subs // 2, subs // 2):
@@ -873,6 +875,7 @@ async def fanout_run(
                 *(["--latency"] if latency else []),
                 stdout=asyncio.subprocess.PIPE,
                 limit=1 << 28,
+                env=dict(env) if env is not None else None,
             )
         )
     try:
@@ -1043,7 +1046,7 @@ async def bench_security(res: Results, a: argparse.Namespace) -> None:
     (tmp / "tokens.yaml").write_text(
         yaml.safe_dump({"tokens": [{"name": "bench", "sha256": token_hash(token)}]})
     )
-    rule = {"allow": ["append", "read"], "streams": ["bench-*"], "who": ["bench"]}
+    rule = {"allow": ["append", "read", "watch"], "streams": ["*"], "who": ["bench"]}
     (tmp / "policy.yaml").write_text(yaml.safe_dump({"rules": [rule]}))
     secured = {
         "tls_cert": str(tmp / "cert.pem"),
@@ -1092,15 +1095,47 @@ async def bench_security(res: Results, a: argparse.Namespace) -> None:
             out["catch-up"] = await timed(catch_up)
             return out
 
+    async def fan_out(name: str, flags: dict[str, str], credentials: Credentials | None) -> float:
+        """Deliveries/s from one gateway to 100 subscribers (secured: TLS and tokens on the
+        gateway, its subscribers and its channel to the store)."""
+        subs, n = 100, max(1000, a.fanout_deliveries // 100 // 4)
+        gateway_flags = []
+        env = dict(os.environ)
+        if credentials is not None:
+            (tmp / "token").write_text(token)
+            for k in ("tls_cert", "tls_key", "tokens_file", "policy_file"):
+                gateway_flags += [f"--{k.replace('_', '-')}", flags[k]]
+            gateway_flags += ["--store-tls-ca", str(tmp / "ca.pem"), "--store-token-file", str(tmp / "token")]
+            env.update({"SLUICE_TLS_CA": str(tmp / "ca.pem"), "SLUICE_TOKEN": token})
+        db = f"sqlite:///{tmp}/{name}-fan.db"
+        async with (
+            store_processes(db, 1, {"durability": a.durability, **flags}) as (addr,),
+            Client(addr, timeout=120, credentials=credentials) as c,
+        ):
+            gaddr = f"127.0.0.1:{free_port()}"
+            gateway = [sys.executable, "-m", "sluice_gateway", "--addr", gaddr, "--store", addr]
+            async with process(*gateway, "--http-addr", "", *gateway_flags, ready=b"listening on"):
+
+                async def produce() -> None:
+                    for sent in range(0, n, 500):
+                        batch = [new_event("Tick", stamped(sent + j)) for j in range(min(500, n - sent))]
+                        await c.append(f"fan-{sent % 8}", batch)  # what the workers watch
+
+                got = await fanout_run("sluice", gaddr, subs, n, produce, env=env)
+                return float(got["rate"])
+
     try:
         plain = await measure("plain", {}, None)
         secure = await measure("secure", secured, creds)
+        plain["fan-out"] = await fan_out("plain", {}, None)
+        secure["fan-out"] = await fan_out("secure", secured, creds)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     labels = {
         "batched": "batches of 1000 events per request",
         "pipelined": "single-event appends, 256 in flight (session)",
         "catch-up": "subscription catch-up over a prefix",
+        "fan-out": "gateway fan-out to 100 subscribers (deliveries/s)",
     }
     for key, label in labels.items():
         res.add(
