@@ -12,7 +12,7 @@ PROTOS := $(shell find protos -name '*.proto')
 SLUICE_DATA ?= ./data
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install protos check-protos lint checkov fmt test faults run demo bench clean
+.PHONY: install system-packages protos check-protos lint checkov fmt test faults run demo bench clean
 
 install: $(STAMP)
 
@@ -68,7 +68,11 @@ $(NODE_STAMP): clients/node/package.json clients/node/package-lock.json
 	cd clients/node && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-test: $(STAMP) $(NODE_STAMP) check-protos lint
+# Debian packages the tests need (Go and protoc for clients/go): installed as root, else named.
+system-packages:
+	@bash scripts/system-packages.sh
+
+test: $(STAMP) $(NODE_STAMP) system-packages check-protos lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 # The fault suite alone, longer: 20 kill cycles of each kind (make test runs 3).

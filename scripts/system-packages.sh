@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The Debian packages the tests need beyond Python and Node.js: Go and protoc with the
+# gRPC plugins and libraries, for the Go client (clients/go, built in GOPATH mode). Run by
+# `make test`: installs what is missing when run as root, else names it.
+set -euo pipefail
+PACKAGES=(
+  golang-go protobuf-compiler protoc-gen-go protoc-gen-go-grpc golang-google-grpc-dev
+  golang-google-protobuf-dev golang-google-genproto-dev golang-github-golang-protobuf-1-5-dev
+)
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+if [ "$(id -u)" = 0 ]; then
+  echo "installing ${missing[*]}"
+  apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+else
+  echo "make test: the Go client's tests need these Debian packages (run as root to install them):" \
+    "${missing[*]}" >&2
+fi
