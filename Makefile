@@ -12,7 +12,7 @@ PROTOS := $(shell find protos -name '*.proto')
 SLUICE_DATA ?= ./data
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install system-packages protos check-protos lint checkov fmt test faults run demo bench clean
+.PHONY: install system-packages images protos check-protos lint checkov fmt test faults run demo bench clean
 
 install: $(STAMP)
 
@@ -67,6 +67,10 @@ fmt: $(STAMP)
 $(NODE_STAMP): clients/node/package.json clients/node/package-lock.json
 	cd clients/node && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
+
+# The four images, built for real with podman from the repository root (see the script).
+images:
+	bash scripts/images.sh
 
 # Debian packages the tests need (Go and protoc for clients/go): installed as root, else named.
 system-packages:
