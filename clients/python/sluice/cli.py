@@ -479,7 +479,49 @@ def build_parser() -> argparse.ArgumentParser:
     gp.add_argument("--to", help="reset: start, end, pos:N, an ISO time or -5m")
     gp.add_argument("--partition", type=int, action="append", help="reset: only this partition")
     gp.set_defaults(run=cmd_groups)
+
+    adm = sub.add_parser("admin", help="backup, restore, verify a store's SQLite file (where it runs)")
+    adm.add_argument("action", choices=["backup", "restore", "verify"])
+    adm.add_argument("--db", required=True, help="the store's file (sqlite:///path or a path)")
+    adm.add_argument("--to", help="backup: the new backup file")
+    adm.add_argument("--from", dest="source", help="restore: the backup file")
     return p
+
+
+def cmd_admin(a: argparse.Namespace) -> None:
+    """Backup, restore and verify run on the store's own file: they need the store package."""
+    try:
+        from sluice_store import admin
+    except ImportError:
+        raise SystemExit("sluice admin: needs the store package (pip install ./services/store)") from None
+    try:
+        if a.action == "verify":
+            problems = admin.verify(a.db)
+            if a.json:
+                print(json.dumps({"db": a.db, "ok": not problems, "problems": problems}))
+            else:
+                table([(p,) for p in problems] or [("no problem found",)], (f"verify {a.db}",))
+            if problems:
+                raise SystemExit(1)
+            return
+        if a.action == "backup":
+            if not a.to:
+                raise SystemExit("sluice admin backup needs --to FILE")
+            done = admin.backup(a.db, a.to)
+        else:
+            if not a.source:
+                raise SystemExit("sluice admin restore needs --from FILE")
+            done = admin.restore(a.source, a.db)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"sluice admin {a.action}: {e}") from None
+    row = (done.path, done.head, done.events, done.streams, done.groups, done.bytes, done.store_id)
+    if a.json:
+        print(json.dumps(dict(zip(ADMIN_HEADERS, row, strict=True))))
+    else:
+        table([row], ADMIN_HEADERS)
+
+
+ADMIN_HEADERS = ("file", "head position", "events", "streams", "groups", "bytes", "store id")
 
 
 async def _run(a: argparse.Namespace) -> None:
@@ -516,6 +558,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(f"groups {a.action} needs a group name")
     if a.command in ("append", "publish"):
         a.payload = read_payload(a)
+    if a.command == "admin":
+        cmd_admin(a)
+        return
     try:
         asyncio.run(_run(a))
     except SluiceError as e:
