@@ -71,6 +71,7 @@ class Broker:
 
     def __init__(self, ephemeral_bytes: int = 4 << 20, ephemeral_total_bytes: int = 64 << 20) -> None:
         self._subs: set[LiveSubscription] = set()
+        self.fell_behind = 0  # live subscribers moved back to catch-up, since start
         self.closed = False
         self.ephemeral_budget = ephemeral_bytes  # per subscriber
         self.ephemeral_total_budget = ephemeral_total_bytes
@@ -118,6 +119,7 @@ class Broker:
                 if len(sub.buffer) > sub.limit:
                     sub.overflowed = True
                     sub.buffer.clear()
+                    self.fell_behind += 1
                 sub.wakeup.set()
             elif sub.filt and last >= sub.notify_at:
                 sub.wakeup.set()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 from sluice_store.errors import StorageFull, StoreError, StoreUnavailable
@@ -20,6 +21,11 @@ class Committer:
         self.max_events = max_events
         #: Told after each batch whether the storage was full (True) or took it (False).
         self.on_full: Callable[[bool], None] = lambda full: None
+        #: Told after each commit: how long the storage took (seconds, fsync included) and
+        #: how many events the batch carried.
+        self.on_commit: Callable[[float, int], None] = lambda seconds, events: None
+        self.commits = 0  # storage transactions
+        self.failed_commits = 0
         self._pending: list[tuple[list[AppendPart], int, asyncio.Future[Outcome]]] = []
         self._task: asyncio.Task[None] | None = None
 
@@ -48,9 +54,13 @@ class Committer:
                 try:
                     async with self.storage.write_slot():
                         batch = self._take()
+                        started = time.perf_counter()
                         outcomes: list[Outcome] = await self.storage.append([op for op, _, _ in batch])
+                        self.commits += 1
+                        self.on_commit(time.perf_counter() - started, sum(n for _, n, _ in batch))
                     self.on_full(False)
                 except StoreError as e:
+                    self.failed_commits += 1
                     batch = batch or self._take()
                     outcomes = [e] * len(batch)
                     if isinstance(e, StorageFull):

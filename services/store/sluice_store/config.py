@@ -94,6 +94,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("grace", parse_duration, "seconds in-flight RPCs get on shutdown"),
     Option("uvloop", parse_bool, "use uvloop when installed"),
+    Option("metrics_addr", str, "Prometheus scrape of the store's metrics at /metrics; empty: off"),
     *SERVER_OPTIONS,
 )
 
@@ -122,6 +123,7 @@ class Settings(ServerSecurity):
     db_poll_interval: float = 1.0
     db_pool_size: int = 10
     db_password_file: str = ""
+    metrics_addr: str = ""
     max_connection_age: float = 0.0
     grace: float = 10.0
     uvloop: bool = True

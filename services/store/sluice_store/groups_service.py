@@ -32,6 +32,8 @@ class GroupsService:
         self.coordinator = coordinator
         self.storage = storage
         self.append_system = append_system  # appends to "$" streams (dead letters)
+        #: Told each committed cursor (group, partition, position): what metrics show.
+        self.on_commit: Callable[[str, int, int], None] = lambda group, partition, position: None
 
     async def _lag(self, state: GroupState, partition: int) -> tuple[int, float]:
         cfg = state.config
@@ -121,6 +123,7 @@ class GroupsService:
 
     async def CommitCursor(self, request: gpb.CommitCursorRequest) -> gpb.CommitCursorResponse:
         await self.coordinator.commit(request, caller.get().name)
+        self.on_commit(request.group, request.partition, request.position)
         return gpb.CommitCursorResponse()
 
     async def DeadLetter(self, request: gpb.DeadLetterRequest) -> pb.AppendResponse:

@@ -11,10 +11,13 @@ import signal
 from typing import Any
 
 import grpc
+from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sluice import security, telemetry
+from sluice.httpserver import BoundedRunner
 from sluice.process import health_listener, listen_grpc, settle_heap, until_signal
 from sluice.settings import redact
 from sluice.v1 import groups_pb2 as gpb
@@ -27,6 +30,7 @@ from sluice_store.errors import StoreError
 from sluice_store.groups import Coordinator
 from sluice_store.groups_service import GroupsService
 from sluice_store.groups_service import methods as groups_methods
+from sluice_store.metrics import StoreMetrics
 from sluice_store.service import StreamsService, methods
 from sluice_store.storage import open_storage
 from sluice_store.storage.base import Storage
@@ -85,6 +89,11 @@ class StoreServer:
         self.groups = GroupsService(self.coordinator, self.storage, self.service.append_system)
         self.access = Access(settings.guard())
         self.service.access = self.access
+        self.reclaimed_events = self.archived_events = 0
+        self.metrics = StoreMetrics(self)
+        self.groups.on_commit = lambda g, p, position: self.metrics.cursors.__setitem__((g, p), position)
+        self.metrics_http: BoundedRunner | None = None
+        self.metrics_port = 0
         self._policy_watch: asyncio.Task[None] | None = None
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
@@ -163,6 +172,23 @@ class StoreServer:
         self._reclaimer = asyncio.create_task(self._reclaim_loop())
         if self.access.guard.policy.configured:
             self._policy_watch = asyncio.create_task(self.access.guard.watch())
+        if s.metrics_addr:
+            await self._serve_metrics(s.metrics_addr)
+
+    async def _serve_metrics(self, addr: str) -> None:
+        async def scrape(_: web.Request) -> web.Response:
+            return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+        app = web.Application()
+        app.router.add_get("/metrics", scrape)
+        self.metrics_http = BoundedRunner(app, idle_timeout=15.0, max_connections=64, access_log=None)
+        await self.metrics_http.setup()
+        host, _, port = addr.rpartition(":")
+        try:
+            await web.TCPSite(self.metrics_http, host or "0.0.0.0", int(port)).start()
+        except OSError as e:
+            raise OSError(f"metrics_addr: cannot listen on {addr}: {e.strerror}") from e
+        self.metrics_port = self.metrics_http.addresses[0][1]
 
     @property
     def address(self) -> str:
@@ -175,6 +201,8 @@ class StoreServer:
             self.broker.expire_ephemeral()  # Broadcast messages past their time to live
             try:
                 stats = await self.storage.reclaim()
+                self.reclaimed_events += stats.events_removed
+                self.archived_events += stats.events_archived
                 if stats.events_removed:
                     log.info(
                         "retention removed %d events (%d archived) from %d streams",
@@ -243,6 +271,8 @@ class StoreServer:
             await self.server.stop(self.settings.grace if grace is None else grace)
         if self.health_server is not None:
             await self.health_server.stop(0)
+        if self.metrics_http is not None:
+            await self.metrics_http.cleanup()
         await self.storage.close()
 
 

@@ -68,6 +68,8 @@ class StreamsService:
         self.settings = settings
         self.committer = Committer(storage)
         self.subscriptions = Subscriptions(storage, broker, settings, self.check_name)
+        self.appended_events = 0  # new events stored (not replays)
+        self.duplicate_appends = 0  # appends answered as replays of stored ones
         #: Who may call (the server sets it; by default everyone may do everything).
         self.access = Access(security.Guard(security.Authenticator(), security.Policy()))
         self.tracing = telemetry.tracing_enabled()
@@ -191,8 +193,11 @@ class StreamsService:
                 max=self.settings.max_request_bytes,
             )
 
-    @staticmethod
-    def _response(r: object) -> pb.AppendResponse:
+    def _response(self, r: object) -> pb.AppendResponse:
+        if r.duplicate:  # type: ignore[attr-defined]
+            self.duplicate_appends += 1
+        else:
+            self.appended_events += r.last_position - r.first_position + 1  # type: ignore[attr-defined]
         return pb.AppendResponse(
             stream=r.stream,  # type: ignore[attr-defined]
             first_revision=r.first_revision,  # type: ignore[attr-defined]
