@@ -125,8 +125,12 @@ class PartitionWorker:
             async with m.slots:
                 self.in_flight += len(chunk)
                 try:
+                    started = time.perf_counter()
                     with m.telemetry.delivery(chunk, self.partition, attempt):
                         result = await m.deliverer.deliver(chunk, self.partition, attempt)
+                    m.telemetry.delivery_seconds.record(
+                        time.perf_counter() - started, {"group": m.settings.group}
+                    )
                 finally:
                     self.in_flight -= len(chunk)
             if result.app_down:  # nobody answered: not an attempt

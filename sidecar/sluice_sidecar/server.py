@@ -5,6 +5,7 @@ Local HTTP (``--http-addr``):
   GET  /readyz                  200 once joined; 503 with a reason before, while the
                                 group does not exist, and from SIGTERM on
   GET  /v1/status               assignment, cursors, in-flight and lag (JSON)
+  GET  /metrics                 Prometheus (also on the probe listener)
   POST /v1/publish/{stream}     append the body as one event; type from ``ce-type`` (or
                                 ``?type=``), id from ``ce-id``, metadata from
                                 ``sluice-meta-<key>`` headers, trace from ``traceparent``
@@ -23,6 +24,7 @@ import grpc
 from aiohttp import web
 from google.protobuf import json_format
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sluice.errors import SluiceError
 from sluice.httpserver import BoundedRunner
@@ -88,6 +90,11 @@ class SidecarService(spb_grpc.SidecarServicer):
         return self.member.status()
 
 
+async def scrape(_: web.Request) -> web.Response:
+    """Prometheus: the sidecar's metrics (read-only, so also on the probe listener)."""
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
 def health_routes(member: Member) -> list[web.RouteDef]:
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "alive"})
@@ -97,7 +104,7 @@ def health_routes(member: Member) -> list[web.RouteDef]:
         body = {"ready": ready} if ready else {"ready": False, "reason": member.unready_reason()}
         return web.json_response(body, status=200 if ready else 503)
 
-    return [web.get("/healthz", healthz), web.get("/readyz", readyz)]
+    return [web.get("/healthz", healthz), web.get("/readyz", readyz), web.get("/metrics", scrape)]
 
 
 def probe_app(member: Member) -> web.Application:

@@ -283,3 +283,31 @@ async def test_a_missing_or_malformed_annotation_stops_the_sidecar_at_start(
     )  # fmt: skip
     _, err = await asyncio.wait_for(proc.communicate(), WAIT)
     assert proc.returncode != 0 and named in err.decode() and "configuration error" in err.decode()
+
+
+async def test_metrics_count_deliveries_and_dead_letters(
+    store_proc: StoreProcess, app: App, sidecars: Callable[..., Sidecar]
+) -> None:
+    from tests.store.test_metrics import value
+
+    sc = sidecars("m0", "--max-attempts", "2", "--probe-addr", "127.0.0.1:0")
+    await sc.start()
+    app.poison.add("Poison")
+    ids = await produce(store_proc, streams=3, per_stream=4)
+    async with Client(store_proc.addr) as c:
+        await c.append("orders-9", [new_event("Poison", {})])
+
+        async def dead_lettered() -> bool:
+            return (await c.stream_info("$dlq.app")).event_count == 1
+
+        await eventually(dead_lettered, timeout=WAIT)
+    await app.wait(lambda: app.acked_ids() >= set(ids))
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"http://{sc.http}/metrics") as r:
+            text = await r.text()
+        async with http.get(f"http://{sc.probes}/metrics") as r:
+            assert r.status == 200  # where Prometheus reaches the pod
+    assert value(text, "sluice_sidecar_delivered_total", group="app") == len(ids)
+    assert value(text, "sluice_sidecar_dead_lettered_total", group="app") == 1
+    assert value(text, "sluice_sidecar_retried_total", group="app") >= 1
+    assert value(text, "sluice_sidecar_delivery_duration_seconds_count", group="app") >= len(ids)
