@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 from sluice import settings
 from sluice.security import STORE_CLIENT_OPTIONS, StoreClientSecurity
-from sluice.settings import ConfigError, Option, parse_bool, parse_duration
+from sluice.settings import PROCESS_OPTIONS, ConfigError, Option, ProcessSettings, parse_bool, parse_duration
 
 __all__ = ["OPTIONS", "ConfigError", "Settings", "load"]
 
@@ -70,6 +70,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("http_max_connections", int, "HTTP: most connections open at once; more are refused"),
     Option("app_id", str, "the app's name in published events' metadata; default: the group"),
     *STORE_CLIENT_OPTIONS,
+    *PROCESS_OPTIONS,
 )
 
 
@@ -89,7 +90,7 @@ def _check_app_url(url: str) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class Settings(StoreClientSecurity):
+class Settings(StoreClientSecurity, ProcessSettings):
     store: str = "127.0.0.1:50051"
     group: str = ""
     member_id: str = ""
@@ -121,6 +122,7 @@ class Settings(StoreClientSecurity):
     app_id: str = ""
 
     def __post_init__(self) -> None:
+        self.check_process()
         if not self.group:
             raise ConfigError(
                 "group: required (SLUICE_GROUP or --group; in Kubernetes the pod annotation sluice.dev/group)"

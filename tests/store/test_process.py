@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -196,3 +197,16 @@ async def test_connections_age_out_but_open_streams_run_on(spawn: Callable[..., 
                     break
             assert got[-1] == ev.id
         await sub.aclose()
+
+
+async def test_json_logs_are_one_object_a_line(spawn: Callable[..., StoreProcess], tmp_path: Path) -> None:
+    store = spawn("--log-format", "json")
+    await store.start()
+    store.signal(signal.SIGTERM)
+    assert await store.wait() == 0
+    assert store.log is not None
+    lines = [line for line in store.log.read_text().splitlines() if line.startswith("{")]
+    records = [json.loads(line) for line in lines]
+    shutdown = next(r for r in records if r["message"] == "shutting down")
+    assert shutdown["level"] == "info" and shutdown["logger"] == "sluice_store"
+    assert shutdown["time"].endswith("Z")

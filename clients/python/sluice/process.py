@@ -4,8 +4,10 @@ start from its settings with uvloop, wait for SIGTERM or SIGINT, and settle its 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sys
+import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -53,6 +55,38 @@ async def health_listener(servicer: Any, addr: str) -> tuple[grpc.aio.Server, in
     return server, port
 
 
+#: What every LogRecord has; anything else on a record is a field of the event logged.
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: time, level, logger, message, the trace and span ids of the
+    current span (when there is one), and the fields given with the record (``extra``)."""
+
+    converter = time.gmtime  # type: ignore[assignment]  # UTC, as the Z says
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        try:
+            from opentelemetry import trace
+
+            ctx = trace.get_current_span().get_span_context()
+            if ctx.is_valid:
+                out["trace_id"] = f"{ctx.trace_id:032x}"
+                out["span_id"] = f"{ctx.span_id:016x}"
+        except ImportError:
+            pass
+        out.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
 def run_main(
     prog: str,
     load_settings: Callable[[], T],
@@ -65,6 +99,9 @@ def run_main(
         settings = load_settings()
     except ConfigError as e:
         sys.exit(f"{prog}: configuration error: {e}")
+    if getattr(settings, "log_format", "text") == "json":
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonFormatter())
     if use_uvloop(settings):
         try:
             import uvloop

@@ -421,7 +421,7 @@ def audit_event(event: str, principal: str, action: str, resource: str, **extra:
     record = {"time": round(time.time(), 3), "event": event, "principal": principal, "action": action}
     record["resource"] = resource
     record.update({k: v for k, v in extra.items() if v not in (None, "")})
-    audit.info(json.dumps(record, separators=(",", ":"), default=str))
+    audit.info(json.dumps(record, separators=(",", ":"), default=str), extra={"audit": record})
 
 
 def _stamp(*paths: str) -> tuple[tuple[float, int], ...]:

@@ -120,3 +120,18 @@ def load(
     except ConfigError as e:
         name, _, rest = str(e).partition(":")
         raise ConfigError(f"{sources.get(name, name)}:{rest}") from e
+
+
+#: Every process's own settings.
+PROCESS_OPTIONS: tuple[Option, ...] = (
+    Option("log_format", str, "text, or json: one object a line (time, level, logger, message, trace)"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessSettings:
+    log_format: str = "text"
+
+    def check_process(self) -> None:
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"log_format: expected text or json, got {self.log_format!r}")

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 
 from sluice import settings
 from sluice.security import SERVER_OPTIONS, STORE_CLIENT_OPTIONS, ServerSecurity, StoreClientSecurity
-from sluice.settings import ConfigError, Option, parse_bool, parse_duration
+from sluice.settings import PROCESS_OPTIONS, ConfigError, Option, ProcessSettings, parse_bool, parse_duration
 
 __all__ = ["OPTIONS", "ConfigError", "Settings", "load"]
 
@@ -54,11 +54,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("uvloop", parse_bool, "use uvloop when installed"),
     *SERVER_OPTIONS,
     *STORE_CLIENT_OPTIONS,
+    *PROCESS_OPTIONS,
 )
 
 
 @dataclasses.dataclass(frozen=True)
-class Settings(ServerSecurity, StoreClientSecurity):
+class Settings(ServerSecurity, StoreClientSecurity, ProcessSettings):
     """The gateway's configuration; see OPTIONS for each field's meaning."""
 
     addr: str = "127.0.0.1:50052"
@@ -80,6 +81,7 @@ class Settings(ServerSecurity, StoreClientSecurity):
     uvloop: bool = True
 
     def __post_init__(self) -> None:
+        self.check_process()
         self.check_security()
         for name in ("buffer_size", "max_buffer_size", "max_batch", "message_budget"):
             if getattr(self, name) <= 0:

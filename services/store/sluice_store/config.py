@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 
 from sluice import settings
 from sluice.security import SERVER_OPTIONS, ServerSecurity
-from sluice.settings import ConfigError, Option, parse_bool
+from sluice.settings import PROCESS_OPTIONS, ConfigError, Option, ProcessSettings, parse_bool
 from sluice_store.retention import Policy, parse_duration
 
 __all__ = ["OPTIONS", "ConfigError", "Settings", "load"]
@@ -96,11 +96,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("uvloop", parse_bool, "use uvloop when installed"),
     Option("metrics_addr", str, "Prometheus scrape of the store's metrics at /metrics; empty: off"),
     *SERVER_OPTIONS,
+    *PROCESS_OPTIONS,
 )
 
 
 @dataclasses.dataclass(frozen=True)
-class Settings(ServerSecurity):
+class Settings(ServerSecurity, ProcessSettings):
     """The store's configuration; see OPTIONS for each field's meaning."""
 
     addr: str = "127.0.0.1:50051"
@@ -129,6 +130,7 @@ class Settings(ServerSecurity):
     uvloop: bool = True
 
     def __post_init__(self) -> None:
+        self.check_process()
         self.check_security()
         if self.durability not in ("full", "normal", "off"):
             raise ConfigError(f"durability: expected full, normal or off, got {self.durability!r}")
