@@ -21,7 +21,7 @@ from sluice.gateway import GatewayClient
 from sluice.v1 import groups_pb2 as gpb
 from sluice.v1 import streams_pb2 as pb
 from tests.conftest import StoreProcess, eventually
-from tests.deploy.manifests import ROOT, kubectl, workloads
+from tests.deploy.manifests import ROOT, Doc, kubectl, workloads
 from tests.gateway.conftest import GatewayProcess
 from tests.ports import reserve_port
 from tests.sidecar.conftest import App, Sidecar
@@ -41,7 +41,7 @@ def used_metrics() -> set[str]:
     return {name for e in exprs for name in METRIC.findall(e)}
 
 
-def render_with_monitoring(tmp_path: Path) -> list[dict[str, object]]:
+def render_with_monitoring(tmp_path: Path) -> tuple[Doc, ...]:
     (tmp_path / "kustomization.yaml").write_text(
         yaml.safe_dump(
             {
@@ -53,19 +53,20 @@ def render_with_monitoring(tmp_path: Path) -> list[dict[str, object]]:
     out = subprocess.run(
         [kubectl(), "kustomize", str(tmp_path)], check=True, capture_output=True, text=True
     ).stdout
-    return [d for d in yaml.safe_load_all(out) if d]
+    return tuple(d for d in yaml.safe_load_all(out) if d)
 
 
 def test_every_monitor_scrapes_a_port_its_pods_declare(tmp_path: Path) -> None:
     docs = render_with_monitoring(tmp_path)
-    loads = workloads(tuple(docs))  # type: ignore[arg-type]
+    loads = workloads(docs)
     monitors = [d for d in docs if d["kind"] == "PodMonitor"]
-    assert {m["metadata"]["name"] for m in monitors} == {"sluice-store", "sluice-gateway", "sluice-sidecars"}  # type: ignore[index]
+    names = {m["metadata"]["name"] for m in monitors}
+    assert names == {"sluice-store", "sluice-gateway", "sluice-sidecars"}
     for m in monitors:
-        selector = m["spec"]["selector"]["matchLabels"]  # type: ignore[index]
+        selector = m["spec"]["selector"]["matchLabels"]
         covered = [w for w in loads if selector.items() <= w.labels.items()]
         assert covered, m["metadata"]
-        for endpoint in m["spec"]["podMetricsEndpoints"]:  # type: ignore[index]
+        for endpoint in m["spec"]["podMetricsEndpoints"]:
             for w in covered:
                 names = {p.get("name") for c in w.containers() for p in c.get("ports", [])}
                 assert endpoint["port"] in names, (m["metadata"], w.name)
