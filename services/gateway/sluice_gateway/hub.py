@@ -167,6 +167,10 @@ class Hub:
     def __len__(self) -> int:
         return self.subscribers
 
+    def queued(self) -> int:
+        """Events waiting in subscribers' queues now (read when metrics are scraped)."""
+        return sum(n for subs in self._groups.values() for sub in subs for _, n, _ in sub.chunks)
+
     def register(self, sub: Subscriber, cursor: int = 0) -> None:
         """Join the live fan-out. The subscriber has every matching event below ``cursor``
         (default: everything dispatched so far)."""

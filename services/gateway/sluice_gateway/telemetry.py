@@ -8,6 +8,7 @@ was fanned out to.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 
 from opentelemetry import metrics, propagate, trace
@@ -58,6 +59,17 @@ class Telemetry:
                 f"sluice.gateway.{name}", [self._gauge(name)], unit=unit, description=description
             )
         meter.create_observable_gauge("sluice.gateway.position", [self._gauge("position")], unit="{position}")
+        meter.create_observable_gauge(
+            "sluice.gateway.queued",
+            [lambda _: [metrics.Observation(hub.queued())]],
+            unit="{event}",
+            description="events waiting in subscribers' queues",
+        )
+        self.fan_out_seconds = meter.create_histogram(
+            "sluice.gateway.fan_out.latency",
+            unit="s",
+            description="from the store's commit of a batch's newest event to its dispatch here",
+        )
 
     def _gauge(self, attr: str) -> metrics.CallbackT:
         def observe(_: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
@@ -66,7 +78,11 @@ class Telemetry:
         return observe
 
     def on_batch(self, records: list[Record]) -> None:
-        """A span per traced event of a live batch, child of the producer's span."""
+        """The batch's latency since the store committed it, and a span per traced event of
+        it, child of the producer's span."""
+        newest = records[-1].event if records else None
+        if isinstance(newest, pb.RecordedEvent):
+            self.fan_out_seconds.record(max(0.0, time.time() - newest.created.ToMicroseconds() / 1e6))
         if not self.tracing:
             return
         subscribers = self.hub.subscribers
