@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import asyncpg
+
 from sluice import Client, new_event
+from sluice_store.storage.postgres import parse_url
 from tests.conftest import StoreProcess
 
 WAIT = 30.0
@@ -93,3 +97,22 @@ async def test_verify_finds_a_damaged_store(spawn: Callable[..., StoreProcess], 
     (tmp_path / "junk.db").write_bytes(b"not a database at all" * 100)
     code, out = await sluice_admin("verify", "--db", str(tmp_path / "junk.db"))
     assert code == 1, out
+
+
+async def test_verify_works_on_postgresql_too(spawn: Callable[..., StoreProcess], postgres_db: str) -> None:
+    url = f"{postgres_db}?schema=verify_{os.getpid()}"
+    store = spawn(db=url)
+    await store.start()
+    async with Client(store.addr) as c:
+        for n in range(6):
+            await c.append("orders-1", [new_event("Placed", {"n": n})])
+    code, out = await sluice_admin("verify", "--db", url)
+    assert code == 0 and "no problem found" in out, out
+    dsn, schema = parse_url(url)
+    conn = await asyncpg.connect(dsn, server_settings={"search_path": schema})
+    try:
+        await conn.execute("DELETE FROM events WHERE revision = 2")
+    finally:
+        await conn.close()
+    code, out = await sluice_admin("verify", "--db", url)
+    assert code == 1 and "missing" in out, out

@@ -10,6 +10,7 @@ reused). Verify checks what the store relies on and reports what it finds.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import shutil
@@ -78,10 +79,59 @@ def restore(backup_file: str, db: str) -> Summary:
     return summary(str(target))
 
 
-def verify(db: str) -> list[str]:
-    """What is wrong with a store file; empty when nothing is."""
-    path = _path(db)
+#: What verify reads; the same SQL on SQLite and PostgreSQL.
+QUERIES = {
+    "orphans": "SELECT count(*) FROM events WHERE stream_id NOT IN (SELECT id FROM streams)",
+    "streams": (
+        "SELECT s.name, s.last_revision, s.last_position, count(e.position), min(e.revision),"
+        " max(e.revision), max(e.position) FROM streams s LEFT JOIN events e ON e.stream_id = s.id"
+        " GROUP BY s.id, s.name, s.last_revision, s.last_position"
+    ),
+    "unordered": (
+        "SELECT count(*) FROM (SELECT position, lag(position) OVER (PARTITION BY stream_id"
+        " ORDER BY revision) AS before FROM events) AS x WHERE before IS NOT NULL AND before >= position"
+    ),
+    "head": "SELECT coalesce(max(position), 0) FROM events",
+    "top": "SELECT coalesce(max(last_position), 0) FROM streams",
+    "cursors": "SELECT grp, partition, position FROM group_cursors",
+}
+
+
+def _problems(rows: dict[str, list[tuple[object, ...]]]) -> list[str]:
     problems: list[str] = []
+    orphans = int(rows["orphans"][0][0])  # type: ignore[call-overload]
+    if orphans:
+        problems.append(f"{orphans} events belong to no stream")
+    # Each stream: the revisions stored are dense, end at or below its last revision, and
+    # its positions grow with its revisions.
+    for name, last_rev, last_pos, count, lo, hi, top in rows["streams"]:
+        if not count:
+            continue
+        lo_, hi_, count_ = int(lo), int(hi), int(count)  # type: ignore[call-overload]
+        if hi_ - lo_ + 1 != count_:
+            problems.append(
+                f"stream {name!r}: revisions {lo_}..{hi_} stored with {hi_ - lo_ + 1 - count_} missing"
+            )
+        if hi_ > int(last_rev):  # type: ignore[call-overload]
+            problems.append(f"stream {name!r}: revision {hi_} stored beyond its last revision {last_rev}")
+        if int(top) > int(last_pos):  # type: ignore[call-overload]
+            problems.append(f"stream {name!r}: position {top} stored beyond its last position {last_pos}")
+    unordered = int(rows["unordered"][0][0])  # type: ignore[call-overload]
+    if unordered:
+        problems.append(f"{unordered} events have a position below their stream's previous event")
+    head = max(int(rows["head"][0][0]), int(rows["top"][0][0]))  # type: ignore[call-overload]
+    for grp, partition, position in rows["cursors"]:
+        if int(position) > head + 1:  # type: ignore[call-overload]
+            problems.append(f"group {grp!r} partition {partition}: cursor {position} beyond the head {head}")
+    return problems
+
+
+def verify(db: str) -> list[str]:
+    """What is wrong with a store (its SQLite file, or its PostgreSQL schema); empty when
+    nothing is."""
+    if db.startswith(("postgresql://", "postgres://")):
+        return asyncio.run(_verify_postgres(db))
+    path = _path(db)
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     except sqlite3.Error as e:
@@ -89,45 +139,29 @@ def verify(db: str) -> list[str]:
     with conn:
         try:
             result = [r[0] for r in conn.execute("PRAGMA integrity_check")]
+            rows = {k: list(conn.execute(q)) for k, q in QUERIES.items()}
         except sqlite3.DatabaseError as e:
-            return [f"not a readable SQLite database: {e}"]
-        if result != ["ok"]:
-            problems += [f"integrity: {r}" for r in result[:20]]
-        orphans = conn.execute(
-            "SELECT count(*) FROM events WHERE stream_id NOT IN (SELECT id FROM streams)"
-        ).fetchone()[0]
-        if orphans:
-            problems.append(f"{orphans} events belong to no stream")
-        # Each stream: the revisions stored are dense, end at its last revision, and its
-        # positions grow with its revisions.
-        rows = conn.execute(
-            "SELECT s.name, s.last_revision, s.last_position, count(e.position), min(e.revision),"
-            " max(e.revision), max(e.position) FROM streams s LEFT JOIN events e ON e.stream_id = s.id"
-            " GROUP BY s.id"
-        )
-        for name, last_rev, last_pos, count, lo, hi, top in rows:
-            if not count:
-                continue
-            if hi - lo + 1 != count:
-                problems.append(
-                    f"stream {name!r}: revisions {lo}..{hi} stored with {hi - lo + 1 - count} missing"
-                )
-            if hi > last_rev:
-                problems.append(f"stream {name!r}: revision {hi} stored beyond its last revision {last_rev}")
-            if top > last_pos:
-                problems.append(f"stream {name!r}: position {top} stored beyond its last position {last_pos}")
-        unordered = conn.execute(
-            "SELECT count(*) FROM (SELECT position, lag(position) OVER (PARTITION BY stream_id"
-            " ORDER BY revision) AS before FROM events) WHERE before IS NOT NULL AND before >= position"
-        ).fetchone()[0]
-        if unordered:
-            problems.append(f"{unordered} events have a position below their stream's previous event")
-        head = conn.execute("SELECT coalesce(max(position), 0) FROM events").fetchone()[0]
-        top_stream = conn.execute("SELECT coalesce(max(last_position), 0) FROM streams").fetchone()[0]
-        head = max(head, top_stream)
-        for grp, partition, position in conn.execute("SELECT grp, partition, position FROM group_cursors"):
-            if position > head + 1:
-                problems.append(
-                    f"group {grp!r} partition {partition}: cursor {position} beyond the head {head}"
-                )
-    return problems
+            return [f"not a readable store database: {e}"]
+    problems = [f"integrity: {r}" for r in result[:20]] if result != ["ok"] else []
+    return problems + _problems(rows)
+
+
+async def _verify_postgres(url: str) -> list[str]:
+    import asyncpg
+
+    from sluice_store.storage.postgres import parse_url
+
+    dsn, schema = parse_url(url)
+    try:
+        conn = await asyncpg.connect(dsn, server_settings={"search_path": schema})
+    except (OSError, asyncpg.PostgresError) as e:
+        return [f"cannot connect: {e}"]
+    try:
+        rows = {k: [tuple(r) for r in await conn.fetch(q)] for k, q in QUERIES.items()}
+        head = await conn.fetchval("SELECT position FROM head")
+    except asyncpg.PostgresError as e:
+        return [f"not a readable store schema: {e}"]
+    finally:
+        await conn.close()
+    rows["head"] = [(max(int(rows["head"][0][0]), int(head or 0)),)]
+    return _problems(rows)
