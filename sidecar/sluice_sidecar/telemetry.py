@@ -10,37 +10,13 @@ configured. Traces follow the standard ``OTEL_*`` variables.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
 
 from opentelemetry import context, metrics, propagate, trace
-from opentelemetry.exporter.prometheus import PrometheusMetricReader
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.resources import Resource
 
 from sluice import telemetry
 from sluice.v1 import sidecar_pb2 as spb
 from sluice.v1 import streams_pb2 as pb
-
-_provider: MeterProvider | None = None
-
-
-def _meter_provider() -> MeterProvider:
-    """One provider per process: read by Prometheus (/metrics), and pushed over OTLP when
-    OTEL_EXPORTER_OTLP_ENDPOINT is set."""
-    global _provider
-    if _provider is None:
-        readers: list[Any] = [PrometheusMetricReader()]
-        if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
-            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-            from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
-
-            readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
-        _provider = MeterProvider(
-            metric_readers=readers, resource=Resource.create({"service.name": "sluice-sidecar"})
-        )
-    return _provider
 
 
 class Telemetry:
@@ -51,7 +27,7 @@ class Telemetry:
         if self.tracing:
             telemetry.setup_tracing("sluice-sidecar")
         self.tracer = trace.get_tracer("sluice.sidecar")
-        meter = _meter_provider().get_meter("sluice.sidecar")
+        meter = telemetry.meter_provider("sluice-sidecar").get_meter("sluice.sidecar")
         self.delivered = meter.create_counter("sluice.sidecar.delivered", unit="{event}")
         self.retried = meter.create_counter("sluice.sidecar.retried", unit="{event}")
         self.dead_lettered = meter.create_counter("sluice.sidecar.dead_lettered", unit="{event}")

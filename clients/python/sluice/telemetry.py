@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, MutableMapping
+from typing import Any
 
 from opentelemetry import propagate, trace
 
@@ -64,3 +65,30 @@ def setup_tracing(service_name: str) -> None:
         exporter = OTLPSpanExporter()
     provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
+
+
+_meters: dict[str, Any] = {}
+
+
+def meter_provider(service: str) -> Any:
+    """The process's metrics provider (one per process): read by Prometheus through
+    prometheus_client's registry (each server's /metrics), and pushed over OTLP when
+    ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or its metrics variant) is set. The exporters come with
+    the servers' packages, not with the client."""
+    if service not in _meters:
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.resources import Resource
+
+        readers: list[Any] = [PrometheusMetricReader()]
+        if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
+            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"
+        ):
+            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+            from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+            readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+        _meters[service] = MeterProvider(
+            metric_readers=readers, resource=Resource.create({"service.name": service})
+        )
+    return _meters[service]

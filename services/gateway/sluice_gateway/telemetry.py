@@ -12,16 +12,11 @@ import time
 from collections.abc import Iterable
 
 from opentelemetry import metrics, propagate, trace
-from opentelemetry.exporter.prometheus import PrometheusMetricReader
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.resources import Resource
 
 from sluice import telemetry
 from sluice.v1 import streams_pb2 as pb
 from sluice_gateway.hub import Hub
 from sluice_gateway.wire import Record
-
-_provider: MeterProvider | None = None
 
 # Hub counters exported as metrics: (attribute and metric name, unit, description).
 COUNTERS = (
@@ -32,17 +27,6 @@ COUNTERS = (
 )
 
 
-def _meter_provider() -> MeterProvider:
-    """One provider per process, exported through prometheus_client's default registry."""
-    global _provider
-    if _provider is None:
-        _provider = MeterProvider(
-            metric_readers=[PrometheusMetricReader()],
-            resource=Resource.create({"service.name": "sluice-gateway"}),
-        )
-    return _provider
-
-
 class Telemetry:
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
@@ -50,7 +34,7 @@ class Telemetry:
         if self.tracing:
             telemetry.setup_tracing("sluice-gateway")
         self.tracer = trace.get_tracer("sluice.gateway")
-        meter = _meter_provider().get_meter("sluice.gateway")
+        meter = telemetry.meter_provider("sluice-gateway").get_meter("sluice.gateway")
         meter.create_observable_gauge(
             "sluice.gateway.subscribers", [self._gauge("subscribers")], unit="{subscriber}"
         )

@@ -13,11 +13,9 @@ import os
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Observation
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.resources import Resource
 
+from sluice import telemetry
 from sluice_store.broker import Broker
 from sluice_store.rpc import STATS
 from sluice_store.service import StreamsService
@@ -36,20 +34,6 @@ class Source(Protocol):
     reserve: object | None
 
 
-_provider: MeterProvider | None = None
-
-
-def _meter_provider() -> MeterProvider:
-    """One provider per process, read through prometheus_client's default registry."""
-    global _provider
-    if _provider is None:
-        _provider = MeterProvider(
-            metric_readers=[PrometheusMetricReader()],
-            resource=Resource.create({"service.name": "sluice-store"}),
-        )
-    return _provider
-
-
 def _one(value: Callable[[], float]) -> Callable[[CallbackOptions], Iterable[Observation]]:
     return lambda _: [Observation(value())]
 
@@ -59,7 +43,7 @@ class StoreMetrics:
         self.server = server
         #: (group, partition) -> committed cursor, kept by the groups service.
         self.cursors: dict[tuple[str, int], int] = {}
-        meter = _meter_provider().get_meter("sluice.store")
+        meter = telemetry.meter_provider("sluice-store").get_meter("sluice.store")
         service, committer, broker = server.service, server.service.committer, server.broker
         counters = (
             (
