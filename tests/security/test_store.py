@@ -319,3 +319,15 @@ async def test_refusals_and_changes_are_audited_as_json_without_secrets(
     assert changed and changed[0]["principal"] == "root" and changed[0]["action"] == "retention"
     text = store.log.read_text()
     assert all(token not in text for token in (*TOKENS.values(), "wrong-token-4d2f"))
+
+
+async def test_the_served_certificate_expiry_is_a_metric(
+    secure_store: Callable[..., Awaitable[StoreProcess]], setup: Setup
+) -> None:
+    from tests.ports import reserve_port
+    from tests.store.test_metrics import scrape, value
+
+    port = reserve_port()
+    await secure_store(False, "--metrics-addr", f"127.0.0.1:{port}")
+    seconds = value(await scrape(port), "sluice_store_tls_certificate_expiry_seconds")
+    assert seconds > 30 * 86400  # trustme certificates last for years; without TLS it would be -1

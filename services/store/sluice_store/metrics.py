@@ -10,6 +10,7 @@ Names: ``sluice.store.*`` for what is the store's, ``rpc.server.duration`` with
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
@@ -39,8 +40,9 @@ def _one(value: Callable[[], float]) -> Callable[[CallbackOptions], Iterable[Obs
 
 
 class StoreMetrics:
-    def __init__(self, server: Source) -> None:
+    def __init__(self, server: Source, cert_file: str = "") -> None:
         self.server = server
+        self.cert_file = cert_file
         #: (group, partition) -> committed cursor, kept by the groups service.
         self.cursors: dict[tuple[str, int], int] = {}
         meter = telemetry.meter_provider("sluice-store").get_meter("sluice.store")
@@ -112,6 +114,12 @@ class StoreMetrics:
             unit="{position}",
             description="each group partition's committed cursor (lag: head_position + 1 - cursor)",
         )
+        meter.create_observable_gauge(
+            "sluice.store.tls.certificate.expiry",
+            [self._expiry],
+            unit="s",
+            description="seconds until the TLS certificate served expires (-1: no TLS)",
+        )
         meter.create_observable_counter(
             "rpc.server.requests", [self._calls], unit="{request}", description="calls by method and status"
         )
@@ -147,6 +155,19 @@ class StoreMetrics:
         free = getattr(self.server.reserve, "free", None)
         if free is not None:
             yield Observation(free())
+
+    def _expiry(self, _: CallbackOptions) -> Iterable[Observation]:
+        if not self.cert_file:
+            yield Observation(-1)
+            return
+        from cryptography import x509
+
+        try:
+            with open(self.cert_file, "rb") as fh:
+                cert = x509.load_pem_x509_certificate(fh.read())
+        except (OSError, ValueError):
+            return  # mid-rotation: no sample this time
+        yield Observation(cert.not_valid_after_utc.timestamp() - time.time())
 
     def _cursors(self, _: CallbackOptions) -> Iterable[Observation]:
         for (group, partition), position in list(self.cursors.items()):

@@ -90,7 +90,7 @@ class StoreServer:
         self.access = Access(settings.guard())
         self.service.access = self.access
         self.reclaimed_events = self.archived_events = 0
-        self.metrics = StoreMetrics(self)
+        self.metrics = StoreMetrics(self, settings.tls_cert)
         self.groups.on_commit = lambda g, p, position: self.metrics.cursors.__setitem__((g, p), position)
         self.metrics_http: BoundedRunner | None = None
         self.metrics_port = 0
