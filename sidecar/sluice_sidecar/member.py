@@ -95,9 +95,13 @@ class PartitionWorker:
         return self.stopping
 
     async def _handle(self, events: Sequence[pb.RecordedEvent]) -> None:
+        group = self.member.settings.group
+        end = events[-1].position + 1  # handled up to here once what is ours is delivered
+        # Dead letters redriven for another group are not ours: pass them by.
+        mine = [e for e in events if e.metadata.get("redriven-for", group) == group]
         size = max(1, self.member.settings.batch)
-        for i in range(0, len(events), size):
-            chunk = events[i : i + size]
+        for i in range(0, len(mine), size):
+            chunk = mine[i : i + size]
             if not await self.member.lease_valid(self):
                 return
             self.busy = True
@@ -109,6 +113,7 @@ class PartitionWorker:
             self.handled = chunk[-1].position + 1
             if self.stopping:
                 return
+        self.handled = max(self.handled, end)
 
     async def _deliver(self, chunk: Sequence[pb.RecordedEvent]) -> bool:
         """Deliver until the app acks or the events are dead-lettered; False if stopped first."""

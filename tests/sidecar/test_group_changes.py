@@ -184,3 +184,35 @@ async def test_a_changed_filter_skips_nothing_it_takes_while_events_flow(
     # from there, so the last deliveries of what the new filter takes come in order.
     assert in_revision_order(app.received, lambda r: takes(change.before, r.stream, r.type), last=False)
     assert in_revision_order(app.received, lambda r: takes(change.after, r.stream, r.type), last=True)
+
+
+async def test_dead_letters_are_redriven_to_their_group_alone_once(
+    store_proc: StoreProcess, app: App, sidecars: Callable[..., Sidecar]
+) -> None:
+    ours = sidecars("r0", "--max-attempts", "2", group="shop")
+    other = sidecars("r1", group="audit")  # another group reading the same streams
+    for sc in (ours, other):
+        await sc.start()
+    app.poison.add("Broken")  # the app cannot handle it yet (r1's too: it does not matter)
+    async with Client(store_proc.addr) as c:
+        bad = new_event("Broken", {"sku": "A1"})
+        await c.append("orders-7", [bad])
+
+        async def dead_lettered() -> bool:
+            return (await c.stream_info("$dlq.shop")).event_count == 1
+
+        await eventually(dead_lettered, timeout=WAIT)
+        app.poison.discard("Broken")  # the app is fixed
+        done = await c.redrive("shop", streams=["orders-7"])
+        assert (done.redriven, done.already) == (1, 0)
+        await app.wait(
+            lambda: any(r.sidecar == "r0" and r.type == "Broken" and r.id != bad.id for r in app.acked)
+        )
+        again = await c.redrive("shop")  # idempotent
+        assert (again.redriven, again.already) == (0, 1)
+        redriven = [e for e in await c.read_list("orders-7") if e.metadata.get("redriven-for") == "shop"]
+        assert len(redriven) == 1 and redriven[0].metadata["redriven-from"].startswith("$dlq.shop@")
+        marker = new_event("Marker", {})
+        await c.append("orders-7", [marker])  # after the redriven event in the same stream
+        await app.wait(lambda: any(r.sidecar == "r1" and r.id == marker.id for r in app.acked))
+    assert not any(r.sidecar == "r1" and r.id == redriven[0].id for r in app.received)  # not audit's

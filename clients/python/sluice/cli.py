@@ -357,6 +357,15 @@ async def cmd_groups(c: Client, a: argparse.Namespace) -> None:
         if not a.to:
             raise SystemExit("sluice: groups reset needs --to (start, end, pos:N, an ISO time or -5m)")
         groups = [await c.reset_group(a.group, parse_start(a.to), a.partition or ())]
+    elif a.action == "redrive":
+        done = await c.redrive(
+            a.group, streams=a.stream or (), from_position=a.from_position, to_position=a.to_position
+        )
+        if a.json:
+            print(json.dumps({"group": a.group, "redriven": done.redriven, "already": done.already}))
+        else:
+            table([(a.group, done.redriven, done.already)], ("group", "redriven", "redriven before"))
+        return
     elif a.action == "delete":
         await c.delete_group(a.group)
         print(json.dumps({"group": a.group, "deleted": True}) if a.json else f"deleted group {a.group}")
@@ -467,8 +476,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--expected", type=parse_expected, default=ANY)
     sp.set_defaults(run=cmd_streams)
 
-    gp = sub.add_parser("groups", help="consumer groups: list, describe, create, update, reset, delete")
-    gp.add_argument("action", choices=["list", "describe", "create", "update", "reset", "delete"])
+    gp = sub.add_parser(
+        "groups", help="consumer groups: list, describe, create, update, reset, redrive, delete"
+    )
+    gp.add_argument("action", choices=["list", "describe", "create", "update", "reset", "redrive", "delete"])
     gp.add_argument("group", nargs="?")
     gp.add_argument(
         "--prefix", action="append", help="create, update: stream prefix to read (update: replaces them)"
@@ -478,6 +489,9 @@ def build_parser() -> argparse.ArgumentParser:
     gp.add_argument("--partitions", type=int, default=12, help="create: partition count")
     gp.add_argument("--to", help="reset: start, end, pos:N, an ISO time or -5m")
     gp.add_argument("--partition", type=int, action="append", help="reset: only this partition")
+    gp.add_argument("--stream", action="append", help="redrive: only dead letters from this stream")
+    gp.add_argument("--from-position", type=int, default=0, help="redrive: original positions from")
+    gp.add_argument("--to-position", type=int, default=0, help="redrive: original positions up to")
     gp.set_defaults(run=cmd_groups)
 
     adm = sub.add_parser("admin", help="backup, restore, verify a store's SQLite file (where it runs)")

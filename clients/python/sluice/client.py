@@ -549,6 +549,16 @@ class Client(Connection):
         req = gpb.UpdateGroupRequest(group=group, config=config)
         return await self._call(self.groups_stub.UpdateGroup(req, timeout=self.timeout))
 
+    async def redrive(
+        self, group: str, *, streams: Iterable[str] = (), from_position: int = 0, to_position: int = 0
+    ) -> gpb.RedriveResponse:
+        """Give the group's dead letters back to it (from these streams, original positions in
+        this range): appended again to their streams, for this group alone; idempotent."""
+        req = gpb.RedriveRequest(
+            group=group, streams=list(streams), from_position=from_position, to_position=to_position
+        )
+        return await self._call(self.groups_stub.Redrive(req, timeout=self.timeout))
+
     # -- membership (what a consumer group member, such as the sidecar, calls) --------
 
     async def heartbeat(

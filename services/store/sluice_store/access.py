@@ -53,9 +53,18 @@ NEEDS: dict[str, Callable[[Any], list[Need]]] = {
     "Heartbeat": lambda r: [("join", r.group, G)],
     "CommitCursor": lambda r: [("join", r.group, G)],
     "DeadLetter": lambda r: [("join", r.group, G)],
+    "Redrive": lambda r: [("admin", r.group, G)],
 }
 #: Changes an audit line records when they succeed.
-ADMIN = {"SetRetention", "DeleteStream", "CreateGroup", "UpdateGroup", "ResetCursors", "DeleteGroup"}
+ADMIN = {
+    "SetRetention",
+    "DeleteStream",
+    "CreateGroup",
+    "UpdateGroup",
+    "ResetCursors",
+    "DeleteGroup",
+    "Redrive",
+}
 
 
 class Access:

@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable
 
 import grpc
 from google.protobuf.message import Message
 
+from sluice import eventbytes
 from sluice.v1 import groups_pb2 as gpb
 from sluice.v1 import streams_pb2 as pb
 from sluice_store.access import Access, caller
 from sluice_store.checks import parser
-from sluice_store.groups import Coordinator, GroupState, Member, duration, target_assignment
+from sluice_store.groups import (
+    Coordinator,
+    GroupState,
+    Member,
+    dead_letter_stream,
+    duration,
+    target_assignment,
+)
 from sluice_store.retention import US, now_us
 from sluice_store.rpc import timestamp, unary_handler
-from sluice_store.storage.base import P_CREATED, Storage, StreamFilter
+from sluice_store.storage.base import P_CREATED, P_DATA, P_HEAD, P_REVISION, Start, Storage, StreamFilter
 
+#: Redriven events get ids from their dead letters' ids: redriving again is a replay.
+REDRIVE_NAMESPACE = uuid.UUID("2b9c0c4e-6a8f-4f0e-9a51-7d3e8f1c2a64")
 #: Describe counts lag by scanning at most this many events per partition.
 LAG_SCAN_LIMIT = 100_000
 
@@ -130,6 +141,43 @@ class GroupsService:
         stream = await self.coordinator.dead_letter_target(request, caller.get().name)
         return await self.append_system(pb.AppendRequest(stream=stream, events=request.events))
 
+    async def Redrive(self, request: gpb.RedriveRequest) -> gpb.RedriveResponse:
+        state = await self.coordinator.describe(request.group)
+        dlq = dead_letter_stream(state.name, state.config)
+        out = gpb.RedriveResponse()
+        meta = await self.storage.stream(dlq)
+        if meta is None:
+            return out
+        wanted = set(request.streams)
+        lo, hi = request.from_position, request.to_position or (1 << 63)
+        start = Start("start")
+        while True:
+            rows = await self.storage.read_stream(meta, start, False, 1000, True)
+            for row in rows:
+                dead = pb.RecordedEvent.FromString(eventbytes.event_bytes(row[P_HEAD], row[P_DATA]))
+                md = dict(dead.metadata)
+                source = md.get("dlq-stream", "")
+                position = int(md.get("dlq-position", "0") or 0)
+                if not source or (wanted and source not in wanted) or not lo <= position <= hi:
+                    continue
+                again = {k: v for k, v in md.items() if not k.startswith("dlq-")}
+                again.update({"redriven-for": state.name, "redriven-from": f"{dlq}@{dead.position}"})
+                event = pb.EventData(
+                    id=str(uuid.uuid5(REDRIVE_NAMESPACE, f"{state.name}/{dead.id}")),
+                    type=dead.type,
+                    data=dead.data,
+                    metadata=again,
+                    content_type=dead.content_type,
+                )
+                result = await self.append_system(pb.AppendRequest(stream=source, events=[event]))
+                if result.duplicate:
+                    out.already += 1
+                else:
+                    out.redriven += 1
+            if len(rows) < 1000:
+                return out
+            start = Start("revision", rows[-1][P_REVISION] + 1)
+
     async def ResetCursors(self, request: gpb.ResetCursorsRequest) -> gpb.GroupDescription:
         to = request.to if request.HasField("to") else None
         return await self._describe(await self.coordinator.reset(request.group, request.partitions, to))
@@ -151,4 +199,5 @@ def methods(service: GroupsService, access: Access) -> dict[str, grpc.RpcMethodH
         "CommitCursor": unary("CommitCursor", gpb.CommitCursorRequest, gpb.CommitCursorResponse),
         "ResetCursors": unary("ResetCursors", gpb.ResetCursorsRequest, gpb.GroupDescription),
         "DeadLetter": unary("DeadLetter", gpb.DeadLetterRequest, pb.AppendResponse),
+        "Redrive": unary("Redrive", gpb.RedriveRequest, gpb.RedriveResponse),
     }

@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from sluice.v1 import streams_pb2 as sluice_dot_v1_dot_streams__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16sluice/v1/groups.proto\x12\tsluice.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17sluice/v1/streams.proto\"\x87\x01\n\x0bRetryPolicy\x12\x14\n\x0cmax_attempts\x18\x01 \x01(\r\x12\x32\n\x0finitial_backoff\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0bmax_backoff\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x8e\x02\n\x0bGroupConfig\x12!\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x11.sluice.v1.Filter\x12$\n\x05start\x18\x02 \x01(\x0b\x32\x15.sluice.v1.StartPoint\x12\x12\n\npartitions\x18\x03 \x01(\r\x12(\n\x05lease\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x35\n\x12heartbeat_interval\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12%\n\x05retry\x18\x06 \x01(\x0b\x32\x16.sluice.v1.RetryPolicy\x12\x1a\n\x12\x64\x65\x61\x64_letter_stream\x18\x07 \x01(\t\"K\n\x12\x43reateGroupRequest\x12\r\n\x05group\x18\x01 \x01(\t\x12&\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x16.sluice.v1.GroupConfig\"K\n\x12UpdateGroupRequest\x12\r\n\x05group\x18\x01 \x01(\t\x12&\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x16.sluice.v1.GroupConfig\"%\n\x14\x44\x65scribeGroupRequest\x12\r\n\x05group\x18\x01 \x01(\t\"\x13\n\x11ListGroupsRequest\"A\n\x12ListGroupsResponse\x12+\n\x06groups\x18\x01 \x03(\x0b\x32\x1b.sluice.v1.GroupDescription\"#\n\x12\x44\x65leteGroupRequest\x12\r\n\x05group\x18\x01 \x01(\t\"\x15\n\x13\x44\x65leteGroupResponse\"\x8b\x01\n\nMemberInfo\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x14\n\x0cmember_epoch\x18\x02 \x01(\x04\x12\x10\n\x08\x61ssigned\x18\x03 \x03(\r\x12\x0f\n\x07pending\x18\x04 \x03(\r\x12\x31\n\rlease_expires\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"j\n\rPartitionInfo\x12\x11\n\tpartition\x18\x01 \x01(\r\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x0e\n\x06\x63ursor\x18\x03 \x01(\x04\x12\x12\n\nlag_events\x18\x04 \x01(\x04\x12\x13\n\x0blag_seconds\x18\x05 \x01(\x01\"\xe3\x01\n\x10GroupDescription\x12\r\n\x05group\x18\x01 \x01(\t\x12&\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x16.sluice.v1.GroupConfig\x12+\n\x07\x63reated\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x07members\x18\x04 \x03(\x0b\x32\x15.sluice.v1.MemberInfo\x12,\n\npartitions\x18\x05 \x03(\x0b\x32\x18.sluice.v1.PartitionInfo\x12\x15\n\rhead_position\x18\x06 \x01(\x04\"h\n\x10HeartbeatRequest\x12\r\n\x05group\x18\x01 \x01(\t\x12\x11\n\tmember_id\x18\x02 \x01(\t\x12\x14\n\x0cmember_epoch\x18\x03 \x01(\x04\x12\r\n\x05owned\x18\x04 \x03(\r\x12\r\n\x05leave\x18\x05 \x01(\x08\"6\n\x0fPartitionCursor\x12\x11\n\tpartition\x18\x01 \x01(\r\x12\x10\n\x08position\x18\x02 \x01(\x04\"\xf2\x01\n\x11HeartbeatResponse\x12\x14\n\x0cmember_epoch\x18\x01 \x01(\x04\x12,\n\x08\x61ssigned\x18\x02 \x03(\x0b\x32\x1a.sluice.v1.PartitionCursor\x12\x35\n\x12heartbeat_interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12(\n\x05lease\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x06\x63onfig\x18\x05 \x01(\x0b\x32\x16.sluice.v1.GroupConfig\x12\x10\n\x08store_id\x18\x06 \x01(\t\"r\n\x13\x43ommitCursorRequest\x12\r\n\x05group\x18\x01 \x01(\t\x12\x11\n\tmember_id\x18\x02 \x01(\t\x12\x14\n\x0cmember_epoch\x18\x03 \x01(\x04\x12\x11\n\tpartition\x18\x04 \x01(\r\x12\x10\n\x08position\x18\x05 \x01(\x04\"\x16\n\x14\x43ommitCursorResponse\"\x84\x01\n\x11\x44\x65\x61\x64LetterRequest\x12\r\n\x05group\x18\x01 \x01(\t\x12\x11\n\tmember_id\x18\x02 \x01(\t\x12\x14\n\x0cmember_epoch\x18\x03 \x01(\x04\x12\x11\n\tpartition\x18\x04 \x01(\r\x12$\n\x06\x65vents\x18\x05 \x03(\x0b\x32\x14.sluice.v1.EventData\"[\n\x13ResetCursorsRequest\x12\r\n\x05group\x18\x01 \x01(\t\x12\x12\n\npartitions\x18\x02 \x03(\r\x12!\n\x02to\x18\x03 \x01(\x0b\x32\x15.sluice.v1.StartPoint2\xb3\x05\n\x06Groups\x12I\n\x0b\x43reateGroup\x12\x1d.sluice.v1.CreateGroupRequest\x1a\x1b.sluice.v1.GroupDescription\x12I\n\x0bUpdateGroup\x12\x1d.sluice.v1.UpdateGroupRequest\x1a\x1b.sluice.v1.GroupDescription\x12M\n\rDescribeGroup\x12\x1f.sluice.v1.DescribeGroupRequest\x1a\x1b.sluice.v1.GroupDescription\x12I\n\nListGroups\x12\x1c.sluice.v1.ListGroupsRequest\x1a\x1d.sluice.v1.ListGroupsResponse\x12L\n\x0b\x44\x65leteGroup\x12\x1d.sluice.v1.DeleteGroupRequest\x1a\x1e.sluice.v1.DeleteGroupResponse\x12\x46\n\tHeartbeat\x12\x1b.sluice.v1.HeartbeatRequest\x1a\x1c.sluice.v1.HeartbeatResponse\x12O\n\x0c\x43ommitCursor\x12\x1e.sluice.v1.CommitCursorRequest\x1a\x1f.sluice.v1.CommitCursorResponse\x12K\n\x0cResetCursors\x12\x1e.sluice.v1.ResetCursorsRequest\x1a\x1b.sluice.v1.GroupDescription\x12\x45\n\nDeadLetter\x12\x1c.sluice.v1.DeadLetterRequest\x1a\x19.sluice.v1.AppendResponseB/\n\x0cio.sluice.v1P\x01Z\x1dsluice.dev/sluice/v1;sluicev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16sluice/v1/groups.proto\x12\tsluice.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17sluice/v1/streams.proto\"\\\n\x0eRedriveRequest\x12\r\n\x05group\x18\x01 \x01(\t\x12\x0f\n\x07streams\x18\x02 \x03(\t\x12\x15\n\rfrom_position\x18\x03 \x01(\x04\x12\x13\n\x0bto_position\x18\x04 \x01(\x04\"4\n\x0fRedriveResponse\x12\x10\n\x08redriven\x18\x01 \x01(\r\x12\x0f\n\x07\x61lready\x18\x02 \x01(\r\"\x87\x01\n\x0bRetryPolicy\x12\x14\n\x0cmax_attempts\x18\x01 \x01(\r\x12\x32\n\x0finitial_backoff\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0bmax_backoff\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x8e\x02\n\x0bGroupConfig\x12!\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x11.sluice.v1.Filter\x12$\n\x05start\x18\x02 \x01(\x0b\x32\x15.sluice.v1.StartPoint\x12\x12\n\npartitions\x18\x03 \x01(\r\x12(\n\x05lease\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x35\n\x12heartbeat_interval\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12%\n\x05retry\x18\x06 \x01(\x0b\x32\x16.sluice.v1.RetryPolicy\x12\x1a\n\x12\x64\x65\x61\x64_letter_stream\x18\x07 \x01(\t\"K\n\x12\x43reateGroupRequest\x12\r\n\x05group\x18\x01 \x01(\t\x12&\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x16.sluice.v1.GroupConfig\"K\n\x12UpdateGroupRequest\x12\r\n\x05group\x18\x01 \x01(\t\x12&\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x16.sluice.v1.GroupConfig\"%\n\x14\x44\x65scribeGroupRequest\x12\r\n\x05group\x18\x01 \x01(\t\"\x13\n\x11ListGroupsRequest\"A\n\x12ListGroupsResponse\x12+\n\x06groups\x18\x01 \x03(\x0b\x32\x1b.sluice.v1.GroupDescription\"#\n\x12\x44\x65leteGroupRequest\x12\r\n\x05group\x18\x01 \x01(\t\"\x15\n\x13\x44\x65leteGroupResponse\"\x8b\x01\n\nMemberInfo\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x14\n\x0cmember_epoch\x18\x02 \x01(\x04\x12\x10\n\x08\x61ssigned\x18\x03 \x03(\r\x12\x0f\n\x07pending\x18\x04 \x03(\r\x12\x31\n\rlease_expires\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"j\n\rPartitionInfo\x12\x11\n\tpartition\x18\x01 \x01(\r\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x0e\n\x06\x63ursor\x18\x03 \x01(\x04\x12\x12\n\nlag_events\x18\x04 \x01(\x04\x12\x13\n\x0blag_seconds\x18\x05 \x01(\x01\"\xe3\x01\n\x10GroupDescription\x12\r\n\x05group\x18\x01 \x01(\t\x12&\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x16.sluice.v1.GroupConfig\x12+\n\x07\x63reated\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x07members\x18\x04 \x03(\x0b\x32\x15.sluice.v1.MemberInfo\x12,\n\npartitions\x18\x05 \x03(\x0b\x32\x18.sluice.v1.PartitionInfo\x12\x15\n\rhead_position\x18\x06 \x01(\x04\"h\n\x10HeartbeatRequest\x12\r\n\x05group\x18\x01 \x01(\t\x12\x11\n\tmember_id\x18\x02 \x01(\t\x12\x14\n\x0cmember_epoch\x18\x03 \x01(\x04\x12\r\n\x05owned\x18\x04 \x03(\r\x12\r\n\x05leave\x18\x05 \x01(\x08\"6\n\x0fPartitionCursor\x12\x11\n\tpartition\x18\x01 \x01(\r\x12\x10\n\x08position\x18\x02 \x01(\x04\"\xf2\x01\n\x11HeartbeatResponse\x12\x14\n\x0cmember_epoch\x18\x01 \x01(\x04\x12,\n\x08\x61ssigned\x18\x02 \x03(\x0b\x32\x1a.sluice.v1.PartitionCursor\x12\x35\n\x12heartbeat_interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12(\n\x05lease\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x06\x63onfig\x18\x05 \x01(\x0b\x32\x16.sluice.v1.GroupConfig\x12\x10\n\x08store_id\x18\x06 \x01(\t\"r\n\x13\x43ommitCursorRequest\x12\r\n\x05group\x18\x01 \x01(\t\x12\x11\n\tmember_id\x18\x02 \x01(\t\x12\x14\n\x0cmember_epoch\x18\x03 \x01(\x04\x12\x11\n\tpartition\x18\x04 \x01(\r\x12\x10\n\x08position\x18\x05 \x01(\x04\"\x16\n\x14\x43ommitCursorResponse\"\x84\x01\n\x11\x44\x65\x61\x64LetterRequest\x12\r\n\x05group\x18\x01 \x01(\t\x12\x11\n\tmember_id\x18\x02 \x01(\t\x12\x14\n\x0cmember_epoch\x18\x03 \x01(\x04\x12\x11\n\tpartition\x18\x04 \x01(\r\x12$\n\x06\x65vents\x18\x05 \x03(\x0b\x32\x14.sluice.v1.EventData\"[\n\x13ResetCursorsRequest\x12\r\n\x05group\x18\x01 \x01(\t\x12\x12\n\npartitions\x18\x02 \x03(\r\x12!\n\x02to\x18\x03 \x01(\x0b\x32\x15.sluice.v1.StartPoint2\xf5\x05\n\x06Groups\x12I\n\x0b\x43reateGroup\x12\x1d.sluice.v1.CreateGroupRequest\x1a\x1b.sluice.v1.GroupDescription\x12I\n\x0bUpdateGroup\x12\x1d.sluice.v1.UpdateGroupRequest\x1a\x1b.sluice.v1.GroupDescription\x12M\n\rDescribeGroup\x12\x1f.sluice.v1.DescribeGroupRequest\x1a\x1b.sluice.v1.GroupDescription\x12I\n\nListGroups\x12\x1c.sluice.v1.ListGroupsRequest\x1a\x1d.sluice.v1.ListGroupsResponse\x12L\n\x0b\x44\x65leteGroup\x12\x1d.sluice.v1.DeleteGroupRequest\x1a\x1e.sluice.v1.DeleteGroupResponse\x12\x46\n\tHeartbeat\x12\x1b.sluice.v1.HeartbeatRequest\x1a\x1c.sluice.v1.HeartbeatResponse\x12O\n\x0c\x43ommitCursor\x12\x1e.sluice.v1.CommitCursorRequest\x1a\x1f.sluice.v1.CommitCursorResponse\x12K\n\x0cResetCursors\x12\x1e.sluice.v1.ResetCursorsRequest\x1a\x1b.sluice.v1.GroupDescription\x12\x45\n\nDeadLetter\x12\x1c.sluice.v1.DeadLetterRequest\x1a\x19.sluice.v1.AppendResponse\x12@\n\x07Redrive\x12\x19.sluice.v1.RedriveRequest\x1a\x1a.sluice.v1.RedriveResponseB/\n\x0cio.sluice.v1P\x01Z\x1dsluice.dev/sluice/v1;sluicev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,44 +35,48 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sluice.v1.groups_pb2', _glo
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\014io.sluice.v1P\001Z\035sluice.dev/sluice/v1;sluicev1'
-  _globals['_RETRYPOLICY']._serialized_start=128
-  _globals['_RETRYPOLICY']._serialized_end=263
-  _globals['_GROUPCONFIG']._serialized_start=266
-  _globals['_GROUPCONFIG']._serialized_end=536
-  _globals['_CREATEGROUPREQUEST']._serialized_start=538
-  _globals['_CREATEGROUPREQUEST']._serialized_end=613
-  _globals['_UPDATEGROUPREQUEST']._serialized_start=615
-  _globals['_UPDATEGROUPREQUEST']._serialized_end=690
-  _globals['_DESCRIBEGROUPREQUEST']._serialized_start=692
-  _globals['_DESCRIBEGROUPREQUEST']._serialized_end=729
-  _globals['_LISTGROUPSREQUEST']._serialized_start=731
-  _globals['_LISTGROUPSREQUEST']._serialized_end=750
-  _globals['_LISTGROUPSRESPONSE']._serialized_start=752
-  _globals['_LISTGROUPSRESPONSE']._serialized_end=817
-  _globals['_DELETEGROUPREQUEST']._serialized_start=819
-  _globals['_DELETEGROUPREQUEST']._serialized_end=854
-  _globals['_DELETEGROUPRESPONSE']._serialized_start=856
-  _globals['_DELETEGROUPRESPONSE']._serialized_end=877
-  _globals['_MEMBERINFO']._serialized_start=880
-  _globals['_MEMBERINFO']._serialized_end=1019
-  _globals['_PARTITIONINFO']._serialized_start=1021
-  _globals['_PARTITIONINFO']._serialized_end=1127
-  _globals['_GROUPDESCRIPTION']._serialized_start=1130
-  _globals['_GROUPDESCRIPTION']._serialized_end=1357
-  _globals['_HEARTBEATREQUEST']._serialized_start=1359
-  _globals['_HEARTBEATREQUEST']._serialized_end=1463
-  _globals['_PARTITIONCURSOR']._serialized_start=1465
-  _globals['_PARTITIONCURSOR']._serialized_end=1519
-  _globals['_HEARTBEATRESPONSE']._serialized_start=1522
-  _globals['_HEARTBEATRESPONSE']._serialized_end=1764
-  _globals['_COMMITCURSORREQUEST']._serialized_start=1766
-  _globals['_COMMITCURSORREQUEST']._serialized_end=1880
-  _globals['_COMMITCURSORRESPONSE']._serialized_start=1882
-  _globals['_COMMITCURSORRESPONSE']._serialized_end=1904
-  _globals['_DEADLETTERREQUEST']._serialized_start=1907
-  _globals['_DEADLETTERREQUEST']._serialized_end=2039
-  _globals['_RESETCURSORSREQUEST']._serialized_start=2041
-  _globals['_RESETCURSORSREQUEST']._serialized_end=2132
-  _globals['_GROUPS']._serialized_start=2135
-  _globals['_GROUPS']._serialized_end=2826
+  _globals['_REDRIVEREQUEST']._serialized_start=127
+  _globals['_REDRIVEREQUEST']._serialized_end=219
+  _globals['_REDRIVERESPONSE']._serialized_start=221
+  _globals['_REDRIVERESPONSE']._serialized_end=273
+  _globals['_RETRYPOLICY']._serialized_start=276
+  _globals['_RETRYPOLICY']._serialized_end=411
+  _globals['_GROUPCONFIG']._serialized_start=414
+  _globals['_GROUPCONFIG']._serialized_end=684
+  _globals['_CREATEGROUPREQUEST']._serialized_start=686
+  _globals['_CREATEGROUPREQUEST']._serialized_end=761
+  _globals['_UPDATEGROUPREQUEST']._serialized_start=763
+  _globals['_UPDATEGROUPREQUEST']._serialized_end=838
+  _globals['_DESCRIBEGROUPREQUEST']._serialized_start=840
+  _globals['_DESCRIBEGROUPREQUEST']._serialized_end=877
+  _globals['_LISTGROUPSREQUEST']._serialized_start=879
+  _globals['_LISTGROUPSREQUEST']._serialized_end=898
+  _globals['_LISTGROUPSRESPONSE']._serialized_start=900
+  _globals['_LISTGROUPSRESPONSE']._serialized_end=965
+  _globals['_DELETEGROUPREQUEST']._serialized_start=967
+  _globals['_DELETEGROUPREQUEST']._serialized_end=1002
+  _globals['_DELETEGROUPRESPONSE']._serialized_start=1004
+  _globals['_DELETEGROUPRESPONSE']._serialized_end=1025
+  _globals['_MEMBERINFO']._serialized_start=1028
+  _globals['_MEMBERINFO']._serialized_end=1167
+  _globals['_PARTITIONINFO']._serialized_start=1169
+  _globals['_PARTITIONINFO']._serialized_end=1275
+  _globals['_GROUPDESCRIPTION']._serialized_start=1278
+  _globals['_GROUPDESCRIPTION']._serialized_end=1505
+  _globals['_HEARTBEATREQUEST']._serialized_start=1507
+  _globals['_HEARTBEATREQUEST']._serialized_end=1611
+  _globals['_PARTITIONCURSOR']._serialized_start=1613
+  _globals['_PARTITIONCURSOR']._serialized_end=1667
+  _globals['_HEARTBEATRESPONSE']._serialized_start=1670
+  _globals['_HEARTBEATRESPONSE']._serialized_end=1912
+  _globals['_COMMITCURSORREQUEST']._serialized_start=1914
+  _globals['_COMMITCURSORREQUEST']._serialized_end=2028
+  _globals['_COMMITCURSORRESPONSE']._serialized_start=2030
+  _globals['_COMMITCURSORRESPONSE']._serialized_end=2052
+  _globals['_DEADLETTERREQUEST']._serialized_start=2055
+  _globals['_DEADLETTERREQUEST']._serialized_end=2187
+  _globals['_RESETCURSORSREQUEST']._serialized_start=2189
+  _globals['_RESETCURSORSREQUEST']._serialized_end=2280
+  _globals['_GROUPS']._serialized_start=2283
+  _globals['_GROUPS']._serialized_end=3040
 # @@protoc_insertion_point(module_scope)

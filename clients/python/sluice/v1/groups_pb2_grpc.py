@@ -80,6 +80,11 @@ class GroupsStub:
                 request_serializer=sluice_dot_v1_dot_groups__pb2.DeadLetterRequest.SerializeToString,
                 response_deserializer=sluice_dot_v1_dot_streams__pb2.AppendResponse.FromString,
                 _registered_method=True)
+        self.Redrive = channel.unary_unary(
+                '/sluice.v1.Groups/Redrive',
+                request_serializer=sluice_dot_v1_dot_groups__pb2.RedriveRequest.SerializeToString,
+                response_deserializer=sluice_dot_v1_dot_groups__pb2.RedriveResponse.FromString,
+                _registered_method=True)
 
 
 class GroupsServicer:
@@ -155,6 +160,17 @@ class GroupsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Redrive(self, request, context):
+        """Give dead letters back to their group (after the app was fixed): each selected event
+        of the group's dead-letter stream is appended again to the stream it came from, with
+        metadata redriven-for (the group: sidecars of other groups pass it by) and
+        redriven-from (where it was dead-lettered). Idempotent: redriving the same dead
+        letter again stores nothing new.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GroupsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -202,6 +218,11 @@ def add_GroupsServicer_to_server(servicer, server):
                     servicer.DeadLetter,
                     request_deserializer=sluice_dot_v1_dot_groups__pb2.DeadLetterRequest.FromString,
                     response_serializer=sluice_dot_v1_dot_streams__pb2.AppendResponse.SerializeToString,
+            ),
+            'Redrive': grpc.unary_unary_rpc_method_handler(
+                    servicer.Redrive,
+                    request_deserializer=sluice_dot_v1_dot_groups__pb2.RedriveRequest.FromString,
+                    response_serializer=sluice_dot_v1_dot_groups__pb2.RedriveResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -447,6 +468,33 @@ class Groups:
             '/sluice.v1.Groups/DeadLetter',
             sluice_dot_v1_dot_groups__pb2.DeadLetterRequest.SerializeToString,
             sluice_dot_v1_dot_streams__pb2.AppendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Redrive(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sluice.v1.Groups/Redrive',
+            sluice_dot_v1_dot_groups__pb2.RedriveRequest.SerializeToString,
+            sluice_dot_v1_dot_groups__pb2.RedriveResponse.FromString,
             options,
             channel_credentials,
             insecure,

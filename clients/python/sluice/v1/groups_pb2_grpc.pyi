@@ -74,6 +74,13 @@ class GroupsStub:
     only a current member of the group, at its epoch, for a partition it owns, adds to
     them. Refusals as for CommitCursor.
     """
+    Redrive: _grpc.UnaryUnaryMultiCallable[_groups_pb2.RedriveRequest, _groups_pb2.RedriveResponse]
+    """Give dead letters back to their group (after the app was fixed): each selected event
+    of the group's dead-letter stream is appended again to the stream it came from, with
+    metadata redriven-for (the group: sidecars of other groups pass it by) and
+    redriven-from (where it was dead-lettered). Idempotent: redriving the same dead
+    letter again stores nothing new.
+    """
 
 @_typing.type_check_only
 class GroupsAsyncStub(GroupsStub):
@@ -104,6 +111,13 @@ class GroupsAsyncStub(GroupsStub):
     streams live under "$dlq.", where Append refuses to write (SYSTEM_STREAM_RESERVED):
     only a current member of the group, at its epoch, for a partition it owns, adds to
     them. Refusals as for CommitCursor.
+    """
+    Redrive: _aio.UnaryUnaryMultiCallable[_groups_pb2.RedriveRequest, _groups_pb2.RedriveResponse]  # type: ignore[assignment]
+    """Give dead letters back to their group (after the app was fixed): each selected event
+    of the group's dead-letter stream is appended again to the stream it came from, with
+    metadata redriven-for (the group: sidecars of other groups pass it by) and
+    redriven-from (where it was dead-lettered). Idempotent: redriving the same dead
+    letter again stores nothing new.
     """
 
 class GroupsServicer(metaclass=_abc_1.ABCMeta):
@@ -186,6 +200,19 @@ class GroupsServicer(metaclass=_abc_1.ABCMeta):
         streams live under "$dlq.", where Append refuses to write (SYSTEM_STREAM_RESERVED):
         only a current member of the group, at its epoch, for a partition it owns, adds to
         them. Refusals as for CommitCursor.
+        """
+
+    @_abc_1.abstractmethod
+    def Redrive(
+        self,
+        request: _groups_pb2.RedriveRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_groups_pb2.RedriveResponse, _abc.Awaitable[_groups_pb2.RedriveResponse]]:
+        """Give dead letters back to their group (after the app was fixed): each selected event
+        of the group's dead-letter stream is appended again to the stream it came from, with
+        metadata redriven-for (the group: sidecars of other groups pass it by) and
+        redriven-from (where it was dead-lettered). Idempotent: redriving the same dead
+        letter again stores nothing new.
         """
 
 def add_GroupsServicer_to_server(servicer: GroupsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
