@@ -213,3 +213,14 @@ async def slow_clients(host_port: str, n: int) -> list[tuple[asyncio.StreamReade
         await writer.drain()
         conns.append((reader, writer))
     return conns
+
+
+@pytest.fixture
+async def app() -> AsyncIterator[Any]:
+    """An existing HTTP service receiving a sidecar's pushes (tests.sidecar.conftest.App)."""
+    from tests.sidecar.conftest import App
+
+    a = App()
+    await a.start()
+    yield a
+    await a.stop()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -34,14 +34,6 @@ MESH_POLICY = {
         {"allow": ["read", "watch"], "streams": ["orders-*"], "who": ["auditor"]},
     ]
 }
-
-
-@pytest.fixture
-async def app() -> AsyncIterator[App]:
-    a = App()
-    await a.start()
-    yield a
-    await a.stop()
 
 
 async def test_events_flow_through_a_secured_mesh_and_each_part_has_only_its_grants(

@@ -191,14 +191,6 @@ class Sidecar:
 
 
 @pytest.fixture
-async def app() -> AsyncIterator[App]:
-    a = App()
-    await a.start()
-    yield a
-    await a.stop()
-
-
-@pytest.fixture
 async def store_proc(tmp_path: Path) -> AsyncIterator[StoreProcess]:
     store = StoreProcess(
         f"sqlite:///{tmp_path}/mesh.db", "--durability", "normal", log=tmp_path / "store.log"

@@ -55,6 +55,17 @@ def invalid(message: str, field: str) -> GatewayError:
     return GatewayError(grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", message, field=field)
 
 
+def denied(message: str, principal: str, action: str, resource: str) -> GatewayError:
+    return GatewayError(
+        grpc.StatusCode.PERMISSION_DENIED,
+        "PERMISSION_DENIED",
+        message,
+        principal=principal,
+        action=action,
+        resource=resource,
+    )
+
+
 def unavailable(message: str) -> GatewayError:
     return GatewayError(grpc.StatusCode.UNAVAILABLE, "STORE_UNAVAILABLE", message)
 
@@ -154,14 +165,7 @@ class Gateway:
         try:
             self.guard.check(caller.principal, needs, peer)
         except security.Denied as e:
-            raise GatewayError(
-                grpc.StatusCode.PERMISSION_DENIED,
-                "PERMISSION_DENIED",
-                str(e),
-                principal=e.principal,
-                action=e.action,
-                resource=e.resource,
-            ) from None
+            raise denied(str(e), e.principal, e.action, e.resource) from None
 
     def subscriber(self, request: gwpb.WatchRequest, encoder: Encoder) -> tuple[Subscriber, int | None]:
         """A subscriber for a request, and its start cursor (None: live); raises GatewayError."""
@@ -233,14 +237,10 @@ class Gateway:
             if live is not None and live.revoked is not None:
                 task.uncancel()
                 action, resource, kind = live.revoked
-                raise GatewayError(
-                    grpc.StatusCode.PERMISSION_DENIED,
-                    "PERMISSION_DENIED",
-                    f"{caller.principal.name} may no longer {action} {kind[:-1]} {resource}:"
-                    " the policy changed",
-                    principal=caller.principal.name,
-                    action=action,
-                    resource=f"{kind[:-1]} {resource}",
+                what = f"{kind[:-1]} {resource}"
+                name = caller.principal.name
+                raise denied(
+                    f"{name} may no longer {action} {what}: the policy changed", name, action, what
                 ) from None
             if not (sub.disconnect and task.uncancel() == 0):
                 raise  # the client went away, or the server is stopping
