@@ -125,3 +125,36 @@ async def test_events_flow_through_a_secured_mesh_and_each_part_has_only_its_gra
             if proc is not None and proc.returncode is None:
                 proc.kill()
                 await proc.wait()
+
+
+async def test_the_gateway_serves_a_renewed_http_certificate_without_a_restart(
+    secure_store: Callable[..., Awaitable[StoreProcess]], setup: Setup, tmp_path: Path
+) -> None:
+    from tests.security.test_store import served_certificate
+
+    store = await secure_store()
+    token = tmp_path / "gateway.token"
+    token.write_text(TOKENS["gateway"])
+    setup.write_policy(MESH_POLICY)
+    gateway = GatewayProcess(
+        store.addr,
+        *setup.store_flags(),
+        *("--store-tls-ca", str(setup.ca_file), "--store-token-file", str(token)),
+        credentials=setup.creds("root"),
+    )
+    try:
+        await gateway.start()
+        http = gateway.http.removeprefix("http://")
+        before = served_certificate(http, str(setup.ca_file))
+        fresh = setup.ca.issue_cert("127.0.0.1", "localhost")  # cert-manager renews the Secret
+        fresh.private_key_pem.write_to_path(str(setup.server_key))
+        fresh.cert_chain_pems[0].write_to_path(str(setup.server_cert))
+        want = ssl.PEM_cert_to_DER_cert(fresh.cert_chain_pems[0].bytes().decode())
+        async with asyncio.timeout(WAIT):
+            while served_certificate(http, str(setup.ca_file)) != want:  # noqa: ASYNC110 (polled by design)
+                await asyncio.sleep(0.2)
+        assert want != before and gateway.proc is not None and gateway.proc.returncode is None
+    finally:
+        if gateway.proc is not None and gateway.proc.returncode is None:
+            gateway.proc.kill()
+            await gateway.proc.wait()

@@ -474,6 +474,22 @@ def ssl_context(cert: str, key: str, client_ca: str = "") -> ssl.SSLContext:
     return ctx
 
 
+async def reload_ssl(ctx: ssl.SSLContext, cert: str, key: str, interval: float = 5.0) -> None:
+    """Load ``cert`` and ``key`` into ``ctx`` again whenever they change (run as a task):
+    new connections get the renewed certificate, open ones stay."""
+    seen = _stamp(cert, key)
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            now = _stamp(cert, key)
+            if now != seen:
+                ctx.load_cert_chain(cert, key)
+                seen = now
+                logging.getLogger(__name__).info("TLS certificate reloaded from %s", cert)
+        except (OSError, ssl.SSLError) as e:  # mid-rotation: keep what was loaded
+            logging.getLogger(__name__).warning("TLS files unreadable, keeping the loaded ones: %s", e)
+
+
 def is_loopback(addr: str) -> bool:
     host = addr.rpartition(":")[0].strip("[]") or "0.0.0.0"
     if host == "localhost":

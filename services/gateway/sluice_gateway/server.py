@@ -85,6 +85,7 @@ class GatewayServer:
         self.http_port = 0
         self._stopped = False
         self._policy_watch: asyncio.Task[None] | None = None
+        self._tls_reload: asyncio.Task[None] | None = None
         self._health_updates: set[asyncio.Future[None]] = set()
 
     async def start(self) -> None:
@@ -153,6 +154,8 @@ class GatewayServer:
         host, port = _split(self.settings.http_addr)
         s = self.settings
         tls = security.ssl_context(s.tls_cert, s.tls_key, s.tls_client_ca) if s.tls_cert else None
+        if tls is not None:  # renewed certificates are served without a restart
+            self._tls_reload = asyncio.create_task(security.reload_ssl(tls, s.tls_cert, s.tls_key))
         site = web.TCPSite(self.http, host, port, reuse_port=s.reuse_port, ssl_context=tls)
         try:
             await site.start()
@@ -176,8 +179,9 @@ class GatewayServer:
         if self._stopped:
             return
         self._stopped = True
-        if self._policy_watch is not None:
-            self._policy_watch.cancel()
+        for task in (self._policy_watch, self._tls_reload):
+            if task is not None:
+                task.cancel()
         await self.health.enter_graceful_shutdown()
         self.hub.close()
         if self.http is not None:
