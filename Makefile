@@ -12,7 +12,7 @@ PROTOS := $(shell find protos -name '*.proto')
 SLUICE_DATA ?= ./data
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install system-packages images protos check-protos lint checkov fmt test faults run demo bench clean
+.PHONY: install system-packages images protos check-protos lint checkov fmt test test-secure faults run demo bench clean
 
 install: $(STAMP)
 
@@ -78,6 +78,13 @@ system-packages:
 
 test: $(STAMP) $(NODE_STAMP) system-packages check-protos lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-secure
+
+# The mesh suites again with TLS, tokens and the policy on every store, gateway and sidecar
+# (tests/secure_mode.py).
+SECURE_SUITES = tests/gateway tests/sidecar tests/security/test_secure_mode.py
+test-secure: $(STAMP)
+	SLUICE_TEST_SECURE=1 $(VENV)/bin/pytest $(SECURE_SUITES) $(PYTEST_ARGS)
 
 # The fault suite alone, longer: 20 kill cycles of each kind (make test runs 3).
 faults: $(STAMP)

@@ -25,6 +25,7 @@ from sluice import Client
 from sluice_store.config import Settings
 from sluice_store.server import StoreServer
 from tests.ports import announced, reserve_port
+from tests.secure_mode import mesh_security, server_flags, server_settings
 
 StoreFactory = Callable[..., Awaitable[StoreServer]]
 
@@ -45,6 +46,13 @@ async def _postgres_admin(sql: str) -> None:
         await conn.execute(sql)
     finally:
         await conn.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def secure_mode() -> None:
+    """In secure mode (SLUICE_TEST_SECURE=1, see tests/secure_mode.py): the run's certificates,
+    tokens and policy, made before any client reads its variables."""
+    mesh_security()
 
 
 @pytest.fixture(scope="session")
@@ -95,7 +103,7 @@ async def make_store(db_url: Callable[[str], str]) -> AsyncIterator[StoreFactory
             heartbeat_interval=1.0,
             grace=1.0,
         )
-        server = StoreServer(dataclasses.replace(base, **overrides))
+        server = StoreServer(dataclasses.replace(base, **{**server_settings(), **overrides}))
         await server.start()
         servers.append(server)
         return server
@@ -134,7 +142,17 @@ class StoreProcess:
 
     def __init__(self, db: str, *extra: str, log: Path | None = None) -> None:
         self.addr = f"127.0.0.1:{reserve_port()}"  # the same address across restarts
-        self.args = [sys.executable, "-m", "sluice_store", "--addr", self.addr, "--db", db, *extra]
+        self.args = [
+            sys.executable,
+            "-m",
+            "sluice_store",
+            "--addr",
+            self.addr,
+            "--db",
+            db,
+            *server_flags(),
+            *extra,
+        ]
         self.proc: asyncio.subprocess.Process | None = None
         self.log = log  # where its log goes (appended across restarts); None: nowhere
 

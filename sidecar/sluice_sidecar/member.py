@@ -19,6 +19,8 @@ import time
 import uuid
 from collections.abc import Sequence
 
+import grpc
+
 from sluice import Client, Position
 from sluice.errors import (
     Fenced,
@@ -27,7 +29,9 @@ from sluice.errors import (
     InvalidEvent,
     LimitExceeded,
     SluiceError,
+    SystemStreamReserved,
 )
+from sluice.names import is_system
 from sluice.v1 import groups_pb2 as gpb
 from sluice.v1 import sidecar_pb2 as spb
 from sluice.v1 import streams_pb2 as pb
@@ -567,7 +571,16 @@ class Member:
     async def publish(self, request: pb.AppendRequest, traceparent: str | None) -> pb.AppendResponse:
         """Append for the app, stamping its identity (whatever the app put there is replaced:
         the sidecar vouches for it) and trace context on each event. Store-reserved ("$")
-        streams, dead letters among them, are refused by the store as for any caller."""
+        streams, dead letters among them, are refused here with the store's own answer,
+        whatever the sidecar's grants (a store would refuse a caller without a grant on them
+        with PERMISSION_DENIED first)."""
+        if is_system(request.stream):
+            raise SystemStreamReserved(
+                f"stream: names starting with '$' are reserved for the store: {request.stream[:300]!r}",
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "SYSTEM_STREAM_RESERVED",
+                {"field": "stream"},
+            )
         for ev in request.events:
             ev.metadata["source-app"] = self.settings.app_id
             ev.metadata["source-member"] = self.settings.member_id

@@ -28,7 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sluice.errors import SluiceError
 from sluice.httpserver import BoundedRunner
-from sluice.process import listen_grpc, until_signal
+from sluice.process import listen_grpc, shutdown_signal, started
 from sluice.v1 import sidecar_pb2 as spb
 from sluice.v1 import sidecar_pb2_grpc as spb_grpc
 from sluice.v1 import streams_pb2 as pb
@@ -220,14 +220,18 @@ class SidecarServer:
 
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM/SIGINT, then drain, commit, leave and exit."""
+    stop = shutdown_signal()
     server = SidecarServer(settings)
-    await server.start()
+    if not await started(server.start(), stop):
+        with contextlib.suppress(Exception):
+            await server.stop()
+        return
     probes = f", probes {server.probe_addr}" if server.probe_addr else ""
     print(
         f"sluice sidecar {settings.member_id} in group {settings.group}: "
         f"http {server.http_addr}, grpc {server.grpc_addr}, delivering by {settings.delivery}{probes}",
         flush=True,
     )
-    await until_signal()
+    await stop.wait()
     log.info("shutting down: draining, committing, leaving the group")
     await server.stop()

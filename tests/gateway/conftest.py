@@ -14,6 +14,7 @@ from sluice import Client, Credentials
 from sluice.gateway import GatewayClient
 from tests.conftest import StoreProcess, reap
 from tests.ports import announced
+from tests.secure_mode import http_scheme, server_flags, store_client_flags
 
 
 class GatewayProcess:
@@ -43,7 +44,8 @@ class GatewayProcess:
             "SLUICE_HEARTBEAT_INTERVAL": "0.2s",
             **(env or {}),
         }
-        self.args = [sys.executable, "-m", "sluice_gateway", *extra]
+        secured = [*server_flags(), *store_client_flags("gateway")]
+        self.args = [sys.executable, "-m", "sluice_gateway", *secured, *extra]
         self.proc: asyncio.subprocess.Process | None = None
         self.output = b""
 
@@ -56,7 +58,7 @@ class GatewayProcess:
         async with asyncio.timeout(20):
             m = await announced(self.proc.stdout, r"listening on (\S+), HTTP on (\S+) ", seen)
         self.output += bytes(seen)
-        self.addr, self.http = m.group(1), f"http://{m.group(2)}"
+        self.addr, self.http = m.group(1), f"{http_scheme()}://{m.group(2)}"
         self.port = int(self.addr.rpartition(":")[2])
         async with GatewayClient(self.addr, credentials=self.credentials) as g:  # ready: its feed is live
             await asyncio.wait_for(anext(g.watch()), 20)

@@ -8,7 +8,6 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import aiohttp
 import grpc
 import pytest
 
@@ -18,6 +17,7 @@ from sluice.gateway import Cursor, GatewayClient, WatchItem
 from sluice.v1 import gateway_pb2 as gwpb
 from sluice.v1 import streams_pb2 as pb
 from tests.gateway.conftest import GatewayProcess
+from tests.secure_mode import http_session
 
 STREAMS = [f"{kind}-{i}" for kind in ("order", "user", "stock") for i in range(4)]
 TYPES = ["Created", "Updated", "Deleted"]
@@ -245,7 +245,7 @@ async def test_bad_http_bodies_get_400_and_the_gateway_keeps_serving(gateway: Ga
         b'{"stream": "$dlq.x", "type": "T"}',
         b"\xff\xfe not json",
     ]
-    async with aiohttp.ClientSession() as http:
+    async with http_session() as http:
         for body in bodies:
             async with http.post(f"{gateway.http}/v1/publish", data=body) as r:
                 assert r.status == 400, (body[:40], r.status, await r.text())

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import grpc
 import pytest
 from cloudevents.core.formats.json import JSONFormat
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -23,6 +22,7 @@ from sluice.v1 import streams_pb2 as pb
 from tests.conftest import StoreProcess, closed_by_server, console_spans, eventually, slow_clients
 from tests.gateway.conftest import GatewayProcess, Gateways
 from tests.gateway.test_fanout import collect, produce
+from tests.secure_mode import SECURE, grpc_channel, http_session
 
 
 async def test_resume_from_a_position_removed_by_retention_is_told_so(
@@ -51,7 +51,7 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 async def health_is(gateway: GatewayProcess, service: str, status: int) -> bool:
-    async with grpc.aio.insecure_channel(gateway.addr) as ch:
+    async with grpc_channel(gateway.addr) as ch:
         got = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=service))
     return bool(got.status == status)
 
@@ -124,7 +124,7 @@ async def test_server_sent_events_with_last_event_id_resume(
     appended = await produce(store_client, 40, seed=5)
     orders = [e for e in appended if e.stream.startswith("order")]
     url = f"{gateway.http}/v1/watch?prefix=order&position=1"
-    async with aiohttp.ClientSession() as http:
+    async with http_session() as http:
         async with http.get(url) as resp:
             assert resp.status == 200 and resp.headers["Content-Type"] == "text/event-stream"
             first = await sse_events(resp, 5)
@@ -172,7 +172,7 @@ async def test_two_gateways_share_one_port(gateways: Gateways, store_client: Cli
             ev = await asyncio.wait_for(anext(it), 10)
             assert isinstance(ev, pb.RecordedEvent) and ev.position == resp.first_position
         counts = []
-        async with aiohttp.ClientSession() as http:
+        async with http_session() as http:
             for proc in (a, b):
                 async with http.get(f"{proc.http}/readyz") as r:
                     counts.append((await r.json())["subscribers"])
@@ -320,6 +320,7 @@ async def test_without_reuse_port_a_second_gateway_on_the_same_port_fails_fast(g
         assert isinstance(await asyncio.wait_for(anext(g.watch()), 10), pb.CaughtUp)
 
 
+@pytest.mark.skipif(SECURE, reason="speaks plaintext HTTP/1.1 bytes to the listener")
 async def test_half_sent_requests_are_closed_and_connections_are_capped(gateways: Gateways) -> None:
     g = gateways(env={"SLUICE_HTTP_IDLE_TIMEOUT": "1s", "SLUICE_HTTP_MAX_CONNECTIONS": "4"})
     await g.start()
@@ -330,7 +331,7 @@ async def test_half_sent_requests_are_closed_and_connections_are_capped(gateways
     assert all(closed)
     for _, w in conns:
         w.close()
-    async with aiohttp.ClientSession() as http, http.get(f"{g.http}/healthz") as r:
+    async with http_session() as http, http.get(f"{g.http}/healthz") as r:
         assert r.status == 200  # and the gateway serves as before
 
 

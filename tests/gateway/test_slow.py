@@ -6,7 +6,6 @@ import asyncio
 import re
 import time
 
-import aiohttp
 import pytest
 
 from sluice import Client, new_event
@@ -17,13 +16,14 @@ from sluice.v1 import streams_pb2 as pb
 from tests.conftest import eventually
 from tests.gateway.conftest import GatewayProcess, Gateways
 from tests.gateway.test_fanout import collect
+from tests.secure_mode import http_session
 
 BIG = 16 * 1024  # events large enough to fill the HTTP/2 windows between gateway and subscriber
 COUNT = 1000
 
 
 async def metric(gateway: GatewayProcess, name: str) -> float:
-    async with aiohttp.ClientSession() as http, http.get(f"{gateway.http}/metrics") as resp:
+    async with http_session() as http, http.get(f"{gateway.http}/metrics") as resp:
         text = await resp.text()
     m = re.search(rf"^sluice_gateway_{name}(?:_total)?\{{[^}}]*\}} ([0-9.e+]+)$", text, re.M)
     return float(m.group(1)) if m else 0.0
@@ -136,7 +136,7 @@ async def test_published_messages_reach_connected_subscribers_only_and_expire(
     appended = await append_big(store_client)  # fills the windows: the gateway now queues for it
 
     async def three_watching() -> bool:  # matching, other, stalled: the closed catch-up watch has left
-        async with aiohttp.ClientSession() as http, http.get(f"{gateway.http}/readyz") as r:
+        async with http_session() as http, http.get(f"{gateway.http}/readyz") as r:
             return bool((await r.json())["subscribers"] == 3)
 
     await eventually(three_watching, timeout=30)

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from tests.conftest import StoreProcess, spawn_logged
 from tests.ports import announced, reserve_port
+from tests.secure_mode import store_client_flags
 
 WAIT = 30.0
 
@@ -142,6 +143,7 @@ class Sidecar:
             *(sys.executable, "-m", "sluice_sidecar", "--store", store, "--group", group),
             *("--member-id", name, "--app-url", app_url),
             *("--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"),
+            *store_client_flags("sidecar"),
             *extra,
         ]
         self.proc: asyncio.subprocess.Process | None = None

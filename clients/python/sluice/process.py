@@ -4,11 +4,12 @@ start from its settings with uvloop, wait for SIGTERM or SIGINT, and settle its 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sys
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sluice.settings import ConfigError
@@ -127,12 +128,31 @@ def settle_heap() -> None:
     gc.set_threshold(20_000, 50, 100)
 
 
-async def until_signal() -> None:
-    """Return when the process gets SIGTERM or SIGINT (the start of a graceful shutdown)."""
+def shutdown_signal() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT (the start of a graceful shutdown). Made first thing
+    in a process's ``serve``: a signal that lands while it starts, or as soon as it says it is
+    listening, still shuts it down gracefully instead of killing it."""
     import signal
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    return stop
+
+
+async def started(start: Awaitable[None], stop: asyncio.Event) -> bool:
+    """Await a server's start unless a shutdown signal comes first (a store still connecting
+    to its database, a sidecar still making its group): then the start is cancelled and the
+    answer is False, and the caller stops what did start and exits."""
+    starting = asyncio.ensure_future(start)
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if starting.done():
+        starting.result()  # a failed start raises here
+        return True
+    starting.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await starting
+    return False

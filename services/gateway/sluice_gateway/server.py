@@ -16,7 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from sluice import security
 from sluice.credentials import bearer_interceptors
 from sluice.httpserver import BoundedRunner
-from sluice.process import health_listener, listen_grpc, settle_heap, until_signal
+from sluice.process import health_listener, listen_grpc, settle_heap, shutdown_signal, started
 from sluice.settings import ConfigError
 from sluice.v1 import gateway_pb2 as gwpb
 from sluice.v1 import streams_pb2_grpc as pb_grpc
@@ -197,14 +197,18 @@ class GatewayServer:
 
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    stop = shutdown_signal()
     server = GatewayServer(settings)
-    await server.start()
+    if not await started(server.start(), stop):
+        with contextlib.suppress(Exception):
+            await server.stop()
+        return
     settle_heap()
+    with contextlib.suppress(NotImplementedError):  # SIGHUP: reload the policy now
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, server.guard.reload)
     host = settings.http_addr.rpartition(":")[0] if settings.http_addr else ""
     http = f", HTTP on {host}:{server.http_port}" if settings.http_addr else ""
     print(f"sluice gateway listening on {server.address}{http} (store {settings.store})", flush=True)
-    with contextlib.suppress(NotImplementedError):  # SIGHUP: reload the policy now
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, server.guard.reload)
-    await until_signal()
+    await stop.wait()
     log.info("shutting down")
     await server.stop()

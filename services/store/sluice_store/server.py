@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sluice import security, telemetry
 from sluice.httpserver import BoundedRunner
-from sluice.process import health_listener, listen_grpc, settle_heap, until_signal
+from sluice.process import health_listener, listen_grpc, settle_heap, shutdown_signal, started
 from sluice.settings import redact
 from sluice.v1 import groups_pb2 as gpb
 from sluice.v1 import streams_pb2 as pb
@@ -278,12 +278,16 @@ class StoreServer:
 
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    stop = shutdown_signal()
     server = StoreServer(settings)
-    await server.start()
+    if not await started(server.start(), stop):
+        with contextlib.suppress(Exception):
+            await server.stop()
+        return
     settle_heap()
-    print(f"sluice store listening on {server.address} (db {redact(settings.db)})", flush=True)
     with contextlib.suppress(NotImplementedError):  # SIGHUP: reload the policy now
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, server.access.guard.reload)
-    await until_signal()
+    print(f"sluice store listening on {server.address} (db {redact(settings.db)})", flush=True)
+    await stop.wait()
     log.info("shutting down")
     await server.stop()
