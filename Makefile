@@ -12,7 +12,7 @@ PROTOS := $(shell find protos -name '*.proto')
 SLUICE_DATA ?= ./data
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install system-packages images protos check-protos lint checkov fmt test test-secure faults run demo bench clean
+.PHONY: install system-packages images protos check-protos lint checkov fmt console test test-secure faults run demo bench clean
 
 install: $(STAMP)
 
@@ -76,7 +76,21 @@ images:
 system-packages:
 	@bash scripts/system-packages.sh
 
-test: $(STAMP) $(NODE_STAMP) system-packages check-protos lint
+# The console's libraries (uPlot), from npm as the lock file pins them; `make console` copies
+# them into the gateway package, where they are committed (the console fetches nothing at
+# run time). tests/console checks the committed copies are the locked ones.
+CONSOLE_NPM = services/gateway/console
+CONSOLE_STAMP = $(CONSOLE_NPM)/node_modules/.installed
+CONSOLE_VENDOR = services/gateway/sluice_gateway/static/console/vendor
+$(CONSOLE_STAMP): $(CONSOLE_NPM)/package.json $(CONSOLE_NPM)/package-lock.json
+	cd $(CONSOLE_NPM) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+console: $(CONSOLE_STAMP)
+	cp $(CONSOLE_NPM)/node_modules/uplot/dist/uPlot.iife.min.js $(CONSOLE_NPM)/node_modules/uplot/dist/uPlot.min.css $(CONSOLE_VENDOR)/
+	cp $(CONSOLE_NPM)/node_modules/uplot/LICENSE $(CONSOLE_VENDOR)/uPlot.LICENSE
+
+test: $(STAMP) $(NODE_STAMP) $(CONSOLE_STAMP) system-packages check-protos lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-secure
 

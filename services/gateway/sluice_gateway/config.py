@@ -52,6 +52,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("reconnect_backoff", parse_duration, "longest wait between attempts to reach the store"),
     Option("grace", parse_duration, "seconds in-flight calls get on shutdown"),
     Option("uvloop", parse_bool, "use uvloop when installed"),
+    Option("console", parse_bool, "serve the web console at /console/ on the HTTP address"),
+    Option(
+        "console_trace_url",
+        str,
+        "the console's link to an event's trace: a URL with {trace_id} (and {span_id}) in it",
+    ),
     *SERVER_OPTIONS,
     *STORE_CLIENT_OPTIONS,
     *PROCESS_OPTIONS,
@@ -79,6 +85,8 @@ class Settings(ServerSecurity, StoreClientSecurity, ProcessSettings):
     reconnect_backoff: float = 2.0
     grace: float = 5.0
     uvloop: bool = True
+    console: bool = True
+    console_trace_url: str = "http://localhost:16686/trace/{trace_id}"
 
     def __post_init__(self) -> None:
         self.check_process()

@@ -140,7 +140,7 @@ class GatewayServer:
         task.add_done_callback(self._health_updates.discard)
 
     async def _start_http(self) -> None:
-        app = HttpApi(self.gateway, self.hub, self.settings, self._ready).app()
+        app = HttpApi(self.gateway, self.hub, self.settings, self._ready, self.channel).app()
         # Cancel an SSE handler as soon as its client goes, so it leaves the fan-out at once.
         self.http = BoundedRunner(
             app,

@@ -3,16 +3,22 @@ id is its position), publish, metrics, health and readiness."""
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import contextlib
+import functools
 import json
+import time
 from collections.abc import Callable, Iterable
 
+import grpc
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from sluice import cloudevent
+from sluice import cloudevent, security
 from sluice.v1 import gateway_pb2 as gwpb
-from sluice_gateway import wire
+from sluice_gateway import console, openapi, wire
+from sluice_gateway.api import JsonApi
 from sluice_gateway.config import Settings
 from sluice_gateway.hub import Encoder, Hub
 from sluice_gateway.service import Caller, Gateway, GatewayError, watch_needs
@@ -24,6 +30,36 @@ _POLICIES = {
     "drop": gwpb.OVERFLOW_POLICY_DROP,
     "disconnect": gwpb.OVERFLOW_POLICY_DISCONNECT,
 }
+STREAM_ACTIONS = ("read", "append", "delete", "retention", "list", "publish", "watch")
+GROUP_ACTIONS = ("list", "admin", "join")
+SAMPLE_INTERVAL = 2.0
+SAMPLES = 300  # ten minutes
+
+
+class Samples:
+    """The hub's head position and subscriber count, sampled every SAMPLE_INTERVAL seconds
+    for the last SAMPLES intervals (what the console's overview draws)."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.points: collections.deque[tuple[float, int, int]] = collections.deque(maxlen=SAMPLES)
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, _: web.Application) -> None:
+        self._task = asyncio.create_task(self._run(), name="samples")
+
+    async def stop(self, _: web.Application) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            self.points.append((round(time.time(), 3), self.hub.position, self.hub.subscribers))
+            await asyncio.sleep(SAMPLE_INTERVAL)
+
+
 HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -82,13 +118,23 @@ class SseFormat:
 
 
 class HttpApi:
-    """The gateway's HTTP routes."""
+    """The gateway's HTTP routes: SSE watch and publish here; the store's operations as
+    JSON (sluice_gateway.api), their OpenAPI document, and the console."""
 
-    def __init__(self, gateway: Gateway, hub: Hub, settings: Settings, ready: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        gateway: Gateway,
+        hub: Hub,
+        settings: Settings,
+        ready: Callable[[], bool],
+        channel: grpc.aio.Channel | None = None,
+    ) -> None:
         self.gateway = gateway
         self.hub = hub
         self.settings = settings
         self.ready = ready  # the feed from the store is up and the gateway is not stopping
+        self.channel = channel
+        self.samples = Samples(hub)
 
     def _caller(self, request: web.Request) -> Caller:
         """The caller from an Authorization header, or, for browsers (EventSource cannot set
@@ -111,7 +157,63 @@ class HttpApi:
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
+        if self.channel is not None:
+            JsonApi(self.gateway, self.channel).add_routes(app, self._caller)
+            app.router.add_get("/v1/openapi.json", self.openapi)
+            app.router.add_get("/v1/access", self.access)
+            app.router.add_get("/v1/stats", self.stats)
+            app.on_startup.append(self.samples.start)
+            app.on_cleanup.append(self.samples.stop)
+        if self.settings.console:
+            console.add_routes(app, self.settings)
         return app
+
+    async def openapi(self, _: web.Request) -> web.Response:
+        return web.json_response(self._openapi)
+
+    @functools.cached_property
+    def _openapi(self) -> dict[str, object]:
+        return openapi.document()
+
+    async def access(self, request: web.Request) -> web.Response:
+        """Who the caller is and what it may do to a stream and a group (``?stream=&group=``;
+        "*" when not named: every stream, every group), so the console shows only the actions
+        it would be allowed."""
+        try:
+            caller = self._caller(request)
+        except GatewayError as e:
+            return self._refused(e)
+        stream = request.query.get("stream", "*")
+        group = request.query.get("group", "*")
+        guard = self.gateway.guard
+
+        def may(action: str, resource: str, kind: str) -> bool:
+            if not guard.enabled:
+                return True
+            try:  # the policy alone: a question, not a refused call to audit
+                guard.policy.check(caller.principal, action, resource, kind)
+            except security.Denied:
+                return False
+            return True
+
+        streams = {a: may(a, stream, "streams") for a in STREAM_ACTIONS}
+        groups = {a: may(a, group, "groups") for a in GROUP_ACTIONS}
+        name = caller.principal.name if guard.enabled else ""
+        return web.json_response(
+            {"principal": name, "secured": guard.enabled, "streams": streams, "groups": groups}
+        )
+
+    async def stats(self, _: web.Request) -> web.Response:
+        """The last minutes of the gateway's view: [unix time, head position, subscribers]
+        every SAMPLE_INTERVAL seconds (the console's overview charts)."""
+        return web.json_response(
+            {
+                "interval": SAMPLE_INTERVAL,
+                "samples": list(self.samples.points),
+                "head_position": self.hub.position,
+                "subscribers": self.hub.subscribers,
+            }
+        )
 
     async def sse(self, request: web.Request) -> web.StreamResponse:
         """Server-Sent Events: ?stream=&prefix=&type= (repeatable), form, overflow, position."""
