@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The Debian packages the tests need beyond Python and Node.js: Go and protoc with the
 # gRPC plugins and libraries for the Go client (clients/go, built in GOPATH mode), and
-# Java 17 with Debian's gRPC Java for the Java client (clients/java). Run by
+# Java 17 with Debian's gRPC Java for the Java client (clients/java), and Chromium for the
+# console's browser tests (tests/console, driven by Playwright from PyPI). Run by
 # `make test`: installs what is missing when run as root, else names it.
 set -euo pipefail
 PACKAGES=(
@@ -9,6 +10,7 @@ PACKAGES=(
   golang-google-protobuf-dev golang-google-genproto-dev golang-github-golang-protobuf-1-5-dev
   openjdk-17-jdk-headless libgrpc-java protobuf-compiler-grpc-java-plugin libprotobuf-java
   libnetty-java libperfmark-java libgoogle-gson-java libgeronimo-annotation-1.3-spec-java
+  chromium fonts-dejavu-core
 )
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -22,6 +24,6 @@ if [ "$(id -u)" = 0 ]; then
   apt-get update -q >/dev/null
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
 else
-  echo "make test: the Go and Java clients' tests need these Debian packages (run as root to install them):" \
+  echo "make test: the Go and Java clients' and the console's tests need these Debian packages (run as root to install them):" \
     "${missing[*]}" >&2
 fi

@@ -203,9 +203,14 @@ class HttpApi:
             {"principal": name, "secured": guard.enabled, "streams": streams, "groups": groups}
         )
 
-    async def stats(self, _: web.Request) -> web.Response:
+    async def stats(self, request: web.Request) -> web.Response:
         """The last minutes of the gateway's view: [unix time, head position, subscribers]
-        every SAMPLE_INTERVAL seconds (the console's overview charts)."""
+        every SAMPLE_INTERVAL seconds (the console's overview charts); any authenticated
+        caller may see them."""
+        try:
+            self._caller(request)
+        except GatewayError as e:
+            return self._refused(e)
         return web.json_response(
             {
                 "interval": SAMPLE_INTERVAL,

@@ -130,7 +130,8 @@ function chart(title, series, data, width = 560) {
   const box = h("div", { class: "chart", "data-testid": `chart-${title.toLowerCase().replace(/\W+/g, "-")}` });
   const opts = {
     title, width, height: 220,
-    scales: { x: { time: true } },
+    // At least the last minute on the time axis, so a few points do not span years.
+    scales: { x: { time: true, range: (u, min, max) => [Math.min(min ?? max - 60, max - 60), max ?? Date.now() / 1000] } },
     series: [{}, ...series.map((label, i) => ({ label, stroke: palette(i), width: 1.5 }))],
     axes: [{}, { size: 60 }],
   };
@@ -298,13 +299,22 @@ function tail(params) {
     seen = 0;
     const url = `/v1/watch${query({ prefix: prefix.value, type: type.value, access_token: token() })}`;
     const src = new EventSource(url);
-    src.addEventListener("event", (m) => {
-      const ev = JSON.parse(m.data);
-      seen += 1;
-      count.textContent = `${seen} events`;
-      body.prepend(h("tr", { class: "link", "data-id": ev.id, on: { click: () => go(`#/event/${enc(ev.subject)}/${ev.sluicerevision}`) } },
-        h("td", { class: "num" }, m.lastEventId), h("td", {}, ev.subject), h("td", {}, ev.type), h("td", { class: "mono" }, ev.id), h("td", { class: "muted" }, ev.time)));
+    // Rows are added once per frame, however fast events come (a thousand a second is
+    // one DOM update per frame, and only the newest 500 rows are kept).
+    let queued = [];
+    const flush = () => {
+      const rows = queued.slice(-500).reverse().map(([id, ev]) =>
+        h("tr", { class: "link", "data-id": ev.id, on: { click: () => go(`#/event/${enc(ev.subject)}/${ev.sluicerevision}`) } },
+          h("td", { class: "num" }, id), h("td", {}, ev.subject), h("td", {}, ev.type), h("td", { class: "mono" }, ev.id), h("td", { class: "muted" }, ev.time)));
+      queued = [];
+      body.prepend(...rows);
       while (body.children.length > 500) body.lastChild.remove();
+      count.textContent = `${seen} events`;
+    };
+    src.addEventListener("event", (m) => {
+      seen += 1;
+      if (!queued.length) requestAnimationFrame(flush);
+      queued.push([m.lastEventId, JSON.parse(m.data)]);
     });
     src.addEventListener("caught_up", () => { $("#tail-state").textContent = "live"; });
     src.onerror = () => { $("#tail-state").textContent = "reconnecting"; };
@@ -328,7 +338,7 @@ async function groups() {
 async function group(name) {
   const root = page();
   const can = await access({ group: name, stream: `$dlq.${name}` });
-  const history = { times: [], lags: new Map() };
+  const history = { times: [], total: [], lags: new Map() };
   const members = h("div"), parts = h("div"), charts = h("div", { class: "charts" }), dead = h("div");
   let lagChart = null;
   let dlq = `$dlq.${name}`;
@@ -375,10 +385,12 @@ async function group(name) {
       history.times.shift();
       for (const v of history.lags.values()) v.shift();
     }
+    history.total.push(totalLag(g));
+    if (history.total.length > history.times.length) history.total.shift();
     const keys = [...history.lags.keys()];
-    const data = [history.times, ...keys.map((k) => history.lags.get(k))];
-    if (!lagChart || lagChart.plot.series.length !== keys.length + 1) {
-      lagChart = chart("Lag per partition (events)", keys.map((k) => `partition ${k}`), data, 900);
+    const data = [history.times, history.total, ...keys.map((k) => history.lags.get(k))];
+    if (!lagChart || lagChart.plot.series.length !== keys.length + 2) {
+      lagChart = chart("Lag per partition (events)", ["total", ...keys.map((k) => `partition ${k}`)], data, 900);
       charts.replaceChildren(lagChart);
     } else {
       lagChart.plot.setData(data);
