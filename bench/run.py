@@ -221,11 +221,21 @@ async def timed(fn: Callable[[], Awaitable[int]]) -> float:
 # -- appends --------------------------------------------------------------------------
 
 
-async def bench_appends(res: Results, a: argparse.Namespace) -> None:
-    n_single, n_flight, window = a.single, a.inflight, 256
-    events = [payload(i) for i in range(max(n_single, n_flight, 1000))]
+def durabilities(a: argparse.Namespace) -> list[str]:
+    return ["full", "normal"] if a.durability == "both" else [a.durability]
 
-    async with sluice_store(a.durability) as c:
+
+def one_durability(a: argparse.Namespace) -> str:
+    """The durability of sections that run Sluice once (full unless one was chosen)."""
+    return "full" if a.durability == "both" else a.durability
+
+
+async def sluice_appends(
+    a: argparse.Namespace, durability: str, events: list[bytes], window: int
+) -> dict[Any, float]:
+    """Sluice's figures for the append cases, with one durability."""
+    n_single, n_flight = a.single, a.inflight
+    async with sluice_store(durability) as c:
 
         async def s_single() -> int:
             for i in range(n_single):
@@ -249,13 +259,22 @@ async def bench_appends(res: Results, a: argparse.Namespace) -> None:
                 total += size
             return total
 
-        sluice = {
+        return {
             "single": await timed(s_single),
             "flight": await timed(s_flight),
             100: await timed(lambda: s_batch(100)),
             1000: await timed(lambda: s_batch(1000)),
             "1000x4": await timed(lambda: in_flight(4, lambda: s_batch(1000))),
         }
+
+
+async def bench_appends(res: Results, a: argparse.Namespace) -> None:
+    n_single, n_flight, window = a.single, a.inflight, 256
+    events = [payload(i) for i in range(max(n_single, n_flight, 1000))]
+
+    sluice_by: dict[str, dict[Any, float]] = {}
+    for durability in durabilities(a):
+        sluice_by[durability] = await sluice_appends(a, durability, events, window)
 
     async with jetstream("appends") as (_, js, subj):
 
@@ -316,11 +335,17 @@ async def bench_appends(res: Results, a: argparse.Namespace) -> None:
         "1000x4": ("batches of 1000 events per request, 4 requests in flight", ""),
     }
     for k, (label, target) in labels.items():
-        res.add(
-            Row(
-                "appends", label, "events/s", sluice[k], {"jetstream": jet[k], "redis": red[k]}, target=target
+        for durability, sluice in sluice_by.items():
+            res.add(
+                Row(
+                    "appends",
+                    f"{label} [Sluice {durability}]",
+                    "events/s",
+                    sluice[k],
+                    {"jetstream": jet[k], "redis": red[k]},
+                    target=target,
+                )
             )
-        )
 
 
 # -- catch-up -------------------------------------------------------------------------
@@ -330,7 +355,7 @@ async def bench_catch_up(res: Results, a: argparse.Namespace) -> None:
     n = a.catchup
     body = payload(1)
     log(f"catch-up: loading {n:,} events into each system")
-    async with sluice_store(a.durability) as c:
+    async with sluice_store(one_durability(a)) as c:
         for start in range(0, n, 1000):
             await c.append(
                 f"cu-{start // 1000 % 100}", [new_event("E", body) for _ in range(min(1000, n - start))]
@@ -450,19 +475,21 @@ async def bench_latency(res: Results, a: argparse.Namespace) -> None:
             await sub
         return statistics.median(lat), pct(lat, 0.99)
 
-    async with sluice_store(a.durability) as c:
+    sluice_by: dict[str, tuple[float, float]] = {}
+    for durability in durabilities(a):
+        async with sluice_store(durability) as c:
 
-        async def s_sub(lat: list[float], ready: asyncio.Event) -> None:
-            async for item in c.subscribe("live"):
-                if isinstance(item, pb.CaughtUp):
-                    ready.set()
-                elif isinstance(item, pb.RecordedEvent):
-                    record(lat, item.data)
+            async def s_sub(lat: list[float], ready: asyncio.Event) -> None:
+                async for item in c.subscribe("live"):
+                    if isinstance(item, pb.CaughtUp):
+                        ready.set()
+                    elif isinstance(item, pb.RecordedEvent):
+                        record(lat, item.data)
 
-        async def s_send(i: int) -> None:
-            await c.append("live", [new_event("E", stamp(i))])
+            async def s_send(i: int) -> None:
+                await c.append("live", [new_event("E", stamp(i))])
 
-        sluice = await measure(s_sub, s_send)
+            sluice_by[durability] = await measure(s_sub, s_send)
 
     async with jetstream("live") as (_, js, subj):
 
@@ -504,17 +531,18 @@ async def bench_latency(res: Results, a: argparse.Namespace) -> None:
         await reader.aclose()
 
     for idx, name in ((0, "p50"), (1, "p99")):
-        res.add(
-            Row(
-                "live latency",
-                f"append -> subscriber at {rate_s:,} events/s, {name}",
-                "ms",
-                sluice[idx],
-                {"jetstream": jet[idx], "redis": red[idx]},
-                higher_is_better=False,
-                target="p99 <= JetStream" if name == "p99" else "",
+        for durability, sluice in sluice_by.items():
+            res.add(
+                Row(
+                    "live latency",
+                    f"append -> subscriber at {rate_s:,} events/s, {name} [Sluice {durability}]",
+                    "ms",
+                    sluice[idx],
+                    {"jetstream": jet[idx], "redis": red[idx]},
+                    higher_is_better=False,
+                    target="p99 <= JetStream" if name == "p99" else "",
+                )
             )
-        )
 
 
 # -- many streams ---------------------------------------------------------------------
@@ -524,7 +552,7 @@ async def bench_scale(res: Results, a: argparse.Namespace) -> None:
     body = payload(7)
     out: dict[int, tuple[float, float, float, float]] = {}
     for streams in (1000, a.streams):
-        async with sluice_store(a.durability) as c:
+        async with sluice_store(one_durability(a)) as c:
             log(f"scale: creating {streams:,} streams of one event each")
             for start in range(0, streams, 1000):
                 await c.append_many(
@@ -660,7 +688,9 @@ async def bench_postgres(res: Results, a: argparse.Namespace) -> None:
     tmp = tempfile.mkdtemp(prefix="sluice-bench-")
     try:
         log("postgres: SQLite, one store")
-        async with store_processes(f"sqlite:///{tmp}/bench.db", 1, {"durability": a.durability}) as addrs:
+        async with store_processes(
+            f"sqlite:///{tmp}/bench.db", 1, {"durability": one_durability(a)}
+        ) as addrs:
             figures["sqlite"] = await backend_figures(addrs, a)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -785,7 +815,7 @@ async def bench_sidecar(res: Results, a: argparse.Namespace) -> None:
         await asyncio.gather(*(post(i) for i in range(n)))
         rates["direct"] = await measured(http)
 
-        async with sluice_store(a.durability) as c:
+        async with sluice_store(one_durability(a)) as c:
             for s in range(streams):
                 count = n // streams + (1 if s < n % streams else 0)
                 await c.append(f"acct-{s}", [new_event("E", body) for _ in range(count)])
@@ -919,7 +949,7 @@ async def fanout_run(
 async def bench_gateway(res: Results, a: argparse.Namespace) -> None:
     """Deliveries/s with 10, 100, 1,000 subscribers and latency with 100, beside NATS core."""
     nc = await nats.connect(NATS_URL)
-    async with sluice_store(a.durability) as client:
+    async with sluice_store(one_durability(a)) as client:
         gaddr = f"127.0.0.1:{free_port()}"
         gateway = [sys.executable, "-m", "sluice_gateway", "--addr", gaddr, "--store", client.target]
         async with process(*gateway, "--http-addr", "", *a.gateway_flags, ready=b"listening on"):
@@ -1003,9 +1033,13 @@ def report(res: Results, a: argparse.Namespace, elapsed: float) -> str:
     head = (
         f"# Sluice store benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n\n"
         f"Machine: {os.cpu_count()} cores, Python {platform.python_version()}, loopback. "
-        f"Sluice: SQLite synchronous={a.durability.upper()} (fsync per group commit), "
-        f"JetStream: file storage, acked publish (server default sync), Redis: no persistence "
-        f"(as configured on this machine). Events ~{len(payload(1))} bytes. Run took {elapsed:.0f}s.\n\n"
+        "What each system promises once it acknowledges: Sluice `full` (SQLite synchronous=FULL, "
+        "fsync per group commit): survives a power loss; Sluice `normal` (WAL, no fsync per "
+        "commit): survives a crash of the process, not of the machine; JetStream (file storage, "
+        "acked publish, default sync_interval of 2 minutes): survives a crash of the process; "
+        "Redis (no persistence, as configured on this machine): survives nothing. Sections "
+        f"without a [Sluice …] tag run `{one_durability(a)}`. "
+        f"Events ~{len(payload(1))} bytes. Run took {elapsed:.0f}s.\n\n"
         "Ratio = how many times better Sluice is (>1 is better; for latency, peer/Sluice).\n\n"
     )
     lines = [
@@ -1064,7 +1098,7 @@ async def bench_security(res: Results, a: argparse.Namespace) -> None:
     async def measure(name: str, flags: dict[str, str], credentials: Credentials | None) -> dict[str, float]:
         db = f"sqlite:///{tmp}/{name}.db"
         async with (
-            store_processes(db, 1, {"durability": a.durability, **flags}) as (addr,),
+            store_processes(db, 1, {"durability": one_durability(a), **flags}) as (addr,),
             Client(addr, timeout=120, credentials=credentials) as c,
         ):
 
@@ -1112,7 +1146,7 @@ async def bench_security(res: Results, a: argparse.Namespace) -> None:
             env.update({"SLUICE_TLS_CA": str(tmp / "ca.pem"), "SLUICE_TOKEN": token})
         db = f"sqlite:///{tmp}/{name}-fan.db"
         async with (
-            store_processes(db, 1, {"durability": a.durability, **flags}) as (addr,),
+            store_processes(db, 1, {"durability": one_durability(a), **flags}) as (addr,),
             Client(addr, timeout=120, credentials=credentials) as c,
         ):
             gaddr = f"127.0.0.1:{free_port()}"
@@ -1189,7 +1223,12 @@ async def run_sections(
 async def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smaller sizes for a quick look")
-    p.add_argument("--durability", default="full", choices=["full", "normal"])
+    p.add_argument(
+        "--durability",
+        default="both",
+        choices=["both", "full", "normal"],
+        help="Sluice's durability; both: append and latency cases under each, side by side",
+    )
     p.add_argument(
         "--only",
         help="comma-separated sections: appends,latency,catchup,scale,sidecar,gateway,postgres,security",
