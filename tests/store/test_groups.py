@@ -231,6 +231,16 @@ async def test_reset_to_time_and_describe_lag(store: StoreServer, groups: gpb_gr
         desc = await groups.ResetCursors(at_time)
         assert all(p.cursor == tenth.position for p in desc.partitions)
         assert sum(p.lag_events for p in desc.partitions) == 10
+        # Partitions at different cursors: each counts from its own (one pass counts them all).
+        start = gpb.ResetCursorsRequest(
+            group="g", partitions=[1, 3], to=pb.StartPoint(start=empty_pb2.Empty())
+        )
+        desc = await groups.ResetCursors(start)
+        want = {
+            p: sum(partition_of(f"s-{i}", 4) == p and (p in (1, 3) or i >= 10) for i in range(20))
+            for p in range(4)
+        }
+        assert {p.partition: p.lag_events for p in desc.partitions} == want
 
 
 async def test_groups_survive_a_store_restart(make_store: StoreFactory, db_url: Callable[[str], str]) -> None:

@@ -20,6 +20,7 @@ from sluice_store.storage import open_storage
 from sluice_store.storage.base import (
     P_POSITION,
     P_REVISION,
+    P_STREAM_ID,
     AppendPart,
     Expect,
     GroupRecord,
@@ -155,6 +156,10 @@ async def test_filters_partitions_listing_and_time(storage: Storage) -> None:
         rows, _, _ = await storage.read_all(1, False, 10, StreamFilter((), (), 4, frozenset({p})), False)
         seen.update(r[P_POSITION] for r in rows)
     assert seen == {1, 2, 3}
+    rows, _, _ = await storage.read_all(1, False, 10, StreamFilter(), False)
+    names = await storage.stream_names([r[P_STREAM_ID] for r in rows] + [10**9])  # and one unknown
+    assert sorted(names.values()) == ["$dlq.g", "orders-1", "orders-2", "users-1"]
+    assert await storage.stream_names([]) == {}
     page = await storage.list_streams("orders-", "", 1, False)
     assert [m.name for m in page] == ["orders-1"]
     assert [m.name for m in await storage.list_streams("orders-", "orders-1", 10, False)] == ["orders-2"]

@@ -369,7 +369,9 @@ class PartitionInfo(_message.Message):
     cursor: _builtins.int
     """Every event of the partition below this position was handled."""
     lag_events: _builtins.int
-    """Matching events at or after the cursor (counted up to the head when described)."""
+    """Matching events at or after the cursor, counted up to the head when described, over
+    at most the 100,000 events after the group's lowest cursor (beyond: a lower bound).
+    """
     lag_seconds: _builtins.float
     """Age of the oldest unhandled event, in seconds; 0 when none."""
     def __init__(

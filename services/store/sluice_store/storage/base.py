@@ -16,7 +16,7 @@ import contextlib
 import dataclasses
 import enum
 import functools
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any, Final
 
 from sluice import eventbytes
@@ -287,6 +287,10 @@ class Storage(abc.ABC):
         self, prefix: str, after: str, limit: int, include_deleted: bool
     ) -> list[StreamMeta]:
         """Streams with names starting with prefix and greater than after, in name order."""
+
+    @abc.abstractmethod
+    async def stream_names(self, ids: Collection[int]) -> dict[int, str]:
+        """The names of streams by id (as rows carry them); unknown ids are left out."""
 
     @abc.abstractmethod
     async def count_events(self, meta: StreamMeta) -> int:

@@ -30,7 +30,7 @@ import dataclasses
 import functools
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -612,6 +612,13 @@ class PostgresStorage(Storage):
         with _translated():
             rows = await self.pool.fetch(sql, prefix, prefix_end(prefix), after, limit)
         return [self._meta(row) for row in rows]
+
+    async def stream_names(self, ids: Collection[int]) -> dict[int, str]:
+        with _translated():
+            rows = await self.pool.fetch(
+                "SELECT id, name FROM streams WHERE id = ANY($1::bigint[])", list(set(ids))
+            )
+        return {int(r["id"]): str(r["name"]) for r in rows}
 
     async def count_events(self, meta: StreamMeta) -> int:
         now = now_us()

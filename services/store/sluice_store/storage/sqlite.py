@@ -20,7 +20,7 @@ import os
 import sqlite3
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import aiosqlite
@@ -593,6 +593,16 @@ class SQLiteStorage(Storage):
         async with self._reader() as r:
             rows = await r.execute_fetchall(sql, (prefix, prefix_end(prefix), after, limit))
         return [self._cache.get(row[1]) or self._meta(row) for row in rows]
+
+    async def stream_names(self, ids: Collection[int]) -> dict[int, str]:
+        known = list(dict.fromkeys(ids))
+        out: dict[int, str] = {}
+        async with self._reader() as r:
+            for lo in range(0, len(known), 500):
+                chunk = known[lo : lo + 500]
+                sql = f"SELECT id, name FROM streams WHERE id IN ({','.join('?' * len(chunk))})"
+                out.update((int(i), str(n)) for i, n in await r.execute_fetchall(sql, chunk))
+        return out
 
     async def count_events(self, meta: StreamMeta) -> int:
         now = now_us()
