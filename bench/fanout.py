@@ -47,7 +47,7 @@ async def worker(a: argparse.Namespace) -> None:
         if not first:
             first = now
         last = now
-        if a.latency:
+        if a.latency and a.form == "full":
             lat.extend((now - int.from_bytes(d[:8], "big")) // 1000 for d in datas)
         before = received[i]
         received[i] += len(datas)
@@ -70,6 +70,8 @@ async def worker(a: argparse.Namespace) -> None:
 
         async def sub(i: int, g: GatewayClient) -> None:
             req = gwpb.WatchRequest(stream_prefixes=["fan-"])
+            if a.form == "notification":
+                req.form = gwpb.DELIVERY_FORM_NOTIFICATION
             req.live.SetInParent()
             async for msg in g.watch_messages(req):
                 kind = msg.WhichOneof("content")
@@ -78,7 +80,8 @@ async def worker(a: argparse.Namespace) -> None:
                     if a.latency:
                         now = time.time_ns()
                         hop.extend((now - e.created.ToNanoseconds()) // 1000 for e in events)
-                    got(i, [e.data for e in events] if a.latency else [b""] * len(events))
+                    with_data = a.latency and a.form == "full"  # notifications carry no send time
+                    got(i, [e.data for e in events] if with_data else [b""] * len(events))
                 elif kind == "caught_up":
                     on_ready()
 
@@ -142,6 +145,7 @@ def main() -> None:
     p.add_argument("--subs", type=int, required=True)
     p.add_argument("--expect", type=int, required=True)
     p.add_argument("--latency", action="store_true")
+    p.add_argument("--form", choices=["full", "notification"], default="full")
     p.add_argument("--timeout", type=float, default=180)
     a = p.parse_args()
     try:

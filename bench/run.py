@@ -45,7 +45,8 @@ from sluice import ANY, START, Client, new_event
 from sluice.v1 import streams_pb2 as pb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.fanout import stamped  # bench/ is run as a script, not installed
+from bench.curves import bench_curves  # bench/ is run as a script, not installed
+from bench.fanout import stamped
 
 ROOT = Path(__file__).resolve().parent
 NATS_URL = os.environ.get("BENCH_NATS_URL", "nats://127.0.0.1:4222")
@@ -884,6 +885,7 @@ async def fanout_run(
     produce: Callable[[], Awaitable[None]],
     latency: bool = False,
     env: Mapping[str, str] | None = None,
+    form: str = "full",
 ) -> dict[str, Any]:
     """Start two worker processes holding ``subs`` subscribers, produce, gather their results
     (``env``: their environment, say SLUICE_TLS_CA and SLUICE_TOKEN for a secured gateway)."""
@@ -909,6 +911,7 @@ async def fanout_run(
                 sys.executable,
                 *args,
                 *(["--latency"] if latency else []),
+                *(["--form", form] if kind == "sluice" else []),
                 stdout=asyncio.subprocess.PIPE,
                 limit=1 << 28,
                 env=dict(env) if env is not None else None,
@@ -949,6 +952,7 @@ async def fanout_run(
         "rate": received / ((last - first) / 1e9) if received and last > first else 0.0,
         "p50": pct(lat, 0.50) if lat else float("nan"),
         "p99": pct(lat, 0.99) if lat else float("nan"),
+        "hop_p99": pct(hop, 0.99) if hop else float("nan"),
     }
 
 
@@ -1053,6 +1057,10 @@ def report(res: Results, a: argparse.Namespace, elapsed: float) -> str:
         "|---|---|---|---:|---|---:|---:|---|",
     ]
     for row in res.rows:
+        if not row.peers:  # a figure of Sluice's own (a point on a curve)
+            lines.append(
+                f"| {row.section} | {row.case} | {row.unit} | {fmt(row.sluice)} | | | | {row.target} |"
+            )
         for peer, value in row.peers.items():
             lines.append(
                 f"| {row.section} | {row.case} | {row.unit} | {fmt(row.sluice)} | {peer} | "
@@ -1246,7 +1254,8 @@ async def main() -> None:
     )
     p.add_argument(
         "--only",
-        help="comma-separated sections: appends,latency,catchup,scale,sidecar,gateway,postgres,security",
+        help="comma-separated sections: "
+        "appends,latency,catchup,scale,sidecar,gateway,postgres,security,curves",
     )
     p.add_argument(
         "--gateway-flags", default="", help="extra flags for the gateway, e.g. '--flush-interval 10ms'"
@@ -1275,6 +1284,7 @@ async def main() -> None:
         "gateway": bench_gateway,
         "postgres": bench_postgres,
         "security": bench_security,
+        "curves": bench_curves,
     }
     chosen = a.only.split(",") if a.only else list(sections)
     res = Results()

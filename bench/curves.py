@@ -1,0 +1,272 @@
+"""How cost grows (``make bench``, section ``curves``): the same measurement at growing
+sizes, as table rows and as PNG plots in bench/results/ (matplotlib).
+
+- appends against event size (100 B to 64 KiB), Sluice (durability ``normal``, as the
+  peers here promise) beside JetStream: events/s, MB/s and the p99 of each append's round
+  trip, 64 appends in flight;
+- catch-up against concurrent readers (1, 10, 100 subscriptions from the start, in this
+  process, notification form): events/s in all;
+- gateway fan-out against subscribers (10 to 1,000, notification form, two worker
+  processes): deliveries/s as fast as events come, and the p99 from the store's commit to
+  each subscriber at 200 events/s.
+
+Each curve says where it bends; the note of the change that added this reads them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from sluice import START, new_event
+from sluice.v1 import streams_pb2 as pb
+
+SIZES = (100, 1024, 4096, 16384, 65536)
+READERS = (1, 10, 100)
+SUBSCRIBERS = (10, 100, 1000)
+IN_FLIGHT = 64
+
+
+async def append_curve(a: argparse.Namespace) -> dict[str, list[tuple[int, float, float]]]:
+    """(size, events/s, p99 ms) per system."""
+    from bench.run import jetstream, log, sluice_store
+
+    budget = (8 << 20) if a.quick else (32 << 20)  # bytes per point
+    out: dict[str, list[tuple[int, float, float]]] = {"sluice": [], "jetstream": []}
+    for size in SIZES:
+        n = max(400, min(20_000, budget // size))
+        body = b"x" * size
+        log(f"curves: appends of {size:,} bytes, {n:,} events")
+        async with sluice_store(durability(a)) as c, c.session() as s:
+            lat: list[float] = []
+            t0 = time.perf_counter()
+            pending: list[asyncio.Future[Any]] = []
+            for i in range(n):
+                sent = time.perf_counter()
+                fut = s.send(f"size-{i % 16}", [new_event("E", body)])
+                fut.add_done_callback(_timer(lat, sent))
+                pending.append(fut)
+                if len(pending) >= IN_FLIGHT:
+                    await pending.pop(0)
+            await asyncio.gather(*pending)
+            out["sluice"].append((size, n / (time.perf_counter() - t0), _p99_ms(lat)))
+        async with jetstream(f"size{size}") as (_, js, subj):
+            lat = []
+            t0 = time.perf_counter()
+            acks: list[asyncio.Future[Any]] = []
+            for _ in range(n):
+                sent = time.perf_counter()
+                ack = await js.publish_async(f"{subj}.e", body)
+                ack.add_done_callback(_timer(lat, sent))
+                acks.append(ack)
+                if len(acks) >= IN_FLIGHT:
+                    await acks.pop(0)
+            await asyncio.gather(*acks)
+            out["jetstream"].append((size, n / (time.perf_counter() - t0), _p99_ms(lat)))
+    return out
+
+
+async def catch_up_curve(a: argparse.Namespace) -> list[tuple[int, float]]:
+    """(readers, events/s in all)."""
+    from bench.run import log, sluice_store
+
+    n = 10_000 if a.quick else 50_000
+    out = []
+    async with sluice_store(durability(a)) as c:
+        body = b"x" * 200
+        for start in range(0, n, 1000):
+            await c.append(f"cu-{start // 1000 % 10}", [new_event("E", body) for _ in range(1000)])
+
+        async def read() -> int:
+            got = 0
+            async for item in c.subscribe(start=START, stream_prefixes=["cu-"], notifications_only=True):
+                if isinstance(item, pb.RecordedEvent):
+                    got += 1
+                elif isinstance(item, pb.CaughtUp):
+                    break
+            return got
+
+        for readers in READERS:
+            log(f"curves: catch-up of {n:,} events by {readers} readers")
+            t0 = time.perf_counter()
+            got = sum(await asyncio.gather(*(read() for _ in range(readers))))
+            assert got == n * readers, (got, n * readers)
+            out.append((readers, got / (time.perf_counter() - t0)))
+    return out
+
+
+async def gateway_curve(a: argparse.Namespace) -> list[tuple[int, float, float]]:
+    """(subscribers, deliveries/s, p99 ms from commit to subscriber at 200 events/s)."""
+    from bench.fanout import stamped
+    from bench.run import fanout_run, free_port, log, paced, process, sluice_store
+
+    out = []
+    async with sluice_store(durability(a)) as client:
+        gaddr = f"127.0.0.1:{free_port()}"
+        gateway = [sys.executable, "-m", "sluice_gateway", "--addr", gaddr, "--store", client.target]
+        async with process(*gateway, "--http-addr", "", ready=b"listening on"):
+            for subs in SUBSCRIBERS:
+                n = max(1000, min(50_000, (a.fanout_deliveries // 2) // subs))
+
+                async def produce(n: int = n) -> None:
+                    for sent in range(0, n, 500):
+                        batch = [new_event("Tick", stamped(sent + j)) for j in range(min(500, n - sent))]
+                        await client.append(f"fan-{sent % 8}", batch)
+
+                log(f"curves: gateway fan-out to {subs:,} subscribers, {n:,} events")
+                fast = await fanout_run("sluice", gaddr, subs, n, produce, form="notification")
+                secs = 2.0 if a.quick else 5.0
+
+                async def slow(secs: float = secs) -> None:
+                    async with client.session() as session:
+
+                        async def send(i: int) -> None:
+                            await session.append(f"fan-{i % 8}", [new_event("Tick", stamped(i))])
+
+                        await paced(200, secs, send)
+
+                paced_run = await fanout_run(
+                    "sluice", gaddr, subs, int(200 * secs), slow, latency=True, form="notification"
+                )
+                out.append((subs, float(fast["rate"]), float(paced_run["hop_p99"])))
+    return out
+
+
+def durability(a: argparse.Namespace) -> str:
+    """The curves compare like with like: ``normal`` (a crash of the process loses nothing
+    acknowledged, as JetStream here promises) unless one durability was asked for."""
+    return "normal" if a.durability == "both" else str(a.durability)
+
+
+def _timer(into: list[float], sent: float) -> Any:
+    """A done-callback that records how long since ``sent``."""
+
+    def done(_: Any) -> None:
+        into.append(time.perf_counter() - sent)
+
+    return done
+
+
+def _p99_ms(samples: list[float]) -> float:
+    s = sorted(samples)
+    return s[min(len(s) - 1, int(0.99 * len(s)))] * 1000 if s else float("nan")
+
+
+def plot(
+    path: Path,
+    title: str,
+    xlabel: str,
+    series: dict[str, list[tuple[float, float]]],
+    ylabel: str,
+    logx: bool = True,
+    second: dict[str, list[tuple[float, float]]] | None = None,
+    ylabel2: str = "",
+) -> None:
+    """One PNG: each series a line (and ``second`` on a right-hand axis, dashed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    for name, points in series.items():
+        ax.plot([x for x, _ in points], [y for _, y in points], marker="o", label=name)
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    if second:
+        ax2 = ax.twinx()
+        for name, points in second.items():
+            ax2.plot([x for x, _ in points], [y for _, y in points], linestyle="--", marker="x", label=name)
+        ax2.set_ylabel(ylabel2)
+        ax2.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+async def bench_curves(res: Any, a: argparse.Namespace) -> None:
+    from bench.run import ROOT, Row
+
+    out = ROOT / "results"
+    out.mkdir(exist_ok=True)
+    appends = await append_curve(a)
+    for (size, s_rate, s_p99), (_, j_rate, j_p99) in zip(
+        appends["sluice"], appends["jetstream"], strict=True
+    ):
+        res.add(
+            Row(
+                "curves",
+                f"appends of {size:,} B, {IN_FLIGHT} in flight",
+                "events/s",
+                s_rate,
+                {"jetstream": j_rate},
+            )
+        )
+        res.add(
+            Row(
+                "curves",
+                f"appends of {size:,} B, p99 round trip",
+                "ms",
+                s_p99,
+                {"jetstream": j_p99},
+                higher_is_better=False,
+            )
+        )
+    plot(
+        out / "curve-appends-by-size.png",
+        f"Appends by event size ({IN_FLIGHT} in flight)",
+        "event size (bytes)",
+        {k: [(x, r * x / 1e6) for x, r, _ in v] for k, v in appends.items()},
+        "MB/s (solid)",
+        second={f"{k} p99": [(x, p) for x, _, p in v] for k, v in appends.items()},
+        ylabel2="p99 round trip, ms (dashed)",
+    )
+    catch = await catch_up_curve(a)
+    for readers, rate in catch:
+        res.add(Row("curves", f"catch-up by {readers} concurrent readers (in all)", "events/s", rate, {}))
+    plot(
+        out / "curve-catchup-by-readers.png",
+        "Catch-up by concurrent readers",
+        "readers",
+        {"sluice": [(float(r), v) for r, v in catch]},
+        "events/s in all",
+    )
+    fan = await gateway_curve(a)
+    for subs, rate, p99 in fan:
+        res.add(
+            Row(
+                "curves",
+                f"gateway fan-out to {subs:,} subscribers (notification form)",
+                "deliveries/s",
+                rate,
+                {},
+            )
+        )
+        res.add(
+            Row(
+                "curves",
+                f"gateway p99 commit -> subscriber, {subs:,} subscribers at 200 events/s",
+                "ms",
+                p99,
+                {},
+                higher_is_better=False,
+            )
+        )
+    plot(
+        out / "curve-gateway-by-subscribers.png",
+        "Gateway fan-out by subscribers (notification form)",
+        "subscribers",
+        {"deliveries/s": [(float(s), r) for s, r, _ in fan]},
+        "deliveries/s (solid)",
+        second={"p99 at 200 events/s": [(float(s), p) for s, _, p in fan]},
+        ylabel2="p99 commit -> subscriber, ms (dashed)",
+    )
