@@ -78,3 +78,34 @@ async def test_counters_move_with_appends_commits_cursors_and_slow_subscribers(
     assert value(after, "sluice_store_commits_total") >= 1
     assert value(after, "sluice_store_commit_batch_size_count") >= 1
     assert value(after, "sluice_store_storage_bytes") > 0 and value(after, "sluice_store_disk_free_bytes") > 0
+
+
+async def test_durations_have_buckets_in_seconds_and_the_event_loop_lag_is_measured(
+    spawn: Callable[..., StoreProcess],
+) -> None:
+    port = reserve_port()
+    store = spawn("--metrics-addr", f"127.0.0.1:{port}", "--durability", "normal")
+    await store.start()
+    async with Client(store.addr) as c:
+        for n in range(30):
+            await c.append("orders-1", [new_event("E", {"n": n})])
+
+        async def lag_sampled() -> str:
+            while True:
+                text = await scrape(port)
+                if value(text, "sluice_event_loop_lag_seconds_count") >= 3:
+                    return text
+                await asyncio.sleep(0.1)
+
+        text = await asyncio.wait_for(lag_sampled(), WAIT)
+    for name in (
+        "sluice_store_commit_duration_seconds",
+        "rpc_server_duration_seconds",
+        "sluice_event_loop_lag_seconds",
+    ):
+        total = value(text, f"{name}_count")
+        assert total >= 3, name
+        # Sub-second work lands in sub-second buckets (with the SDK's default boundaries,
+        # 0, 5, 10, ..., every sample sat in le="5.0" and quantiles said nothing).
+        assert value(text, f"{name}_bucket", le="1.0") == total, name
+        assert value(text, f"{name}_bucket", le="0.0001") < total, name

@@ -88,7 +88,41 @@ def meter_provider(service: str) -> Any:
             from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
             readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+        from opentelemetry.sdk.metrics import Histogram
+        from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+
+        # Durations in seconds get buckets in seconds: the SDK's default boundaries (0, 5,
+        # 10, 25, ... meant for milliseconds) put every sub-second sample in one bucket, and
+        # histogram_quantile over them says nothing.
+        seconds = View(
+            instrument_type=Histogram,
+            instrument_unit="s",
+            aggregation=ExplicitBucketHistogramAggregation(SECONDS_BUCKETS),
+        )
         _meters[service] = MeterProvider(
-            metric_readers=readers, resource=Resource.create({"service.name": service})
+            metric_readers=readers, resource=Resource.create({"service.name": service}), views=[seconds]
         )
     return _meters[service]
+
+
+#: Histogram boundaries for durations, from 100 µs to a minute.
+SECONDS_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+
+
+async def watch_event_loop(meter: Any, interval: float = 0.1) -> None:
+    """Record how late the event loop wakes (``sluice.event_loop.lag``, seconds): a sleep of
+    ``interval`` that takes longer means every callback waited that much more for the loop
+    (a long handler, a pause to collect garbage, a blocking call). Run as a task."""
+    import asyncio
+
+    lag = meter.create_histogram(
+        "sluice.event_loop.lag", unit="s", description="how much later than asked the event loop woke"
+    )
+    loop = asyncio.get_running_loop()
+    while True:
+        asked = loop.time()
+        await asyncio.sleep(interval)
+        lag.record(max(0.0, loop.time() - asked - interval))

@@ -13,7 +13,7 @@ from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from sluice import security
+from sluice import security, telemetry
 from sluice.credentials import bearer_interceptors
 from sluice.httpserver import BoundedRunner
 from sluice.process import health_listener, listen_grpc, settle_heap, shutdown_signal, started
@@ -86,6 +86,7 @@ class GatewayServer:
         self._stopped = False
         self._policy_watch: asyncio.Task[None] | None = None
         self._tls_reload: asyncio.Task[None] | None = None
+        self._loop_watch: asyncio.Task[None] | None = None
         self._health_updates: set[asyncio.Future[None]] = set()
 
     async def start(self) -> None:
@@ -97,6 +98,7 @@ class GatewayServer:
             if refused:
                 raise ConfigError(refused)
         self.feed.start()
+        self._loop_watch = asyncio.create_task(telemetry.watch_event_loop(self.telemetry.meter))
         if self.guard.policy.configured:
             self._policy_watch = asyncio.create_task(self.guard.watch())
         # No OpenTelemetry server interceptor: it cannot wrap Watch, which writes with
@@ -179,7 +181,7 @@ class GatewayServer:
         if self._stopped:
             return
         self._stopped = True
-        for task in (self._policy_watch, self._tls_reload):
+        for task in (self._policy_watch, self._tls_reload, self._loop_watch):
             if task is not None:
                 task.cancel()
         await self.health.enter_graceful_shutdown()

@@ -35,6 +35,7 @@ class Telemetry:
             telemetry.setup_tracing("sluice-gateway")
         self.tracer = trace.get_tracer("sluice.gateway")
         meter = telemetry.meter_provider("sluice-gateway").get_meter("sluice.gateway")
+        self.meter = meter
         meter.create_observable_gauge(
             "sluice.gateway.subscribers", [self._gauge("subscribers")], unit="{subscriber}"
         )

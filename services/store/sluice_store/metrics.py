@@ -46,6 +46,7 @@ class StoreMetrics:
         #: (group, partition) -> committed cursor, kept by the groups service.
         self.cursors: dict[tuple[str, int], int] = {}
         meter = telemetry.meter_provider("sluice-store").get_meter("sluice.store")
+        self.meter = meter
         service, committer, broker = server.service, server.service.committer, server.broker
         counters = (
             (

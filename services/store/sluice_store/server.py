@@ -101,6 +101,7 @@ class StoreServer:
         self.health_port = 0
         self.port = 0
         self._reclaimer: asyncio.Task[None] | None = None
+        self._loop_watch: asyncio.Task[None] | None = None
         self._stopped = False
         self.storage_full = False
         self.service.committer.on_full = self._on_storage_full
@@ -170,6 +171,7 @@ class StoreServer:
         for name in ("", SERVICE_NAME, GROUPS_SERVICE_NAME, APPEND_HEALTH):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._reclaimer = asyncio.create_task(self._reclaim_loop())
+        self._loop_watch = asyncio.create_task(telemetry.watch_event_loop(self.metrics.meter))
         if self.access.guard.policy.configured:
             self._policy_watch = asyncio.create_task(self.access.guard.watch())
         if s.metrics_addr:
@@ -262,7 +264,7 @@ class StoreServer:
         self._stopped = True
         await self.health.enter_graceful_shutdown()
         self.broker.close()
-        for task in (self._reclaimer, self._policy_watch):
+        for task in (self._reclaimer, self._policy_watch, self._loop_watch):
             if task:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
