@@ -218,6 +218,18 @@ async def in_flight(n: int, fn: Callable[[], Awaitable[int]]) -> int:
     return sum(await asyncio.gather(*(fn() for _ in range(n))))
 
 
+async def from_tasks(tasks: int, total: int, call: Callable[[int], Awaitable[object]]) -> int:
+    """``total`` calls of ``call(i)`` made by ``tasks`` concurrent tasks, each awaiting its
+    own calls one by one (how a busy async service appends); the calls made."""
+
+    async def worker(w: int) -> None:
+        for i in range(w, total, tasks):
+            await call(i)
+
+    await asyncio.gather(*(worker(w) for w in range(tasks)))
+    return total
+
+
 async def timed(fn: Callable[[], Awaitable[int]]) -> float:
     """Run fn (which returns how many events it handled) and return events/s."""
     t = time.perf_counter()
@@ -243,11 +255,17 @@ async def sluice_appends(
     """Sluice's figures for the append cases, with one durability."""
     n_single, n_flight = a.single, a.inflight
     async with sluice_store(durability) as c:
+        own = Client(c.target, timeout=120, shared_session=False)  # a call per append, as before
 
         async def s_single() -> int:
             for i in range(n_single):
                 await c.append("single", [new_event("E", events[i])])
             return n_single
+
+        def s_tasks(client: Client) -> Callable[[], Awaitable[int]]:
+            return lambda: from_tasks(
+                window, n_flight, lambda i: client.append(f"tk-{i % 64}", [new_event("E", events[i])])
+            )
 
         async def s_flight() -> int:
             async with c.session() as s:
@@ -266,8 +284,12 @@ async def sluice_appends(
                 total += size
             return total
 
+        async with own:
+            single_call = await timed(s_tasks(own))
         return {
             "single": await timed(s_single),
+            "tasks": await timed(s_tasks(c)),
+            "tasks-call": single_call,
             "flight": await timed(s_flight),
             100: await timed(lambda: s_batch(100)),
             1000: await timed(lambda: s_batch(1000)),
@@ -300,8 +322,12 @@ async def bench_appends(res: Results, a: argparse.Namespace) -> None:
                 await j_flight(size, f"b{size}")
             return size * a.batches
 
+        def j_tasks() -> Awaitable[int]:
+            return from_tasks(window, n_flight, lambda i: js.publish(f"{subj}.tk", events[i % len(events)]))
+
         jet = {
             "single": await timed(j_single),
+            "tasks": await timed(j_tasks),
             "flight": await timed(lambda: j_flight(n_flight)),
             100: await timed(lambda: j_batch(100)),
             1000: await timed(lambda: j_batch(1000)),
@@ -323,8 +349,12 @@ async def bench_appends(res: Results, a: argparse.Namespace) -> None:
                 await pipe.execute()
             return n
 
+        def r_tasks() -> Awaitable[int]:
+            return from_tasks(window, n_flight, lambda i: r.xadd(key, {"d": events[i % len(events)]}))
+
         red = {
             "single": await timed(r_single),
+            "tasks": await timed(r_tasks),
             "flight": await timed(lambda: r_pipe(n_flight, window)),
             100: await timed(lambda: r_pipe(100 * a.batches, 100)),
             1000: await timed(lambda: r_pipe(1000 * a.batches, 1000)),
@@ -332,7 +362,8 @@ async def bench_appends(res: Results, a: argparse.Namespace) -> None:
         }
 
     labels = {
-        "single": ("one event per call, awaited one by one", ""),
+        "single": ("one event per call, awaited one by one", ">= 0.5x JetStream"),
+        "tasks": (f"single appends from {window} tasks, each awaiting its own (append / publish / xadd)", ""),
         "flight": (
             f"single-event appends, {window} in flight (session / publish_async / pipeline)",
             ">= 1x JetStream",
@@ -343,6 +374,16 @@ async def bench_appends(res: Results, a: argparse.Namespace) -> None:
     }
     for k, (label, target) in labels.items():
         for durability, sluice in sluice_by.items():
+            if k == "tasks":  # the same with a call per append (the client before sessions)
+                res.add(
+                    Row(
+                        "appends",
+                        f"{label} [Sluice {durability}, a call per append]",
+                        "events/s",
+                        sluice["tasks-call"],
+                        {"jetstream": jet[k], "redis": red[k]},
+                    )
+                )
             res.add(
                 Row(
                     "appends",

@@ -114,26 +114,34 @@ const ERROR_REASONS = definition['sluice.v1.ErrorReason'].type.value
   .map((v) => v.name)
   .filter((name) => name !== 'ERROR_REASON_UNSPECIFIED');
 
-function fromGrpcError(err) {
+/** The typed exception for a status code, message and google.rpc.Status details (Any). */
+function typedError(code, message, anys) {
   let reason = '';
   let metadata = {};
   const details = [];
-  const raw = err.metadata && err.metadata.get('grpc-status-details-bin')[0];
-  if (raw) {
-    for (const any of Status.decode(raw).details) {
-      const name = any.type_url.slice(any.type_url.lastIndexOf('/') + 1);
-      const type = DETAILS[name];
-      if (!type) continue;
-      const detail = type.toObject(type.decode(any.value), { defaults: true });
-      details.push({ type: name, ...detail });
-      if (name === 'google.rpc.ErrorInfo') {
-        reason = detail.reason;
-        metadata = detail.metadata || {};
-      }
+  for (const any of anys) {
+    const name = any.type_url.slice(any.type_url.lastIndexOf('/') + 1);
+    const type = DETAILS[name];
+    if (!type) continue;
+    const detail = type.toObject(type.decode(any.value), { defaults: true });
+    details.push({ type: name, ...detail });
+    if (name === 'google.rpc.ErrorInfo') {
+      reason = detail.reason;
+      metadata = detail.metadata || {};
     }
   }
-  const Kind = ERRORS[reason] || (err.code === grpc.status.UNAVAILABLE ? Unavailable : SluiceError);
-  return new Kind(err.details || err.message, err.code, reason, metadata, details);
+  const Kind = ERRORS[reason] || (code === grpc.status.UNAVAILABLE ? Unavailable : SluiceError);
+  return new Kind(message, code, reason, metadata, details);
+}
+
+function fromGrpcError(err) {
+  const raw = err.metadata && err.metadata.get('grpc-status-details-bin')[0];
+  return typedError(err.code, err.details || err.message, raw ? Status.decode(raw).details : []);
+}
+
+/** The typed exception for a google.rpc.Status in a message (an AppendResult's error). */
+function fromStatus(status) {
+  return typedError(status.code, status.message, status.details || []);
 }
 
 /** A time-ordered UUID (version 7): it keeps the store's id index local. */
@@ -187,6 +195,99 @@ function startPoint(at) {
 
 const ROUND_ROBIN = JSON.stringify({ loadBalancingConfig: [{ round_robin: {} }] });
 
+/** Appends larger than this (estimated) go as their own call; also the most one session message packs. */
+const SESSION_MAX_BYTES = 1 << 20;
+/** How long a client's shared session takes new appends before a fresh one replaces it. */
+const SESSION_MAX_AGE_MS = 60_000;
+
+function appendSize(request) {
+  let n = request.stream.length + 16;
+  for (const e of request.events) {
+    n += 64 + (e.data ? e.data.length : 0) + (e.type || '').length + (e.id || '').length;
+    for (const [k, v] of Object.entries(e.metadata || {})) n += k.length + String(v).length + 4;
+  }
+  return n;
+}
+
+/**
+ * One AppendSession a client keeps open for its appends: each append is a message on the
+ * call, not a call of its own, and appends made in the same turn of the event loop go out
+ * together in one message. Results come back in order; a refused append fails alone.
+ */
+class SharedSession {
+  constructor(client) {
+    this.call = client.streams.AppendSession(client._metadata());
+    this.opened = Date.now();
+    this.queued = [];
+    this.sent = [];
+    this.error = null;
+    this.closing = false;
+    this.scheduled = false;
+    this.call.on('data', (msg) => this._answer(msg));
+    this.call.on('error', (err) => this._fail(fromGrpcError(err)));
+    this.call.on('end', () =>
+      this._fail(new Unavailable('append session ended', grpc.status.UNAVAILABLE, 'STORE_UNAVAILABLE')),
+    );
+  }
+
+  get usable() {
+    return !this.error && !this.closing && Date.now() - this.opened < SESSION_MAX_AGE_MS;
+  }
+
+  submit(request, size) {
+    return new Promise((resolve, reject) => {
+      if (this.error) return reject(this.error);
+      this.queued.push({ request, size, resolve, reject });
+      if (!this.scheduled) {
+        this.scheduled = true;
+        setImmediate(() => this._flush());
+      }
+    });
+  }
+
+  _flush() {
+    this.scheduled = false;
+    while (this.queued.length && !this.error) {
+      const batch = [];
+      let size = 0;
+      while (this.queued.length && batch.length < 1000) {
+        if (batch.length && size + this.queued[0].size > SESSION_MAX_BYTES) break;
+        const next = this.queued.shift();
+        batch.push(next);
+        size += next.size;
+      }
+      this.sent.push(batch);
+      this.call.write({ appends: batch.map((p) => p.request) });
+    }
+  }
+
+  _answer(msg) {
+    const batch = this.sent.shift() || [];
+    msg.results.forEach((result, i) => {
+      if (!batch[i]) return;
+      if (result.result === 'success') batch[i].resolve(result.success);
+      else batch[i].reject(fromStatus(result.error));
+    });
+  }
+
+  _fail(err) {
+    if (!this.error) this.error = err;
+    for (const p of [...this.sent.flat(), ...this.queued]) p.reject(err); // no-op once settled
+    this.sent = [];
+    this.queued = [];
+  }
+
+  /** No new appends; the store answers those in flight, then ends the call (cancelled
+   * after `graceMs` if it has not). */
+  close(graceMs = 5_000) {
+    if (this.closing) return;
+    this.closing = true;
+    this._flush();
+    this.call.end();
+    setTimeout(() => this.call.cancel(), graceMs).unref();
+  }
+}
+
 /** A connection to a Sluice store. */
 /** A file's bytes for a path, or the Buffer given. */
 function pem(value) {
@@ -235,9 +336,14 @@ class Client {
     const channelOptions = { 'grpc.service_config': ROUND_ROBIN, ...(options.channelOptions || {}) };
     this.streams = new sluice.Streams(target, credentials, channelOptions);
     this.deadlineMs = options.deadlineMs ?? 30_000;
+    // append() over one long-lived AppendSession (see append); `sharedSession: false` for a call each.
+    this.sharedSession = options.sharedSession ?? true;
+    this._session = null;
   }
 
   close() {
+    if (this._session) this._session.close();
+    this._session = null;
     this.streams.close();
   }
 
@@ -257,9 +363,32 @@ class Client {
     });
   }
 
-  /** Append events atomically; rejects with WrongExpectedRevision on a conflict. */
+  /**
+   * Append events atomically; rejects with WrongExpectedRevision on a conflict. Appends go
+   * as messages on one AppendSession the client keeps open (appends made together share a
+   * message), unless the client was made with `sharedSession: false` or the append is
+   * larger than 1 MiB (its own call, so a refusal of its size cannot end the session).
+   * Results and errors are the same either way.
+   */
   append(stream, events, { expected } = {}) {
-    return this._unary('Append', { stream, expected: expectedRevision(expected), events });
+    const request = { stream, expected: expectedRevision(expected), events };
+    const size = appendSize(request);
+    if (!this.sharedSession || size > SESSION_MAX_BYTES) return this._unary('Append', request);
+    if (!this._session || !this._session.usable) {
+      if (this._session) this._session.close();
+      this._session = new SharedSession(this);
+    }
+    const session = this._session;
+    let timer;
+    const deadline = new Promise((_, reject) => {
+      timer = setTimeout(() => {
+        // The store did not answer in time: later appends get a fresh session.
+        if (this._session === session) this._session = null;
+        session.close(this.deadlineMs);
+        reject(new SluiceError('Deadline Exceeded', grpc.status.DEADLINE_EXCEEDED));
+      }, this.deadlineMs);
+    });
+    return Promise.race([session.submit(request, size), deadline]).finally(() => clearTimeout(timer));
   }
 
   /** Events of one stream (or of all streams, with stream ''), one by one. */

@@ -331,3 +331,22 @@ async def test_the_served_certificate_expiry_is_a_metric(
     await secure_store(False, "--metrics-addr", f"127.0.0.1:{port}")
     seconds = value(await scrape(port), "sluice_store_tls_certificate_expiry_seconds")
     assert seconds > 30 * 86400  # trustme certificates last for years; without TLS it would be -1
+
+
+async def test_a_refused_credential_is_reported_as_such_on_the_shared_append_session(
+    secure_store: Callable[..., Awaitable[StoreProcess]], setup: Setup
+) -> None:
+    """The store ends a refused session at once, which can race the client's first write;
+    grpc.aio then reports INTERNAL instead of the store's status (grpc/grpc#36066). Every
+    one of these appends must still say UNAUTHENTICATED."""
+    store = await secure_store()
+    bad = Credentials(ca_file=str(setup.ca_file), token="not-a-token-7c1e")
+    seen: list[str] = []
+    for _ in range(30):
+        async with Client(store.addr, credentials=bad) as c:
+            for i in range(8):  # each after a refusal opens a new session: 240 races in all
+                try:
+                    await c.append(f"orders-{i}", [new_event("E")])
+                except Exception as e:  # which exception it is, is what is checked
+                    seen.append(type(e).__name__)
+    assert seen == ["Unauthenticated"] * 240

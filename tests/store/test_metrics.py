@@ -47,7 +47,8 @@ async def test_counters_move_with_appends_commits_cursors_and_slow_subscribers(
     )
     await store.start()
     before = await scrape(port)
-    async with Client(store.addr) as c:
+    # A call per append (not the shared session), so each is one counted Append RPC.
+    async with Client(store.addr, shared_session=False) as c:
         await c.append("orders-1", [new_event("E", {"n": n}) for n in range(25)])
         ev = new_event("E", {})
         await c.append("orders-2", [ev])
@@ -86,7 +87,7 @@ async def test_durations_have_buckets_in_seconds_and_the_event_loop_lag_is_measu
     port = reserve_port()
     store = spawn("--metrics-addr", f"127.0.0.1:{port}", "--durability", "normal")
     await store.start()
-    async with Client(store.addr) as c:
+    async with Client(store.addr, shared_session=False) as c:  # an Append RPC each
         for n in range(30):
             await c.append("orders-1", [new_event("E", {"n": n})])
 

@@ -112,3 +112,55 @@ test('a reserved stream name arrives as SystemStreamReserved, an InvalidArgument
     return true;
   });
 });
+
+test('concurrent appends share one session call, each with its own result', async () => {
+  const names = [0, 1, 2, 3, 4].map((i) => `${stream}-shared-${i}`);
+  const results = await Promise.all(
+    Array.from({ length: 200 }, (_, i) => client.append(names[i % 5], [newEvent('E', { i })])),
+  );
+  assert.equal(new Set(results.map((r) => `${r.stream}:${r.first_revision}`)).size, 200);
+  for (const [s, name] of names.entries()) {
+    const events = await client.readList(name);
+    assert.deepEqual(events.map((e) => e.revision), [...Array(40).keys()]);
+    // Each stream holds its appends in the order they were made.
+    assert.deepEqual(
+      events.map((e) => JSON.parse(e.data).i),
+      Array.from({ length: 40 }, (_, k) => s + 5 * k),
+    );
+  }
+  assert.ok(client._session && client._session.usable, 'appends went over the shared session');
+});
+
+test('a refused append on the shared session fails alone, with its details', async () => {
+  const name = `${stream}-alone`;
+  await client.append(name, [newEvent('Opened')]);
+  const session = client._session;
+  const [conflict, ok, reserved] = await Promise.allSettled([
+    client.append(name, [newEvent('E')], { expected: 7 }),
+    client.append(name, [newEvent('E')], { expected: 0 }),
+    client.append('$nope', [newEvent('E')]),
+  ]);
+  assert.equal(conflict.status, 'rejected');
+  assert.ok(conflict.reason instanceof WrongExpectedRevision);
+  assert.equal(conflict.reason.metadata.expected, '7');
+  assert.equal(ok.status, 'fulfilled');
+  assert.equal(ok.value.first_revision, 1);
+  assert.ok(reserved.reason instanceof sluice.SystemStreamReserved);
+  assert.equal(client._session, session, 'the session outlived the refusals');
+  assert.equal((await client.append(name, [newEvent('E')], { expected: 1 })).first_revision, 2);
+});
+
+test('an append over 1 MiB goes as its own call; sharedSession: false makes a call each', async () => {
+  const big = Buffer.alloc(600 << 10, 'x'); // two of them: over 1 MiB in one append
+  const r = await client.append(`${stream}-big`, [newEvent('Big', big), newEvent('Big', big)]);
+  assert.deepEqual([r.first_revision, r.last_revision], [0, 1]);
+  assert.equal((await client.readList(`${stream}-big`))[1].data.length, big.length);
+  const own = new Client(undefined, { sharedSession: false });
+  try {
+    const results = await Promise.all([1, 2, 3].map((i) => own.append(`${stream}-own`, [newEvent('E', { i })])));
+    assert.deepEqual(results.map((x) => x.first_revision).sort(), [0, 1, 2]);
+    assert.equal(own._session, null);
+  } finally {
+    own.close();
+  }
+});

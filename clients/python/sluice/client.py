@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import functools
 import json
 import os
 import uuid
@@ -25,6 +26,7 @@ from sluice.errors import (
     SluiceError,
     StoreReplaced,
     StreamNotFound,
+    Unavailable,
     WrongExpectedRevision,
     from_rpc_error,
     from_status,
@@ -159,6 +161,13 @@ def _request(stream: str, events: Iterable[pb.EventData], expected: Expected) ->
 SubscriptionItem = pb.RecordedEvent | pb.CaughtUp | pb.Checkpoint | pb.Heartbeat | pb.FellBehind
 
 
+#: Appends larger than this go as their own call, not over the client's shared session;
+#: it is also the most one session message packs.
+SHARED_SESSION_MAX_BYTES = 1 << 20
+#: Seconds a client's shared session serves new appends before a fresh one replaces it
+#: (a new call re-reads rotated credentials and may land on another store replica).
+SHARED_SESSION_MAX_AGE = 60.0
+
 ROUND_ROBIN = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
 
 
@@ -240,6 +249,7 @@ class Client(Connection):
         timeout: float | None = 30.0,
         options: Sequence[tuple[str, Any]] = (),
         credentials: Credentials | None = None,
+        shared_session: bool = True,
     ) -> None:
         super().__init__(
             target or os.environ.get("SLUICE_STORE_ADDR", DEFAULT_ADDR),
@@ -249,10 +259,24 @@ class Client(Connection):
             credentials,
         )
         self._stub = pb_grpc.StreamsStub(self._channel)
+        # append() over one long-lived AppendSession (see append); a span per call when tracing.
+        self._shared = shared_session and not telemetry.tracing_enabled()
+        self._session: AppendSession | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
         #: The sluice.v1.Groups stub, for members (Heartbeat, CommitCursor).
         self.groups_stub = gpb_grpc.GroupsStub(self._channel)
         #: The store's identity, from the first read header, caught-up or heartbeat seen.
         self.store_id = ""
+
+    async def close(self) -> None:
+        """Finish the shared session's appends in flight (a few seconds at most), then close
+        the channel; safe to call more than once."""
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close(grace=5.0)
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
+        await super().close()
 
     def _check_store(self, store_id: str) -> None:
         """Raise StoreReplaced (once) when the store answering is not the one seen before."""
@@ -273,8 +297,46 @@ class Client(Connection):
     async def append(
         self, stream: str, events: Iterable[pb.EventData], expected: Expected = ANY
     ) -> pb.AppendResponse:
-        """Append events atomically; raises WrongExpectedRevision on a conflict."""
-        return await self._call(self._stub.Append(_request(stream, events, expected), timeout=self.timeout))
+        """Append events atomically; raises WrongExpectedRevision on a conflict.
+
+        Appends go over one AppendSession the client keeps open (a message on an open
+        bidirectional call, not a call each; concurrent appends share messages), unless the
+        client was made with ``shared_session=False``, tracing is on (a span per append), or
+        the request is larger than SHARED_SESSION_MAX_BYTES (it goes as its own call, so a
+        refusal of its size cannot end the session others use). Results and errors are the
+        same either way."""
+        request = _request(stream, events, expected)
+        if not self._shared or request.ByteSize() > SHARED_SESSION_MAX_BYTES:
+            return await self._call(self._stub.Append(request, timeout=self.timeout))
+        session = self._shared_session()
+        result = session.submit(request)
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await result
+        except TimeoutError:
+            # The store did not answer in time: later appends get a fresh session.
+            self._retire(session)
+            raise SluiceError("Deadline Exceeded", grpc.StatusCode.DEADLINE_EXCEEDED) from None
+
+    def _shared_session(self) -> AppendSession:
+        session = self._session
+        loop = asyncio.get_running_loop()
+        if session is not None and session.usable and loop.time() - session.opened < SHARED_SESSION_MAX_AGE:
+            return session
+        if session is not None:
+            self._retire(session)
+        self._session = session = AppendSession(self._stub, self.timeout)
+        session.open()
+        return session
+
+    def _retire(self, session: AppendSession) -> None:
+        """Let a session finish what it has in flight, in the background; new appends go
+        to a new one."""
+        if self._session is session:
+            self._session = None
+        task = asyncio.create_task(session.close(grace=self.timeout or SHARED_SESSION_MAX_AGE))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     async def append_request(self, request: pb.AppendRequest) -> pb.AppendResponse:
         """Append a prepared request as it is (a proxy passing on what its caller sent)."""
@@ -290,7 +352,7 @@ class Client(Connection):
 
     def session(self) -> AppendSession:
         """A pipelined append session: ``async with client.session() as s: await s.append(...)``."""
-        return AppendSession(self._stub)
+        return AppendSession(self._stub, self.timeout)
 
     # -- reads ------------------------------------------------------------------------
 
@@ -635,30 +697,63 @@ class Client(Connection):
         raise AssertionError("unreachable")
 
 
+def _settle(fut: asyncio.Future[pb.AppendResponse], call: asyncio.Future[pb.AppendResponse]) -> None:
+    """Hand a call's outcome to the future its caller awaits."""
+    if fut.done():
+        return
+    if call.cancelled():
+        fut.cancel()
+        return
+    err = call.exception()
+    if err is None:
+        fut.set_result(call.result())
+    else:
+        fut.set_exception(from_rpc_error(err) if isinstance(err, grpc.aio.AioRpcError) else err)
+
+
 class AppendSession:
     """Many appends in flight on one bidirectional call; results come back in order.
 
     Appends queued while the previous message is being written go out together in the
-    next message, so the per-message cost is shared when many are in flight.
+    next message (up to ``max_per_message`` appends and ``max_message_bytes``), so the
+    per-message cost is shared when many are in flight.
     """
 
     max_per_message = 1000
+    max_message_bytes = SHARED_SESSION_MAX_BYTES
 
-    def __init__(self, stub: pb_grpc.StreamsStub) -> None:
+    def __init__(self, stub: pb_grpc.StreamsStub, timeout: float | None = None) -> None:
         self._stub = stub
+        self._timeout = timeout  # for appends sent again as calls (see _read)
         self._call: Any = None
-        self._queued: list[tuple[pb.AppendRequest, asyncio.Future[pb.AppendResponse]]] = []
-        self._sent: collections.deque[list[asyncio.Future[pb.AppendResponse]]] = collections.deque()
+        self._queued: collections.deque[tuple[pb.AppendRequest, int, asyncio.Future[pb.AppendResponse]]] = (
+            collections.deque()
+        )
+        self._sent: collections.deque[list[tuple[pb.AppendRequest, asyncio.Future[pb.AppendResponse]]]] = (
+            collections.deque()
+        )
         self._wakeup = asyncio.Event()
         self._closing = False
         self._writer: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[None] | None = None
         self._error: SluiceError | None = None
+        #: When the call was opened (the event loop's clock).
+        self.opened = 0.0
 
-    async def __aenter__(self) -> AppendSession:
+    def open(self) -> None:
+        """Open the call (what ``async with`` does)."""
         self._call = self._stub.AppendSession()
+        self.opened = asyncio.get_running_loop().time()
         self._writer = asyncio.create_task(self._write())
         self._reader = asyncio.create_task(self._read())
+
+    @property
+    def usable(self) -> bool:
+        """Open, not closing, and not failed."""
+        return self._call is not None and not self._closing and self._error is None
+
+    async def __aenter__(self) -> AppendSession:
+        self.open()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -669,69 +764,107 @@ class AppendSession:
             while True:
                 await self._wakeup.wait()
                 self._wakeup.clear()
-                while self._queued:
-                    batch = self._queued[: self.max_per_message]
-                    del self._queued[: self.max_per_message]
-                    self._sent.append([f for _, f in batch])
+                if self._error is not None:
+                    return
+                queued = self._queued
+                while queued:
+                    batch: list[tuple[pb.AppendRequest, asyncio.Future[pb.AppendResponse]]] = []
+                    size = 0
+                    while queued and len(batch) < self.max_per_message:
+                        if batch and size + queued[0][1] > self.max_message_bytes:
+                            break
+                        request, n, fut = queued.popleft()
+                        batch.append((request, fut))
+                        size += n
+                    self._sent.append(batch)
                     await self._call.write(pb.AppendSessionRequest(appends=[r for r, _ in batch]))
                 if self._closing:
                     await self._call.done_writing()
                     return
-        except grpc.aio.AioRpcError as e:
-            self._fail(from_rpc_error(e))
-        except asyncio.InvalidStateError:  # the call ended while writing
-            self._fail(SluiceError("append session ended"))
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError, asyncio.CancelledError):
+            return  # the call ended while writing: the reader reports how (its status)
 
     async def _read(self) -> None:
         try:
             async for resp in self._call:
-                futures = self._sent.popleft()
-                for fut, result in zip(futures, resp.results, strict=True):
+                sent = self._sent.popleft()
+                for (_, fut), result in zip(sent, resp.results, strict=True):
+                    if fut.done():  # its caller gave up waiting (cancelled or timed out)
+                        continue
                     if result.WhichOneof("result") == "success":
                         fut.set_result(result.success)
                     else:
                         fut.set_exception(from_status(result.error))
         except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.INTERNAL and e.details() == "Internal error from Core":
+                # grpc.aio loses the status the store ended the call with when a write
+                # races that end (grpc/grpc#36066). Each unanswered append goes again as a
+                # call of its own, which gets the store's real answer (UNAUTHENTICATED,
+                # UNAVAILABLE, ...); one the store had read and stored is answered as a
+                # replay, since appends are idempotent by event id.
+                self._resend()
             self._fail(from_rpc_error(e))
+        except asyncio.CancelledError:
+            self._fail(SluiceError("append session cancelled", grpc.StatusCode.CANCELLED))
+            return
+        # The store ended the call: what is unanswered (if anything) may be retried elsewhere.
+        self._fail(Unavailable("append session ended before every append was answered"))
+
+    def _resend(self) -> None:
+        unanswered = [*(pair for sent in self._sent for pair in sent), *((r, f) for r, _, f in self._queued)]
+        self._sent.clear()
+        self._queued.clear()
+        for request, fut in unanswered:
+            if not fut.done():
+                call = self._stub.Append(request, timeout=self._timeout)
+                asyncio.ensure_future(call).add_done_callback(functools.partial(_settle, fut))
 
     def _fail(self, err: SluiceError) -> None:
-        self._error = err
-        for futures in [*self._sent, [f for _, f in self._queued]]:
-            for fut in futures:
+        if self._error is None:
+            self._error = err
+        for sent in [*self._sent, [(r, f) for r, _, f in self._queued]]:
+            for _, fut in sent:
                 if not fut.done():
                     fut.set_exception(err)
         self._sent.clear()
         self._queued.clear()
+        self._wakeup.set()  # the writer ends too
 
-    def send(
-        self, stream: str, events: Iterable[pb.EventData], expected: Expected = ANY
-    ) -> asyncio.Future[pb.AppendResponse]:
-        """Queue one append; the returned future resolves with its result."""
+    def submit(self, request: pb.AppendRequest) -> asyncio.Future[pb.AppendResponse]:
+        """Queue a prepared append; the returned future resolves with its result."""
         if self._call is None or self._closing:
             raise RuntimeError("the append session is not open")
         fut: asyncio.Future[pb.AppendResponse] = asyncio.get_running_loop().create_future()
         if self._error is not None:
             fut.set_exception(self._error)
             return fut
-        self._queued.append((_request(stream, events, expected), fut))
+        self._queued.append((request, request.ByteSize(), fut))
         self._wakeup.set()
         return fut
+
+    def send(
+        self, stream: str, events: Iterable[pb.EventData], expected: Expected = ANY
+    ) -> asyncio.Future[pb.AppendResponse]:
+        """Queue one append; the returned future resolves with its result."""
+        return self.submit(_request(stream, events, expected))
 
     async def append(
         self, stream: str, events: Iterable[pb.EventData], expected: Expected = ANY
     ) -> pb.AppendResponse:
         return await self.send(stream, events, expected)
 
-    async def close(self) -> None:
-        """Send what is queued, wait for every result, end the call."""
+    async def close(self, grace: float | None = None) -> None:
+        """Send what is queued, wait for every result (at most ``grace`` seconds, then the
+        call is cancelled and what is unanswered fails), end the call."""
         if self._call is None or self._closing:
             return
         self._closing = True
         self._wakeup.set()
-        if self._writer:
-            await self._writer
-        if self._reader:
-            await self._reader
+        tasks = [t for t in (self._writer, self._reader) if t is not None]
+        _, pending = await asyncio.wait(tasks, timeout=grace)
+        if pending:
+            self._call.cancel()
+            await asyncio.wait(pending)
 
 
 class Batcher:

@@ -264,6 +264,7 @@ class StoreServer:
         self._stopped = True
         await self.health.enter_graceful_shutdown()
         self.broker.close()
+        self.service.closing.set()
         for task in (self._reclaimer, self._policy_watch, self._loop_watch):
             if task:
                 task.cancel()

@@ -29,15 +29,17 @@ from sluice_store.errors import (
     LimitExceeded,
     StorageFull,
     StoreError,
+    StoreUnavailable,
     StreamDeleted,
     StreamNotFound,
     SystemStreamReserved,
     abort,
+    status_code,
     to_status,
 )
 from sluice_store.positions import start_point, stream_filter
 from sluice_store.retention import Policy, age_cutoff_us, now_us
-from sluice_store.rpc import Response, streaming_handler, timestamp, unary_handler
+from sluice_store.rpc import STATS, Response, streaming_handler, timestamp, unary_handler
 from sluice_store.storage.base import (
     P_POSITION,
     P_REVISION,
@@ -70,6 +72,8 @@ class StreamsService:
         self.subscriptions = Subscriptions(storage, broker, settings, self.check_name)
         self.appended_events = 0  # new events stored (not replays)
         self.duplicate_appends = 0  # appends answered as replays of stored ones
+        #: Set when the server shuts down: append sessions answer what they have read and end.
+        self.closing = asyncio.Event()
         #: Who may call (the server sets it; by default everyone may do everything).
         self.access = Access(security.Guard(security.Authenticator(), security.Policy()))
         self.tracing = telemetry.tracing_enabled()
@@ -207,11 +211,15 @@ class StreamsService:
             duplicate=r.duplicate,  # type: ignore[attr-defined]
         )
 
-    async def _append(self, parts: list[AppendPart]) -> list[pb.AppendResponse]:
+    def _submit(self, parts: list[AppendPart]) -> asyncio.Future[Outcome]:
+        """Hand parts to the group commit (the checks every append path makes first)."""
         if not self.has_room():
             raise StorageFull("the disk is full: appends resume once space is freed")
         validate_new_event_ids(parts)
-        outcome = await self.committer.submit(parts)
+        return self.committer.submit(parts)
+
+    async def _append(self, parts: list[AppendPart]) -> list[pb.AppendResponse]:
+        outcome = await self._submit(parts)
         if isinstance(outcome, StoreError):
             raise outcome
         return [self._response(r) for r in outcome]
@@ -248,9 +256,11 @@ class StreamsService:
     ) -> AsyncIterator[pb.AppendSessionResponse]:
         inflight: asyncio.Queue[list[asyncio.Future[Outcome] | StoreError] | None] = asyncio.Queue(1024)
         access = self.access
+        started = time.perf_counter()
         try:
             principal = access.admit(context, "AppendSession", None)
         except StoreError as e:
+            STATS.record("AppendSession", status_code(e).name, started)
             await abort(context, e)
             return
         peer = context.peer() if access.enabled else ""
@@ -261,9 +271,7 @@ class StreamsService:
                 if access.enabled:
                     access.check(principal, [("append", req.stream, "streams")], peer)
                 self._check_request_size(req.ByteSize())
-                parts = [self._part(req)]
-                validate_new_event_ids(parts)
-                return self.committer.submit(parts)
+                return self._submit([self._part(req)])
             except StoreError as e:
                 return e
 
@@ -278,6 +286,12 @@ class StreamsService:
                 await inflight.put(None)
 
         reader = asyncio.create_task(pump())
+        # At shutdown the session stops reading; what it read is answered, then it ends with
+        # UNAVAILABLE (the client sends what was unanswered again, to this store once it is
+        # back or to another replica).
+        closing = asyncio.create_task(self.closing.wait())
+        closing.add_done_callback(lambda _: reader.cancel())
+        code = "UNKNOWN"
         try:
             while (items := await inflight.get()) is not None:
                 results = []
@@ -288,9 +302,19 @@ class StreamsService:
                     else:
                         results.append(pb.AppendResult(success=self._response(outcome[0])))
                 yield pb.AppendSessionResponse(results=results)
+            if self.closing.is_set():
+                code = "UNAVAILABLE"
+                await abort(context, StoreUnavailable("the store is shutting down: append again"))
+                return
             await reader  # surfaces a transport error from the request stream
+            code = "OK"
+        except asyncio.CancelledError:
+            code = "CANCELLED"  # the client went away
+            raise
         finally:
             reader.cancel()
+            closing.cancel()
+            STATS.record("AppendSession", code, started)
 
     # -- reads ------------------------------------------------------------------------
 
