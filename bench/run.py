@@ -82,13 +82,16 @@ class Row:
     peers: dict[str, float]
     higher_is_better: bool = True
     target: str = ""
-    #: Set when the figures come from paired rounds: the median of each round's ratio
-    #: (each round runs both sides back to back, so it shares the machine's mood).
-    paired_ratio: float | None = None
+    #: Set when the figures come from rounds: per peer, the median of each round's ratio
+    #: (each round runs both sides back to back, so it shares the machine's mood) ...
+    paired: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: ... the lowest and highest round's ratio, and how many rounds there were.
+    spread: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
+    rounds: int = 1
 
     def ratio(self, peer: str) -> float:
-        if self.paired_ratio is not None:
-            return self.paired_ratio
+        if peer in self.paired:
+            return self.paired[peer]
         other = self.peers[peer]
         if not other or not self.sluice:
             return float("nan")
@@ -104,6 +107,31 @@ class Results:
         self.rows.append(row)
         peers = ", ".join(f"{k} {fmt(v)}" for k, v in row.peers.items())
         log(f"{row.section} / {row.case}: sluice {fmt(row.sluice)} {row.unit}; {peers}")
+
+
+def merge_rounds(rounds: list[list[Row]]) -> list[Row]:
+    """One row per case from several rounds of a section: each figure the median of the
+    rounds', each ratio the median of the rounds' ratios, with their spread."""
+    by_case: dict[tuple[str, str, str], list[Row]] = {}
+    for rows in rounds:
+        for row in rows:
+            by_case.setdefault((row.section, row.case, row.unit), []).append(row)
+    merged = []
+    for same in by_case.values():
+        first = same[0]
+        peers = {p: statistics.median(r.peers[p] for r in same if p in r.peers) for p in first.peers}
+        ratios = {p: [r.ratio(p) for r in same if p in r.peers] for p in first.peers}
+        merged.append(
+            dataclasses.replace(
+                first,
+                sluice=statistics.median(r.sluice for r in same),
+                peers=peers,
+                paired={p: statistics.median(v) for p, v in ratios.items()},
+                spread={p: (min(v), max(v)) for p, v in ratios.items()},
+                rounds=len(same),
+            )
+        )
+    return merged
 
 
 def fmt(x: float) -> str:
@@ -1091,7 +1119,11 @@ def report(res: Results, a: argparse.Namespace, elapsed: float) -> str:
         "Redis (no persistence, as configured on this machine): survives nothing. Sections "
         f"without a [Sluice …] tag run `{one_durability(a)}`. "
         f"Events ~{len(payload(1))} bytes. Run took {elapsed:.0f}s.\n\n"
-        "Ratio = how many times better Sluice is (>1 is better; for latency, peer/Sluice).\n\n"
+        "Ratio = how many times better Sluice is (>1 is better; for latency, peer/Sluice). "
+        f"Sections comparing with peers run {getattr(a, 'rounds', 1)} rounds, alternating (Sluice, peers, "
+        "Sluice, peers, ...): each figure is the median of the rounds', each ratio the median of "
+        "the rounds' ratios, with the lowest and highest in brackets (this machine moves 20-40% "
+        "from minute to minute).\n\n"
     )
     lines = [
         "| section | case | unit | sluice | peer | peer figure | ratio | target |",
@@ -1103,9 +1135,13 @@ def report(res: Results, a: argparse.Namespace, elapsed: float) -> str:
                 f"| {row.section} | {row.case} | {row.unit} | {fmt(row.sluice)} | | | | {row.target} |"
             )
         for peer, value in row.peers.items():
+            ratio = f"{fmt(row.ratio(peer))}x"
+            if peer in row.spread and row.rounds > 1:
+                lo, hi = row.spread[peer]
+                ratio += f" ({fmt(lo)} to {fmt(hi)}, {row.rounds} rounds)"
             lines.append(
                 f"| {row.section} | {row.case} | {row.unit} | {fmt(row.sluice)} | {peer} | "
-                f"{fmt(value)} | {fmt(row.ratio(peer))}x | {row.target} |"
+                f"{fmt(value)} | {ratio} | {row.target} |"
             )
     for section, why in res.failed:
         lines.append(f"| {section} | **failed**: {why} | | | | | | |")
@@ -1254,12 +1290,16 @@ async def bench_security(res: Results, a: argparse.Namespace) -> None:
                 statistics.median(secure for _, secure in pairs),
                 {"plaintext": statistics.median(plain for plain, _ in pairs)},
                 target=">= 0.85x plaintext",
-                paired_ratio=statistics.median(paired),
+                paired={"plaintext": statistics.median(paired)},
+                spread={"plaintext": (min(paired), max(paired))},
+                rounds=len(pairs),
             )
         )
 
 
-SECTION_LIMIT = 1200.0  # seconds one section may take in a full run
+#: Sections whose ratios compare Sluice with its peers: run in alternating rounds.
+ROUNDED = {"appends", "latency", "catchup", "sidecar", "gateway"}
+SECTION_LIMIT = 1200.0  # seconds one round of a section may take in a full run
 SECTION_LIMIT_QUICK = 300.0
 
 Section = Callable[[Results, argparse.Namespace], Awaitable[None]]
@@ -1273,9 +1313,17 @@ async def run_sections(
     for name in chosen:
         log(f"== {name}")
         gc.collect()  # start each section without garbage from the last (fair to every system)
+        rounds = getattr(a, "rounds", 1) if name in ROUNDED else 1
         try:
-            async with asyncio.timeout(limit):
-                await sections[name](res, a)
+            async with asyncio.timeout(limit * rounds):
+                each: list[list[Row]] = []
+                for r in range(rounds):
+                    if rounds > 1:
+                        log(f"{name}: round {r + 1} of {rounds}")
+                    one = Results()
+                    await sections[name](one, a)
+                    each.append(one.rows)
+                res.rows.extend(merge_rounds(each) if rounds > 1 else each[0])
         except Exception as e:
             why = (
                 f"timed out after {limit:g} s" if isinstance(e, TimeoutError) else f"{type(e).__name__}: {e}"
@@ -1297,6 +1345,12 @@ async def main() -> None:
         "--only",
         help="comma-separated sections: "
         "appends,latency,catchup,scale,sidecar,gateway,postgres,security,curves",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="alternating rounds of each section that compares with peers (median and spread reported)",
     )
     p.add_argument(
         "--gateway-flags", default="", help="extra flags for the gateway, e.g. '--flush-interval 10ms'"
