@@ -520,7 +520,10 @@ async def bench_latency(res: Results, a: argparse.Namespace) -> None:
     n = int(rate_s * secs)
 
     def stamp(i: int) -> bytes:
-        return json.dumps({"i": i, "t": time.perf_counter_ns(), "pad": "x" * 150}).encode()
+        # t: the send time on this process's clock; w: the same on the wall clock, which
+        # the store's commit time (`created`) can be compared with (same machine).
+        body = {"i": i, "t": time.perf_counter_ns(), "w": time.time_ns(), "pad": "x" * 140}
+        return json.dumps(body).encode()
 
     done = asyncio.Event()
 
@@ -552,20 +555,38 @@ async def bench_latency(res: Results, a: argparse.Namespace) -> None:
         return statistics.median(lat), pct(lat, 0.99)
 
     sluice_by: dict[str, tuple[float, float]] = {}
+    # Where Sluice's milliseconds go, per event (ms): send -> committed (client, gRPC, the
+    # group commit's queue and insert), committed -> acknowledged (fsync under `full`, the
+    # answer back), committed -> subscriber (hand-off to live subscribers, gRPC, parse).
+    hops: dict[str, dict[str, list[float]]] = {}
     for durability in durabilities(a):
+        hop: dict[str, list[float]] = {"send -> committed": [], "committed -> acked": []}
+        hop["committed -> subscriber"] = []
+        hops[durability] = hop
+        acked: dict[int, int] = {}
         async with sluice_store(durability) as c:
 
-            async def s_sub(lat: list[float], ready: asyncio.Event) -> None:
+            async def s_sub(
+                lat: list[float], ready: asyncio.Event, hop: dict[str, list[float]] = hop
+            ) -> None:
                 async for item in c.subscribe("live"):
                     if isinstance(item, pb.CaughtUp):
                         ready.set()
                     elif isinstance(item, pb.RecordedEvent):
+                        now = time.time_ns()
                         record(lat, item.data)
+                        created = item.created.ToNanoseconds()
+                        hop["send -> committed"].append((created - json.loads(item.data)["w"]) / 1e6)
+                        hop["committed -> subscriber"].append((now - created) / 1e6)
 
-            async def s_send(i: int) -> None:
-                await c.append("live", [new_event("E", stamp(i))])
+            async def s_send(i: int, acked: dict[int, int] = acked) -> None:
+                r = await c.append("live", [new_event("E", stamp(i))])
+                acked[r.first_position] = time.time_ns()
 
             sluice_by[durability] = await measure(s_sub, s_send)
+            async for ev in c.read("live"):  # the commit times, once more, for the acks
+                if ev.position in acked:
+                    hop["committed -> acked"].append((acked[ev.position] - ev.created.ToNanoseconds()) / 1e6)
 
     async with jetstream("live") as (_, js, subj):
 
@@ -606,6 +627,19 @@ async def bench_latency(res: Results, a: argparse.Namespace) -> None:
         red = await measure(r_sub, r_send)
         await reader.aclose()
 
+    for durability, by_hop in hops.items():
+        for what, values in by_hop.items():
+            if values:
+                res.add(
+                    Row(
+                        "live latency",
+                        f"where it goes: {what}, p50 / p99 [Sluice {durability}]",
+                        "ms",
+                        statistics.median(values),
+                        {},
+                        target=f"p99 {pct(values, 0.99):.2f} ms",
+                    )
+                )
     for idx, name in ((0, "p50"), (1, "p99")):
         for durability, sluice in sluice_by.items():
             res.add(
