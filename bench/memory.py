@@ -38,11 +38,13 @@ async def main() -> None:
     p.add_argument("--events", type=int, default=1_000_000)
     p.add_argument("--streams", type=int, default=100_000)
     p.add_argument("--batch", type=int, default=100, help="events per append")
+    p.add_argument("--retention", default="", help="the store's prefix rules, e.g. 'bench-=max_age:1h'")
     a = p.parse_args()
     tmp = tempfile.mkdtemp(prefix="sluice-memory-")
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "sluice_store", "--addr", "127.0.0.1:0", "--db", f"sqlite:///{tmp}/m.db",
-        "--durability", "normal", stdout=asyncio.subprocess.PIPE,
+        "--durability", "normal", *(["--retention", a.retention] if a.retention else []),
+        stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     rows: list[tuple[int, int, float]] = []
     try:
@@ -79,7 +81,8 @@ async def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     text = (
         f"# Store memory\n\n{a.events:,} events (~200 bytes) over {a.streams:,} streams, appended in"
-        f" {took:.0f} s; SQLite, durability normal, default --stream-cache.\n\n"
+        f" {took:.0f} s; SQLite, durability normal, default --stream-cache"
+        f"{f', prefix rules {a.retention!r}' if a.retention else ''}.\n\n"
         "| events | streams | RSS MiB |\n|---:|---:|---:|\n"
         + "".join(f"| {e:,} | {s:,} | {r:.0f} |\n" for e, s, r in rows)
     )

@@ -233,6 +233,7 @@ async def test_schema_1_database_is_migrated_at_start(make_store: StoreFactory, 
         await fill(c, "s", 2)
     await store.stop()
     with sqlite3.connect(path) as db:  # make it look like a version 1 file
+        db.execute("DROP INDEX streams_by_removed")
         db.execute("ALTER TABLE streams DROP COLUMN removed_position")
         db.execute("UPDATE schema_version SET version = 1")
     store = await make_store(db=f"sqlite:///{path}")
@@ -241,7 +242,8 @@ async def test_schema_1_database_is_migrated_at_start(make_store: StoreFactory, 
         await c.set_retention("s", max_count=1)
         assert await _first_position(c, 1) == 2
     with sqlite3.connect(path) as db:
-        assert db.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(3,)]
+        assert db.execute("SELECT name FROM sqlite_master WHERE name = 'streams_by_removed'").fetchall()
 
 
 def archive_files(top: Path) -> list[Path]:

@@ -4,8 +4,13 @@ the code that runs it; the append rules are ``planner``.)
 
 One writer connection applies group commits (one transaction each); a small pool of
 read-only connections serves reads, which WAL lets run beside the writer. Stream state
-for the write path lives in an LRU cache; streams that retention rules touch stay pinned
-in memory so reads of all streams can hide expired events without a join.
+for the write path lives in an LRU cache. Streams whose events some per-stream fact may
+hide (a policy of their own, a deletion, a count, size or truncation rule) stay pinned in
+memory so reads of all streams can hide those events without a join; streams whose only
+rule is a prefix rule's age are not pinned (there may be millions): their hidden events
+are found from the rule and the event's time, and the reclaim pass finds the ones with
+expired events by scanning the positions that expired since its last pass, per age limit,
+so its work follows the events that expire, not the number of streams.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import aiosqlite
 from sluice import eventbytes
 from sluice.v1 import streams_pb2 as pb
 from sluice_store.errors import StorageFull, StoreUnavailable
-from sluice_store.retention import Policy, age_cutoff_us, now_us
+from sluice_store.retention import NO_POLICY, Policy, age_cutoff_us, age_limit_us, now_us, resolve
 from sluice_store.storage.base import (
     STREAM_COLUMNS,
     SYSTEM_END,
@@ -60,7 +65,10 @@ from sluice_store.storage.planner import Plan, mark_deleted, plan_append
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+NAMES_CACHED = 100_000  # stream names by id, for hiding expired events of unpinned streams
+AGE_SCAN_SECONDS = 0.5  # at most this long per reclaim pass finding newly expired events
+AGE_SCAN_CHUNK = 50_000  # positions per step of that scan
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS streams (
     id             INTEGER PRIMARY KEY,
@@ -108,7 +116,13 @@ CREATE TABLE IF NOT EXISTS group_cursors (
 # version bump).
 MIGRATIONS = {
     2: "ALTER TABLE streams ADD COLUMN removed_position INTEGER NOT NULL DEFAULT 0;",
+    3: "SELECT 1;",  # the index below, made after every migration
 }
+# Streams that lost events, for a resume below retention (after the migrations: version 1
+# files have no removed_position column when the schema script runs).
+INDEX_REMOVED = (
+    "CREATE INDEX IF NOT EXISTS streams_by_removed ON streams (removed_position) WHERE removed_position > 0"
+)
 SAVE_STREAM = f"""
 INSERT INTO streams ({STREAM_COLUMNS}, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (id) DO UPDATE SET
@@ -146,6 +160,29 @@ def _params(meta: StreamMeta) -> tuple[Any, ...]:
         meta.updated_us,
         name_hash(meta.name),
     )
+
+
+def _age_only(policy: Policy) -> bool:
+    """A policy that limits only age (max_age, time to live)."""
+    return bool(age_limit_us(policy)) and not (policy.max_count or policy.max_bytes or policy.truncate_before)
+
+
+def _unpinned(meta: StreamMeta) -> bool:
+    """A stream whose only rule is a prefix rule's age: not kept in memory (see the module)."""
+    return (
+        meta.source.startswith("prefix:")
+        and _age_only(meta.policy)
+        and meta.state == State.ACTIVE
+        and not meta.deleted_before
+        and not meta.bytes_floor
+    )
+
+
+def _below_floor(meta: StreamMeta) -> bool:
+    """Stored revisions that count, size, truncation, deletion or a tombstone no longer keep."""
+    if meta.state == State.TOMBSTONED:
+        return meta.first_stored <= meta.last_revision
+    return meta.floor() > meta.first_stored
 
 
 @contextlib.contextmanager
@@ -188,7 +225,16 @@ class SQLiteStorage(Storage):
         self._all_readers: list[aiosqlite.Connection] = []
         self._lock = asyncio.Lock()
         self._cache: OrderedDict[str, StreamMeta] = OrderedDict()
-        self._retained: dict[int, StreamMeta] = {}
+        #: Streams some per-stream fact may hide events of (see the module's docstring).
+        self._pinned: dict[int, StreamMeta] = {}
+        #: Streams with stored revisions no rule keeps: the next reclaim pass's work.
+        self._due: dict[int, StreamMeta] = {}
+        #: Prefix rules that only limit age (their streams are not pinned), and per age
+        #: limit the position up to which expired events were looked for.
+        self._age_rules = {p: age_limit_us(r) for p, r in self.prefix_rules.items() if _age_only(r)}
+        self._age_marks: dict[int, int] = {}
+        self._min_age = min(self._age_rules.values(), default=0)
+        self._names: OrderedDict[int, str] = OrderedDict()
         self._head = 0
         self._next_stream_id = 1
         self._last_created = 0
@@ -251,6 +297,7 @@ class SQLiteStorage(Storage):
             for version in range(rows[0][0] + 1, SCHEMA_VERSION + 1):
                 w.executescript(MIGRATIONS[version])
                 w.execute("UPDATE schema_version SET version = ?", (version,))
+        w.execute(INDEX_REMOVED)
         w.execute("CREATE TABLE IF NOT EXISTS store_info (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
         w.execute("INSERT OR IGNORE INTO store_info VALUES ('store_id', ?)", (str(uuid.uuid4()),))
         self.store_id = w.execute("SELECT value FROM store_info WHERE key = 'store_id'").fetchone()[0]
@@ -261,9 +308,10 @@ class SQLiteStorage(Storage):
         ).fetchone()
         clauses = ["retention IS NOT NULL", "state != 2", "deleted_before > 0"]
         params: list[Any] = []
-        for prefix in self.prefix_rules:
-            clauses.append("(name >= ? AND name < ?)")
-            params += [prefix, prefix_end(prefix)]
+        for prefix, rule in self.prefix_rules.items():
+            if not _age_only(rule):  # streams under age-only rules are not pinned
+                clauses.append("(name >= ? AND name < ?)")
+                params += [prefix, prefix_end(prefix)]
         sql = f"SELECT {STREAM_COLUMNS} FROM streams WHERE " + " OR ".join(clauses)
         retained = w.execute(sql, params).fetchall()
         return max(head_e or 0, head_s or 0), (max_id or 0) + 1, last_created or 0, retained
@@ -317,10 +365,12 @@ class SQLiteStorage(Storage):
     def _remember(self, meta: StreamMeta) -> None:
         self._cache[meta.name] = meta
         self._cache.move_to_end(meta.name)
-        if meta.retained:
-            self._retained[meta.id] = meta
+        if meta.retained and not _unpinned(meta):
+            self._pinned[meta.id] = meta
         else:
-            self._retained.pop(meta.id, None)
+            self._pinned.pop(meta.id, None)
+        if meta.retained and _below_floor(meta):
+            self._due[meta.id] = meta
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
 
@@ -520,7 +570,7 @@ class SQLiteStorage(Storage):
         params.append(limit)
         async with self._reader() as r:
             raw: list[Row] = list(await r.execute_fetchall(sql, params))  # type: ignore[arg-type]
-        rows = self._visible(raw)
+        rows = await self._visible(raw)
         done = len(raw) < limit
         if backwards:
             return rows, (raw[-1][0] - 1 if raw else 0), done or (bool(raw) and raw[-1][0] <= 1)
@@ -529,34 +579,114 @@ class SQLiteStorage(Storage):
             nxt = max(nxt, head + 1)
         return rows, nxt, done
 
-    def _visible(self, raw: list[Row]) -> list[Row]:
-        retained = self._retained
-        if not retained:
+    async def _visible(self, raw: list[Row]) -> list[Row]:
+        """The rows a rule does not hide: pinned streams by their state; the rest by the
+        age of a prefix rule (names looked up only for rows older than the shortest)."""
+        pinned = self._pinned
+        if not raw or (not pinned and not self._age_rules):
             return raw
         now = now_us()
+        names: dict[int, str] = {}
+        if self._age_rules:
+            oldest = now - self._min_age
+            old = {row[1] for row in raw if row[3] < oldest and row[1] not in pinned}
+            if old:
+                names = await self._names_of(old)
         out = []
         for row in raw:
-            meta = retained.get(row[1])
-            if meta is None or meta.visible(row[2], row[3], now):
-                out.append(row)
+            meta = pinned.get(row[1])
+            if meta is not None:
+                if meta.visible(row[2], row[3], now):
+                    out.append(row)
+                continue
+            name = names.get(row[1])
+            if name is not None:
+                limit = age_limit_us(resolve(name, NO_POLICY, self.prefix_rules)[0])
+                if limit and row[3] < now - limit:
+                    continue
+            out.append(row)
+        return out
+
+    def _age_rule_streams(self, prefix: str) -> tuple[list[str], list[Any]]:
+        """SQL conditions (on streams ``s``) for the streams an age-only prefix rule governs:
+        under its prefix, not under a longer rule, with no policy or deletion of their own."""
+        where = ["s.name >= ?", "s.name < ?", "s.retention IS NULL", "s.state = 2", "s.deleted_before = 0"]
+        params: list[Any] = [prefix, prefix_end(prefix)]
+        for longer in self.prefix_rules:
+            if longer != prefix and longer.startswith(prefix):
+                where.append("NOT (s.name >= ? AND s.name < ?)")
+                params += [longer, prefix_end(longer)]
+        return where, params
+
+    async def _removed_position(self, filt: StreamFilter, since: int) -> int:
+        """The newest position removed (reclaimed) at or after ``since`` from a stream the
+        filter takes; 0 if none (indexed: only streams that lost events are looked at)."""
+        where: list[str] = ["s.removed_position >= ?"]
+        params: list[Any] = [since]
+        if filt.prefixes:
+            where.append("(" + " OR ".join("(s.name >= ? AND s.name < ?)" for _ in filt.prefixes) + ")")
+            for p in filt.prefixes:
+                params += [p, prefix_end(p)]
+        if filt.partition_count:
+            where.append(f"s.hash % ? IN ({','.join('?' * len(filt.partitions))})")
+            params += [filt.partition_count, *sorted(filt.partitions)]
+        # (Removed events are gone, so their types are not known: any removal counts.)
+        sql = f"SELECT MAX(s.removed_position) FROM streams s WHERE {' AND '.join(where)}"
+        async with self._reader() as r:
+            ((value,),) = await r.execute_fetchall(sql, params)
+        return int(value or 0)
+
+    async def _names_of(self, ids: Collection[int]) -> dict[int, str]:
+        """Stream names by id, from a bounded cache (names never change for an id)."""
+        cache = self._names
+        out = {i: cache[i] for i in ids if i in cache}
+        missing = [i for i in ids if i not in out]
+        if missing:
+            found = await self.stream_names(missing)
+            out.update(found)
+            cache.update(found)
+            while len(cache) > NAMES_CACHED:
+                cache.popitem(last=False)
         return out
 
     async def removed_upto(self, filt: StreamFilter, since: int) -> int:
-        # Only streams some rule touches can have lost events, and they are all in memory.
+        # Events below `since` that the reader will not see: removed ones (each stream keeps
+        # the newest position it lost: one indexed query), and ones hidden but not removed
+        # yet: of pinned streams with an age limit of their own or revisions below their
+        # floor (in memory, each queried), and of streams under an age-only prefix rule
+        # (one query per rule over the positions from `since`).
         prefixes = filt.prefixes
+        now = now_us()
+        types = f" AND type IN ({','.join('?' * len(filt.types))})" if filt.types else ""
+        newest = await self._removed_position(filt, since)
         streams = [
             m
-            for m in self._retained.values()
+            for m in self._pinned.values()
             if m.last_position >= since
+            and (_below_floor(m) or age_limit_us(m.policy))
             and (not prefixes or m.name.startswith(prefixes))
             and (not filt.partition_count or filt.in_partitions(m.name))
         ]
-        if not streams:
-            return 0
-        now = now_us()
-        types = f" AND type IN ({','.join('?' * len(filt.types))})" if filt.types else ""
-        newest = 0
         async with self._reader() as r:
+            for prefix, limit in self._age_rules.items():
+                if prefixes and not any(prefix.startswith(p) or p.startswith(prefix) for p in prefixes):
+                    continue
+                where, params = self._age_rule_streams(prefix)
+                if prefixes:
+                    where.append("(" + " OR ".join("(s.name >= ? AND s.name < ?)" for _ in prefixes) + ")")
+                    for p in prefixes:
+                        params += [p, prefix_end(p)]
+                if filt.partition_count:
+                    where.append(f"s.hash % ? IN ({','.join('?' * len(filt.partitions))})")
+                    params += [filt.partition_count, *sorted(filt.partitions)]
+                rows = await r.execute_fetchall(
+                    "SELECT MAX(e.position) FROM events e JOIN streams s ON s.id = e.stream_id"
+                    f" WHERE e.position >= ? AND e.created_us < ?{types.replace('type', 'e.type')}"
+                    f" AND {' AND '.join(where)}",
+                    (since, now - limit, *filt.types, *params),
+                )
+                for (value,) in rows:
+                    newest = max(newest, value or 0)
             for meta in streams:
                 cutoff = age_cutoff_us(meta.policy, now)
                 floor = meta.last_revision + 1 if meta.state == State.TOMBSTONED else meta.floor()
@@ -661,15 +791,27 @@ class SQLiteStorage(Storage):
     # -- retention --------------------------------------------------------------------
 
     async def reclaim(self) -> ReclaimStats:
+        """Remove what no rule keeps from the streams that have some: those due (revisions
+        below their floor, noted as they change), pinned ones with an age limit of their
+        own, and those under age-only prefix rules with newly expired events (found by
+        scanning the positions that expired since the last pass)."""
         stats = ReclaimStats()
-        for meta in list(self._retained.values()):
+        await self._find_expired()
+        due, self._due = self._due, {}
+        todo = dict(due)
+        for meta in self._pinned.values():
+            if age_limit_us(meta.policy) and meta.id not in todo:
+                todo[meta.id] = meta
+        for meta in todo.values():
 
             async def remove(below: int, meta: StreamMeta = meta) -> int:
                 async with self._lock:
-                    current = self._retained.get(meta.id, meta)
+                    current = self._pinned.get(meta.id) or self._cache.get(meta.name) or meta
                     with _translated():
                         removed = await self._in_writer(self._remove_sync, meta.id, below)
-                    current.first_stored = below
+                    current.first_stored = max(current.first_stored, below)
+                    if meta is not current:
+                        meta.first_stored = max(meta.first_stored, below)
                     return removed
 
             async def recorded(lo: int, hi: int, meta: StreamMeta = meta) -> list[pb.RecordedEvent]:
@@ -686,6 +828,32 @@ class SQLiteStorage(Storage):
 
             await reclaim_stream(meta, self.archive_dir, stats, first_young, recorded, remove)
         return stats
+
+    async def _find_expired(self) -> None:
+        """Note as due the streams under age-only prefix rules that hold events older than
+        their limit: per limit, the streams with events between where the last pass stopped
+        and the position the limit now cuts at (created_us never decreases with position)."""
+        if not self._age_rules:
+            return
+        started = asyncio.get_running_loop().time()
+        now = now_us()
+        for limit in sorted(set(self._age_rules.values())):
+            mark = self._age_marks.get(limit, 0)
+            cut = await self.position_at_time(now - limit, backwards=False)
+            while mark < cut and asyncio.get_running_loop().time() - started < AGE_SCAN_SECONDS:
+                hi = min(cut, mark + AGE_SCAN_CHUNK)
+                async with self._reader() as r:
+                    sql = "SELECT DISTINCT stream_id FROM events WHERE position >= ? AND position < ?"
+                    rows = await r.execute_fetchall(sql, (mark, hi))
+                ids = [int(i) for (i,) in rows if int(i) not in self._pinned]
+                for name in (await self._names_of(ids)).values():
+                    if age_limit_us(resolve(name, NO_POLICY, self.prefix_rules)[0]) != limit:
+                        continue  # another rule's (or none): found by its own limit's scan
+                    meta = await self.stream(name)
+                    if meta is not None and _unpinned(meta):
+                        self._due[meta.id] = meta
+                mark = hi
+            self._age_marks[limit] = mark
 
     def _remove_sync(self, stream_id: int, below: int) -> int:
         """(writer thread) Delete a stream's events below a revision; how many went."""
