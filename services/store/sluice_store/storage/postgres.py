@@ -71,7 +71,15 @@ from sluice_store.storage.planner import Plan, mark_deleted, plan_append
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Stored revisions that no count, size, truncation or deletion rule keeps, or a tombstoned
+# stream's: what the reclaim pass has to remove (a partial index holds just these streams).
+DUE = (
+    "retained AND ((state = 4 AND first_stored <= last_revision) OR first_stored < GREATEST(truncate_before,"
+    " deleted_before, bytes_floor, CASE WHEN max_count > 0 THEN last_revision + 1 - max_count ELSE 0 END))"
+)
+AGE_SCAN_SECONDS = 0.5  # at most this long per reclaim pass finding newly expired events
+AGE_SCAN_CHUNK = 50_000  # positions per step of that scan
 # Each entry takes the schema from the previous version to this one.
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -128,6 +136,10 @@ CREATE TABLE group_cursors (
     position  bigint NOT NULL,
     PRIMARY KEY (grp, partition)
 );
+""",
+    2: f"""
+CREATE INDEX streams_due ON streams (id) WHERE {DUE};
+CREATE INDEX streams_aged ON streams (age_us) WHERE retained AND age_us > 0 AND retention IS NOT NULL;
 """,
 }
 LOCK_HEAD = "SELECT position, next_stream_id, last_created_us FROM head WHERE id = 1 FOR UPDATE"
@@ -249,6 +261,7 @@ class PostgresStorage(Storage):
         self._pool: asyncpg.Pool | None = None
         self.feed = LiveFeed(self)
         self._write_lock = asyncio.Lock()
+        self._age_marks: dict[int, int] = {}  # age limit (us) -> position expirations were found to
         self._slot: _Slot | None = None
         self._closed = False
 
@@ -676,12 +689,48 @@ class PostgresStorage(Storage):
                 if not await conn.fetchval("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", key):
                     return stats  # another replica is reclaiming
                 try:
-                    rows = await conn.fetch(f"SELECT {STREAM_COLUMNS} FROM streams WHERE retained")
-                    for meta in map(self._meta, rows):
+                    # Not every stream under a rule each time: those with revisions below
+                    # their floor (an index holds them), and those with events that expired
+                    # since the last pass (per age limit, the positions that expired since).
+                    rows = await conn.fetch(f"SELECT {STREAM_COLUMNS} FROM streams WHERE {DUE}")
+                    todo = {meta.id: meta for meta in map(self._meta, rows)}
+                    for meta in await self._expired(conn):
+                        todo.setdefault(meta.id, meta)
+                    for meta in todo.values():
                         await self._reclaim_stream(conn, meta, stats)
                 finally:
                     await conn.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", key)
         return stats
+
+    async def _expired(self, conn: asyncpg.Connection) -> list[StreamMeta]:
+        """Streams with an age limit holding events older than it: per limit (the prefix
+        rules' and the streams' own), the streams with events between where the last pass
+        stopped and the position the limit now cuts at (created_us never decreases with
+        position). The marks are this process's: another replica starts from the start."""
+        limits = {age_limit_us(rule) for rule in self.prefix_rules.values()}
+        own = await conn.fetch(
+            "SELECT DISTINCT age_us FROM streams WHERE retained AND age_us > 0 AND retention IS NOT NULL"
+        )
+        limits = {limit for limit in limits | {int(r[0]) for r in own} if limit}
+        started = asyncio.get_running_loop().time()
+        now = now_us()
+        found: list[StreamMeta] = []
+        for limit in sorted(limits):
+            mark = self._age_marks.get(limit, 0)
+            cut = await self.position_at_time(now - limit, backwards=False)
+            while mark < cut and asyncio.get_running_loop().time() - started < AGE_SCAN_SECONDS:
+                hi = min(cut, mark + AGE_SCAN_CHUNK)
+                rows = await conn.fetch(
+                    f"SELECT {STREAM_COLUMNS} FROM streams WHERE retained AND age_us = $3 AND id IN"
+                    " (SELECT DISTINCT stream_id FROM events WHERE position >= $1 AND position < $2)",
+                    mark,
+                    hi,
+                    limit,
+                )
+                found += map(self._meta, rows)
+                mark = hi
+            self._age_marks[limit] = mark
+        return found
 
     async def _reclaim_stream(self, conn: asyncpg.Connection, meta: StreamMeta, stats: ReclaimStats) -> None:
         async def remove(below: int) -> int:
