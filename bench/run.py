@@ -19,6 +19,7 @@ import collections
 import contextlib
 import dataclasses
 import gc
+import itertools
 import json
 import os
 import platform
@@ -555,6 +556,7 @@ async def bench_latency(res: Results, a: argparse.Namespace) -> None:
         return statistics.median(lat), pct(lat, 0.99)
 
     sluice_by: dict[str, tuple[float, float]] = {}
+    calls_by: dict[str, tuple[float, float]] = {}
     # Where Sluice's milliseconds go, per event (ms): send -> committed (client, gRPC, the
     # group commit's queue and insert), committed -> acknowledged (fsync under `full`, the
     # answer back), committed -> subscriber (hand-off to live subscribers, gRPC, parse).
@@ -587,6 +589,16 @@ async def bench_latency(res: Results, a: argparse.Namespace) -> None:
             async for ev in c.read("live"):  # the commit times, once more, for the acks
                 if ev.position in acked:
                     hop["committed -> acked"].append((acked[ev.position] - ev.created.ToNanoseconds()) / 1e6)
+            # The same with a call per append (the client before shared sessions); the
+            # breakdown above stays the shared session's.
+            kept = {k: list(v) for k, v in hop.items()}
+            async with Client(c.target, timeout=120, shared_session=False) as own:
+
+                async def own_send(i: int, own: Client = own) -> None:
+                    await own.append("live", [new_event("E", stamp(i))])
+
+                calls_by[durability] = await measure(s_sub, own_send)
+            hop.update(kept)
 
     async with jetstream("live") as (_, js, subj):
 
@@ -641,6 +653,18 @@ async def bench_latency(res: Results, a: argparse.Namespace) -> None:
                     )
                 )
     for idx, name in ((0, "p50"), (1, "p99")):
+        for durability, sluice in calls_by.items():
+            res.add(
+                Row(
+                    "live latency",
+                    f"append -> subscriber at {rate_s:,} events/s, {name}"
+                    f" [Sluice {durability}, a call per append]",
+                    "ms",
+                    sluice[idx],
+                    {"jetstream": jet[idx], "redis": red[idx]},
+                    higher_is_better=False,
+                )
+            )
         for durability, sluice in sluice_by.items():
             res.add(
                 Row(
@@ -1218,6 +1242,8 @@ async def bench_security(res: Results, a: argparse.Namespace) -> None:
         "policy_file": str(tmp / "policy.yaml"),
     }
     creds = Credentials(ca_file=str(tmp / "ca.pem"), token=token)
+    auth_only = {k: v for k, v in secured.items() if not k.startswith("tls_")}
+    token_only = Credentials(token=token)
     events = [payload(i) for i in range(1000)]
     n_catch = max(a.catchup // 4, 10_000)
 
@@ -1266,10 +1292,13 @@ async def bench_security(res: Results, a: argparse.Namespace) -> None:
         env = dict(os.environ)
         if credentials is not None:
             (tmp / "token").write_text(token)
-            for k in ("tls_cert", "tls_key", "tokens_file", "policy_file"):
-                gateway_flags += [f"--{k.replace('_', '-')}", flags[k]]
-            gateway_flags += ["--store-tls-ca", str(tmp / "ca.pem"), "--store-token-file", str(tmp / "token")]
-            env.update({"SLUICE_TLS_CA": str(tmp / "ca.pem"), "SLUICE_TOKEN": token})
+            for k, v in flags.items():
+                gateway_flags += [f"--{k.replace('_', '-')}", v]
+            gateway_flags += ["--store-token-file", str(tmp / "token")]
+            env["SLUICE_TOKEN"] = token
+            if "tls_cert" in flags:
+                gateway_flags += ["--store-tls-ca", str(tmp / "ca.pem")]
+                env["SLUICE_TLS_CA"] = str(tmp / "ca.pem")
         db = f"sqlite:///{tmp}/{name}-fan.db"
         async with (
             store_processes(db, 1, {"durability": one_durability(a), **flags}) as (addr,),
@@ -1295,15 +1324,21 @@ async def bench_security(res: Results, a: argparse.Namespace) -> None:
         # on the machine as it is then, and the median of those ratios is reported, since
         # this machine moves 20-40% from minute to minute. Fan-out, which moves the most
         # bytes through TLS, gets more rounds.
+        # A third kind of round isolates what authorization costs: tokens and the policy
+        # without TLS (loopback), against the same plaintext figure.
         rounds: dict[str, list[tuple[float, float]]] = collections.defaultdict(list)
+        auth_rounds: dict[str, list[tuple[float, float]]] = collections.defaultdict(list)
         for r in range(ROUNDS):
             plain = await measure(f"plain{r}", {}, None)
             secure = await measure(f"secure{r}", secured, creds)
+            auth = await measure(f"auth{r}", auth_only, token_only)
             for key in plain:
                 rounds[key].append((plain[key], secure[key]))
+                auth_rounds[key].append((plain[key], auth[key]))
         for r in range(FANOUT_ROUNDS):
             plain_fan = await fan_out(f"plain{r}", {}, None)
             rounds["fan-out"].append((plain_fan, await fan_out(f"secure{r}", secured, creds)))
+            auth_rounds["fan-out"].append((plain_fan, await fan_out(f"auth{r}", auth_only, token_only)))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     labels = {
@@ -1312,14 +1347,16 @@ async def bench_security(res: Results, a: argparse.Namespace) -> None:
         "catch-up": "subscription catch-up over a prefix",
         "fan-out": "gateway fan-out to 100 subscribers (deliveries/s)",
     }
-    for key, label in labels.items():
-        pairs = rounds[key]
+    for (what, by_key), (key, label) in itertools.product(
+        (("TLS + token + policy", rounds), ("token + policy, no TLS", auth_rounds)), labels.items()
+    ):
+        pairs = by_key[key]
         paired = [secure / plain for plain, secure in pairs]
         each = ", ".join(f"{r:.2f}" for r in paired)
         res.add(
             Row(
                 "security",
-                f"TLS + token + policy vs plaintext: {label} (median ratio of {len(pairs)} rounds: {each})",
+                f"{what} vs plaintext: {label} (median ratio of {len(pairs)} rounds: {each})",
                 "events/s",
                 statistics.median(secure for _, secure in pairs),
                 {"plaintext": statistics.median(plain for plain, _ in pairs)},
