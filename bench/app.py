@@ -8,6 +8,7 @@ POST /reset         start counting again
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import time
@@ -42,10 +43,21 @@ async def reset(_: web.Request) -> web.Response:
     return web.json_response({"count": 0})
 
 
-def main() -> None:
+async def serve(port: int) -> None:
+    """Serve on 127.0.0.1:port (0: any free port), announcing the address bound."""
     app = web.Application()
     app.add_routes([web.post("/events", events), web.get("/count", get_count), web.post("/reset", reset)])
-    web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=lambda *_: None)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    host, bound = site._server.sockets[0].getsockname()[:2]  # type: ignore[union-attr]
+    print(f"bench app listening on {host}:{bound}", flush=True)
+    await asyncio.Event().wait()
+
+
+def main() -> None:
+    asyncio.run(serve(int(sys.argv[1]) if len(sys.argv) > 1 else 0))
 
 
 if __name__ == "__main__":

@@ -102,13 +102,13 @@ async def catch_up_curve(a: argparse.Namespace) -> list[tuple[int, float]]:
 async def gateway_curve(a: argparse.Namespace) -> list[tuple[int, float, float]]:
     """(subscribers, deliveries/s, p99 ms from commit to subscriber at 200 events/s)."""
     from bench.fanout import stamped
-    from bench.run import fanout_run, free_port, log, paced, process, sluice_store
+    from bench.run import announced, fanout_run, log, paced, process, sluice_store
 
     out = []
     async with sluice_store(durability(a)) as client:
-        gaddr = f"127.0.0.1:{free_port()}"
-        gateway = [sys.executable, "-m", "sluice_gateway", "--addr", gaddr, "--store", client.target]
-        async with process(*gateway, "--http-addr", "", ready=b"listening on"):
+        gateway = [sys.executable, "-m", "sluice_gateway", "--addr", "127.0.0.1:0", "--store", client.target]
+        async with process(*gateway, "--http-addr", "", ready=b"listening on") as gw:
+            gaddr = announced(gw)
             for subs in SUBSCRIBERS:
                 n = max(1000, min(50_000, (a.fanout_deliveries // 2) // subs))
 

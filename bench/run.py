@@ -24,8 +24,8 @@ import json
 import os
 import platform
 import random
+import re
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -148,11 +148,15 @@ def fmt(x: float) -> str:
 # -- the systems ----------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+LISTENING = re.compile(rb"listening on (\S+)")
+
+
+def listening_on(line: bytes) -> str:
+    """The address a server announced on its first line ("... listening on HOST:PORT ...")."""
+    m = LISTENING.search(line)
+    if m is None:
+        raise RuntimeError(f"no address announced in {line!r}")
+    return m.group(1).decode()
 
 
 @contextlib.asynccontextmanager
@@ -163,8 +167,7 @@ async def store_processes(
     procs, addrs = [], []
     try:
         for _ in range(replicas):
-            addr = f"127.0.0.1:{free_port()}"
-            args = ["--addr", addr, "--db", db]
+            args = ["--addr", "127.0.0.1:0", "--db", db]  # the store announces the port it bound
             for k, v in (flags or {}).items():
                 args += [f"--{k.replace('_', '-')}", v]
             proc = await asyncio.create_subprocess_exec(
@@ -173,10 +176,10 @@ async def store_processes(
             procs.append(proc)
             assert proc.stdout is not None
             async with asyncio.timeout(30):
-                while b"listening on" not in await proc.stdout.readline():
-                    if proc.returncode is not None:
+                while b"listening on" not in (line := await proc.stdout.readline()):
+                    if proc.returncode is not None or not line:
                         raise RuntimeError(f"store on {db} exited at start")
-            addrs.append(addr)
+            addrs.append(listening_on(line))
         yield addrs
     finally:
         for proc in procs:
@@ -876,20 +879,42 @@ async def bench_postgres(res: Results, a: argparse.Namespace) -> None:
 
 @contextlib.asynccontextmanager
 async def process(*args: str, ready: bytes | None = None) -> AsyncIterator[asyncio.subprocess.Process]:
-    proc = await asyncio.create_subprocess_exec(
-        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
-    )
+    """A subprocess, once it printed ``ready`` (its line is kept in READY_LINES); if it
+    exits first, the error says the end of what it logged."""
+    with tempfile.TemporaryFile() as log_file:
+        proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE, stderr=log_file)
+        async with _reaped(proc):
+            if ready is not None:
+                assert proc.stdout is not None
+                async with asyncio.timeout(30):
+                    while ready not in (line := await proc.stdout.readline()):
+                        if not line:
+                            await proc.wait()
+                            log_file.seek(0)
+                            said = log_file.read().decode(errors="replace").strip().splitlines()[-3:]
+                            raise RuntimeError(f"{' '.join(args[:3])} exited at start: {' | '.join(said)}")
+                READY_LINES[proc.pid] = line
+            yield proc
+
+
+@contextlib.asynccontextmanager
+async def _reaped(proc: asyncio.subprocess.Process) -> AsyncIterator[None]:
     try:
-        if ready is not None:
-            assert proc.stdout is not None
-            async with asyncio.timeout(30):
-                while ready not in await proc.stdout.readline():
-                    pass
-        yield proc
+        yield
     finally:
+        READY_LINES.pop(proc.pid, None)
         if proc.returncode is None:
             proc.terminate()
             await proc.wait()
+
+
+#: The line each running process() printed when it was ready, by pid.
+READY_LINES: dict[int, bytes] = {}
+
+
+def announced(proc: asyncio.subprocess.Process) -> str:
+    """The address a process() announced when it was ready."""
+    return listening_on(READY_LINES[proc.pid])
 
 
 async def bench_sidecar(res: Results, a: argparse.Namespace) -> None:
@@ -897,8 +922,7 @@ async def bench_sidecar(res: Results, a: argparse.Namespace) -> None:
 
     n, streams = a.sidecar_events, 240
     body = payload(3)
-    port = free_port()
-    app_url = f"http://127.0.0.1:{port}"
+    app_url = ""  # once the app announced its port
 
     async def app_state(http: aiohttp.ClientSession) -> dict[str, float]:
         async with http.get(f"{app_url}/count") as r:
@@ -913,14 +937,11 @@ async def bench_sidecar(res: Results, a: argparse.Namespace) -> None:
         return rate(n - 1, state["last"] - state["first"])
 
     rates: dict[str, float] = {}
-    async with process(sys.executable, str(ROOT / "app.py"), str(port)), aiohttp.ClientSession() as http:
-        async with asyncio.timeout(30):
-            while True:
-                try:
-                    await app_state(http)
-                    break
-                except aiohttp.ClientError:
-                    await asyncio.sleep(0.05)
+    async with (
+        process(sys.executable, str(ROOT / "app.py"), "0", ready=b"listening on") as app,
+        aiohttp.ClientSession() as http,
+    ):
+        app_url = f"http://{announced(app)}"
 
         # Direct: the same events posted straight to the app, 12 at a time (like 12 partitions).
         sem = asyncio.Semaphore(12)
@@ -972,8 +993,7 @@ async def bench_sidecar(res: Results, a: argparse.Namespace) -> None:
                             stack.enter_async_context(
                                 process(
                                     *(sys.executable, "-m", "sluice_sidecar", *args, "--member-id", f"m{i}"),
-                                    *("--http-addr", f"127.0.0.1:{free_port()}"),
-                                    *("--grpc-addr", f"127.0.0.1:{free_port()}"),
+                                    *("--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"),
                                     ready=b"sluice sidecar",
                                 )
                             )
@@ -1087,9 +1107,9 @@ async def bench_gateway(res: Results, a: argparse.Namespace) -> None:
     """Deliveries/s with 10, 100, 1,000 subscribers and latency with 100, beside NATS core."""
     nc = await nats.connect(NATS_URL)
     async with sluice_store(one_durability(a)) as client:
-        gaddr = f"127.0.0.1:{free_port()}"
-        gateway = [sys.executable, "-m", "sluice_gateway", "--addr", gaddr, "--store", client.target]
-        async with process(*gateway, "--http-addr", "", *a.gateway_flags, ready=b"listening on"):
+        gateway = [sys.executable, "-m", "sluice_gateway", "--addr", "127.0.0.1:0", "--store", client.target]
+        async with process(*gateway, "--http-addr", "", *a.gateway_flags, ready=b"listening on") as gw:
+            gaddr = announced(gw)
             for subs in (10, 100, 1000):
                 n = max(1000, min(100_000, a.fanout_deliveries // subs))
 
@@ -1304,12 +1324,12 @@ async def bench_security(res: Results, a: argparse.Namespace) -> None:
             store_processes(db, 1, {"durability": one_durability(a), **flags}) as (addr,),
             Client(addr, timeout=120, credentials=credentials) as c,
         ):
-            gaddr = f"127.0.0.1:{free_port()}"
             # Buffers that hold a whole round: this measures fan-out, not the overflow policy
             # (a subscriber moved to catch-up from the store made rounds 10x slower).
-            gateway = [sys.executable, "-m", "sluice_gateway", "--addr", gaddr, "--store", addr]
+            gateway = [sys.executable, "-m", "sluice_gateway", "--addr", "127.0.0.1:0", "--store", addr]
             gateway += ["--buffer-size", str(n + 1000), "--max-buffer-size", str(n + 1000)]
-            async with process(*gateway, "--http-addr", "", *gateway_flags, ready=b"listening on"):
+            async with process(*gateway, "--http-addr", "", *gateway_flags, ready=b"listening on") as gw:
+                gaddr = announced(gw)
 
                 async def produce() -> None:
                     for sent in range(0, n, 500):
