@@ -35,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
-from bench.run import payload  # noqa: E402
+from bench.harness import payload  # noqa: E402
 from sluice import Client, new_event  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")

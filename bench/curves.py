@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.fanout import stamped
+from bench.harness import ROOT, Row, announced, fanout_run, jetstream, log, paced, process, sluice_store
 from sluice import START, new_event
 from sluice.v1 import streams_pb2 as pb
 
@@ -33,7 +35,6 @@ IN_FLIGHT = 64
 
 async def append_curve(a: argparse.Namespace) -> dict[str, list[tuple[int, float, float]]]:
     """(size, events/s, p99 ms) per system."""
-    from bench.run import jetstream, log, sluice_store
 
     budget = (8 << 20) if a.quick else (32 << 20)  # bytes per point
     out: dict[str, list[tuple[int, float, float]]] = {"sluice": [], "jetstream": []}
@@ -72,7 +73,6 @@ async def append_curve(a: argparse.Namespace) -> dict[str, list[tuple[int, float
 
 async def catch_up_curve(a: argparse.Namespace) -> list[tuple[int, float]]:
     """(readers, events/s in all)."""
-    from bench.run import log, sluice_store
 
     n = 10_000 if a.quick else 50_000
     out = []
@@ -101,8 +101,6 @@ async def catch_up_curve(a: argparse.Namespace) -> list[tuple[int, float]]:
 
 async def gateway_curve(a: argparse.Namespace) -> list[tuple[int, float, float]]:
     """(subscribers, deliveries/s, p99 ms from commit to subscriber at 200 events/s)."""
-    from bench.fanout import stamped
-    from bench.run import announced, fanout_run, log, paced, process, sluice_store
 
     out = []
     async with sluice_store(durability(a)) as client:
@@ -194,7 +192,6 @@ def plot(
 
 
 async def bench_curves(res: Any, a: argparse.Namespace) -> None:
-    from bench.run import ROOT, Row
 
     out = ROOT / "results"
     out.mkdir(exist_ok=True)

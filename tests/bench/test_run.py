@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from bench.run import Results, Row, report, run_sections
+from bench.harness import Results, Row
+from bench.run import report, run_sections
 
 
 async def test_a_failing_or_hanging_section_is_reported_and_the_run_goes_on() -> None:
