@@ -106,7 +106,10 @@ async def test_durations_have_buckets_in_seconds_and_the_event_loop_lag_is_measu
     ):
         total = value(text, f"{name}_count")
         assert total >= 3, name
-        # Sub-second work lands in sub-second buckets (with the SDK's default boundaries,
-        # 0, 5, 10, ..., every sample sat in le="5.0" and quantiles said nothing).
+        # Sub-second work lands in sub-second buckets: the boundaries go down to 100 µs
+        # (with the SDK's defaults, 0, 5, 10, ..., every sample sat in le="5.0" and the
+        # quantiles said nothing). Which bucket a sample lands in depends on the machine's
+        # speed, so only the boundaries are checked, and that nothing took a second.
         assert value(text, f"{name}_bucket", le="1.0") == total, name
-        assert value(text, f"{name}_bucket", le="0.0001") < total, name
+        for le in ("0.0001", "0.001", "0.01", "0.1"):
+            assert re.search(rf'^{name}_bucket{{[^}}]*le="{re.escape(le)}"', text, re.M), (name, le)
