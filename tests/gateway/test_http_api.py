@@ -219,11 +219,11 @@ MILLION = 1_000_000
 @pytest.mark.skipif(SECURE, reason="paging is the same with security on; the plain run covers it")
 @pytest.mark.timeout(600)
 async def test_paging_through_a_million_streams(gateway: GatewayProcess, store_proc: StoreProcess) -> None:
-    sem = asyncio.Semaphore(4)
+    sem = asyncio.Semaphore(8)  # enough in flight that the store always has the next one
 
     async def fill(lo: int) -> None:
-        appends = [(f"s-{i:07d}", [new_event("M", b"")], ANY) for i in range(lo, lo + 1000)]
         async with sem:
+            appends = [(f"s-{i:07d}", [new_event("M", b"")], ANY) for i in range(lo, lo + 1000)]
             await filler.append_many(appends)
 
     # The fill is not what is measured: on a busy machine one of these thousand commits may
