@@ -306,10 +306,11 @@ class Client(Connection):
         refusal of its size cannot end the session others use). Results and errors are the
         same either way."""
         request = _request(stream, events, expected)
-        if not self._shared or request.ByteSize() > SHARED_SESSION_MAX_BYTES:
+        size = request.ByteSize()
+        if not self._shared or size > SHARED_SESSION_MAX_BYTES:
             return await self._call(self._stub.Append(request, timeout=self.timeout))
         session = self._shared_session()
-        result = session.submit(request)
+        result = session.submit(request, size)
         try:
             async with asyncio.timeout(self.timeout):
                 return await result
@@ -830,15 +831,16 @@ class AppendSession:
         self._queued.clear()
         self._wakeup.set()  # the writer ends too
 
-    def submit(self, request: pb.AppendRequest) -> asyncio.Future[pb.AppendResponse]:
-        """Queue a prepared append; the returned future resolves with its result."""
+    def submit(self, request: pb.AppendRequest, size: int = -1) -> asyncio.Future[pb.AppendResponse]:
+        """Queue a prepared append (``size``: its ByteSize, when the caller has it); the
+        returned future resolves with its result."""
         if self._call is None or self._closing:
             raise RuntimeError("the append session is not open")
         fut: asyncio.Future[pb.AppendResponse] = asyncio.get_running_loop().create_future()
         if self._error is not None:
             fut.set_exception(self._error)
             return fut
-        self._queued.append((request, request.ByteSize(), fut))
+        self._queued.append((request, size if size >= 0 else request.ByteSize(), fut))
         self._wakeup.set()
         return fut
 

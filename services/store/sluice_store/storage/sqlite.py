@@ -690,9 +690,9 @@ class SQLiteStorage(Storage):
             for meta in streams:
                 cutoff = age_cutoff_us(meta.policy, now)
                 floor = meta.last_revision + 1 if meta.state == State.TOMBSTONED else meta.floor()
-                rows = await r.execute_fetchall(
-                    "SELECT (SELECT removed_position FROM streams WHERE id = ?1),"
-                    f" (SELECT MAX(position) FROM events WHERE stream_id = ?1 AND revision < ?2{types}),"
+                rows = await r.execute_fetchall(  # (removals: _removed_position, above)
+                    "SELECT (SELECT MAX(position) FROM events"
+                    f" WHERE stream_id = ?1 AND revision < ?2{types}),"
                     f" (SELECT MAX(position) FROM events WHERE stream_id = ?1 AND created_us < ?3{types})",
                     (meta.id, floor, cutoff, *filt.types),
                 )
