@@ -171,6 +171,11 @@ async def test_a_store_that_does_not_answer_times_out_the_append(make_store: Sto
         assert err.value.code.name == "DEADLINE_EXCEEDED"
         store.service.committer.submit = submit  # type: ignore[method-assign]
         gate.set()
+
+        async def held_stored() -> bool:  # the timed-out append still lands, first
+            return len(await c.read_list("t")) == 2
+
+        await eventually(held_stored, WAIT)
         nxt = await c.append("t", [new_event("E")])
         assert c._session is not stalled and nxt.first_revision == 2  # the held one was stored
 
