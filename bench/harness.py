@@ -303,10 +303,13 @@ async def fanout_run(
     (``env``: their environment, say SLUICE_TLS_CA and SLUICE_TOKEN for a secured gateway)."""
     script = str(ROOT / "fanout.py")
     workers = []
+    logs: list[Any] = []  # each worker's stderr, for the error when one dies; closed below
     for share in (subs - subs // 2, subs // 2):
         if not share:
             continue
         args = [
+            "-X",
+            "faulthandler",  # a crash in a worker says where
             script,
             "worker",
             "--kind",
@@ -318,6 +321,7 @@ async def fanout_run(
             "--expect",
             str(expect),
         ]
+        logs.append(tempfile.TemporaryFile())  # noqa: SIM115
         workers.append(
             await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -325,28 +329,40 @@ async def fanout_run(
                 *(["--latency"] if latency else []),
                 *(["--form", form] if kind == "sluice" else []),
                 stdout=asyncio.subprocess.PIPE,
+                stderr=logs[-1],
                 limit=1 << 28,
                 env=dict(env) if env is not None else None,
             )
         )
+
+    async def died(w: asyncio.subprocess.Process, log_file: Any, doing: str) -> RuntimeError:
+        code = await w.wait()
+        log_file.seek(0)
+        said = log_file.read().decode(errors="replace").strip().splitlines()[-5:]
+        return RuntimeError(f"{kind} fan-out worker exited with {code} {doing}: {' | '.join(said)}")
+
     try:
-        for w in workers:
+        for w, log_file in zip(workers, logs, strict=True):
             assert w.stdout is not None
             async with asyncio.timeout(180):
-                while b"ready" not in await w.stdout.readline():
-                    if w.returncode is not None:
-                        raise RuntimeError(f"{kind} fan-out worker failed")
+                while b"ready" not in (line := await w.stdout.readline()):
+                    if not line:
+                        raise await died(w, log_file, "before its subscribers were ready")
         await produce()
         results = []
-        for w in workers:
+        for w, log_file in zip(workers, logs, strict=True):
             assert w.stdout is not None
             line = await asyncio.wait_for(w.stdout.readline(), 300)
+            if not line:
+                raise await died(w, log_file, "before it reported")
             results.append(json.loads(line))
     finally:
         for w in workers:
             if w.returncode is None:
                 w.kill()
             await w.wait()
+        for log_file in logs:
+            log_file.close()
     received = sum(r["received"] for r in results)
     first = min(r["first"] for r in results if r["first"]) if received else 0
     last = max(r["last"] for r in results)

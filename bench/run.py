@@ -35,6 +35,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+# The runner spawns its processes from a uvloop loop, which forks (the default loop uses
+# vfork): gRPC's fork handlers then ran in the child and, now and then, crashed it before it
+# could exec (a fan-out worker dying of SIGSEGV with no output, 4 runs of 5 here). Nothing
+# here forks to use gRPC in the child, so they are off; set before gRPC is imported.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 import asyncpg
 import nats
 from nats.js import api as js_api
