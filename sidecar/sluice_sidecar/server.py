@@ -28,7 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sluice.errors import SluiceError
 from sluice.httpserver import BoundedRunner
-from sluice.process import listen_grpc, shutdown_signal, started
+from sluice.process import GRPC_SERVER_OPTIONS, listen_grpc, shutdown_signal, started
 from sluice.v1 import sidecar_pb2 as spb
 from sluice.v1 import sidecar_pb2_grpc as spb_grpc
 from sluice.v1 import streams_pb2 as pb
@@ -164,7 +164,7 @@ class SidecarServer:
         self.settings = settings
         self.member = Member(settings, make_deliverer(settings))
         # No SO_REUSEPORT: a second sidecar on the same port fails at start instead of sharing it.
-        self.grpc_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        self.grpc_server = grpc.aio.server(options=[("grpc.so_reuseport", 0), *GRPC_SERVER_OPTIONS])
         spb_grpc.add_SidecarServicer_to_server(SidecarService(self.member), self.grpc_server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)

@@ -258,3 +258,21 @@ async def test_bad_http_bodies_get_400_and_the_gateway_keeps_serving(gateway: Ga
             await g.stub.Publish(req)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert from_rpc_error(refused.value).metadata["field"] == "time_to_live"
+
+
+async def test_a_burst_of_2000_new_watches_all_start(gateway: GatewayProcess) -> None:
+    """2,000 subscribers arriving at once (a reconnect storm): each is served. gRPC core
+    queues 1,000 calls a server has not asked for yet and cancelled the rest (about one in
+    ten here) until the servers raised that limit."""
+    n, per_channel = 2000, 10
+    clients = [GatewayClient(gateway.addr, timeout=60) for _ in range(n // per_channel)]
+    watches = [clients[i // per_channel].watch(stream_prefixes=["burst-"]) for i in range(n)]
+    try:
+        firsts = await asyncio.wait_for(
+            asyncio.gather(*(anext(w) for w in watches), return_exceptions=True), 90
+        )
+        failed = [f for f in firsts if not isinstance(f, pb.CaughtUp)]
+        assert not failed, f"{len(failed)} of {n} watches did not start: {failed[:3]}"
+    finally:
+        await asyncio.gather(*(w.aclose() for w in watches), return_exceptions=True)
+        await asyncio.gather(*(c.close() for c in clients))

@@ -16,7 +16,14 @@ from grpc_reflection.v1alpha import reflection
 from sluice import security, telemetry
 from sluice.credentials import bearer_interceptors
 from sluice.httpserver import BoundedRunner
-from sluice.process import health_listener, listen_grpc, settle_heap, shutdown_signal, started
+from sluice.process import (
+    GRPC_SERVER_OPTIONS,
+    health_listener,
+    listen_grpc,
+    settle_heap,
+    shutdown_signal,
+    started,
+)
 from sluice.settings import ConfigError
 from sluice.v1 import gateway_pb2 as gwpb
 from sluice.v1 import streams_pb2_grpc as pb_grpc
@@ -110,6 +117,7 @@ class GatewayServer:
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 5000),
                 ("grpc.max_receive_message_length", 8 << 20),
+                *GRPC_SERVER_OPTIONS,
             ],
         )
         self.server.add_generic_rpc_handlers(

@@ -18,7 +18,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sluice import security, telemetry
 from sluice.httpserver import BoundedRunner
-from sluice.process import health_listener, listen_grpc, settle_heap, shutdown_signal, started
+from sluice.process import (
+    GRPC_SERVER_OPTIONS,
+    health_listener,
+    listen_grpc,
+    settle_heap,
+    shutdown_signal,
+    started,
+)
 from sluice.settings import redact
 from sluice.v1 import groups_pb2 as gpb
 from sluice.v1 import streams_pb2 as pb
@@ -143,6 +150,7 @@ class StoreServer:
                 ("grpc.so_reuseport", 0),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+                *GRPC_SERVER_OPTIONS,
                 *(
                     # GOAWAY after this age: clients reconnect (re-resolving the replicas) for
                     # new calls; calls open then run on to their end (no grace limit).
