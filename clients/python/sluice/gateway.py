@@ -58,7 +58,9 @@ class GatewayClient(Connection):
             async for msg in call:
                 yield msg
         except grpc.aio.AioRpcError as e:
-            if e.code() == grpc.StatusCode.CANCELLED and call.cancelled():
+            # Ended by close(): done. A call the server cancelled is not done (grpc.aio
+            # reports that as cancelled() too): the caller must know to watch again.
+            if e.code() == grpc.StatusCode.CANCELLED and self._closed:
                 return
             raise from_rpc_error(e) from None
         finally:
