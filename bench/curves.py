@@ -6,9 +6,12 @@ sizes, as table rows and as PNG plots in bench/results/ (matplotlib).
   trip, 64 appends in flight;
 - catch-up against concurrent readers (1, 10, 100 subscriptions from the start, in this
   process, notification form): events/s in all;
-- gateway fan-out against subscribers (10 to 1,000, notification form, two worker
-  processes): deliveries/s as fast as events come, and the p99 from the store's commit to
-  each subscriber at 200 events/s.
+- gateway fan-out against subscribers (10 to 10,000, notification form, two worker
+  processes; from 1,000 subscribers on, ten share a connection): deliveries/s as fast as
+  events come, and the p99 from the store's commit to each subscriber at 200 events/s;
+- group delivery against partitions (12 to 256, two members) and members (1 to 8, 64
+  partitions): events/s that sidecars push to an HTTP app, in batches of up to 100, from
+  a backlog spread over 240 streams.
 
 Each curve says where it bends; the note of the change that added this reads them.
 """
@@ -17,19 +20,33 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from bench.fanout import stamped
-from bench.harness import ROOT, Row, announced, fanout_run, jetstream, log, paced, process, sluice_store
+from bench.harness import (
+    ROOT,
+    Row,
+    announced,
+    fanout_run,
+    jetstream,
+    log,
+    paced,
+    process,
+    rate,
+    sluice_store,
+)
 from sluice import START, new_event
 from sluice.v1 import streams_pb2 as pb
 
 SIZES = (100, 1024, 4096, 16384, 65536)
 READERS = (1, 10, 100)
-SUBSCRIBERS = (10, 100, 1000)
+SUBSCRIBERS = (10, 100, 1000, 10_000)
+PARTITIONS = (12, 64, 256)  # with two members
+MEMBERS = (1, 2, 4, 8)  # with 64 partitions
 IN_FLIGHT = 64
 
 
@@ -116,7 +133,12 @@ async def gateway_curve(a: argparse.Namespace) -> list[tuple[int, float, float]]
                         await client.append(f"fan-{sent % 8}", batch)
 
                 log(f"curves: gateway fan-out to {subs:,} subscribers, {n:,} events")
-                fast = await fanout_run("sluice", gaddr, subs, n, produce, form="notification")
+                # From 1,000 subscribers on, ten share a connection (HTTP/2 streams), as
+                # subscribers in one app would: 10,000 connections would be the test's limit.
+                share = 1 if subs < 1000 else 10
+                fast = await fanout_run(
+                    "sluice", gaddr, subs, n, produce, form="notification", per_channel=share
+                )
                 secs = 2.0 if a.quick else 5.0
 
                 async def slow(secs: float = secs) -> None:
@@ -128,9 +150,66 @@ async def gateway_curve(a: argparse.Namespace) -> list[tuple[int, float, float]]
                         await paced(200, secs, send)
 
                 paced_run = await fanout_run(
-                    "sluice", gaddr, subs, int(200 * secs), slow, latency=True, form="notification"
+                    "sluice",
+                    gaddr,
+                    subs,
+                    int(200 * secs),
+                    slow,
+                    latency=True,
+                    form="notification",
+                    per_channel=share,
                 )
                 out.append((subs, float(fast["rate"]), float(paced_run["hop_p99"])))
+    return out
+
+
+async def group_curve(a: argparse.Namespace) -> list[tuple[int, int, float]]:
+    """(partitions, members, events/s at the app): one group per point over the same
+    backlog, each member a sidecar process pushing batches to one HTTP app."""
+    import aiohttp
+
+    n, streams = (5_000 if a.quick else 20_000), 240
+    points = [(p, 2) for p in PARTITIONS] + [(64, m) for m in MEMBERS if m != 2]
+    out = []
+    async with (
+        sluice_store(durability(a)) as c,
+        process(sys.executable, str(ROOT / "app.py"), "0", ready=b"listening on") as app,
+        aiohttp.ClientSession() as http,
+    ):
+        app_url = f"http://{announced(app)}"
+        body = b"x" * 200
+        for s in range(streams):
+            count = n // streams + (1 if s < n % streams else 0)
+            await c.append(f"acct-{s}", [new_event("E", body) for _ in range(count)])
+        for partitions, members in points:
+            log(f"curves: group delivery, {partitions} partitions, {members} member(s), {n:,} events")
+            group = f"curve-{partitions}-{members}"
+            await http.post(f"{app_url}/reset")
+            await c.create_group(group, stream_prefixes=["acct-"], start="start", partitions=partitions)
+            args = [
+                *("--store", c.target, "--group", group, "--app-url", f"{app_url}/events"),
+                *("--batch", "100", "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"),
+            ]
+            async with contextlib.AsyncExitStack() as stack:
+                await asyncio.gather(
+                    *(
+                        stack.enter_async_context(
+                            process(
+                                *(sys.executable, "-m", "sluice_sidecar", *args, "--member-id", f"m{i}"),
+                                ready=b"sluice sidecar",
+                            )
+                        )
+                        for i in range(members)
+                    )
+                )
+                async with asyncio.timeout(300):
+                    while True:
+                        async with http.get(f"{app_url}/count") as r:
+                            state = await r.json()
+                        if state["count"] >= n:
+                            break
+                        await asyncio.sleep(0.02)  # another process: polled
+            out.append((partitions, members, rate(n - 1, state["last"] - state["first"])))
     return out
 
 
@@ -228,8 +307,8 @@ async def bench_curves(res: Any, a: argparse.Namespace) -> None:
         ylabel2="p99 round trip, ms (dashed)",
     )
     catch = await catch_up_curve(a)
-    for readers, rate in catch:
-        res.add(Row("curves", f"catch-up by {readers} concurrent readers (in all)", "events/s", rate, {}))
+    for readers, got in catch:
+        res.add(Row("curves", f"catch-up by {readers} concurrent readers (in all)", "events/s", got, {}))
     plot(
         out / "curve-catchup-by-readers.png",
         "Catch-up by concurrent readers",
@@ -238,13 +317,13 @@ async def bench_curves(res: Any, a: argparse.Namespace) -> None:
         "events/s in all",
     )
     fan = await gateway_curve(a)
-    for subs, rate, p99 in fan:
+    for subs, deliveries, p99 in fan:
         res.add(
             Row(
                 "curves",
                 f"gateway fan-out to {subs:,} subscribers (notification form)",
                 "deliveries/s",
-                rate,
+                deliveries,
                 {},
             )
         )
@@ -266,4 +345,30 @@ async def bench_curves(res: Any, a: argparse.Namespace) -> None:
         "deliveries/s (solid)",
         second={"p99 at 200 events/s": [(float(s), p) for s, _, p in fan]},
         ylabel2="p99 commit -> subscriber, ms (dashed)",
+    )
+    groups = await group_curve(a)
+    for partitions, members, got in groups:
+        res.add(
+            Row(
+                "curves",
+                f"group delivery, {partitions} partitions, {members} member(s), batches of 100",
+                "events/s",
+                got,
+                {},
+            )
+        )
+    plot(
+        out / "curve-group-by-partitions.png",
+        "Group delivery by partitions (2 sidecars, batches of 100)",
+        "partitions",
+        {"sluice": [(float(p), r) for p, m, r in groups if m == 2]},
+        "events/s at the app",
+    )
+    plot(
+        out / "curve-group-by-members.png",
+        "Group delivery by members (64 partitions, batches of 100)",
+        "members (sidecar processes)",
+        {"sluice": [(float(m), r) for p, m, r in groups if p == 64]},
+        "events/s at the app",
+        logx=False,
     )

@@ -1,8 +1,9 @@
 """Fan-out benchmark: the Sluice gateway beside NATS core, with the same Python subscribers.
 
 Subscribers run in two worker processes (``python bench/fanout.py worker ...``), each
-subscriber on its own connection: gRPC Watch streams through ``GatewayClient`` for
-Sluice, nats-py subscriptions for NATS. A delivery is one event reaching one subscriber.
+subscriber on its own connection (``--per-channel``: Sluice subscribers sharing one): gRPC
+Watch streams through ``GatewayClient`` for Sluice, nats-py subscriptions for NATS. A
+delivery is one event reaching one subscriber.
 
 - throughput: the producer sends as fast as it can (Sluice: batched appends to the store;
   NATS: publishes, flushed every 1,000); deliveries/s = deliveries / (last - first receipt).
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 import time
 from typing import Any
 
@@ -33,7 +35,7 @@ async def worker(a: argparse.Namespace) -> None:
     received = [0] * a.subs
     messages = 0
     lat: list[int] = []
-    hop: list[int] = []  # Sluice: store commit -> subscriber, from each event's `created`
+    hop: list[int] = []  # Sluice: store commit -> subscriber, from each message's oldest event
     first = last = 0
     finished = asyncio.Event()
     done = 0
@@ -62,6 +64,16 @@ async def worker(a: argparse.Namespace) -> None:
         if ready == a.subs:
             all_ready.set()
 
+    errors: list[str] = []
+
+    def failed(task: asyncio.Task[None]) -> None:
+        """A subscriber that ended with an error: said once per kind on stderr."""
+        if not task.cancelled() and (e := task.exception()) is not None:
+            what = f"{type(e).__name__}: {e}"
+            if what not in errors:
+                errors.append(what)
+                print(f"a subscriber failed: {what}", file=sys.stderr, flush=True)
+
     closers: list[Any] = []
     tasks: list[asyncio.Task[None]] = []
     if a.kind == "sluice":
@@ -77,18 +89,22 @@ async def worker(a: argparse.Namespace) -> None:
                 kind = msg.WhichOneof("content")
                 if kind == "events":
                     events = msg.events.events
-                    if a.latency:
-                        now = time.time_ns()
-                        hop.extend((now - e.created.ToNanoseconds()) // 1000 for e in events)
+                    if a.latency and events:
+                        # The message's oldest event only: reading a Timestamp costs the
+                        # subscriber ~2 us an event, which at 100,000 deliveries/s was a
+                        # fifth of a core of the machine under test.
+                        hop.append((time.time_ns() - events[0].created.ToNanoseconds()) // 1000)
                     with_data = a.latency and a.form == "full"  # notifications carry no send time
                     got(i, [e.data for e in events] if with_data else [b""] * len(events))
                 elif kind == "caught_up":
                     on_ready()
 
         for i in range(a.subs):
-            g = GatewayClient(a.addr, options=[("grpc.use_local_subchannel_pool", 1)])
-            closers.append(g.close)
+            if i % a.per_channel == 0:
+                g = GatewayClient(a.addr, options=[("grpc.use_local_subchannel_pool", 1)])
+                closers.append(g.close)
             tasks.append(asyncio.create_task(sub(i, g)))
+            tasks[-1].add_done_callback(failed)
     else:
         import nats
 
@@ -107,7 +123,10 @@ async def worker(a: argparse.Namespace) -> None:
             )
             await nc.flush()
             on_ready()
-    await asyncio.wait_for(all_ready.wait(), 120)
+    try:
+        await asyncio.wait_for(all_ready.wait(), a.ready_timeout)
+    except TimeoutError:
+        raise SystemExit(f"{ready} of {a.subs} subscribers ready after {a.ready_timeout:g} s") from None
     print("ready", flush=True)
     # Done when every subscriber has everything, or nothing arrived for a while.
     deadline = time.monotonic() + a.timeout
@@ -146,7 +165,9 @@ def main() -> None:
     p.add_argument("--expect", type=int, required=True)
     p.add_argument("--latency", action="store_true")
     p.add_argument("--form", choices=["full", "notification"], default="full")
+    p.add_argument("--per-channel", type=int, default=1, help="Sluice subscribers sharing a connection")
     p.add_argument("--timeout", type=float, default=180)
+    p.add_argument("--ready-timeout", type=float, default=120, help="seconds for every subscriber to start")
     a = p.parse_args()
     try:
         import uvloop

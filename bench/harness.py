@@ -298,9 +298,11 @@ async def fanout_run(
     latency: bool = False,
     env: Mapping[str, str] | None = None,
     form: str = "full",
+    per_channel: int = 1,
 ) -> dict[str, Any]:
     """Start two worker processes holding ``subs`` subscribers, produce, gather their results
-    (``env``: their environment, say SLUICE_TLS_CA and SLUICE_TOKEN for a secured gateway)."""
+    (``env``: their environment, say SLUICE_TLS_CA and SLUICE_TOKEN for a secured gateway;
+    ``per_channel``: Sluice subscribers sharing one connection)."""
     script = str(ROOT / "fanout.py")
     workers = []
     logs: list[Any] = []  # each worker's stderr, for the error when one dies; closed below
@@ -327,7 +329,7 @@ async def fanout_run(
                 sys.executable,
                 *args,
                 *(["--latency"] if latency else []),
-                *(["--form", form] if kind == "sluice" else []),
+                *(["--form", form, "--per-channel", str(per_channel)] if kind == "sluice" else []),
                 stdout=asyncio.subprocess.PIPE,
                 stderr=logs[-1],
                 limit=1 << 28,
@@ -369,7 +371,10 @@ async def fanout_run(
     lat = sorted(x / 1000 for r in results for x in r["lat"])
     hop = sorted(x / 1000 for r in results for x in r.get("hop", ()))
     if hop:
-        log(f"  {kind}: store commit -> subscriber p50 {pct(hop, 0.5):.1f} ms, p99 {pct(hop, 0.99):.1f} ms")
+        log(
+            f"  {kind}: store commit -> subscriber (each message's oldest event)"
+            f" p50 {pct(hop, 0.5):.1f} ms, p99 {pct(hop, 0.99):.1f} ms"
+        )
     log(
         f"  {kind}: {received:,} deliveries in {sum(r['messages'] for r in results):,} messages;"
         f" subscriber CPU {sum(r['cpu'] for r in results):.1f}s over {(last - first) / 1e9:.1f}s"
