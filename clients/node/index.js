@@ -442,7 +442,9 @@ class Client {
         }
       }
     } catch (err) {
-      if (err.code !== grpc.status.CANCELLED) throw fromGrpcError(err);
+      // Cancelled here (grpc-js says "Cancelled on client"): done. A call the server
+      // cancelled is not done: the caller must know to subscribe again.
+      if (err.code !== grpc.status.CANCELLED || err.details !== 'Cancelled on client') throw fromGrpcError(err);
     } finally {
       call.cancel();
     }
