@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import sys
 import time
 from pathlib import Path
@@ -37,6 +36,7 @@ from bench.harness import (
     paced,
     process,
     rate,
+    sidecars,
     sluice_store,
 )
 from sluice import START, new_event
@@ -186,29 +186,16 @@ async def group_curve(a: argparse.Namespace) -> list[tuple[int, int, float]]:
             group = f"curve-{partitions}-{members}"
             await http.post(f"{app_url}/reset")
             await c.create_group(group, stream_prefixes=["acct-"], start="start", partitions=partitions)
-            args = [
-                *("--store", c.target, "--group", group, "--app-url", f"{app_url}/events"),
-                *("--batch", "100", "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"),
-            ]
-            async with contextlib.AsyncExitStack() as stack:
-                await asyncio.gather(
-                    *(
-                        stack.enter_async_context(
-                            process(
-                                *(sys.executable, "-m", "sluice_sidecar", *args, "--member-id", f"m{i}"),
-                                ready=b"sluice sidecar",
-                            )
-                        )
-                        for i in range(members)
-                    )
-                )
-                async with asyncio.timeout(300):
-                    while True:
-                        async with http.get(f"{app_url}/count") as r:
-                            state = await r.json()
-                        if state["count"] >= n:
-                            break
-                        await asyncio.sleep(0.02)  # another process: polled
+            async with (
+                sidecars(c.target, group, f"{app_url}/events", members, batch=100),
+                asyncio.timeout(300),
+            ):
+                while True:
+                    async with http.get(f"{app_url}/count") as r:
+                        state = await r.json()
+                    if state["count"] >= n:
+                        break
+                    await asyncio.sleep(0.02)  # another process: polled
             out.append((partitions, members, rate(n - 1, state["last"] - state["first"])))
     return out
 

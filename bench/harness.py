@@ -280,6 +280,29 @@ async def _reaped(proc: asyncio.subprocess.Process) -> AsyncIterator[None]:
             await proc.wait()
 
 
+@contextlib.asynccontextmanager
+async def sidecars(store: str, group: str, app_url: str, count: int, batch: int = 0) -> AsyncIterator[None]:
+    """``count`` sidecar processes (members m0, m1, ...) of ``group``, pushing to ``app_url``
+    one event per request, or in batches of up to ``batch``; running once each is ready."""
+    args = [
+        *("--store", store, "--group", group, "--app-url", app_url, "--batch", str(batch)),
+        *("--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"),
+    ]
+    async with contextlib.AsyncExitStack() as stack:
+        await asyncio.gather(
+            *(
+                stack.enter_async_context(
+                    process(
+                        *(sys.executable, "-m", "sluice_sidecar", *args, "--member-id", f"m{i}"),
+                        ready=b"sluice sidecar",
+                    )
+                )
+                for i in range(count)
+            )
+        )
+        yield
+
+
 #: The line each running process() printed when it was ready, by pid.
 READY_LINES: dict[int, bytes] = {}
 

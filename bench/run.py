@@ -73,6 +73,7 @@ from bench.harness import (
     rate,
     redis_client,
     redis_stream,
+    sidecars,
     sluice_store,
     store_processes,
     timed,
@@ -756,23 +757,7 @@ async def bench_sidecar(res: Results, a: argparse.Namespace) -> None:
                 group = f"bench-{label.replace(' ', '-')}"
                 await http.post(f"{app_url}/reset")
                 await c.create_group(group, stream_prefixes=["acct-"], start="start")
-                args = [
-                    *("--store", c.target, "--group", group, "--app-url", f"{app_url}/events"),
-                    *("--batch", str(batch)),
-                ]
-                async with contextlib.AsyncExitStack() as stack:
-                    await asyncio.gather(
-                        *(
-                            stack.enter_async_context(
-                                process(
-                                    *(sys.executable, "-m", "sluice_sidecar", *args, "--member-id", f"m{i}"),
-                                    *("--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"),
-                                    ready=b"sluice sidecar",
-                                )
-                            )
-                            for i in range(count)
-                        )
-                    )
+                async with sidecars(c.target, group, f"{app_url}/events", count, batch):
                     rates[label] = await measured(http)
     for label, target in (
         ("single x1", ">= 70% of direct"),
