@@ -245,19 +245,28 @@ async def test_an_age_rule_on_a_prefix_hides_then_removes_by_time_with_work_that
             return loop.time() > expired_at
 
         await eventually(expired, 10)
+        # tmp-young expires no sooner than young_until: what follows holds exactly while it is
+        # young, and still holds (with it expired) after a stall of a second on a busy machine.
+        young_until = loop.time() + ttl
         await ok(s, [part("tmp-young")], [part("keep")])
         rows, _, _ = await s.read_all(1, False, 1000, StreamFilter(), False)
+        young = loop.time() < young_until
         names = await s.stream_names({r[P_STREAM_ID] for r in rows})
-        assert sorted(names[r[P_STREAM_ID]] for r in rows) == ["keep", "keep", "tmp-young"]
+        seen = sorted(names[r[P_STREAM_ID]] for r in rows)
+        assert seen == ["keep", "keep", "tmp-young"] or (not young and seen == ["keep", "keep"])
         assert await s.removed_upto(StreamFilter(prefixes=("tmp-",)), 1) >= old_head - 1  # hidden: gone
         if hasattr(s, "_pinned"):
             assert not s._pinned  # 301 streams under the rule, none held in memory
         stats = await s.reclaim()
-        assert stats.events_removed == 300 and stats.streams == 300
-        assert (await s.reclaim()).streams == 0  # a pass after that finds no work
+        young = loop.time() < young_until
+        assert (stats.events_removed, stats.streams) == (300, 300) or (not young and stats.streams == 301)
+        again = await s.reclaim()  # a pass after that finds no work (but tmp-young, once it is old)
+        young = loop.time() < young_until
+        assert again.streams == 0 or (not young and stats.streams == 300 and again.events_removed == 1)
         assert await s.removed_upto(StreamFilter(prefixes=("tmp-",)), 1) >= old_head - 1  # removed: gone
         assert await s.removed_upto(StreamFilter(prefixes=("keep",)), 1) == 0
         rows, _, _ = await s.read_all(1, False, 1000, StreamFilter(), False)
-        assert len(rows) == 3
+        young = loop.time() < young_until
+        assert len(rows) == 3 or (not young and len(rows) == 2)
     finally:
         await s.close()
