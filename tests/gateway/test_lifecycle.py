@@ -77,6 +77,9 @@ async def test_store_restart_the_gateway_reconnects_and_subscribers_continue_wit
     await again.start()
     try:
         await eventually(lambda: health_is(gateway, "sluice.v1.Gateway", SERVING))
+        # The producer's channel reconnects on its own backoff (up to 5 s), not the gateway's:
+        # until it is connected again an append fails fast with UNAVAILABLE, as it should.
+        await store_client.wait_ready(timeout=30)
         after = await produce(store_client, 100, seed=12)
         done.append(after[-1].position)
         results = await asyncio.gather(*watchers)
