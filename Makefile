@@ -90,15 +90,25 @@ console: $(CONSOLE_STAMP)
 	cp $(CONSOLE_NPM)/node_modules/uplot/dist/uPlot.iife.min.js $(CONSOLE_NPM)/node_modules/uplot/dist/uPlot.min.css $(CONSOLE_VENDOR)/
 	cp $(CONSOLE_NPM)/node_modules/uplot/LICENSE $(CONSOLE_VENDOR)/uPlot.LICENSE
 
+# The secure pass runs beside the main one (its own temporary directory and PostgreSQL
+# databases; every port is 0), its output kept in build/ and shown when both have ended.
+SECURE_LOG = build/test-secure.log
 test: $(STAMP) $(NODE_STAMP) $(CONSOLE_STAMP) system-packages check-protos lint
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
-	$(MAKE) --no-print-directory test-secure
+	@mkdir -p build
+	@echo "secure pass: running beside the main pass (output follows it; $(SECURE_LOG))"
+	@$(MAKE) --no-print-directory test-secure SECURE_PYTEST_ARGS="-p no:cacheprovider --basetemp=$$(mktemp -d)" \
+	    >$(SECURE_LOG) 2>&1 & secure=$$!; \
+	$(VENV)/bin/pytest $(PYTEST_ARGS); main=$$?; \
+	wait $$secure; rc=$$?; \
+	echo "================================ secure pass ================================="; \
+	cat $(SECURE_LOG); \
+	test $$main -eq 0 && test $$rc -eq 0
 
 # The mesh suites again with TLS, tokens and the policy on every store, gateway and sidecar
 # (tests/secure_mode.py).
 SECURE_SUITES = tests/gateway tests/sidecar tests/security/test_secure_mode.py
 test-secure: $(STAMP)
-	SLUICE_TEST_SECURE=1 $(VENV)/bin/pytest $(SECURE_SUITES) $(PYTEST_ARGS)
+	SLUICE_TEST_SECURE=1 $(VENV)/bin/pytest $(SECURE_SUITES) $(PYTEST_ARGS) $(SECURE_PYTEST_ARGS)
 
 # The fault suite alone, longer: 20 kill cycles of each kind (make test runs 3).
 faults: $(STAMP)
