@@ -137,17 +137,14 @@ class PartitionWorker:
                     started = time.perf_counter()
                     with m.telemetry.delivery(chunk, self.partition, attempt):
                         result = await m.deliverer.deliver(chunk, self.partition, attempt)
-                    m.telemetry.delivery_seconds.record(
-                        time.perf_counter() - started, {"group": m.settings.group}
-                    )
+                    m.telemetry.delivery_seconds.record(time.perf_counter() - started, m.telemetry.attributes)
                 finally:
                     self.in_flight -= len(chunk)
             if result.app_down:  # nobody answered: not an attempt
                 m.app.down(result.reason)
                 continue
             if result.outcome == ACK:
-                m.delivered += len(chunk)
-                m.telemetry.delivered.add(len(chunk), {"group": m.settings.group})
+                m.delivered += len(chunk)  # the delivered metric reads this tally
                 return True
             if result.outcome == DEAD_LETTER or attempt >= retry.max_attempts:
                 await m.dead_letter(self.partition, chunk, result, attempt)
