@@ -159,6 +159,10 @@ async def sluice_appends(
         }
 
 
+#: The peer that is the floor under awaited single appends (bench/echo.py).
+ECHO = "gRPC echo storing nothing"
+
+
 async def bench_appends(res: Results, a: argparse.Namespace) -> None:
     n_single, n_flight, window = a.single, a.inflight, 256
     events = [payload(i) for i in range(max(n_single, n_flight, 1000))]
@@ -166,6 +170,19 @@ async def bench_appends(res: Results, a: argparse.Namespace) -> None:
     sluice_by: dict[str, dict[Any, float]] = {}
     for durability in durabilities(a):
         sluice_by[durability] = await sluice_appends(a, durability, events, window)
+
+    # The floor: the same client and calls against a gRPC server that stores nothing.
+    async with (
+        process(sys.executable, str(ROOT / "echo.py"), ready=b"listening on") as echo,
+        Client(announced(echo), timeout=120) as e,
+    ):
+
+        async def e_single() -> int:
+            for i in range(n_single):
+                await e.append("single", [new_event("E", events[i])])
+            return n_single
+
+        floor = await timed(e_single)
 
     async with jetstream("appends") as (_, js, subj):
 
@@ -246,15 +263,11 @@ async def bench_appends(res: Results, a: argparse.Namespace) -> None:
                         {"jetstream": jet[k], "redis": red[k]},
                     )
                 )
+            peers = {"jetstream": jet[k], "redis": red[k]}
+            if k == "single":
+                peers[ECHO] = floor
             res.add(
-                Row(
-                    "appends",
-                    f"{label} [Sluice {durability}]",
-                    "events/s",
-                    sluice[k],
-                    {"jetstream": jet[k], "redis": red[k]},
-                    target=target,
-                )
+                Row("appends", f"{label} [Sluice {durability}]", "events/s", sluice[k], peers, target=target)
             )
 
 
