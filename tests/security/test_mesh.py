@@ -158,3 +158,51 @@ async def test_the_gateway_serves_a_renewed_http_certificate_without_a_restart(
         if gateway.proc is not None and gateway.proc.returncode is None:
             gateway.proc.kill()
             await gateway.proc.wait()
+
+
+async def test_a_watch_ends_when_its_token_is_taken_out_and_others_run_on(
+    secure_store: Callable[..., Awaitable[StoreProcess]], setup: Setup, tmp_path: Path
+) -> None:
+    setup.write_policy(
+        {"rules": [*MESH_POLICY["rules"], {"allow": ["watch"], "streams": ["*"], "who": ["root"]}]}
+    )
+    store = await secure_store()
+    token = tmp_path / "gateway.token"
+    token.write_text(TOKENS["gateway"])
+    gateway = GatewayProcess(
+        store.addr,
+        *setup.store_flags(),
+        *("--store-tls-ca", str(setup.ca_file), "--store-token-file", str(token)),
+        credentials=setup.creds("root"),
+    )
+    try:
+        await gateway.start()
+        async with (
+            GatewayClient(gateway.addr, credentials=setup.creds("auditor")) as auditor,
+            GatewayClient(gateway.addr, credentials=setup.creds("root")) as admin,
+            Client(store.addr, credentials=setup.creds("root")) as root,
+        ):
+            watches = {
+                "auditor": auditor.watch(stream_prefixes=["orders-"], heartbeat_interval=0.2),
+                "root": admin.watch(stream_prefixes=["orders-"], heartbeat_interval=0.2),
+            }
+            for w in watches.values():
+                await asyncio.wait_for(anext(w), WAIT)  # admitted: the first heartbeat
+            doc = yaml.safe_load(setup.tokens.read_text())
+            doc["tokens"] = [t for t in doc["tokens"] if t["name"] != "auditor"]
+            setup.tokens.write_text(yaml.safe_dump(doc))
+            with pytest.raises(Unauthenticated) as ended:
+                async with asyncio.timeout(WAIT):
+                    async for _ in watches["auditor"]:
+                        pass
+            assert "taken out of the tokens file" in ended.value.message
+            appended = await root.append("orders-1", [new_event("E")])
+            async with asyncio.timeout(WAIT):
+                async for item in watches["root"]:
+                    if isinstance(item, pb.RecordedEvent):
+                        assert item.position == appended.first_position
+                        break
+    finally:
+        if gateway.proc is not None and gateway.proc.returncode is None:
+            gateway.proc.kill()
+            await gateway.proc.wait()

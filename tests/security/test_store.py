@@ -8,11 +8,13 @@ import json
 import socket
 import ssl
 import sys
+import time
 from collections.abc import Awaitable, Callable
 
 import jwt
 import pytest
 import trustme
+import yaml
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from sluice import (
@@ -25,6 +27,7 @@ from sluice import (
     Unavailable,
     new_event,
 )
+from sluice.security import JWT_LEEWAY
 from sluice.v1 import groups_pb2 as gpb
 from sluice.v1 import streams_pb2 as pb
 from tests.conftest import StoreProcess
@@ -241,6 +244,51 @@ async def test_a_revoked_grant_ends_an_open_subscription(
         assert ended.value.principal == "orders-app" and "policy changed" in ended.value.message
         with pytest.raises(PermissionDenied):  # and new ones are refused
             await c.append("orders-1", [new_event("E")])
+
+
+async def test_a_token_taken_out_or_a_jwt_that_expires_ends_open_subscriptions(
+    secure_store: Callable[..., Awaitable[StoreProcess]], setup: Setup
+) -> None:
+    store = await secure_store()
+    # A JWT that verifies only within the clock-skew leeway, for a few seconds more.
+    lapsing = setup.keys.token("orders-app", exp=int(time.time() - JWT_LEEWAY + 6))
+    async with (
+        Client(store.addr, credentials=setup.creds("orders-app")) as by_token,
+        Client(store.addr, credentials=setup.creds(token=lapsing)) as by_jwt,
+        Client(store.addr, credentials=setup.creds("root")) as root,
+    ):
+        subs = {
+            name: c.subscribe(stream_prefixes=["orders-1"], heartbeat_interval=0.2)
+            for name, c in (("token", by_token), ("jwt", by_jwt), ("root", root))
+        }
+        for sub in subs.values():
+            assert isinstance(await asyncio.wait_for(anext(sub), WAIT), pb.CaughtUp)
+        doc = yaml.safe_load(setup.tokens.read_text())
+        doc["tokens"] = [t for t in doc["tokens"] if t["name"] != "orders-app"]
+        setup.tokens.write_text(yaml.safe_dump(doc))
+        for name in ("token", "jwt"):
+            with pytest.raises(Unauthenticated) as ended:
+                async with asyncio.timeout(WAIT):
+                    async for _ in subs[name]:
+                        pass
+            why = "taken out of the tokens file" if name == "token" else "expired"
+            assert why in ended.value.message, (name, ended.value.message)
+        # Another principal's subscription runs on: it sees what is appended now.
+        appended = await root.append("orders-1", [new_event("E")])
+        async with asyncio.timeout(WAIT):
+            async for item in subs["root"]:
+                if isinstance(item, pb.RecordedEvent):
+                    assert item.position == appended.first_position
+                    break
+        with pytest.raises(Unauthenticated):  # and the removed token opens nothing new
+            await subscribe_once(by_token, stream_prefixes=["orders-1"])
+    assert store.log is not None
+    lines = store.log.read_text().splitlines()
+    audit = [json.loads(line.split("sluice.audit: ", 1)[1]) for line in lines if "credential_ended" in line]
+    assert sorted(a["why"] for a in audit if a["principal"] == "orders-app") == [
+        "its token expired",
+        "its token was taken out of the tokens file",
+    ], audit
 
 
 async def test_a_member_id_belongs_to_the_principal_that_joined(

@@ -79,6 +79,10 @@ class Principal:
     name: str
     roles: frozenset[str] = frozenset()
     how: str = "anonymous"  # token, jwt, mtls, anonymous
+    # What tells later whether the credential still holds (not part of the identity, so
+    # decisions stay cached per principal): a static token's hash, a JWT's expiry.
+    credential: str = dataclasses.field(default="", compare=False)
+    expires: float = dataclasses.field(default=0.0, compare=False)
 
 
 ANONYMOUS = Principal(ANONYMOUS_NAME)
@@ -115,6 +119,10 @@ def _yaml_or_json(raw: bytes) -> Any:
     import yaml
 
     return yaml.safe_load(raw) or {}
+
+
+#: How far past its expiry a JWT is still accepted (clock skew between issuer and server).
+JWT_LEEWAY = 30.0
 
 
 def token_hash(token: str) -> str:
@@ -168,7 +176,8 @@ class Authenticator:
             digest = token_hash(token)
             for entry in self._tokens.get().get("tokens", []):
                 if hmac.compare_digest(str(entry.get("sha256", "")), digest):
-                    return Principal(str(entry["name"]), frozenset(entry.get("roles", ())), "token")
+                    roles = frozenset(entry.get("roles", ()))
+                    return Principal(str(entry["name"]), roles, "token", credential=digest)
         raise Unauthenticated("the token is not one this server knows")
 
     def _jwt(self, token: str) -> Principal:
@@ -204,12 +213,34 @@ class Authenticator:
                 audience=self.audience,
                 issuer=self.issuer or None,
                 options={"require": ["exp", "sub"]},
-                leeway=30,
+                leeway=JWT_LEEWAY,
             )
         except jwt.PyJWTError as e:
             raise Unauthenticated(f"the token does not verify: {e}") from None
         roles = claims.get("roles") or claims.get("groups") or ()
-        return Principal(str(claims["sub"]), frozenset(str(r) for r in roles), "jwt")
+        roles = frozenset(str(r) for r in roles)
+        return Principal(str(claims["sub"]), roles, "jwt", expires=float(claims["exp"]))
+
+    def lapsed(self) -> Callable[[Principal], str]:
+        """A check, as of now, of whether a principal's credential still holds: "" if it
+        does, else why not (a static token taken out of the tokens file, a JWT past its
+        expiry). A tokens file that cannot be read now revokes nothing."""
+        now = time.time()
+        known: set[str] | None = None
+        if self._tokens is not None:
+            try:
+                known = {str(e.get("sha256", "")) for e in self._tokens.get().get("tokens", [])}
+            except Exception:  # a half-written or unreadable file is not a revocation
+                known = None
+
+        def check(p: Principal) -> str:
+            if p.how == "token" and known is not None and p.credential not in known:
+                return "its token was taken out of the tokens file"
+            if p.how == "jwt" and p.expires and now > p.expires + JWT_LEEWAY:
+                return "its token expired"
+            return ""
+
+        return check
 
 
 def peer_identity(auth_context: Mapping[str, Iterable[bytes]]) -> list[str]:
@@ -347,7 +378,8 @@ class Live:
     principal: Principal
     needs: list[Need]
     task: asyncio.Task[Any]
-    revoked: Need | None = None
+    revoked: Need | None = None  # the grant a policy reload took away
+    lapsed: str = ""  # why the credential no longer holds
 
 
 class Guard:
@@ -377,7 +409,7 @@ class Guard:
 
     def register(self, principal: Principal, needs: list[Need]) -> Live | None:
         """Keep a live read under watch; None when nothing can revoke it."""
-        if not self.policy.configured:
+        if not self.enabled:
             return None
         task = asyncio.current_task()
         assert task is not None
@@ -391,7 +423,26 @@ class Guard:
 
     def reload(self) -> None:
         """Read the policy again if it changed, and end live reads it no longer allows
-        (their tasks are cancelled with ``revoked`` set: the handler ends the call)."""
+        (their tasks are cancelled with ``revoked`` set: the handler ends the call with
+        PERMISSION_DENIED); end those whose credential no longer holds (``lapsed`` set:
+        UNAUTHENTICATED), as NATS ends a connection whose JWT expires."""
+        self._reload_policy()
+        self._end_lapsed()
+
+    def _end_lapsed(self) -> None:
+        if not self._live:
+            return
+        check = self.authenticator.lapsed()
+        for live in list(self._live):
+            if live.revoked is not None or live.lapsed:
+                continue
+            why = check(live.principal)
+            if why:
+                live.lapsed = why
+                audit_event("credential_ended", live.principal.name, "authenticate", "", why=why)
+                live.task.cancel()
+
+    def _reload_policy(self) -> None:
         try:
             changed = self.policy.reload()
         except (ValueError, KeyError, TypeError, OSError) as e:
@@ -400,6 +451,8 @@ class Guard:
         if not changed:
             return
         for live in list(self._live):
+            if live.lapsed:
+                continue
             for action, resource, kind in live.needs:
                 try:
                     self.policy.check(live.principal, action, resource, kind)
@@ -410,7 +463,8 @@ class Guard:
                     break
 
     async def watch(self, interval: float = 1.0) -> None:
-        """Reload the policy whenever its file changes (run as a task)."""
+        """Reload the policy whenever its file changes, and end live reads whose credential
+        lapsed, once per ``interval`` (run as a task)."""
         while True:
             await asyncio.sleep(interval)
             self.reload()

@@ -106,7 +106,7 @@ class GatewayServer:
                 raise ConfigError(refused)
         self.feed.start()
         self._loop_watch = asyncio.create_task(telemetry.watch_event_loop(self.telemetry.meter))
-        if self.guard.policy.configured:
+        if self.guard.enabled:  # policy reloads; credentials that lapse end live watches
             self._policy_watch = asyncio.create_task(self.guard.watch())
         # No OpenTelemetry server interceptor: it cannot wrap Watch, which writes with
         # context.write so that a slow subscriber can be cut off mid-write. The gateway's

@@ -234,6 +234,10 @@ class Gateway:
         try:
             await self.session(sub, start, fmt, write, heartbeat, caller)
         except asyncio.CancelledError:
+            if live is not None and live.lapsed and live.revoked is None:
+                task.uncancel()
+                message = f"{caller.principal.name}: {live.lapsed}"
+                raise GatewayError(grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED", message) from None
             if live is not None and live.revoked is not None:
                 task.uncancel()
                 action, resource, kind = live.revoked

@@ -15,7 +15,7 @@ from sluice.security import audit_event
 from sluice.v1 import streams_pb2 as pb
 from sluice_store.access import ADMIN, NEEDS, Access
 from sluice_store.checks import Undecodable, check_request, refuse_undecodable
-from sluice_store.errors import PermissionDenied, StoreError, abort, status_code
+from sluice_store.errors import PermissionDenied, StoreError, Unauthenticated, abort, status_code
 
 #: A Read or Subscribe reply: a message, or one serialized already (see codec).
 Response = pb.ReadResponse | pb.SubscribeResponse | bytes
@@ -103,11 +103,14 @@ def streaming_handler(
             STATS.record(method, status_code(e, reading=True).name, started)
             await abort(context, e, reading=True)
         except asyncio.CancelledError:
-            if live is None or live.revoked is None:
+            if live is None or (live.revoked is None and not live.lapsed):
                 raise
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
+            if live.revoked is None:
+                await abort(context, Unauthenticated(f"{live.principal.name}: {live.lapsed}"), reading=True)
+                return
             action, resource, kind = live.revoked
             denied = PermissionDenied(
                 f"{live.principal.name} may no longer {action} {kind[:-1]} {resource}: the policy changed",

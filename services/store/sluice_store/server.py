@@ -180,7 +180,7 @@ class StoreServer:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._reclaimer = asyncio.create_task(self._reclaim_loop())
         self._loop_watch = asyncio.create_task(telemetry.watch_event_loop(self.metrics.meter))
-        if self.access.guard.policy.configured:
+        if self.access.guard.enabled:  # policy reloads; credentials that lapse end live reads
             self._policy_watch = asyncio.create_task(self.access.guard.watch())
         if s.metrics_addr:
             await self._serve_metrics(s.metrics_addr)
