@@ -160,14 +160,7 @@ async def test_a_read_only_user_sees_no_buttons_it_would_be_refused(browser: Any
         }
     )
     store = StoreProcess(f"sqlite:///{tmp_path}/s.db", *setup.store_flags(), log=tmp_path / "store.log")
-    token = tmp_path / "gateway.token"
-    token.write_text(TOKENS["gateway"])
-    gateway = GatewayProcess(
-        store.addr,
-        *setup.store_flags(),
-        *("--store-tls-ca", str(setup.ca_file), "--store-token-file", str(token)),
-        credentials=setup.creds("root"),
-    )
+    gateway = setup.gateway(store.addr, tmp_path)
     try:
         await store.start()
         await gateway.start()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 import time
@@ -21,7 +22,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from sluice import Credentials
 from sluice.security import token_hash
+from sluice.v1 import streams_pb2 as pb
 from tests.conftest import StoreProcess, reap
+from tests.gateway.conftest import GatewayProcess
 
 AUDIENCE = "sluice"
 ISSUER = "https://issuer.test"
@@ -85,6 +88,23 @@ class Setup:
         tmp = self.policy.with_suffix(".tmp")
         tmp.write_text(yaml.safe_dump(policy))
         tmp.replace(self.policy)  # whole or not at all, as a ConfigMap update lands
+
+    def take_out_token(self, name: str) -> None:
+        """Remove ``name``'s token from the tokens file (as an operator revoking it does)."""
+        doc = yaml.safe_load(self.tokens.read_text())
+        doc["tokens"] = [t for t in doc["tokens"] if t["name"] != name]
+        self.tokens.write_text(yaml.safe_dump(doc))
+
+    def gateway(self, store: str, folder: Path) -> GatewayProcess:
+        """A gateway with TLS, tokens and the policy, reaching ``store`` as "gateway"."""
+        token = folder / "gateway.token"
+        token.write_text(TOKENS["gateway"])
+        return GatewayProcess(
+            store,
+            *self.store_flags(),
+            *("--store-tls-ca", str(self.ca_file), "--store-token-file", str(token)),
+            credentials=self.creds("root"),
+        )
 
     def client_cert(self, uri: str, ca: trustme.CA | None = None) -> tuple[Path, Path]:
         """A client certificate naming ``uri`` (a URI SAN, as a SPIFFE ID is) and its last
@@ -153,3 +173,12 @@ async def secure_store(setup: Setup, tmp_path: Path) -> AsyncIterator[Callable[.
 
     yield start
     await reap(made)
+
+
+async def next_event(items: AsyncIterator[Any], timeout: float) -> int:
+    """The position of the next event a subscription or watch yields (within ``timeout``)."""
+    async with asyncio.timeout(timeout):
+        async for item in items:
+            if isinstance(item, pb.RecordedEvent):
+                return int(item.position)
+    raise AssertionError("ended before an event")

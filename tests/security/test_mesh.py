@@ -18,8 +18,7 @@ from sluice.gateway import GatewayClient
 from sluice.security import token_hash
 from sluice.v1 import streams_pb2 as pb
 from tests.conftest import StoreProcess
-from tests.gateway.conftest import GatewayProcess
-from tests.security.conftest import TOKENS, Setup
+from tests.security.conftest import TOKENS, Setup, next_event
 from tests.sidecar.conftest import App, Sidecar
 
 WAIT = 30.0
@@ -42,16 +41,9 @@ async def test_events_flow_through_a_secured_mesh_and_each_part_has_only_its_gra
     setup.write_policy(MESH_POLICY)
     store = await secure_store()
     ca = str(setup.ca_file)
-    gateway_token = tmp_path / "gateway.token"
-    gateway_token.write_text(TOKENS["gateway"])
     sidecar_token = tmp_path / "sidecar.token"
     sidecar_token.write_text(TOKENS["orders-app"])
-    gateway = GatewayProcess(
-        store.addr,
-        *setup.store_flags(),
-        *("--store-tls-ca", ca, "--store-token-file", str(gateway_token)),
-        credentials=setup.creds("root"),
-    )
+    gateway = setup.gateway(store.addr, tmp_path)
     sidecar = Sidecar(
         "pod-1",
         store.addr,
@@ -133,15 +125,8 @@ async def test_the_gateway_serves_a_renewed_http_certificate_without_a_restart(
     from tests.security.test_store import served_certificate
 
     store = await secure_store()
-    token = tmp_path / "gateway.token"
-    token.write_text(TOKENS["gateway"])
     setup.write_policy(MESH_POLICY)
-    gateway = GatewayProcess(
-        store.addr,
-        *setup.store_flags(),
-        *("--store-tls-ca", str(setup.ca_file), "--store-token-file", str(token)),
-        credentials=setup.creds("root"),
-    )
+    gateway = setup.gateway(store.addr, tmp_path)
     try:
         await gateway.start()
         http = gateway.http.removeprefix("http://")
@@ -167,14 +152,7 @@ async def test_a_watch_ends_when_its_token_is_taken_out_and_others_run_on(
         {"rules": [*MESH_POLICY["rules"], {"allow": ["watch"], "streams": ["*"], "who": ["root"]}]}
     )
     store = await secure_store()
-    token = tmp_path / "gateway.token"
-    token.write_text(TOKENS["gateway"])
-    gateway = GatewayProcess(
-        store.addr,
-        *setup.store_flags(),
-        *("--store-tls-ca", str(setup.ca_file), "--store-token-file", str(token)),
-        credentials=setup.creds("root"),
-    )
+    gateway = setup.gateway(store.addr, tmp_path)
     try:
         await gateway.start()
         async with (
@@ -188,20 +166,14 @@ async def test_a_watch_ends_when_its_token_is_taken_out_and_others_run_on(
             }
             for w in watches.values():
                 await asyncio.wait_for(anext(w), WAIT)  # admitted: the first heartbeat
-            doc = yaml.safe_load(setup.tokens.read_text())
-            doc["tokens"] = [t for t in doc["tokens"] if t["name"] != "auditor"]
-            setup.tokens.write_text(yaml.safe_dump(doc))
+            setup.take_out_token("auditor")
             with pytest.raises(Unauthenticated) as ended:
                 async with asyncio.timeout(WAIT):
                     async for _ in watches["auditor"]:
                         pass
             assert "taken out of the tokens file" in ended.value.message
             appended = await root.append("orders-1", [new_event("E")])
-            async with asyncio.timeout(WAIT):
-                async for item in watches["root"]:
-                    if isinstance(item, pb.RecordedEvent):
-                        assert item.position == appended.first_position
-                        break
+            assert await next_event(watches["root"], WAIT) == appended.first_position
     finally:
         if gateway.proc is not None and gateway.proc.returncode is None:
             gateway.proc.kill()

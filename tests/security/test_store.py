@@ -14,7 +14,6 @@ from collections.abc import Awaitable, Callable
 import jwt
 import pytest
 import trustme
-import yaml
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from sluice import (
@@ -31,7 +30,7 @@ from sluice.security import JWT_LEEWAY
 from sluice.v1 import groups_pb2 as gpb
 from sluice.v1 import streams_pb2 as pb
 from tests.conftest import StoreProcess
-from tests.security.conftest import AUDIENCE, ISSUER, POLICY, TOKENS, Setup
+from tests.security.conftest import AUDIENCE, ISSUER, POLICY, TOKENS, Setup, next_event
 
 WAIT = 20.0
 
@@ -263,9 +262,7 @@ async def test_a_token_taken_out_or_a_jwt_that_expires_ends_open_subscriptions(
         }
         for sub in subs.values():
             assert isinstance(await asyncio.wait_for(anext(sub), WAIT), pb.CaughtUp)
-        doc = yaml.safe_load(setup.tokens.read_text())
-        doc["tokens"] = [t for t in doc["tokens"] if t["name"] != "orders-app"]
-        setup.tokens.write_text(yaml.safe_dump(doc))
+        setup.take_out_token("orders-app")
         for name in ("token", "jwt"):
             with pytest.raises(Unauthenticated) as ended:
                 async with asyncio.timeout(WAIT):
@@ -275,11 +272,7 @@ async def test_a_token_taken_out_or_a_jwt_that_expires_ends_open_subscriptions(
             assert why in ended.value.message, (name, ended.value.message)
         # Another principal's subscription runs on: it sees what is appended now.
         appended = await root.append("orders-1", [new_event("E")])
-        async with asyncio.timeout(WAIT):
-            async for item in subs["root"]:
-                if isinstance(item, pb.RecordedEvent):
-                    assert item.position == appended.first_position
-                    break
+        assert await next_event(subs["root"], WAIT) == appended.first_position
         with pytest.raises(Unauthenticated):  # and the removed token opens nothing new
             await subscribe_once(by_token, stream_prefixes=["orders-1"])
     assert store.log is not None
