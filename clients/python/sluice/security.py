@@ -41,6 +41,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import math
 import os
 import ssl
 import time
@@ -221,6 +222,16 @@ class Authenticator:
         roles = frozenset(str(r) for r in roles)
         return Principal(str(claims["sub"]), roles, "jwt", expires=float(claims["exp"]))
 
+    def tokens_stamp(self) -> tuple[float, int] | None:
+        """When the tokens file last changed (and its size); None without one."""
+        if self._tokens is None:
+            return None
+        try:
+            st = os.stat(self._tokens.path)
+        except OSError:
+            return None
+        return (st.st_mtime, st.st_size)
+
     def lapsed(self) -> Callable[[Principal], str]:
         """A check, as of now, of whether a principal's credential still holds: "" if it
         does, else why not (a static token taken out of the tokens file, a JWT past its
@@ -391,6 +402,10 @@ class Guard:
         self.policy = policy
         self.enabled = authenticator.configured or policy.configured
         self._live: set[Live] = set()
+        # A sweep for lapsed credentials looks at every live read only when one may have
+        # lapsed: the tokens file changed, or the earliest JWT expiry among them passed.
+        self._swept_tokens: tuple[float, int] | None = None
+        self._next_expiry = math.inf
 
     def principal(self, metadata: Mapping[str, str], identity: Sequence[str], peer: str) -> Principal:
         try:
@@ -415,6 +430,8 @@ class Guard:
         assert task is not None
         live = Live(principal, needs, task)
         self._live.add(live)
+        if principal.expires:
+            self._next_expiry = min(self._next_expiry, principal.expires + JWT_LEEWAY)
         return live
 
     def unregister(self, live: Live | None) -> None:
@@ -430,8 +447,11 @@ class Guard:
         self._end_lapsed()
 
     def _end_lapsed(self) -> None:
-        if not self._live:
+        tokens = self.authenticator.tokens_stamp()
+        if not self._live or (tokens == self._swept_tokens and time.time() <= self._next_expiry):
             return
+        self._swept_tokens = tokens
+        self._next_expiry = math.inf
         check = self.authenticator.lapsed()
         for live in list(self._live):
             if live.revoked is not None or live.lapsed:
@@ -441,6 +461,8 @@ class Guard:
                 live.lapsed = why
                 audit_event("credential_ended", live.principal.name, "authenticate", "", why=why)
                 live.task.cancel()
+            elif live.principal.expires:
+                self._next_expiry = min(self._next_expiry, live.principal.expires + JWT_LEEWAY)
 
     def _reload_policy(self) -> None:
         try:
