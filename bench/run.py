@@ -872,6 +872,32 @@ async def bench_gateway(res: Results, a: argparse.Namespace) -> None:
                             target="p99 < 50 ms" if q == "p99" and subs == 100 else "",
                         )
                     )
+                if subs == 100:
+                    # A second gateway process on the same port (SO_REUSEPORT, the default):
+                    # the kernel spreads the subscribers' connections over both.
+                    second = [
+                        sys.executable,
+                        "-m",
+                        "sluice_gateway",
+                        "--addr",
+                        gaddr,
+                        "--store",
+                        client.target,
+                    ]
+                    async with process(*second, "--http-addr", "", *a.gateway_flags, ready=b"listening on"):
+                        two = await fanout_run("sluice", gaddr, subs, n, sluice_paced, latency=True)
+                    for q in ("p50", "p99"):
+                        res.add(
+                            Row(
+                                "gateway fan-out",
+                                f"append -> {subs:,} subscribers at 1,000 events/s through two gateway "
+                                f"processes on one port (SO_REUSEPORT), {q}",
+                                "ms",
+                                two[q],
+                                {"one gateway process": s[q]},
+                                higher_is_better=False,
+                            )
+                        )
     await nc.close()
 
 
