@@ -18,10 +18,15 @@ from processes import Processes, until_interrupted  # scripts/ is run as a folde
 async def main(data: str) -> int:
     mesh = Processes()
     async with until_interrupted() as stop:
-        await mesh.start(
-            "store", [sys.executable, "-m", "sluice_store", "--db", f"sqlite:///{data}/sluice.db"]
+        # The gateway starts once the store listens, so its feed connects at the first try.
+        store = await mesh.start(
+            "store",
+            [sys.executable, "-m", "sluice_store", "--db", f"sqlite:///{data}/sluice.db"],
+            announce=r"listening on (\S+).*",
         )
-        await mesh.start("gateway", [sys.executable, "-m", "sluice_gateway"])
+        assert store is not None
+        print(f"sluice store {store.group(0)}", flush=True)
+        await mesh.start("gateway", [sys.executable, "-m", "sluice_gateway", "--store", store.group(1)])
         await mesh.first_exit(stop)
         failed = mesh.exited()
         await mesh.stop()  # the gateway first, then the store
