@@ -49,7 +49,8 @@ class GatewayProcess:
         self.proc: asyncio.subprocess.Process | None = None
         self.output = b""
 
-    async def start(self) -> None:
+    async def start(self, wait_ready: bool = True) -> None:
+        """Start it; once it listens, and (``wait_ready``) once its feed from the store is live."""
         self.proc = await asyncio.create_subprocess_exec(
             *self.args, env=self.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
         )
@@ -60,8 +61,9 @@ class GatewayProcess:
         self.output += bytes(seen)
         self.addr, self.http = m.group(1), f"{http_scheme()}://{m.group(2)}"
         self.port = int(self.addr.rpartition(":")[2])
-        async with GatewayClient(self.addr, credentials=self.credentials) as g:  # ready: its feed is live
-            await asyncio.wait_for(anext(g.watch()), 20)
+        if wait_ready:
+            async with GatewayClient(self.addr, credentials=self.credentials) as g:  # its feed is live
+                await asyncio.wait_for(anext(g.watch()), 20)
 
     async def stop(self) -> int:
         """SIGTERM, then the exit code once it has shut down."""

@@ -6,7 +6,9 @@ import asyncio
 import json
 import signal
 import socket
+import struct
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -342,6 +344,41 @@ async def test_half_sent_requests_are_closed_and_connections_are_capped(gateways
         w.close()
     async with http_session() as http, http.get(f"{g.http}/healthz") as r:
         assert r.status == 200  # and the gateway serves as before
+
+
+@pytest.mark.skipif(SECURE, reason="speaks plaintext HTTP/1.1 bytes to the listener")
+async def test_subscribers_gone_before_their_first_message_leave_the_hub(
+    spawn: Callable[..., StoreProcess],
+) -> None:
+    store = spawn()  # its address is known; it starts later
+    g = GatewayProcess(store.addr)
+    await g.start(wait_ready=False)
+    try:
+        host, port = g.http.removeprefix("http://").rsplit(":", 1)
+        # Ten watches wait for the gateway's first contact with the store, and go.
+        for _ in range(10):
+            r, w = await asyncio.open_connection(host, int(port))
+            w.write(f"GET /v1/watch HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            await asyncio.wait_for(r.readuntil(b"retry: 1000\n\n"), 20)  # the session waits
+            sock = w.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            w.close()  # a reset, as a client that crashed leaves: the gateway's next write fails
+            await w.wait_closed()
+        # One that stays, opened last: the store comes, the waiting sessions go on in order,
+        # and once this one has its first message the ten have been registered.
+        async with http_session() as http, http.get(f"{g.http}/v1/watch?heartbeat=0.2") as live:
+            await store.start()
+            async with asyncio.timeout(20):
+                while b"caught_up" not in await live.content.readline():
+                    pass
+
+            async def only_the_live_one() -> bool:
+                async with http.get(f"{g.http}/readyz") as r:
+                    return bool((await r.json())["subscribers"] == 1)
+
+            await eventually(only_the_live_one)
+    finally:
+        await g.stop()
 
 
 async def test_a_store_replaced_by_an_empty_one_is_followed_from_its_beginning(

@@ -269,14 +269,16 @@ class Gateway:
         """Serve one subscriber until it goes, the gateway closes, or its policy ends it."""
         hub = self.hub
         await self._ready()
-        if start is None:
-            hub.register(sub)
-            await write(fmt.caught_up(sub.cursor))
-        else:
-            await self._catch_up(sub, start, fmt, write, caller, resume=True)
         max_batch = self.settings.max_batch
         sub.heartbeat = heartbeat
         try:
+            # Registered inside the try: a subscriber that goes while its first message is
+            # written (its write fails, its call is cancelled) leaves the hub at once.
+            if start is None:
+                hub.register(sub)
+                await write(fmt.caught_up(sub.cursor))
+            else:
+                await self._catch_up(sub, start, fmt, write, caller, resume=True)
             while not sub.closed:
                 if sub.fell_behind:
                     sub.fell_behind = False
