@@ -20,6 +20,7 @@ from tests.secure_mode import http_session
 
 BIG = 16 * 1024  # events large enough to fill the HTTP/2 windows between gateway and subscriber
 COUNT = 1000
+STALLED = [("grpc.use_local_subchannel_pool", 1), ("grpc.http2.bdp_probe", 0)]
 
 
 async def metric(gateway: GatewayProcess, name: str) -> float:
@@ -44,61 +45,69 @@ async def test_a_stalled_subscriber_delays_no_one_and_its_policy_holds(
     counter = {"catch_up": "catch_ups", "drop": "drops", "disconnect": "disconnects"}[policy]
     req = gwpb.WatchRequest(buffer_size=100, overflow=POLICIES[policy], heartbeat_interval_ms=100)
     req.live.SetInParent()
-    stalled = gw.watch_messages(req)
-    first = await asyncio.wait_for(anext(stalled), 10)
-    assert first.WhichOneof("content") == "caught_up"
-    start = first.position
-
-    # Another live subscriber gets everything while the stalled one reads nothing.
-    done: list[int] = []
-    fast = asyncio.create_task(collect(gw, lambda: done[-1] if done else 0, start=start, timeout=60))
-    appended = await append_big(store_client)
-    done.append(appended[-1])
-    events, others, _ = await fast
-    assert [e.position for e in events] == appended
-    assert not any(isinstance(o, pb.FellBehind) for o in others)
-
-    async def applied() -> bool:
-        return await metric(gateway, counter) > 0
-
-    await eventually(applied, timeout=30)
-
-    # Now the stalled subscriber reads again.
-    positions: list[int] = []
-    kinds: list[str] = []
-    gaps: list[gwpb.Gap] = []
-    cursor = start
+    # Its own connection, whose receive window stays at gRPC's initial 64 KiB (no BDP
+    # probing to widen it): what it does not read soon holds up the gateway's writes to it.
+    # (Sharing the fast subscriber's auto-tuned connection, one CI run saw no overflow.)
+    slow = GatewayClient(gateway.addr, timeout=10, options=STALLED)
     try:
-        async with asyncio.timeout(60):
-            async for msg in stalled:
-                kind = msg.WhichOneof("content")
-                kinds.append(kind or "")
-                if kind == "events":
-                    positions += [e.position for e in msg.events.events]
-                elif kind == "gap":
-                    gaps.append(msg.gap)
-                cursor = msg.position
-                if cursor > appended[-1]:
-                    break
-    except SubscriberTooSlow as e:
-        assert policy == "disconnect"
-        assert e.position == cursor == (positions[-1] + 1 if positions else start)
-        assert e.metadata["buffer_size"] == "100"
-        rest, _, _ = await collect(gw, appended[-1], start=e.position, timeout=60)
-        positions += [r.position for r in rest]
-        assert positions == appended  # nothing missed by watching again from the cursor
-        return
-    assert policy != "disconnect", "the stalled subscriber should have been disconnected"
-    if policy == "catch_up":
-        assert "fell_behind" in kinds and kinds.index("fell_behind") < len(kinds) - 1
-        assert positions == appended  # back through the store: nothing lost, nothing twice
-    else:
-        assert gaps and all(g.reason == gwpb.Gap.REASON_DROPPED for g in gaps)
-        assert positions == sorted(set(positions))
-        skipped = {p for g in gaps for p in range(g.from_position, g.to_position)}
-        assert not skipped & set(positions)
-        assert sorted(skipped | set(positions)) == appended  # every position delivered or reported
-        assert positions[-1] == appended[-1]  # it goes on with the newest
+        stalled = slow.watch_messages(req)
+        first = await asyncio.wait_for(anext(stalled), 10)
+        assert first.WhichOneof("content") == "caught_up"
+        start = first.position
+
+        # Another live subscriber gets everything while the stalled one reads nothing.
+        done: list[int] = []
+        fast = asyncio.create_task(collect(gw, lambda: done[-1] if done else 0, start=start, timeout=60))
+        appended = await append_big(store_client)
+        done.append(appended[-1])
+        events, others, _ = await fast
+        assert [e.position for e in events] == appended
+        assert not any(isinstance(o, pb.FellBehind) for o in others)
+
+        async def applied() -> bool:
+            return await metric(gateway, counter) > 0
+
+        await eventually(applied, timeout=30)
+
+        # Now the stalled subscriber reads again.
+        positions: list[int] = []
+        kinds: list[str] = []
+        gaps: list[gwpb.Gap] = []
+        cursor = start
+        try:
+            async with asyncio.timeout(60):
+                async for msg in stalled:
+                    kind = msg.WhichOneof("content")
+                    kinds.append(kind or "")
+                    if kind == "events":
+                        positions += [e.position for e in msg.events.events]
+                    elif kind == "gap":
+                        gaps.append(msg.gap)
+                    cursor = msg.position
+                    if cursor > appended[-1]:
+                        break
+        except SubscriberTooSlow as e:
+            assert policy == "disconnect"
+            assert e.position == cursor == (positions[-1] + 1 if positions else start)
+            assert e.metadata["buffer_size"] == "100"
+            rest, _, _ = await collect(gw, appended[-1], start=e.position, timeout=60)
+            positions += [r.position for r in rest]
+            assert positions == appended  # nothing missed by watching again from the cursor
+            return
+        assert policy != "disconnect", "the stalled subscriber should have been disconnected"
+        if policy == "catch_up":
+            assert "fell_behind" in kinds and kinds.index("fell_behind") < len(kinds) - 1
+            assert positions == appended  # back through the store: nothing lost, nothing twice
+        else:
+            assert gaps and all(g.reason == gwpb.Gap.REASON_DROPPED for g in gaps)
+            assert positions == sorted(set(positions))
+            skipped = {p for g in gaps for p in range(g.from_position, g.to_position)}
+            assert not skipped & set(positions)
+            assert sorted(skipped | set(positions)) == appended  # every position delivered or reported
+            assert positions[-1] == appended[-1]  # it goes on with the newest
+
+    finally:
+        await slow.close()
 
 
 async def test_published_messages_reach_connected_subscribers_only_and_expire(
