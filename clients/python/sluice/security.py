@@ -227,10 +227,9 @@ class Authenticator:
         if self._tokens is None:
             return None
         try:
-            st = os.stat(self._tokens.path)
+            return _stamp(self._tokens.path)[0]
         except OSError:
             return None
-        return (st.st_mtime, st.st_size)
 
     def lapsed(self) -> Callable[[Principal], str]:
         """A check, as of now, of whether a principal's credential still holds: "" if it
@@ -247,7 +246,7 @@ class Authenticator:
         def check(p: Principal) -> str:
             if p.how == "token" and known is not None and p.credential not in known:
                 return "its token was taken out of the tokens file"
-            if p.how == "jwt" and p.expires and now > p.expires + JWT_LEEWAY:
+            if p.expires and now > p.expires + JWT_LEEWAY:  # only a JWT has an expiry
                 return "its token expired"
             return ""
 
