@@ -707,6 +707,8 @@ async def bench_postgres(res: Results, a: argparse.Namespace) -> None:
 async def bench_sidecar(res: Results, a: argparse.Namespace) -> None:
     import aiohttp
 
+    from sluice_sidecar.push import HttpPush
+
     n, streams = a.sidecar_events, 240
     body = payload(3)
     app_url = ""  # once the app announced its port
@@ -733,29 +735,43 @@ async def bench_sidecar(res: Results, a: argparse.Namespace) -> None:
         # Direct: the same events posted straight to the app, 12 at a time (like 12 partitions).
         sem = asyncio.Semaphore(12)
 
+        def direct_headers(i: int) -> dict[str, str]:
+            """The headers a sidecar sends for the same event (CloudEvents binary mode)."""
+            return {
+                "ce-specversion": "1.0",
+                "ce-id": str(i),
+                "ce-source": f"/streams/acct-{i % streams}",
+                "ce-type": "E",
+                "ce-subject": f"acct-{i % streams}",
+                "ce-time": "2026-01-01T00:00:00.000001Z",
+                "content-type": "application/octet-stream",
+                "ce-sluiceposition": str(i + 1),
+                "ce-sluicerevision": str(i // streams),
+                "ce-sluicepartition": str(i % 12),
+                "ce-sluiceattempt": "1",
+                "ce-sluicegroup": "bench",
+            }
+
         async def post(i: int) -> None:
-            async with sem:
-                # The headers a sidecar sends for the same event (CloudEvents binary mode).
-                headers = {
-                    "ce-specversion": "1.0",
-                    "ce-id": str(i),
-                    "ce-source": f"/streams/acct-{i % streams}",
-                    "ce-type": "E",
-                    "ce-subject": f"acct-{i % streams}",
-                    "ce-time": "2026-01-01T00:00:00.000001Z",
-                    "content-type": "application/octet-stream",
-                    "ce-sluiceposition": str(i + 1),
-                    "ce-sluicerevision": str(i // streams),
-                    "ce-sluicepartition": str(i % 12),
-                    "ce-sluiceattempt": "1",
-                    "ce-sluicegroup": "bench",
-                }
-                async with http.post(f"{app_url}/events", data=body, headers=headers) as r:
-                    r.raise_for_status()
+            async with sem, http.post(f"{app_url}/events", data=body, headers=direct_headers(i)) as r:
+                r.raise_for_status()
 
         await http.post(f"{app_url}/reset")
         await asyncio.gather(*(post(i) for i in range(n)))
         rates["direct"] = await measured(http)
+
+        # The same, through the sidecar's own HTTP client: what the sidecar adds beyond it.
+        pusher = HttpPush(f"{app_url}/events")
+
+        async def push(i: int) -> None:
+            async with sem:
+                answer = await pusher.post(direct_headers(i), body, 30)
+                assert answer.status < 300, answer
+
+        await http.post(f"{app_url}/reset")
+        await asyncio.gather(*(push(i) for i in range(n)))
+        rates["direct push"] = await measured(http)
+        await pusher.close()
 
         async with sluice_store(one_durability(a)) as c:
             for s in range(streams):
@@ -786,7 +802,10 @@ async def bench_sidecar(res: Results, a: argparse.Namespace) -> None:
                 f"{n:,} events to an HTTP app through {scs[1:]} sidecar(s), {what}",
                 "events/s",
                 rates[label],
-                {"direct aiohttp posting": rates["direct"]},
+                {
+                    "direct aiohttp posting": rates["direct"],
+                    "direct posting, the sidecar's own HTTP client": rates["direct push"],
+                },
                 target=target,
             )
         )

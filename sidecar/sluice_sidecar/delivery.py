@@ -36,6 +36,7 @@ from sluice import cloudevent
 from sluice.v1 import sidecar_pb2 as spb
 from sluice.v1 import sidecar_pb2_grpc as spb_grpc
 from sluice.v1 import streams_pb2 as pb
+from sluice_sidecar import push
 
 ACK, RETRY, DEAD_LETTER = spb.ACK, spb.RETRY, spb.DEAD_LETTER
 RETRY_STATUSES = {408, 409, 425, 429}
@@ -107,13 +108,17 @@ def _retry_after(value: str | None) -> float | None:
 
 
 class HttpDeliverer(Deliverer):
-    """CloudEvents 1.0 over HTTP: binary mode for one event, batched JSON for several."""
+    """CloudEvents 1.0 over HTTP: binary mode for one event, batched JSON for several.
+
+    Plain ``http://`` app URLs are pushed to by ``push.HttpPush`` (keep-alive connections,
+    llhttp); others (``https``, credentials in the URL) by aiohttp, which also probes."""
 
     def __init__(self, url: str, group: str, timeout: float, health_path: str = "") -> None:
         self.url = url
         self.group = group
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
+        self.pusher = push.HttpPush(url) if push.plain_http(url) else None
         self.host, self.port = _host_port(url, 80)
         # The app's health endpoint (2xx: answering), else a TCP connection to its port.
         self.health_url = f"http://{self.host}:{self.port}{health_path}" if health_path else ""
@@ -129,24 +134,32 @@ class HttpDeliverer(Deliverer):
         return {"sluicepartition": partition, "sluiceattempt": attempt, "sluicegroup": self.group}
 
     async def deliver(self, events: Sequence[pb.RecordedEvent], partition: int, attempt: int) -> Result:
+        extensions = self._extensions(partition, attempt)
+        if len(events) == 1:
+            headers, body = cloudevent.binary(events[0], extensions)
+            if trace.get_current_span().get_span_context().is_valid:
+                propagate.inject(headers)  # the delivery span, child of the producer's
+        else:
+            headers = {"content-type": cloudevent.BATCH_CONTENT_TYPE}
+            body = cloudevent.batch(events, extensions)
         try:
-            extensions = self._extensions(partition, attempt)
-            if len(events) == 1:
-                headers, body = cloudevent.binary(events[0], extensions)
-                if trace.get_current_span().get_span_context().is_valid:
-                    propagate.inject(headers)  # the delivery span, child of the producer's
-            else:
-                headers = {"content-type": cloudevent.BATCH_CONTENT_TYPE}
-                body = cloudevent.batch(events, extensions)
-            request = self._http().post(self.url, data=body, headers=headers)
-            async with request as resp:
-                text = (await resp.text(errors="replace"))[:200]
-                return self._result(resp.status, resp.headers, text)
-        except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError, ConnectionResetError) as e:
+            if self.pusher is not None:
+                answer = await self.pusher.post(headers, body, self.timeout.total or 30.0)
+                return self._result(answer.status, answer.headers, answer.body)
+            async with self._http().post(self.url, data=body, headers=headers) as resp:
+                return self._result(resp.status, resp.headers, await resp.read())
+        except (
+            push.AppDown,
+            aiohttp.ClientOSError,
+            aiohttp.ServerDisconnectedError,
+            ConnectionResetError,
+        ) as e:
             # Refused, reset or closed without an answer: the app is down, not the event bad.
             return Result(RETRY, f"the app is not answering: {type(e).__name__}: {e}", app_down=True)
-        except (aiohttp.ClientError, TimeoutError) as e:
+        except (push.BadAnswer, aiohttp.ClientError, TimeoutError) as e:
             return Result(RETRY, f"no answer from the app: {type(e).__name__}: {e}")
+        except ValueError as e:  # it cannot be put in an HTTP request, now or ever
+            return Result(DEAD_LETTER, f"cannot be sent as an HTTP request: {e}")
 
     async def probe(self) -> bool:
         if not self.health_url:
@@ -158,8 +171,11 @@ class HttpDeliverer(Deliverer):
             return False
 
     @staticmethod
-    def _result(status: int, headers: Any, body: str) -> Result:
+    def _result(status: int, headers: Any, answer: bytes) -> Result:
         override = (headers.get("sluice-outcome") or "").lower()
+        if not override and 200 <= status < 300:
+            return ACKED
+        body = answer.decode("utf-8", "replace")[:200]
         retry_after = _retry_after(headers.get("retry-after"))
         if override == "dead-letter":
             return Result(DEAD_LETTER, f"the app asked to dead-letter it (HTTP {status}): {body}")
@@ -172,6 +188,8 @@ class HttpDeliverer(Deliverer):
         return Result(DEAD_LETTER, f"HTTP {status}: {body}")
 
     async def close(self) -> None:
+        if self.pusher is not None:
+            await self.pusher.close()
         if self._session is not None:
             await self._session.close()
 

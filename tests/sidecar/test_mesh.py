@@ -279,3 +279,22 @@ async def test_a_store_replaced_by_an_empty_one_is_joined_afresh(
         assert empty.proc is not None
         empty.proc.kill()
         await empty.proc.wait()
+
+
+async def test_an_event_that_cannot_be_an_http_request_is_dead_lettered_at_once(
+    store_proc: StoreProcess, app: App, sidecars: Callable[..., Sidecar]
+) -> None:
+    """A ``tracestate`` in the metadata travels as a header: one holding a line break
+    could split the request, so the event goes to the dead letters, and the rest flow."""
+    sc = sidecars("h0")
+    await sc.start()
+    async with Client(store_proc.addr) as c:
+        bad = new_event("Placed", {"n": 1}, metadata={"tracestate": "a=1\r\nx-injected: yes"})
+        after = new_event("Placed", {"n": 2})
+        await c.append("orders-split", [bad, after])
+        await app.wait(lambda: after.id in app.acked_ids())
+        assert bad.id not in {r.id for r in app.received}
+        assert not any("x-injected" in headers for headers, _ in app.raw)
+        (dead,) = await c.read_list("$dlq.app")
+        assert dead.metadata["dlq-event-id"] == bad.id
+        assert "line break" in dead.metadata["dlq-reason"] and dead.metadata["dlq-attempts"] == "1"
