@@ -240,16 +240,18 @@ async def test_event_needs_a_type_and_non_empty_request(client: Client) -> None:
     assert "events[0].type" in info.value.message
 
 
-def test_event_ids_are_unique_and_time_ordered() -> None:
+@pytest.mark.parametrize("kind", ["bytes and text", "text alone"])
+def test_event_ids_are_unique_and_time_ordered(kind: str) -> None:
     import threading
     import time
 
-    from sluice.ids import uuid7
+    from sluice.ids import uuid7, uuid7_text
 
+    make_id = (lambda: uuid7()[1]) if kind == "bytes and text" else uuid7_text
     ids: list[str] = []
 
     def make() -> None:
-        ids.extend(uuid7()[1] for _ in range(5000))
+        ids.extend(make_id() for _ in range(5000))
 
     threads = [threading.Thread(target=make) for _ in range(4)]
     for t in threads:
@@ -257,10 +259,13 @@ def test_event_ids_are_unique_and_time_ordered() -> None:
     for t in threads:
         t.join()
     assert len(set(ids)) == len(ids) == 20_000
-    assert all(uuid.UUID(i).version == 7 for i in ids[:100])
+    for text in ids:
+        u = uuid.UUID(text)
+        assert (u.version, u.variant, str(u)) == (7, uuid.RFC_4122, text)
+    assert {i[19] for i in ids} == set("89ab")  # the variant's two bits, and two random ones
     # The first 48 bits are the creation time in milliseconds, so ids sort by time.
     before = time.time_ns() // 1_000_000
-    raw = uuid7()[0]
+    raw = uuid.UUID(make_id()).bytes
     after = time.time_ns() // 1_000_000
     assert before <= int.from_bytes(raw[:6], "big") <= after
 

@@ -20,8 +20,9 @@ _lock = threading.Lock()
 
 def _reset() -> None:
     """A forked child must not reuse its parent's random bytes."""
-    global _random, _offset, _lock
+    global _random, _offset, _lock, _hex, _hex_offset
     _random, _offset, _lock = b"", _POOL, threading.Lock()
+    _hex, _hex_offset = "", 0
 
 
 os.register_at_fork(after_in_child=_reset)
@@ -43,3 +44,29 @@ def uuid7() -> tuple[bytes, str]:
     raw[8] = (raw[8] & 0x3F) | 0x80
     h = raw.hex()
     return bytes(raw), f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+# uuid7_text's pieces: the text of the current millisecond, and random hex digits.
+_hex = ""
+_hex_offset = 0
+_millis = -1
+_millis_text = ""
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+
+
+def uuid7_text() -> str:
+    """The text of a new version 7 UUID (what a new event's id needs), without building its
+    bytes: the millisecond's 12 hex digits are formatted once per millisecond, and the 74
+    random bits come as hex digits of the same pool. About half the cost of ``uuid7()``."""
+    global _hex, _hex_offset, _millis, _millis_text
+    ms = time.time_ns() // 1_000_000
+    with _lock:
+        if ms != _millis:
+            _millis, _millis_text = ms, f"{ms:012x}"
+            _millis_text = f"{_millis_text[:8]}-{_millis_text[8:]}"
+        if _hex_offset + 19 > len(_hex):
+            _hex, _hex_offset = os.urandom(_POOL).hex(), 0
+        r = _hex[_hex_offset : _hex_offset + 19]
+        _hex_offset += 19
+        prefix = _millis_text
+    return f"{prefix}-7{r[:3]}-{_VARIANT[r[3]]}{r[4:7]}-{r[7:]}"

@@ -20,7 +20,7 @@ from grpc_status import rpc_status
 
 from sluice import security
 from sluice.errors import make_status
-from sluice.ids import uuid7
+from sluice.ids import uuid7_text
 from sluice.names import MAX_TYPE, is_system, name_problem, parse_uuid
 from sluice.security import ANONYMOUS, Need, Principal
 from sluice.v1 import gateway_pb2 as gwpb
@@ -379,7 +379,7 @@ class Gateway:
         check_name(request.stream, "stream", writing=True)
         check_name(request.type, "type")
         try:
-            eid = parse_uuid(request.id)[1] if request.id else uuid7()[1]
+            eid = parse_uuid(request.id)[1] if request.id else uuid7_text()
         except ValueError:
             raise invalid(f"id is not a UUID: {request.id[:64]!r}", "id") from None
         ttl = request.time_to_live.ToNanoseconds() / 1e9 if request.HasField("time_to_live") else 0.0
