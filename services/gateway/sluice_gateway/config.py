@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from sluice import settings
 from sluice.security import SERVER_OPTIONS, STORE_CLIENT_OPTIONS, ServerSecurity, StoreClientSecurity
 from sluice.settings import PROCESS_OPTIONS, ConfigError, Option, ProcessSettings, parse_bool, parse_duration
+from sluice_gateway.workers import parse_workers
 
 __all__ = ["OPTIONS", "ConfigError", "Settings", "load"]
 
@@ -21,6 +22,12 @@ OPTIONS: tuple[Option, ...] = (
         env_name="SLUICE_GATEWAY_HTTP_ADDR",
     ),
     Option("reuse_port", parse_bool, "let several gateway processes listen on one port"),
+    Option(
+        "workers",
+        parse_workers,
+        "gateway processes on these addresses (SO_REUSEPORT), each a whole gateway; auto: one"
+        " per CPU this process may use (its cgroup quota included)",
+    ),
     Option(
         "http_idle_timeout",
         parse_duration,
@@ -72,6 +79,7 @@ class Settings(ServerSecurity, StoreClientSecurity, ProcessSettings):
     store: str = "127.0.0.1:50051"
     http_addr: str = "127.0.0.1:8052"
     reuse_port: bool = True
+    workers: int = 1  # 0: auto
     ephemeral_buffer_bytes: int = 4 << 20
     http_idle_timeout: float = 15.0
     http_max_connections: int = 10_000
@@ -101,6 +109,8 @@ class Settings(ServerSecurity, StoreClientSecurity, ProcessSettings):
                 raise ConfigError(f"{name}: must be positive, got {getattr(self, name)}")
         if self.flush_interval < 0:
             raise ConfigError("flush_interval: must not be negative")
+        if self.workers != 1 and not self.reuse_port:
+            raise ConfigError("workers: more than one worker needs reuse_port")
 
 
 def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:

@@ -12,6 +12,7 @@ import grpc
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import generate_latest
 
 from sluice import security, telemetry
 from sluice.credentials import bearer_interceptors
@@ -34,6 +35,7 @@ from sluice_gateway.hub import Hub
 from sluice_gateway.service import Gateway
 from sluice_gateway.sse import HttpApi
 from sluice_gateway.telemetry import Telemetry
+from sluice_gateway.workers import Siblings
 
 log = logging.getLogger("sluice_gateway")
 
@@ -95,6 +97,7 @@ class GatewayServer:
         self._tls_reload: asyncio.Task[None] | None = None
         self._loop_watch: asyncio.Task[None] | None = None
         self._health_updates: set[asyncio.Future[None]] = set()
+        self.siblings = Siblings.from_env()  # set when this is one of --workers
 
     async def start(self) -> None:
         s = self.settings
@@ -150,7 +153,10 @@ class GatewayServer:
         task.add_done_callback(self._health_updates.discard)
 
     async def _start_http(self) -> None:
-        app = HttpApi(self.gateway, self.hub, self.settings, self._ready, self.channel).app()
+        api = HttpApi(self.gateway, self.hub, self.settings, self._ready, self.channel, self.siblings)
+        if self.siblings is not None:
+            await self.siblings.start(generate_latest, api.own_readiness)
+        app = api.app()
         # Cancel an SSE handler as soon as its client goes, so it leaves the fan-out at once.
         self.http = BoundedRunner(
             app,
@@ -197,6 +203,8 @@ class GatewayServer:
         if self.http is not None:
             await self.http.shutdown()
             await self.http.cleanup()
+        if self.siblings is not None:
+            await self.siblings.stop()
         if self.server is not None:
             await self.server.stop(self.settings.grace if grace is None else grace)
         if self.health_server is not None:

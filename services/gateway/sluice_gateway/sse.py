@@ -10,6 +10,7 @@ import functools
 import json
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import grpc
 from aiohttp import web
@@ -23,6 +24,7 @@ from sluice_gateway.config import Settings
 from sluice_gateway.hub import Encoder, Hub
 from sluice_gateway.service import Caller, Gateway, GatewayError, watch_needs
 from sluice_gateway.wire import NOTIFICATION, Record
+from sluice_gateway.workers import Siblings
 
 _FORMS = {"full": wire.FULL, "notification": wire.NOTIFICATION}
 _POLICIES = {
@@ -128,8 +130,10 @@ class HttpApi:
         settings: Settings,
         ready: Callable[[], bool],
         channel: grpc.aio.Channel | None = None,
+        siblings: Siblings | None = None,
     ) -> None:
         self.gateway = gateway
+        self.siblings = siblings  # the other workers, when this is one of several
         self.hub = hub
         self.settings = settings
         self.ready = ready  # the feed from the store is up and the gateway is not stopping
@@ -290,15 +294,20 @@ class HttpApi:
         return web.json_response({"id": resp.id, "subscribers": resp.subscribers, "relayed": resp.relayed})
 
     async def metrics(self, _: web.Request) -> web.Response:
-        body = generate_latest()
+        body = await self.siblings.metrics() if self.siblings else generate_latest()
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    def own_readiness(self) -> dict[str, Any]:
+        """This process's readiness, position and subscribers."""
+        return {"ready": self.ready(), "position": self.hub.position, "subscribers": self.hub.subscribers}
 
     async def healthz(self, _: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
     async def readyz(self, _: web.Request) -> web.Response:
-        ready = self.ready()
-        return web.json_response(
-            {"ready": ready, "position": self.hub.position, "subscribers": self.hub.subscribers},
-            status=200 if ready else 503,
-        )
+        if self.siblings:  # one of several workers: ready when they all are
+            ready, body = await self.siblings.ready()
+        else:
+            body = self.own_readiness()
+            ready = body["ready"]
+        return web.json_response(body, status=200 if ready else 503)

@@ -1,0 +1,157 @@
+"""``--workers``: several gateway processes on one set of ports, under one supervisor."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sluice import Client, new_event
+from sluice.gateway import GatewayClient
+from sluice.v1 import streams_pb2 as pb
+from sluice_gateway.workers import cgroup_cpus, parse_workers, usable_cpus
+from tests.conftest import eventually
+from tests.gateway.conftest import GatewayProcess, Gateways
+from tests.secure_mode import http_session
+
+OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]  # each client its own connection
+
+
+def alive(pid: int) -> bool:
+    """Whether the process runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def worker_pids(g: GatewayProcess) -> list[int]:
+    m = re.search(r"workers, pids ([\d ]+)\)", g.output.decode())
+    assert m, g.output.decode()[-2000:]
+    return [int(p) for p in m.group(1).split()]
+
+
+async def readiness(g: GatewayProcess) -> tuple[int, dict[str, Any]]:
+    async with http_session() as http, http.get(f"{g.http}/readyz") as r:
+        return r.status, await r.json()
+
+
+async def all_ready(g: GatewayProcess, count: int) -> bool:
+    status, body = await readiness(g)
+    return status == 200 and len(body["workers"]) == count
+
+
+async def test_workers_share_the_ports_serve_every_watch_and_answer_for_each_other(
+    gateways: Gateways, store_client: Client
+) -> None:
+    g = gateways("--workers", "2")
+    await g.start(wait_ready=False)
+    assert len(worker_pids(g)) == 2 and all(alive(p) for p in worker_pids(g))
+    await eventually(lambda: all_ready(g, 2), timeout=20)
+    clients = [GatewayClient(g.addr, options=OWN_CONNECTION) for _ in range(20)]
+    try:
+        its = [c.watch(stream_prefixes=["spread"]) for c in clients]
+        for it in its:
+            assert isinstance(await asyncio.wait_for(anext(it), 10), pb.CaughtUp)
+        # Stored events reach every watch, whichever worker serves it.
+        resp = await store_client.append("spread-1", [new_event("E", b"x")])
+        for it in its:
+            ev = await asyncio.wait_for(anext(it), 10)
+            assert isinstance(ev, pb.RecordedEvent) and ev.position == resp.first_position
+
+        # /readyz speaks for both workers, whichever answers: 20 in all, both holding some.
+        async def spread() -> bool:
+            _, body = await readiness(g)
+            per_worker = [w["subscribers"] for w in body["workers"]]
+            return body["subscribers"] == 20 and len(per_worker) == 2 and min(per_worker) > 0
+
+        await eventually(spread)
+        # /metrics too: each worker's series, labelled.
+        async with http_session() as http, http.get(f"{g.http}/metrics") as r:
+            text = await r.text()
+        counts = {
+            m.group(1): float(m.group(2))
+            for m in re.finditer(r'^sluice_gateway_subscribers\{[^}]*worker="(\d)"[^}]*\} (\S+)$', text, re.M)
+        }
+        assert set(counts) == {"0", "1"} and sum(counts.values()) == 20 and min(counts.values()) > 0
+
+        # A message published to one worker reaches the other's subscribers (through the store).
+        published = await clients[0].publish("spread-1", "Ping", b"p")
+        assert published.subscribers + published.relayed >= 2
+        for it in its:
+            msg = await asyncio.wait_for(anext(it), 10)
+            assert isinstance(msg, pb.EphemeralMessage) and msg.id == published.id
+    finally:
+        for c in clients:
+            await c.close()
+    assert await g.stop() == 0
+    await eventually(lambda: _none_alive(worker_pids(g)))
+
+
+async def _none_alive(pids: list[int]) -> bool:
+    return not any(alive(p) for p in pids)
+
+
+async def test_a_worker_killed_is_started_again(gateways: Gateways) -> None:
+    g = gateways("--workers", "2")
+    await g.start(wait_ready=False)
+    await eventually(lambda: all_ready(g, 2), timeout=20)
+    first, second = worker_pids(g)
+    os.kill(first, signal.SIGKILL)
+
+    async def replaced() -> bool:
+        status, body = await readiness(g)
+        pids = {w["worker"]: w["pid"] for w in body["workers"]}
+        return status == 200 and pids.get(1) == second and pids.get(0) not in (None, first)
+
+    await eventually(replaced, timeout=20)
+    _, body = await readiness(g)
+    new = next(w["pid"] for w in body["workers"] if w["worker"] == 0)
+    assert await g.stop() == 0
+    await eventually(lambda: _none_alive([new, second]))
+
+
+async def test_workers_end_with_their_supervisor_even_on_kill_9(gateways: Gateways) -> None:
+    g = gateways("--workers", "2")
+    await g.start(wait_ready=False)
+    pids = worker_pids(g)
+    assert g.proc is not None
+    g.proc.kill()
+    await eventually(lambda: _none_alive(pids), timeout=20)
+
+
+async def test_one_worker_is_the_plain_gateway(gateway: GatewayProcess) -> None:
+    assert "workers, pids" not in gateway.output.decode()
+    status, body = await readiness(gateway)
+    assert status == 200 and "workers" not in body
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "quota", "period", "cpus"),
+    [
+        ("max 100000\n", None, None, None),
+        ("200000 100000\n", None, None, 2),
+        ("150000 100000\n", None, None, 2),  # a part of a CPU counts as one
+        ("50000 100000\n", None, None, 1),
+        (None, "-1", "100000", None),  # cgroup v1, no quota
+        (None, "300000", "100000", 3),
+        (None, None, None, None),  # no cgroup files at all
+    ],
+)
+def test_the_cpu_quota_of_the_cgroup(
+    cpu_max: str | None, quota: str | None, period: str | None, cpus: int | None
+) -> None:
+    assert cgroup_cpus(cpu_max, quota, period) == cpus
+
+
+def test_workers_setting() -> None:
+    assert parse_workers("auto") == 0 and parse_workers("3") == 3
+    with pytest.raises(ValueError):
+        parse_workers("0")
+    assert 1 <= usable_cpus() <= (os.cpu_count() or 1)
