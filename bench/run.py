@@ -854,6 +854,7 @@ async def bench_gateway(res: Results, a: argparse.Namespace) -> None:
                         target=">= 100,000/s and >= NATS" if subs == 1000 else ">= NATS",
                     )
                 )
+            nats_by_subs: dict[int, dict[str, float]] = {}
             for subs in (10, 100, 1000):
                 # 1,000 subscribers at 1,000 events/s is a million deliveries a second: keep it short.
                 secs = a.latency_seconds if subs < 1000 else min(a.latency_seconds, 3.0)
@@ -891,30 +892,55 @@ async def bench_gateway(res: Results, a: argparse.Namespace) -> None:
                             target="p99 < 50 ms" if q == "p99" and subs == 100 else "",
                         )
                     )
-                if subs == 100:
-                    # A second gateway process on the same port (SO_REUSEPORT, the default):
-                    # the kernel spreads the subscribers' connections over both.
-                    second = [
-                        sys.executable,
-                        "-m",
-                        "sluice_gateway",
-                        "--addr",
-                        gaddr,
-                        "--store",
-                        client.target,
-                    ]
-                    async with process(*second, "--http-addr", "", *a.gateway_flags, ready=b"listening on"):
-                        two = await fanout_run("sluice", gaddr, subs, n, sluice_paced, latency=True)
+                nats_by_subs[subs] = t
+    # Where one gateway process runs out of core: the same latency through --workers 2, and
+    # the store at `normal` durability (NATS core keeps nothing; `full` fsyncs every commit).
+    secs = a.latency_seconds
+    for durability, workers in (("normal", 1), (one_durability(a), 2), ("normal", 2)):
+        async with sluice_store(durability) as client:
+            gateway = [
+                sys.executable,
+                "-m",
+                "sluice_gateway",
+                "--addr",
+                "127.0.0.1:0",
+                "--store",
+                client.target,
+            ]
+            flags = ["--http-addr", "", "--workers", str(workers), *a.gateway_flags]
+            async with process(*gateway, *flags, ready=b"listening on") as gw:
+                gaddr = announced(gw)
+                for subs in (10, 100):
+
+                    async def appends(secs: float = secs, client: Client = client) -> None:
+                        async with client.session() as session:
+
+                            async def send(i: int) -> None:
+                                await session.append(f"fan-{i % 8}", [new_event("Tick", stamped(i))])
+
+                            await paced(1000, secs, send)
+
+                    label = (
+                        f"{workers} gateway processes on one port (--workers {workers})"
+                        if workers > 1
+                        else ""
+                    )
+                    log(f"fan-out latency, {subs} subscribers, store {durability}, {workers} gateway(s)")
+                    s = await fanout_run("sluice", gaddr, subs, int(1000 * secs), appends, latency=True)
                     for q in ("p50", "p99"):
+                        target = ""
+                        if q == "p99":
+                            target = "p99 <= 5 ms" if subs == 10 else "p99 < 50 ms"
                         res.add(
                             Row(
                                 "gateway fan-out",
-                                f"append -> {subs:,} subscribers at 1,000 events/s through two gateway "
-                                f"processes on one port (SO_REUSEPORT), {q}",
+                                f"append -> {subs:,} subscribers at 1,000 events/s, {q} "
+                                f"[Sluice {durability}{', ' + label if label else ''}]",
                                 "ms",
-                                two[q],
-                                {"one gateway process": s[q]},
+                                s[q],
+                                {"nats core": nats_by_subs[subs][q]},
                                 higher_is_better=False,
+                                target=target,
                             )
                         )
     await nc.close()
