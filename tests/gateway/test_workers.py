@@ -9,7 +9,9 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sluice import Client, new_event
 from sluice.gateway import GatewayClient
@@ -32,7 +34,7 @@ def alive(pid: int) -> bool:
 
 
 def worker_pids(g: GatewayProcess) -> list[int]:
-    m = re.search(r"workers, pids ([\d ]+)\)", g.output.decode())
+    m = re.search(r"workers[^)]*, pids ([\d ]+)\)", g.output.decode())
     assert m, g.output.decode()[-2000:]
     return [int(p) for p in m.group(1).split()]
 
@@ -99,9 +101,15 @@ async def _none_alive(pids: list[int]) -> bool:
 
 
 async def test_a_worker_killed_is_started_again(gateways: Gateways) -> None:
-    g = gateways("--workers", "2")
+    g = gateways("--workers", "2", "--health-addr", "127.0.0.1:0")  # that port shared too
     await g.start(wait_ready=False)
     await eventually(lambda: all_ready(g, 2), timeout=20)
+    m = re.search(r"health on (\S+),", g.output.decode())
+    assert m, g.output.decode()[-2000:]
+    async with grpc.aio.insecure_channel(m.group(1)) as channel:  # plaintext, for the kubelet
+        check = health_pb2.HealthCheckRequest(service="sluice.v1.Gateway")
+        reply = await health_pb2_grpc.HealthStub(channel).Check(check, timeout=10)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
     first, second = worker_pids(g)
     os.kill(first, signal.SIGKILL)
 

@@ -52,13 +52,14 @@ def listen_grpc(
     return port
 
 
-async def health_listener(servicer: Any, addr: str) -> tuple[grpc.aio.Server, int]:
+async def health_listener(servicer: Any, addr: str, reuse_port: bool = False) -> tuple[grpc.aio.Server, int]:
     """A plaintext gRPC server with nothing but ``servicer`` (grpc.health.v1) on ``addr``:
-    what the kubelet's gRPC probes reach when the service port speaks TLS."""
+    what the kubelet's gRPC probes reach when the service port speaks TLS (``reuse_port``:
+    shared with the other workers of one gateway)."""
     import grpc
     from grpc_health.v1 import health_pb2_grpc
 
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0), *GRPC_SERVER_OPTIONS])
+    server = grpc.aio.server(options=[("grpc.so_reuseport", int(reuse_port)), *GRPC_SERVER_OPTIONS])
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     port = listen_grpc(server, addr, "health_addr")
     await server.start()

@@ -134,7 +134,9 @@ class GatewayServer:
         await self.server.start()
         if self.settings.health_addr:
             health_addr = self.settings.health_addr
-            self.health_server, self.health_port = await health_listener(self.health, health_addr)
+            self.health_server, self.health_port = await health_listener(
+                self.health, health_addr, reuse_port=self.siblings is not None
+            )
         # "" (liveness) is SERVING while the process runs; sluice.v1.Gateway (readiness)
         # only while the live feed from the store is up.
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)

@@ -53,6 +53,7 @@ WORKERS_DIR_ENV = "SLUICE_GATEWAY_WORKERS_DIR"  # where the workers' sockets are
 WORKERS_COUNT_ENV = "SLUICE_GATEWAY_WORKER_COUNT"
 PARENT_ENV = "SLUICE_GATEWAY_SUPERVISOR"  # the supervisor's pid, to check it still lives
 RESTART_DELAY = 1.0
+MAX_RESTART_DELAY = 30.0
 SIBLING_TIMEOUT = 2.0
 
 
@@ -134,6 +135,7 @@ class Supervisor:
         self.procs: dict[int, asyncio.subprocess.Process] = {}
         self.stopping = False
         self.exit_codes: dict[int, int] = {}
+        self._passing: set[asyncio.Task[None]] = set()  # copying workers' output to ours
         self.dir = tempfile.mkdtemp(prefix="sluice-gateway-")
 
     def _fixed_addrs(self) -> dict[str, str]:
@@ -168,7 +170,9 @@ class Supervisor:
         while line := await proc.stdout.readline():
             text = line.decode(errors="replace").rstrip("\n")
             if "listening on" in text:
-                asyncio.get_running_loop().create_task(self._pass_on(proc))
+                task = asyncio.get_running_loop().create_task(self._pass_on(proc))
+                self._passing.add(task)
+                task.add_done_callback(self._passing.discard)
                 return text
             print(text, flush=True)
         return None
@@ -180,15 +184,21 @@ class Supervisor:
             print(line.decode(errors="replace").rstrip("\n"), flush=True)
 
     async def _keep(self, index: int, fixed: dict[str, str]) -> None:
-        """Watch a worker; start it again if it exits while the supervisor is not stopping."""
+        """Watch a worker; start it again if it exits while the supervisor is not stopping
+        (after a second, doubling up to half a minute while it keeps dying young)."""
+        delay = RESTART_DELAY
         while True:
             proc = self.procs[index]
+            started = asyncio.get_running_loop().time()
             code = await proc.wait()
             if self.stopping:
                 self.exit_codes[index] = code
                 return
-            log.warning("gateway worker %d (pid %d) exited with %d; starting it again", index, proc.pid, code)
-            await asyncio.sleep(RESTART_DELAY)
+            if asyncio.get_running_loop().time() - started >= MAX_RESTART_DELAY:
+                delay = RESTART_DELAY  # it had run a while: not a crash loop
+            log.warning("gateway worker %d (pid %d) exited: %d; again in %gs", index, proc.pid, code, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_RESTART_DELAY)
             if self.stopped():  # while it waited
                 self.exit_codes[index] = code
                 return
@@ -215,16 +225,17 @@ class Supervisor:
             fixed = self._fixed_addrs()
             procs = [await self._start(i, fixed) for i in range(self.count)]
             lines = await asyncio.gather(*(self._announced(p) for p in procs))
-            if any(line is None for line in lines):
+            if self.stopped() or any(line is None for line in lines):  # stopped while starting
                 self._signal(signal.SIGTERM)
                 await asyncio.gather(*(p.wait() for p in procs))
                 return 1
             keepers = [asyncio.create_task(self._keep(i, fixed)) for i in range(self.count)]
             grpc_addr = fixed.get("--addr", "")
             http = f", HTTP on {fixed['--http-addr']}" if fixed.get("--http-addr") else ""
+            health = f", health on {fixed['--health-addr']}" if fixed.get("--health-addr") else ""
             print(
-                f"sluice gateway listening on {grpc_addr}{http} (store {self.store}; {self.count} workers,"
-                f" pids {' '.join(str(p.pid) for p in procs)})",
+                f"sluice gateway listening on {grpc_addr}{http} (store {self.store}; {self.count} workers"
+                f"{health}, pids {' '.join(str(p.pid) for p in procs)})",
                 flush=True,
             )
             await asyncio.gather(*keepers)
