@@ -7,11 +7,13 @@ import os
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from sluice import Client, Credentials
+from sluice import Client, Credentials, new_event
 from sluice.gateway import GatewayClient
+from sluice.v1 import streams_pb2 as pb
 from tests.conftest import StoreProcess, reap
 from tests.ports import announced
 from tests.secure_mode import http_scheme, server_flags, store_client_flags
@@ -120,3 +122,29 @@ async def store_client(store_proc: StoreProcess) -> AsyncIterator[Client]:
 async def gw(gateway: GatewayProcess) -> AsyncIterator[GatewayClient]:
     async with GatewayClient(gateway.addr, timeout=10) as g:
         yield g
+
+
+#: Each client its own connection (gRPC would otherwise share one between equal channels),
+#: so that the kernel spreads them over the processes sharing a port.
+OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
+
+
+async def spread_watches(
+    addr: str, store_client: Client, prefix: str, count: int = 20
+) -> tuple[list[GatewayClient], list[AsyncIterator[Any]]]:
+    """``count`` watches of ``prefix`` on connections of their own, each caught up and then
+    given one stored event; the clients (for the caller to close) and the watches."""
+    clients = [GatewayClient(addr, options=OWN_CONNECTION) for _ in range(count)]
+    try:
+        its: list[AsyncIterator[Any]] = [c.watch(stream_prefixes=[prefix]) for c in clients]
+        for it in its:
+            assert isinstance(await asyncio.wait_for(anext(it), 10), pb.CaughtUp)
+        resp = await store_client.append(f"{prefix}-1", [new_event("E", b"x")])
+        for it in its:
+            ev = await asyncio.wait_for(anext(it), 10)
+            assert isinstance(ev, pb.RecordedEvent) and ev.position == resp.first_position
+    except BaseException:
+        for c in clients:
+            await c.close()
+        raise
+    return clients, its

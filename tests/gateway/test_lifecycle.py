@@ -22,7 +22,7 @@ from sluice.gateway import Cursor, GatewayClient
 from sluice.v1 import gateway_pb2 as gwpb
 from sluice.v1 import streams_pb2 as pb
 from tests.conftest import StoreProcess, closed_by_server, console_spans, eventually, slow_clients
-from tests.gateway.conftest import GatewayProcess, Gateways
+from tests.gateway.conftest import GatewayProcess, Gateways, spread_watches
 from tests.gateway.test_fanout import collect, produce
 from tests.secure_mode import SECURE, grpc_channel, http_session
 
@@ -165,17 +165,8 @@ async def test_two_gateways_share_one_port(gateways: Gateways, store_client: Cli
     port = a.port
     b = gateways(port=port)  # SO_REUSEPORT (the default): both listen, the kernel spreads connections
     await b.start()
-    # Each client its own connection (gRPC would otherwise share one between equal channels).
-    own = [("grpc.use_local_subchannel_pool", 1)]
-    clients = [GatewayClient(f"127.0.0.1:{port}", options=own) for _ in range(20)]
+    clients, _ = await spread_watches(f"127.0.0.1:{port}", store_client, "shared")
     try:
-        its = [g.watch(stream_prefixes=["shared"]) for g in clients]
-        for it in its:
-            assert isinstance(await asyncio.wait_for(anext(it), 10), pb.CaughtUp)
-        resp = await store_client.append("shared-1", [new_event("E", b"x")])
-        for it in its:
-            ev = await asyncio.wait_for(anext(it), 10)
-            assert isinstance(ev, pb.RecordedEvent) and ev.position == resp.first_position
         async with http_session() as http:
 
             async def spread() -> bool:

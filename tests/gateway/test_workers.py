@@ -13,15 +13,12 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from sluice import Client, new_event
-from sluice.gateway import GatewayClient
+from sluice import Client
 from sluice.v1 import streams_pb2 as pb
 from sluice_gateway.workers import cgroup_cpus, parse_workers, usable_cpus
 from tests.conftest import eventually
-from tests.gateway.conftest import GatewayProcess, Gateways
+from tests.gateway.conftest import GatewayProcess, Gateways, spread_watches
 from tests.secure_mode import http_session
-
-OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]  # each client its own connection
 
 
 def alive(pid: int) -> bool:
@@ -56,17 +53,9 @@ async def test_workers_share_the_ports_serve_every_watch_and_answer_for_each_oth
     await g.start(wait_ready=False)
     assert len(worker_pids(g)) == 2 and all(alive(p) for p in worker_pids(g))
     await eventually(lambda: all_ready(g, 2), timeout=20)
-    clients = [GatewayClient(g.addr, options=OWN_CONNECTION) for _ in range(20)]
+    # Stored events reach every watch, whichever worker serves it.
+    clients, its = await spread_watches(g.addr, store_client, "spread")
     try:
-        its = [c.watch(stream_prefixes=["spread"]) for c in clients]
-        for it in its:
-            assert isinstance(await asyncio.wait_for(anext(it), 10), pb.CaughtUp)
-        # Stored events reach every watch, whichever worker serves it.
-        resp = await store_client.append("spread-1", [new_event("E", b"x")])
-        for it in its:
-            ev = await asyncio.wait_for(anext(it), 10)
-            assert isinstance(ev, pb.RecordedEvent) and ev.position == resp.first_position
-
         # /readyz speaks for both workers, whichever answers: 20 in all, both holding some.
         async def spread() -> bool:
             _, body = await readiness(g)
