@@ -115,7 +115,7 @@ async def test_a_worker_killed_is_started_again(gateways: Gateways) -> None:
 
 
 async def test_workers_end_with_their_supervisor_even_on_kill_9(gateways: Gateways) -> None:
-    g = gateways("--workers", "2")
+    g = gateways(env={"SLUICE_GATEWAY_WORKERS": "2"})  # as a manifest would set it
     await g.start(wait_ready=False)
     pids = worker_pids(g)
     assert g.proc is not None

@@ -27,6 +27,7 @@ OPTIONS: tuple[Option, ...] = (
         parse_workers,
         "gateway processes on these addresses (SO_REUSEPORT), each a whole gateway; auto: one"
         " per CPU this process may use (its cgroup quota included)",
+        env_name="SLUICE_GATEWAY_WORKERS",
     ),
     Option(
         "http_idle_timeout",

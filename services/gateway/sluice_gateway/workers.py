@@ -48,10 +48,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 log = logging.getLogger("sluice_gateway")
 
-WORKER_ENV = "SLUICE_GATEWAY_WORKER"  # this worker's index, set by the supervisor
-WORKERS_DIR_ENV = "SLUICE_GATEWAY_WORKERS_DIR"  # where the workers' sockets are
-WORKERS_COUNT_ENV = "SLUICE_GATEWAY_WORKER_COUNT"
-PARENT_ENV = "SLUICE_GATEWAY_SUPERVISOR"  # the supervisor's pid, to check it still lives
+# Set by the supervisor for each worker (not settings: nothing else sets them).
+WORKER_ENV = "SLUICE_GATEWAY_WORKER_INDEX"  # this worker's index
+WORKERS_DIR_ENV = "SLUICE_GATEWAY_WORKER_DIR"  # where the workers' sockets are
+WORKERS_COUNT_ENV = "SLUICE_GATEWAY_WORKER_COUNT"  # how many there are
+PARENT_ENV = "SLUICE_GATEWAY_SUPERVISOR_PID"  # to check the supervisor still lives
 RESTART_DELAY = 1.0
 MAX_RESTART_DELAY = 30.0
 SIBLING_TIMEOUT = 2.0
