@@ -47,6 +47,24 @@ async def read_request(reader: asyncio.StreamReader) -> tuple[str, dict[str, str
     return start, headers, body
 
 
+async def answer_then_hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, reply: bytes) -> None:
+    """Write ``reply``, then keep the connection until the client closes it."""
+    writer.write(reply)
+    await writer.drain()
+    await reader.read()
+
+
+async def connections_for(handle: Handler, posts: int, status: int) -> int:
+    """POST ``posts`` times through one pusher to a raw server running ``handle``, each
+    answered with ``status``; how many connections the server accepted."""
+    async with raw_server(handle) as (url, accepted):
+        pusher = HttpPush(url)
+        for _ in range(posts):
+            assert (await pusher.post({}, b"e", 5)).status == status
+        await pusher.close()
+    return len(accepted)
+
+
 @contextlib.asynccontextmanager
 async def aiohttp_app(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> AsyncIterator[str]:
     app = web.Application()
@@ -138,27 +156,18 @@ async def test_a_connection_the_app_closed_while_idle_is_replaced_without_a_fail
         writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
         await writer.drain()
 
-    async with raw_server(handle) as (url, accepted):
-        pusher = HttpPush(url)
-        for _ in range(5):
-            assert (await pusher.post({}, b"e", 5)).status == 204
-        await pusher.close()
-    assert len(accepted) == 5
+    assert await connections_for(handle, posts=5, status=204) == 5
 
 
 async def test_connection_close_is_honoured() -> None:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
-        await writer.drain()
-        await reader.read()  # keeps it open: the client must close it, and not reuse it
+        # It keeps the connection open: the client must close it, and not reuse it.
+        await answer_then_hold(
+            reader, writer, b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        )
 
-    async with raw_server(handle) as (url, accepted):
-        pusher = HttpPush(url)
-        for _ in range(3):
-            assert (await pusher.post({}, b"e", 5)).status == 200
-        await pusher.close()
-    assert len(accepted) == 3
+    assert await connections_for(handle, posts=3, status=200) == 3
 
 
 async def test_nothing_listening_and_an_unanswered_new_connection_are_app_down() -> None:
@@ -182,9 +191,7 @@ async def test_a_slow_app_times_out_and_its_connection_is_dropped() -> None:
             assert await reader.read() == b""  # never answered: the client hangs up
             dropped.set()
             return
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh")
-        await writer.drain()
-        await reader.read()
+        await answer_then_hold(reader, writer, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh")
 
     async with raw_server(handle) as (url, accepted):
         pusher = HttpPush(url)
@@ -201,9 +208,7 @@ async def test_a_slow_app_times_out_and_its_connection_is_dropped() -> None:
 async def test_an_answer_that_is_not_http_is_a_bad_answer() -> None:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
-        writer.write(b"SSH-2.0-OpenSSH_9.6\r\n")
-        await writer.drain()
-        await reader.read()
+        await answer_then_hold(reader, writer, b"SSH-2.0-OpenSSH_9.6\r\n")
 
     async with raw_server(handle) as (url, _):
         pusher = HttpPush(url)
