@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
-from opentelemetry import propagate, trace
+from opentelemetry import context, propagate, trace
 
 
 def tracing_enabled(env: Mapping[str, str] | None = None) -> bool:
@@ -36,8 +36,11 @@ def current_traceparent() -> str | None:
 def inject(metadata: MutableMapping[str, str]) -> None:
     """Put the current trace context into an event's metadata unless it has one.
 
-    Costs one context look-up when no span is active (the common case without tracing).
+    Costs one context look-up when nothing is attached to the context (the common case
+    without tracing: a new event pays it).
     """
+    if not context.get_current():  # no span, no baggage: nothing to carry
+        return
     if "traceparent" in metadata or not trace.get_current_span().get_span_context().is_valid:
         return
     carrier: dict[str, str] = {}
