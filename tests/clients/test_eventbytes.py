@@ -62,3 +62,16 @@ def test_bytes_that_do_not_end_with_the_data_are_not_cut() -> None:
     ev = pb.RecordedEvent(id="x", data=b"payload", stream="s")  # protobuf's order: data third
     assert eventbytes.without_data(ev.SerializeToString(), b"payload") is None
     assert eventbytes.without_data(b"head", b"") == b"head"
+
+
+@given(
+    st.one_of(
+        st.integers(1, 2**64 - 1),
+        st.sampled_from([0x7F, 0x80, 0x3FFF, 0x4000, 0x1FFFFF, 0x200000, 0xFFFFFFF, 0x10000000]),
+    )
+)
+def test_varints_are_what_protobuf_writes(n: int) -> None:
+    from sluice.protowire import read_varint, varint
+
+    assert pb.RecordedEvent(position=n).SerializeToString() == eventbytes.TAG_POSITION + varint(n)
+    assert read_varint(varint(n), 0) == (n, len(varint(n)))

@@ -5,6 +5,12 @@ from __future__ import annotations
 
 def varint(n: int) -> bytes:
     """The base-128 varint encoding of a non-negative integer."""
+    # Positions and revisions of a busy store take 3 or 4 bytes: spelled out, without the
+    # loop (every stored event's head carries its position).
+    if 0x4000 <= n < 0x200000:
+        return bytes((n & 0x7F | 0x80, n >> 7 & 0x7F | 0x80, n >> 14))
+    if 0x200000 <= n < 0x10000000:
+        return bytes((n & 0x7F | 0x80, n >> 7 & 0x7F | 0x80, n >> 14 & 0x7F | 0x80, n >> 21))
     out = bytearray()
     while n >= 0x80:
         out.append((n & 0x7F) | 0x80)
