@@ -86,6 +86,10 @@ async def test_workers_share_the_ports_serve_every_watch_and_answer_for_each_oth
     await eventually(lambda: _none_alive(worker_pids(g)))
 
 
+async def _empty(directory: Path) -> bool:
+    return not os.listdir(directory)
+
+
 async def _none_alive(pids: list[int]) -> bool:
     return not any(alive(p) for p in pids)
 
@@ -120,13 +124,18 @@ async def test_a_worker_killed_is_started_again(gateways: Gateways) -> None:
     await eventually(lambda: _none_alive([new, second]))
 
 
-async def test_workers_end_with_their_supervisor_even_on_kill_9(gateways: Gateways) -> None:
-    g = gateways(env={"SLUICE_GATEWAY_WORKERS": "2"})  # as a manifest would set it
+async def test_workers_end_with_their_supervisor_even_on_kill_9(gateways: Gateways, tmp_path: Path) -> None:
+    # SLUICE_GATEWAY_WORKERS as a manifest would set it; TMPDIR: where the workers' sockets go.
+    tmp = tmp_path / "gateway"
+    tmp.mkdir()
+    g = gateways(env={"SLUICE_GATEWAY_WORKERS": "2", "TMPDIR": str(tmp)})
     await g.start(wait_ready=False)
     pids = worker_pids(g)
+    assert [name.startswith("sluice-gateway-") for name in os.listdir(tmp)] == [True]
     assert g.proc is not None
     g.proc.kill()
     await eventually(lambda: _none_alive(pids), timeout=20)
+    await eventually(lambda: _empty(tmp))  # the last worker out removed what the supervisor could not
 
 
 async def test_one_worker_is_the_plain_gateway(gateway: GatewayProcess) -> None:

@@ -148,6 +148,7 @@ class Supervisor:
         return fixed
 
     async def _start(self, index: int, fixed: dict[str, str]) -> asyncio.subprocess.Process:
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)  # the last worker out removed it
         args = [sys.executable, "-m", "sluice_gateway", *self.argv, "--workers", "1"]
         for flag, addr in fixed.items():
             args += [flag, addr]
@@ -301,6 +302,13 @@ class Siblings:
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+        with contextlib.suppress(OSError):
+            os.unlink(self._path(self.index))
+        # The last worker out removes the directory (only an empty one goes): after a
+        # kill -9 of the supervisor nothing is left behind. The supervisor makes it again
+        # before it starts a worker.
+        with contextlib.suppress(OSError):
+            self.dir.rmdir()
 
     async def _ask(self, path: str) -> list[tuple[int, Any]]:
         """Each worker's answer to ``path`` (text, or JSON for /readyz); one that does not
