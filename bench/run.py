@@ -18,6 +18,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import functools
 import gc
 import itertools
 import json
@@ -814,6 +815,17 @@ async def bench_sidecar(res: Results, a: argparse.Namespace) -> None:
 # -- gateway fan-out ---------------------------------------------------------------------
 
 
+async def stamped_appends(client: Client, secs: float) -> None:
+    """1,000 appends a second for ``secs`` through one session, each stamped with its send
+    time (what the fan-out latency cases measure from)."""
+    async with client.session() as session:
+
+        async def send(i: int) -> None:
+            await session.append(f"fan-{i % 8}", [new_event("Tick", stamped(i))])
+
+        await paced(1000, secs, send)
+
+
 async def bench_gateway(res: Results, a: argparse.Namespace) -> None:
     """Deliveries/s with 10, 100, 1,000 subscribers and latency with 100, beside NATS core."""
     nc = await nats.connect(NATS_URL)
@@ -860,13 +872,7 @@ async def bench_gateway(res: Results, a: argparse.Namespace) -> None:
                 secs = a.latency_seconds if subs < 1000 else min(a.latency_seconds, 3.0)
                 n = int(1000 * secs)
 
-                async def sluice_paced(secs: float = secs) -> None:
-                    async with client.session() as session:
-
-                        async def send(i: int) -> None:
-                            await session.append(f"fan-{i % 8}", [new_event("Tick", stamped(i))])
-
-                        await paced(1000, secs, send)
+                sluice_paced = functools.partial(stamped_appends, client, secs)
 
                 async def nats_paced(secs: float = secs) -> None:
                     async def send(i: int) -> None:
@@ -911,21 +917,13 @@ async def bench_gateway(res: Results, a: argparse.Namespace) -> None:
             async with process(*gateway, *flags, ready=b"listening on") as gw:
                 gaddr = announced(gw)
                 for subs in (10, 100):
-
-                    async def appends(secs: float = secs, client: Client = client) -> None:
-                        async with client.session() as session:
-
-                            async def send(i: int) -> None:
-                                await session.append(f"fan-{i % 8}", [new_event("Tick", stamped(i))])
-
-                            await paced(1000, secs, send)
-
                     label = (
                         f"{workers} gateway processes on one port (--workers {workers})"
                         if workers > 1
                         else ""
                     )
                     log(f"fan-out latency, {subs} subscribers, store {durability}, {workers} gateway(s)")
+                    appends = functools.partial(stamped_appends, client, secs)
                     s = await fanout_run("sluice", gaddr, subs, int(1000 * secs), appends, latency=True)
                     for q in ("p50", "p99"):
                         target = ""

@@ -165,7 +165,7 @@ class HttpPush:
         # What every request starts with; the length and the caller's headers follow.
         self._start = f"POST {target} HTTP/1.1\r\nhost: {parts.netloc}\r\nuser-agent: {user_agent}\r\n"
         self._idle: list[_Connection] = []
-        self.opened = 0  # connections opened in all (for tests and metrics)
+        self.opened = 0  # connections opened in all (tests read it)
 
     async def post(self, headers: Mapping[str, str], body: bytes, timeout: float) -> Answer:
         """POST ``body`` with ``headers``; the app's answer within ``timeout`` seconds."""
@@ -192,13 +192,11 @@ class HttpPush:
                 raise AppDown(str(e)) from e
 
     async def _exchange(self, conn: _Connection, request: bytes) -> Answer:
-        done = False
         try:
             answer = await conn.send(request)
-            done = True
-        finally:
-            if not done:  # failed, timed out or cancelled: its answer may still come
-                conn.close()
+        except BaseException:  # failed, timed out or cancelled: its answer may still come
+            conn.close()
+            raise
         if conn.reusable:
             self._idle.append(conn)
         else:

@@ -51,11 +51,11 @@ class Telemetry:
         yield metrics.Observation(self.status().delivered, self.attributes)
 
     def _in_flight(self, _: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
-        yield metrics.Observation(self.status().in_flight, {"group": self.group})
+        yield metrics.Observation(self.status().in_flight, self.attributes)
 
     def _lag(self, _: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
         for p in self.status().partitions:
-            yield metrics.Observation(p.lag_positions, {"group": self.group, "partition": p.partition})
+            yield metrics.Observation(p.lag_positions, {**self.attributes, "partition": p.partition})
 
     def delivery(
         self, events: Sequence[pb.RecordedEvent], partition: int, attempt: int

@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
                 addrs["--health-addr"] = settings.health_addr
             workers.supervise(args, count, {k: v for k, v in addrs.items() if v}, settings.store)
             return
-    run_main("sluice-gateway", lambda: config.load(args), serve, lambda s: s.uvloop)
+    run_main("sluice-gateway", lambda: settings or config.load(args), serve, lambda s: s.uvloop)
 
 
 if __name__ == "__main__":

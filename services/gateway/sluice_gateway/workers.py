@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import logging
 import math
 import os
@@ -52,7 +53,6 @@ log = logging.getLogger("sluice_gateway")
 WORKER_ENV = "SLUICE_GATEWAY_WORKER_INDEX"  # this worker's index
 WORKERS_DIR_ENV = "SLUICE_GATEWAY_WORKER_DIR"  # where the workers' sockets are
 WORKERS_COUNT_ENV = "SLUICE_GATEWAY_WORKER_COUNT"  # how many there are
-PARENT_ENV = "SLUICE_GATEWAY_SUPERVISOR_PID"  # to check the supervisor still lives
 RESTART_DELAY = 1.0
 MAX_RESTART_DELAY = 30.0
 SIBLING_TIMEOUT = 2.0
@@ -120,10 +120,13 @@ def _hold_port(addr: str) -> tuple[str, socket.socket | None]:
     return f"{host}:{sock.getsockname()[1]}", sock
 
 
-def _die_with_parent() -> None:  # pragma: no cover (runs in the child between fork and exec)
-    """In the worker: SIGTERM when the supervisor dies (Linux's PR_SET_PDEATHSIG)."""
+def _die_with_parent(parent: int) -> None:  # pragma: no cover (in the child, before exec)
+    """In the worker: SIGTERM when the supervisor dies (Linux's PR_SET_PDEATHSIG); and if
+    it died before the signal was set (the worker has another parent already), exit now."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 class Supervisor:
@@ -157,10 +160,12 @@ class Supervisor:
             WORKER_ENV: str(index),
             WORKERS_DIR_ENV: self.dir,
             WORKERS_COUNT_ENV: str(self.count),
-            PARENT_ENV: str(os.getpid()),
         }
         proc = await asyncio.create_subprocess_exec(
-            *args, stdout=asyncio.subprocess.PIPE, env=env, preexec_fn=_die_with_parent
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            env=env,
+            preexec_fn=functools.partial(_die_with_parent, os.getpid()),
         )
         self.procs[index] = proc
         return proc
@@ -279,10 +284,6 @@ class Siblings:
         return str(self.dir / f"worker-{index}.sock")
 
     async def start(self, metrics: Callable[[], bytes], ready: Callable[[], dict[str, Any]]) -> None:
-        parent = os.environ.get(PARENT_ENV)
-        if parent and os.getppid() != int(parent):  # the supervisor died before the signal was set
-            os.kill(os.getpid(), signal.SIGTERM)
-
         async def own_metrics(_: web.Request) -> web.Response:
             return web.Response(body=metrics(), content_type="text/plain")
 
