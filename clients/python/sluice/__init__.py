@@ -1,5 +1,8 @@
 """Sluice: the Python client for the Sluice event store."""
 
+# First, before anything imports grpc: the gRPC core settings (sluice/grpcenv.py).
+import sluice.grpcenv  # noqa: F401, I001
+
 from sluice.client import (
     ANY,
     END,
