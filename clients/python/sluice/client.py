@@ -312,13 +312,22 @@ class Client(Connection):
             return await self._call(self._stub.Append(request, timeout=self.timeout))
         session = self._shared_session()
         result = session.submit(request, size)
+        # A timer that fails the future, where asyncio.timeout() would make a context
+        # manager and reschedule per append (awaited appends to bench/echo.py: 5,400 to 5,750/s).
+        timer = (
+            None
+            if self.timeout is None
+            else asyncio.get_running_loop().call_later(self.timeout, _expire, result)
+        )
         try:
-            async with asyncio.timeout(self.timeout):
-                return await result
+            return await result
         except TimeoutError:
             # The store did not answer in time: later appends get a fresh session.
             self._retire(session)
             raise SluiceError("Deadline Exceeded", grpc.StatusCode.DEADLINE_EXCEEDED) from None
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     def _shared_session(self) -> AppendSession:
         session = self._session
@@ -699,6 +708,12 @@ class Client(Connection):
                 if attempt == retries:
                     raise
         raise AssertionError("unreachable")
+
+
+def _expire(fut: asyncio.Future[Any]) -> None:
+    """An append's deadline passed: its caller gets TimeoutError (a late answer is dropped)."""
+    if not fut.done():
+        fut.set_exception(TimeoutError())
 
 
 def _settle(fut: asyncio.Future[pb.AppendResponse], call: asyncio.Future[pb.AppendResponse]) -> None:
