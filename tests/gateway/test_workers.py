@@ -16,7 +16,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sluice import Client
 from sluice.v1 import streams_pb2 as pb
-from sluice_gateway.workers import cgroup_cpus, parse_workers, usable_cpus
+from sluice_gateway.config import Settings
+from sluice_gateway.server import GatewayServer
+from sluice_gateway.workers import WORKERS_COUNT_ENV, cgroup_cpus, parse_workers, usable_cpus
 from tests.conftest import eventually
 from tests.gateway.conftest import GatewayProcess, Gateways, spread_watches
 from tests.secure_mode import http_session
@@ -167,3 +169,17 @@ def test_workers_setting() -> None:
     with pytest.raises(ValueError):
         parse_workers("0")
     assert 1 <= usable_cpus() <= (os.cpu_count() or 1)
+
+
+@pytest.mark.parametrize("count", [1, 3])
+async def test_each_worker_aims_for_its_share_of_the_message_budget(
+    count: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # --message-budget is the gateway's messages/s: N workers at the whole budget each
+    # would send N times as many messages as one process (and crowd the cores they share).
+    monkeypatch.setenv(WORKERS_COUNT_ENV, str(count))
+    server = GatewayServer(Settings(store="127.0.0.1:1", message_budget=30_000))
+    try:
+        assert server.hub.message_budget == 30_000 // count
+    finally:
+        await server.channel.close()

@@ -48,7 +48,8 @@ OPTIONS: tuple[Option, ...] = (
         "message_budget",
         int,
         "messages/s to all subscribers the gateway aims for under load: the flush interval grows"
-        " to subscribers / budget, so busy subscribers get fewer, larger messages",
+        " to subscribers / budget, so busy subscribers get fewer, larger messages (with --workers,"
+        " each worker aims for its share)",
     ),
     Option("heartbeat_interval", parse_duration, "default heartbeat interval of a subscription"),
     Option("ephemeral_ttl", parse_duration, "default time to live of published messages"),
@@ -88,7 +89,7 @@ class Settings(ServerSecurity, StoreClientSecurity, ProcessSettings):
     max_buffer_size: int = 100_000
     max_batch: int = 1000
     flush_interval: float = 0.0
-    message_budget: int = 20_000
+    message_budget: int = 50_000
     heartbeat_interval: float = 5.0
     ephemeral_ttl: float = 30.0
     reconnect_backoff: float = 2.0

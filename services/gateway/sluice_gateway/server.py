@@ -35,7 +35,7 @@ from sluice_gateway.hub import Hub
 from sluice_gateway.service import Gateway
 from sluice_gateway.sse import HttpApi
 from sluice_gateway.telemetry import Telemetry
-from sluice_gateway.workers import Siblings
+from sluice_gateway.workers import Siblings, worker_count
 
 log = logging.getLogger("sluice_gateway")
 
@@ -69,7 +69,9 @@ class GatewayServer:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.hub = Hub(settings.flush_interval, settings.message_budget, settings.ephemeral_buffer_bytes)
+        # --message-budget is the gateway's: with --workers each worker aims for its share.
+        budget = max(1, settings.message_budget // worker_count())
+        self.hub = Hub(settings.flush_interval, budget, settings.ephemeral_buffer_bytes)
         self.channel = store_channel(settings)
         self.guard = settings.guard()
         self.gateway = Gateway(

@@ -263,6 +263,11 @@ def supervise(argv: Sequence[str], count: int, addrs: dict[str, str], store: str
 # -- in each worker ---------------------------------------------------------------------
 
 
+def worker_count() -> int:
+    """How many gateway processes share these addresses: 1 outside ``--workers``."""
+    return int(os.environ.get(WORKERS_COUNT_ENV, "1"))
+
+
 class Siblings:
     """This worker's view of the others: its own Unix socket answers for itself, and the
     public ``/metrics`` and ``/readyz`` gather every worker's answers."""
