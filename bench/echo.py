@@ -10,6 +10,13 @@ a gRPC message each way in Python (grpc.aio on both ends, uvloop here as in the 
 
 from __future__ import annotations
 
+# First, before grpc: the gRPC core settings the store runs with (sluice/grpcenv.py), so
+# the floor is measured on the same footing when this runs on its own.
+# isort: off
+import sluice.grpcenv  # noqa: F401
+
+# isort: on
+
 import asyncio
 import sys
 from collections.abc import AsyncIterator
