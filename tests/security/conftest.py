@@ -66,6 +66,9 @@ class Keys:
         return jwt.encode(body, key or self.private, algorithm=alg, headers={"kid": "k1"})
 
 
+HOUR = datetime.timedelta(hours=1)
+
+
 class Setup:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -106,9 +109,11 @@ class Setup:
             credentials=self.creds("root"),
         )
 
-    def client_cert(self, uri: str, ca: trustme.CA | None = None) -> tuple[Path, Path]:
+    def client_cert(
+        self, uri: str, ca: trustme.CA | None = None, valid_for: datetime.timedelta = HOUR
+    ) -> tuple[Path, Path]:
         """A client certificate naming ``uri`` (a URI SAN, as a SPIFFE ID is) and its last
-        path segment as CN, signed by our CA or ``ca``."""
+        path segment as CN, signed by our CA or ``ca``, expiring ``valid_for`` from now."""
         signer = ca or self.ca
         ca_key = serialization.load_pem_private_key(signer.private_key_pem.bytes(), None)
         ca_cert = x509.load_pem_x509_certificate(signer.cert_pem.bytes())
@@ -121,7 +126,7 @@ class Setup:
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(hours=1))
+            .not_valid_after(now + valid_for)
             .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), critical=False)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
             .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]

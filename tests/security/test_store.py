@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import hmac
 import json
 import socket
@@ -195,6 +196,45 @@ async def test_mutual_tls_names_the_principal_and_refuses_strangers(
             with pytest.raises(SluiceError) as refused:
                 await c.append("mesh-1", [new_event("E")])
             assert not isinstance(refused.value, PermissionDenied)  # the handshake failed
+
+
+async def test_a_client_certificate_that_expires_ends_its_subscriptions_and_calls(
+    secure_store: Callable[..., Awaitable[StoreProcess]], setup: Setup
+) -> None:
+    """A connection outlives the handshake that checked its certificate: once the
+    certificate expires, the store ends the reads opened with it and refuses new calls on
+    the same connection, while reads under a certificate still valid (of the same name)
+    run on."""
+    store = await secure_store(mtls=True)
+
+    def creds(valid_for: datetime.timedelta) -> Credentials:
+        cert, key = setup.client_cert("spiffe://test/ns/shop/sa/orders", valid_for=valid_for)
+        return Credentials(ca_file=str(setup.ca_file), cert_file=str(cert), key_file=str(key))
+
+    async with (
+        Client(store.addr, credentials=creds(datetime.timedelta(seconds=4))) as by_cert,
+        Client(store.addr, credentials=creds(datetime.timedelta(hours=1))) as root,
+    ):
+        subs = {
+            name: c.subscribe(stream_prefixes=["mesh-1"], heartbeat_interval=0.2)
+            for name, c in (("cert", by_cert), ("root", root))
+        }
+        for sub in subs.values():
+            assert isinstance(await asyncio.wait_for(anext(sub), WAIT), pb.CaughtUp)
+        with pytest.raises(Unauthenticated) as ended:
+            async with asyncio.timeout(WAIT):
+                async for _ in subs["cert"]:
+                    pass
+        assert "certificate expired" in ended.value.message, ended.value.message
+        with pytest.raises(Unauthenticated) as refused:  # a new call on the same connection
+            await by_cert.append("mesh-1", [new_event("E")])
+        assert "certificate expired" in refused.value.message
+        appended = await root.append("mesh-1", [new_event("E")])
+        assert await next_event(subs["root"], WAIT) == appended.first_position
+    assert store.log is not None
+    lines = store.log.read_text().splitlines()
+    audit = [json.loads(line.split("sluice.audit: ", 1)[1]) for line in lines if "credential_ended" in line]
+    assert [a["why"] for a in audit] == ["its client certificate expired"], audit
 
 
 def served_certificate(addr: str, ca_file: str) -> bytes:

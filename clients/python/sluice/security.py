@@ -81,9 +81,19 @@ class Principal:
     roles: frozenset[str] = frozenset()
     how: str = "anonymous"  # token, jwt, mtls, anonymous
     # What tells later whether the credential still holds (not part of the identity, so
-    # decisions stay cached per principal): a static token's hash, a JWT's expiry.
+    # decisions stay cached per principal): a static token's hash, a JWT's or a client
+    # certificate's expiry.
     credential: str = dataclasses.field(default="", compare=False)
     expires: float = dataclasses.field(default=0.0, compare=False)
+
+    @property
+    def lapses(self) -> float:
+        """When the credential stops holding (Unix seconds; 0: never by time): a JWT at its
+        expiry plus the clock-skew leeway, a client certificate at its notAfter by this
+        server's clock (as the TLS handshake judges it)."""
+        if not self.expires:
+            return 0.0
+        return self.expires + (JWT_LEEWAY if self.how == "jwt" else 0.0)
 
 
 ANONYMOUS = Principal(ANONYMOUS_NAME)
@@ -155,9 +165,14 @@ class Authenticator:
     def configured(self) -> bool:
         return bool(self._tokens or self._jwks or self._secret or self.mtls)
 
-    def principal(self, metadata: Mapping[str, str], peer_identity: Sequence[str] = ()) -> Principal:
+    def principal(
+        self, metadata: Mapping[str, str], peer_identity: Sequence[str] = (), cert_expires: float = 0.0
+    ) -> Principal:
         """The caller, or Unauthenticated. ``peer_identity``: the verified client
-        certificate's URI SANs then CN (empty without mutual TLS)."""
+        certificate's URI SANs then CN (empty without mutual TLS); ``cert_expires``: when
+        that certificate expires (Unix seconds; 0: unknown). A connection outlives the
+        handshake that checked the certificate, so a call on it is refused once the
+        certificate has expired, by this server's clock as the handshake judged it."""
         if not self.configured:
             return ANONYMOUS
         auth = metadata.get("authorization", "")
@@ -167,7 +182,9 @@ class Authenticator:
                 raise Unauthenticated("authorization: expected 'Bearer <token>'")
             return self._bearer(credential.strip())
         if self.mtls and peer_identity:
-            return Principal(peer_identity[0], how="mtls")
+            if cert_expires and time.time() > cert_expires:
+                raise Unauthenticated("the client certificate expired")
+            return Principal(peer_identity[0], how="mtls", expires=cert_expires)
         raise Unauthenticated("no credential: send 'authorization: Bearer <token>' or a client certificate")
 
     def _bearer(self, token: str) -> Principal:
@@ -246,11 +263,26 @@ class Authenticator:
         def check(p: Principal) -> str:
             if p.how == "token" and known is not None and p.credential not in known:
                 return "its token was taken out of the tokens file"
-            if p.expires and now > p.expires + JWT_LEEWAY:  # only a JWT has an expiry
-                return "its token expired"
+            if p.expires and now > p.lapses:  # a JWT's or a client certificate's
+                return "its client certificate expired" if p.how == "mtls" else "its token expired"
             return ""
 
         return check
+
+
+def peer_cert_expires(auth_context: Mapping[str, Iterable[bytes]]) -> float:
+    """When the verified client certificate in gRPC's auth context expires (Unix seconds;
+    0 without one)."""
+    pems = list(auth_context.get("x509_pem_cert", ()))
+    return _cert_expires(pems[0]) if pems else 0.0
+
+
+@functools.lru_cache(maxsize=4096)
+def _cert_expires(pem: bytes) -> float:
+    """A PEM certificate's notAfter, parsed once per certificate (calls reuse connections)."""
+    from cryptography import x509
+
+    return x509.load_pem_x509_certificate(pem).not_valid_after_utc.timestamp()
 
 
 def peer_identity(auth_context: Mapping[str, Iterable[bytes]]) -> list[str]:
@@ -406,9 +438,11 @@ class Guard:
         self._swept_tokens: tuple[float, int] | None = None
         self._next_expiry = math.inf
 
-    def principal(self, metadata: Mapping[str, str], identity: Sequence[str], peer: str) -> Principal:
+    def principal(
+        self, metadata: Mapping[str, str], identity: Sequence[str], peer: str, cert_expires: float = 0.0
+    ) -> Principal:
         try:
-            return self.authenticator.principal(metadata, identity)
+            return self.authenticator.principal(metadata, identity, cert_expires)
         except Unauthenticated as e:
             audit_event("refused", "", "authenticate", "", peer=peer, why=str(e))
             raise
@@ -430,7 +464,7 @@ class Guard:
         live = Live(principal, needs, task)
         self._live.add(live)
         if principal.expires:
-            self._next_expiry = min(self._next_expiry, principal.expires + JWT_LEEWAY)
+            self._next_expiry = min(self._next_expiry, principal.lapses)
         return live
 
     def unregister(self, live: Live | None) -> None:
@@ -461,7 +495,7 @@ class Guard:
                 audit_event("credential_ended", live.principal.name, "authenticate", "", why=why)
                 live.task.cancel()
             elif live.principal.expires:
-                self._next_expiry = min(self._next_expiry, live.principal.expires + JWT_LEEWAY)
+                self._next_expiry = min(self._next_expiry, live.principal.lapses)
 
     def _reload_policy(self) -> None:
         try:

@@ -89,8 +89,12 @@ class GatewayService:
         if not guard.enabled:
             return Caller()
         metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
-        identity = security.peer_identity(context.auth_context()) if guard.authenticator.mtls else []
-        return self.gateway.authenticate(metadata, identity, context.peer())
+        identity: list[str] = []
+        expires = 0.0
+        if guard.authenticator.mtls:
+            auth = context.auth_context()
+            identity, expires = security.peer_identity(auth), security.peer_cert_expires(auth)
+        return self.gateway.authenticate(metadata, identity, context.peer(), expires)
 
     async def Watch(self, request: gwpb.WatchRequest, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         try:

@@ -148,12 +148,14 @@ class Gateway:
         self.settings = settings
         self.origin = str(uuid.uuid4())  # this process, as the origin of what it publishes
 
-    def authenticate(self, metadata: Mapping[str, str], identity: Sequence[str], peer: str) -> Caller:
+    def authenticate(
+        self, metadata: Mapping[str, str], identity: Sequence[str], peer: str, cert_expires: float = 0.0
+    ) -> Caller:
         """The caller of a watch or publish; GatewayError UNAUTHENTICATED if none verifies."""
         if not self.guard.enabled:
             return Caller()
         try:
-            principal = self.guard.principal(metadata, identity, peer)
+            principal = self.guard.principal(metadata, identity, peer, cert_expires)
         except security.Unauthenticated as e:
             raise GatewayError(grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED", str(e)) from None
         auth = metadata.get("authorization", "")

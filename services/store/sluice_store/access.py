@@ -76,9 +76,13 @@ class Access:
 
     def authenticate(self, context: grpc.aio.ServicerContext) -> Principal:
         metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
-        identity = security.peer_identity(context.auth_context()) if self.guard.authenticator.mtls else []
+        identity: list[str] = []
+        expires = 0.0
+        if self.guard.authenticator.mtls:
+            auth = context.auth_context()
+            identity, expires = security.peer_identity(auth), security.peer_cert_expires(auth)
         try:
-            return self.guard.principal(metadata, identity, context.peer())
+            return self.guard.principal(metadata, identity, context.peer(), expires)
         except security.Unauthenticated as e:
             raise Unauthenticated(str(e)) from None
 
