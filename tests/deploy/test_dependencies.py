@@ -72,10 +72,12 @@ def test_every_import_of_a_service_is_a_declared_dependency(folder: str) -> None
             missing[module] = sorted(dists)
     if folder == "clients/python":
         # The client's optional parts import what only the services that use them install:
-        # the HTTP server helpers (aiohttp), tokens and policies (PyJWT, PyYAML), telemetry,
-        # a process's health service and uvloop (sluice.process).
+        # the HTTP server helpers (aiohttp), tokens and policies (PyJWT, PyYAML), a client
+        # certificate's expiry under mutual TLS (cryptography), telemetry, a process's
+        # health service and uvloop (sluice.process).
         for optional in (
             "aiohttp",
+            "cryptography",
             "jwt",
             "yaml",
             "opentelemetry",
