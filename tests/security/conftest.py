@@ -98,16 +98,22 @@ class Setup:
         doc["tokens"] = [t for t in doc["tokens"] if t["name"] != name]
         self.tokens.write_text(yaml.safe_dump(doc))
 
-    def gateway(self, store: str, folder: Path) -> GatewayProcess:
-        """A gateway with TLS, tokens and the policy, reaching ``store`` as "gateway"."""
+    def gateway(self, store: str, folder: Path, mtls: Credentials | None = None) -> GatewayProcess:
+        """A gateway with TLS, tokens and the policy, reaching ``store`` as "gateway";
+        ``mtls``: it asks for client certificates, and its readiness check uses these."""
         token = folder / "gateway.token"
         token.write_text(TOKENS["gateway"])
         return GatewayProcess(
             store,
-            *self.store_flags(),
+            *self.store_flags(mtls is not None),
             *("--store-tls-ca", str(self.ca_file), "--store-token-file", str(token)),
-            credentials=self.creds("root"),
+            credentials=mtls or self.creds("root"),
         )
+
+    def cert_creds(self, uri: str, valid_for: datetime.timedelta = HOUR) -> Credentials:
+        """Credentials with a client certificate naming ``uri`` (see client_cert)."""
+        cert, key = self.client_cert(uri, valid_for=valid_for)
+        return Credentials(ca_file=str(self.ca_file), cert_file=str(cert), key_file=str(key))
 
     def client_cert(
         self, uri: str, ca: trustme.CA | None = None, valid_for: datetime.timedelta = HOUR

@@ -4,6 +4,7 @@ credential, one policy; events flow end to end and each part gets only its grant
 from __future__ import annotations
 
 import asyncio
+import datetime
 import os
 import ssl
 from collections.abc import Awaitable, Callable
@@ -139,6 +140,43 @@ async def test_the_gateway_serves_a_renewed_http_certificate_without_a_restart(
             while served_certificate(http, str(setup.ca_file)) != want:  # noqa: ASYNC110 (polled by design)
                 await asyncio.sleep(0.2)
         assert want != before and gateway.proc is not None and gateway.proc.returncode is None
+    finally:
+        if gateway.proc is not None and gateway.proc.returncode is None:
+            gateway.proc.kill()
+            await gateway.proc.wait()
+
+
+async def test_a_watch_ends_when_its_client_certificate_expires_and_others_run_on(
+    secure_store: Callable[..., Awaitable[StoreProcess]], setup: Setup, tmp_path: Path
+) -> None:
+    """The gateway under mutual TLS: a watch opened with a certificate that then expires
+    ends with UNAUTHENTICATED; one opened with a valid certificate of the same name runs on."""
+    admin = "spiffe://test/ns/ops/sa/admin"
+    setup.write_policy({"rules": [*MESH_POLICY["rules"], {"allow": ["*"], "streams": ["*"], "who": [admin]}]})
+    store = await secure_store()
+    gateway = setup.gateway(store.addr, tmp_path, mtls=setup.cert_creds(admin))
+    try:
+        await gateway.start()
+        # Made once the gateway is up: its few seconds must cover the handshake below.
+        lapsing_creds = setup.cert_creds(admin, datetime.timedelta(seconds=5))
+        async with (
+            GatewayClient(gateway.addr, credentials=lapsing_creds) as lapsing,
+            GatewayClient(gateway.addr, credentials=setup.cert_creds(admin)) as lasting,
+            Client(store.addr, credentials=setup.creds("root")) as root,
+        ):
+            watches = {
+                name: g.watch(stream_prefixes=["orders-"], heartbeat_interval=0.2)
+                for name, g in (("lapsing", lapsing), ("lasting", lasting))
+            }
+            for w in watches.values():
+                await asyncio.wait_for(anext(w), WAIT)  # admitted: the first heartbeat
+            with pytest.raises(Unauthenticated) as ended:
+                async with asyncio.timeout(WAIT):
+                    async for _ in watches["lapsing"]:
+                        pass
+            assert "certificate expired" in ended.value.message, ended.value.message
+            appended = await root.append("orders-1", [new_event("E")])
+            assert await next_event(watches["lasting"], WAIT) == appended.first_position
     finally:
         if gateway.proc is not None and gateway.proc.returncode is None:
             gateway.proc.kill()

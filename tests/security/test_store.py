@@ -206,14 +206,10 @@ async def test_a_client_certificate_that_expires_ends_its_subscriptions_and_call
     the same connection, while reads under a certificate still valid (of the same name)
     run on."""
     store = await secure_store(mtls=True)
-
-    def creds(valid_for: datetime.timedelta) -> Credentials:
-        cert, key = setup.client_cert("spiffe://test/ns/shop/sa/orders", valid_for=valid_for)
-        return Credentials(ca_file=str(setup.ca_file), cert_file=str(cert), key_file=str(key))
-
+    orders = "spiffe://test/ns/shop/sa/orders"
     async with (
-        Client(store.addr, credentials=creds(datetime.timedelta(seconds=4))) as by_cert,
-        Client(store.addr, credentials=creds(datetime.timedelta(hours=1))) as root,
+        Client(store.addr, credentials=setup.cert_creds(orders, datetime.timedelta(seconds=5))) as by_cert,
+        Client(store.addr, credentials=setup.cert_creds(orders)) as root,
     ):
         subs = {
             name: c.subscribe(stream_prefixes=["mesh-1"], heartbeat_interval=0.2)
