@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from sluice import Credentials
+from sluice import Credentials, Unauthenticated
 from sluice.security import token_hash
 from sluice.v1 import streams_pb2 as pb
 from tests.conftest import StoreProcess, reap
@@ -184,6 +184,16 @@ async def secure_store(setup: Setup, tmp_path: Path) -> AsyncIterator[Callable[.
 
     yield start
     await reap(made)
+
+
+async def ended_unauthenticated(items: AsyncIterator[Any], timeout: float) -> str:
+    """The message a subscription or watch ends with, which must be UNAUTHENTICATED (within
+    ``timeout``): its credential lapsed."""
+    with pytest.raises(Unauthenticated) as ended:
+        async with asyncio.timeout(timeout):
+            async for _ in items:
+                pass
+    return ended.value.message
 
 
 async def next_event(items: AsyncIterator[Any], timeout: float) -> int:

@@ -31,7 +31,7 @@ from sluice.security import JWT_LEEWAY
 from sluice.v1 import groups_pb2 as gpb
 from sluice.v1 import streams_pb2 as pb
 from tests.conftest import StoreProcess
-from tests.security.conftest import AUDIENCE, ISSUER, POLICY, TOKENS, Setup, next_event
+from tests.security.conftest import AUDIENCE, ISSUER, POLICY, TOKENS, Setup, ended_unauthenticated, next_event
 
 WAIT = 20.0
 
@@ -217,11 +217,8 @@ async def test_a_client_certificate_that_expires_ends_its_subscriptions_and_call
         }
         for sub in subs.values():
             assert isinstance(await asyncio.wait_for(anext(sub), WAIT), pb.CaughtUp)
-        with pytest.raises(Unauthenticated) as ended:
-            async with asyncio.timeout(WAIT):
-                async for _ in subs["cert"]:
-                    pass
-        assert "certificate expired" in ended.value.message, ended.value.message
+        why = await ended_unauthenticated(subs["cert"], WAIT)
+        assert "certificate expired" in why, why
         with pytest.raises(Unauthenticated) as refused:  # a new call on the same connection
             await by_cert.append("mesh-1", [new_event("E")])
         assert "certificate expired" in refused.value.message
@@ -300,12 +297,9 @@ async def test_a_token_taken_out_or_a_jwt_that_expires_ends_open_subscriptions(
             assert isinstance(await asyncio.wait_for(anext(sub), WAIT), pb.CaughtUp)
         setup.take_out_token("orders-app")
         for name in ("token", "jwt"):
-            with pytest.raises(Unauthenticated) as ended:
-                async with asyncio.timeout(WAIT):
-                    async for _ in subs[name]:
-                        pass
+            message = await ended_unauthenticated(subs[name], WAIT)
             why = "taken out of the tokens file" if name == "token" else "expired"
-            assert why in ended.value.message, (name, ended.value.message)
+            assert why in message, (name, message)
         # Another principal's subscription runs on: it sees what is appended now.
         appended = await root.append("orders-1", [new_event("E")])
         assert await next_event(subs["root"], WAIT) == appended.first_position
