@@ -270,11 +270,11 @@ class Authenticator:
         return check
 
 
-def peer_cert_expires(auth_context: Mapping[str, Iterable[bytes]]) -> float:
-    """When the verified client certificate in gRPC's auth context expires (Unix seconds;
-    0 without one)."""
+def peer_certificate(auth_context: Mapping[str, Iterable[bytes]]) -> tuple[list[str], float]:
+    """A verified client certificate in gRPC's auth context: its names (``peer_identity``)
+    and when it expires (Unix seconds; 0 without one)."""
     pems = list(auth_context.get("x509_pem_cert", ()))
-    return _cert_expires(pems[0]) if pems else 0.0
+    return peer_identity(auth_context), (_cert_expires(pems[0]) if pems else 0.0)
 
 
 @functools.lru_cache(maxsize=4096)

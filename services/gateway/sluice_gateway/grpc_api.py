@@ -89,11 +89,8 @@ class GatewayService:
         if not guard.enabled:
             return Caller()
         metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
-        identity: list[str] = []
-        expires = 0.0
-        if guard.authenticator.mtls:
-            auth = context.auth_context()
-            identity, expires = security.peer_identity(auth), security.peer_cert_expires(auth)
+        mtls = guard.authenticator.mtls
+        identity, expires = security.peer_certificate(context.auth_context()) if mtls else ([], 0.0)
         return self.gateway.authenticate(metadata, identity, context.peer(), expires)
 
     async def Watch(self, request: gwpb.WatchRequest, context: grpc.aio.ServicerContext[Any, Any]) -> None:

@@ -76,11 +76,8 @@ class Access:
 
     def authenticate(self, context: grpc.aio.ServicerContext) -> Principal:
         metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
-        identity: list[str] = []
-        expires = 0.0
-        if self.guard.authenticator.mtls:
-            auth = context.auth_context()
-            identity, expires = security.peer_identity(auth), security.peer_cert_expires(auth)
+        mtls = self.guard.authenticator.mtls
+        identity, expires = security.peer_certificate(context.auth_context()) if mtls else ([], 0.0)
         try:
             return self.guard.principal(metadata, identity, context.peer(), expires)
         except security.Unauthenticated as e:
