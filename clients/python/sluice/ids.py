@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Iterator
 
 _POOL = 4096  # random bytes drawn from the OS at a time (409 ids), saving a system call per id
 _random = b""
@@ -20,9 +21,9 @@ _lock = threading.Lock()
 
 def _reset() -> None:
     """A forked child must not reuse its parent's random bytes."""
-    global _random, _offset, _lock, _hex, _hex_offset
+    global _random, _offset, _lock, _state
     _random, _offset, _lock = b"", _POOL, threading.Lock()
-    _hex, _hex_offset = "", 0
+    _state = (-1, "", iter(()))
 
 
 os.register_at_fork(after_in_child=_reset)
@@ -46,27 +47,36 @@ def uuid7() -> tuple[bytes, str]:
     return bytes(raw), f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-# uuid7_text's pieces: the text of the current millisecond, and random hex digits.
-_hex = ""
-_hex_offset = 0
-_millis = -1
-_millis_text = ""
-_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+# uuid7_text's state: the millisecond, the text of an id but its last two hex digits, and
+# what is left of those digits for that text.
+_SUFFIXES = tuple(f"{i:02x}" for i in range(256))
+_state: tuple[int, str, Iterator[str]] = (-1, "", iter(()))
+
+
+def _begin(ms: int) -> tuple[int, str, Iterator[str]]:
+    """A fresh block of 256 ids for millisecond ``ms``: 66 new random bits, a counter after."""
+    global _state
+    r = int.from_bytes(os.urandom(9), "big")
+    h = f"{ms:012x}"
+    rand_a, rand_b, rest = r & 0xFFF, 0x8000 | (r >> 12) & 0x3FFF, (r >> 26) & 0xFF_FFFF_FFFF
+    state = _state = (ms, f"{h[:8]}-{h[8:]}-7{rand_a:03x}-{rand_b:04x}-{rest:010x}", iter(_SUFFIXES))
+    return state
 
 
 def uuid7_text() -> str:
     """The text of a new version 7 UUID (what a new event's id needs), without building its
-    bytes: the millisecond's 12 hex digits are formatted once per millisecond, and the 74
-    random bits come as hex digits of the same pool. About half the cost of ``uuid7()``."""
-    global _hex, _hex_offset, _millis, _millis_text
+    bytes, four times cheaper than ``uuid7()``: RFC 9562's monotonic random method
+    (section 6.2, method 2), a random block counted up in its last eight bits and drawn
+    again every 256 ids and every millisecond. Ids stay unique across processes (66 random
+    bits a block), and those of one block sort in the order they were made.
+
+    Safe across threads: ``next()`` on a tuple's iterator hands each suffix out once, and a
+    thread that finds the block spent draws a block of its own."""
     ms = time.time_ns() // 1_000_000
-    with _lock:
-        if ms != _millis:
-            _millis, _millis_text = ms, f"{ms:012x}"
-            _millis_text = f"{_millis_text[:8]}-{_millis_text[8:]}"
-        if _hex_offset + 19 > len(_hex):
-            _hex, _hex_offset = os.urandom(_POOL).hex(), 0
-        r = _hex[_hex_offset : _hex_offset + 19]
-        _hex_offset += 19
-        prefix = _millis_text
-    return f"{prefix}-7{r[:3]}-{_VARIANT[r[3]]}{r[4:7]}-{r[7:]}"
+    state = _state
+    if state[0] == ms:
+        suffix = next(state[2], None)
+        if suffix is not None:
+            return state[1] + suffix
+    state = _begin(ms)
+    return state[1] + next(state[2])
