@@ -73,5 +73,19 @@ def test_bytes_that_do_not_end_with_the_data_are_not_cut() -> None:
 def test_varints_are_what_protobuf_writes(n: int) -> None:
     from sluice.protowire import read_varint, varint
 
-    assert pb.RecordedEvent(position=n).SerializeToString() == eventbytes.TAG_POSITION + varint(n)
-    assert read_varint(varint(n), 0) == (n, len(varint(n)))
+    for encode in (varint, eventbytes.varint):  # computed, and from tables up to 2**28
+        assert pb.RecordedEvent(position=n).SerializeToString() == eventbytes.TAG_POSITION + encode(n)
+        assert read_varint(encode(n), 0) == (n, len(encode(n)))
+
+
+BOUNDS = [0, 1, 0x3FFF, 0x4000, 0x4001, 0x1FFFFF, 0x200000, 0xFFFFFFF, 0x10000000, 2**35]
+
+
+@given(
+    st.one_of(st.sampled_from(BOUNDS), st.integers(0, 2**29)),
+    st.one_of(st.sampled_from(BOUNDS[1:]), st.integers(1, 2**29)),
+)
+def test_a_head_carries_its_revision_and_position_on_each_side_of_the_tables(rev: int, pos: int) -> None:
+    head = eventbytes.head(b"", eventbytes.stream_field("s"), rev, pos, eventbytes.created_field(1))
+    ev = pb.RecordedEvent.FromString(head)
+    assert (ev.stream, ev.revision, ev.position, ev.created.nanos) == ("s", rev, pos, 1000)

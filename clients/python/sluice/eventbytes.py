@@ -44,11 +44,19 @@ _TAG_SECONDS = tag(_TS, "seconds", _VARINT)
 _TAG_NANOS = tag(_TS, "nanos", _VARINT)
 
 _TABLE = [_varint(i) for i in range(1 << 14)]
+#: The first two bytes of the varint of any number from 2**14: its low 14 bits, each
+#: byte with the continuation bit set. The rest is the varint of the number >> 14.
+_LOW = [bytes((i & 0x7F | 0x80, i >> 7 | 0x80)) for i in range(1 << 14)]
 
 
 def varint(n: int) -> bytes:
-    """Protobuf base-128 varint of a non-negative integer (small ones from a table)."""
-    return _TABLE[n] if n < 16384 else _varint(n)
+    """Protobuf base-128 varint of a non-negative integer: from tables up to 2**28 (the
+    positions and revisions in every stored event's head), computed beyond."""
+    if n < 16384:
+        return _TABLE[n]
+    if n < 1 << 28:
+        return _LOW[n & 0x3FFF] + _TABLE[n >> 14]
+    return _varint(n)
 
 
 def stream_field(name: str) -> bytes:
@@ -66,10 +74,22 @@ def created_field(created_us: int) -> bytes:
 
 def head(event_without_data: bytes, stream: bytes, revision: int, position: int, created: bytes) -> bytes:
     """Serialized RecordedEvent without data, from a serialized EventData without data."""
-    table = _TABLE
-    rev = table[revision] if revision < 16384 else _varint(revision)
-    pos = table[position] if position < 16384 else _varint(position)
-    return b"".join((event_without_data, stream, TAG_REVISION, rev, TAG_POSITION, pos, created))
+    if position < 1 << 28 and revision < 1 << 28:
+        low, table = _LOW, _TABLE
+        return b"".join(
+            (
+                event_without_data,
+                stream,
+                TAG_REVISION,
+                table[revision] if revision < 16384 else low[revision & 0x3FFF] + table[revision >> 14],
+                TAG_POSITION,
+                table[position] if position < 16384 else low[position & 0x3FFF] + table[position >> 14],
+                created,
+            )
+        )
+    return b"".join(
+        (event_without_data, stream, TAG_REVISION, varint(revision), TAG_POSITION, varint(position), created)
+    )
 
 
 def data_field(data: bytes) -> bytes:
