@@ -129,3 +129,34 @@ def test_tombstoned_streams_refuse_and_the_same_id_twice_in_a_request_is_invalid
     ev = event(client_id=True)
     with pytest.raises(InvalidEvent):
         validate_new_event_ids([AppendPart("a", Expect.ANY, 0, [ev]), AppendPart("b", Expect.ANY, 0, [ev])])
+
+
+def test_a_copy_of_a_stream_state_carries_every_field_and_is_its_own() -> None:
+    import dataclasses
+
+    from sluice_store.retention import Policy
+
+    # A value for each field unlike its default, so a field copy() forgets shows up.
+    meta = StreamMeta(id=7, name="s")
+    for i, f in enumerate(dataclasses.fields(StreamMeta)):
+        if f.name in ("id", "name"):
+            continue
+        current = getattr(meta, f.name)
+        if isinstance(current, State):
+            value: object = State.DELETED
+        elif isinstance(current, Policy):
+            value = Policy(max_count=i)
+        elif isinstance(current, bytes):
+            value = b"field"
+        elif isinstance(current, str):
+            value = f"value-{i}"
+        else:
+            value = 1000 + i
+        setattr(meta, f.name, value)
+    copied = meta.copy()
+    assert copied == meta and copied is not meta
+    assert [getattr(copied, f.name) for f in dataclasses.fields(StreamMeta)] == [
+        getattr(meta, f.name) for f in dataclasses.fields(StreamMeta)
+    ]
+    copied.last_revision += 1
+    assert meta.last_revision != copied.last_revision  # staging on the copy leaves the original

@@ -121,6 +121,26 @@ class StreamMeta:
     updated_us: int = 0
     field: bytes = b""
 
+    def copy(self) -> StreamMeta:
+        """A copy to stage changes on: a third of the cost of ``dataclasses.replace`` (a
+        group commit makes one of each stream it appends to). Every field is passed."""
+        return StreamMeta(
+            self.id,
+            self.name,
+            self.last_revision,
+            self.last_position,
+            self.state,
+            self.deleted_before,
+            self.bytes_floor,
+            self.first_stored,
+            self.own,
+            self.policy,
+            self.source,
+            self.created_us,
+            self.updated_us,
+            self.field,
+        )
+
     def floor(self) -> int:
         """The first revision still visible, by revision-based rules."""
         return floor_revision(self.policy, self.last_revision, self.deleted_before, self.bytes_floor)

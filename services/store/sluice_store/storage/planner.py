@@ -47,10 +47,10 @@ def check_expected(meta: StreamMeta | None, expect: Expect, revision: int, strea
     """Raise WrongExpectedRevision or StreamDeleted unless the stream is as expected."""
     if meta is not None and meta.state == State.TOMBSTONED:
         raise StreamDeleted(f"stream {stream!r} is tombstoned", stream=stream)
-    live = meta is not None and meta.state == State.ACTIVE and meta.last_revision >= 0
-    actual = str(meta.last_revision) if live and meta is not None else "no_stream"
     if expect == Expect.ANY:
         return
+    live = meta is not None and meta.state == State.ACTIVE and meta.last_revision >= 0
+    actual = str(meta.last_revision) if live and meta is not None else "no_stream"
     if expect == Expect.NO_STREAM:
         ok = not live
         expected = "no_stream"
@@ -139,7 +139,7 @@ def plan_append(
                         meta = new_stream(name, sid, created_us, prefix_rules)
                         sid += 1
                     else:
-                        meta = dataclasses.replace(current)
+                        meta = current.copy()
                     fresh[name] = meta
                 if meta.state == State.DELETED:
                     meta.state = State.ACTIVE

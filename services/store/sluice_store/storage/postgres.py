@@ -664,7 +664,7 @@ class PostgresStorage(Storage):
                         meta = new_stream(name, next_stream_id, now, self.prefix_rules)
                         next_stream_id += 1
                     else:
-                        meta = dataclasses.replace(current)
+                        meta = current.copy()
                     meta.updated_us = now
                     yield current, meta, head
                     await self._save(conn, [meta], head, next_stream_id, last_created, notify=False)

@@ -770,7 +770,7 @@ class SQLiteStorage(Storage):
             meta = new_stream(name, self._next_stream_id, now, self.prefix_rules)
             self._next_stream_id += 1
         else:
-            meta = dataclasses.replace(current)
+            meta = current.copy()
         meta.updated_us = now
         return current, meta
 
