@@ -31,7 +31,7 @@ class Committer:
 
     def submit(self, op: list[AppendPart]) -> asyncio.Future[Outcome]:
         fut: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._pending.append((op, sum(len(p.events) for p in op), fut))
+        self._pending.append((op, len(op[0].events) if len(op) == 1 else sum(len(p.events) for p in op), fut))
         if self._task is None:
             self._task = asyncio.create_task(self._drain())
         return fut

@@ -106,21 +106,22 @@ class StreamsService:
     def _events(self, req: pb.AppendRequest, index: int) -> list[NewEvent]:
         s = self.settings
         prefix = f"appends[{index}]." if index >= 0 else ""
-        if not req.events:
+        events = req.events
+        count = len(events)
+        if not count:
             raise InvalidArgument("an append needs at least one event", field=prefix + "events")
-        if len(req.events) > s.max_events_per_request:
+        if count > s.max_events_per_request:
             raise LimitExceeded(
-                f"{len(req.events)} events in one request; max_events_per_request is "
-                f"{s.max_events_per_request}",
+                f"{count} events in one request; max_events_per_request is {s.max_events_per_request}",
                 limit="max_events_per_request",
-                value=len(req.events),
+                value=count,
                 max=s.max_events_per_request,
             )
         trace = telemetry.current_traceparent() if self.tracing else None
         out: list[NewEvent] = []
         max_bytes = s.max_event_bytes
         good_types = self._good_types
-        for i, ev in enumerate(req.events):
+        for i, ev in enumerate(events):
             etype = ev.type
             if etype not in good_types:
                 if not etype or len(etype) > MAX_TYPE or has_control(etype):
@@ -173,10 +174,12 @@ class StreamsService:
         return out
 
     def _part(self, req: pb.AppendRequest, index: int = -1) -> AppendPart:
-        field = f"appends[{index}].stream" if index >= 0 else "stream"
-        self.check_name(req.stream, field)
-        expect, revision = self._expected(req.expected)
-        return AppendPart(req.stream, expect, revision, self._events(req, index))
+        stream = req.stream
+        if stream not in self._good_names:
+            self.check_name(stream, f"appends[{index}].stream" if index >= 0 else "stream")
+        # Unset (most appends) means any: not reading it saves making an empty message.
+        expect, revision = self._expected(req.expected) if req.HasField("expected") else (Expect.ANY, 0)
+        return AppendPart(stream, expect, revision, self._events(req, index))
 
     @staticmethod
     def _expected(msg: pb.ExpectedRevision) -> tuple[Expect, int]:
