@@ -357,26 +357,22 @@ async def test_broadcast_reaches_live_subscriptions_that_asked_for_ephemeral_mes
 async def test_a_commit_landing_as_the_heartbeat_times_out_is_delivered_not_skipped(
     client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The live wait and a commit race: wait_for raises TimeoutError although the commit has
-    just filled the buffer. A filtered subscriber must get the events, not a checkpoint past them."""
+    """The live wait and a commit race: the wait times out although the commit has just
+    filled the buffer. A filtered subscriber must get the events, not a checkpoint past them."""
     from sluice_store import subscriptions
 
     armed = asyncio.Event()
     appended: list[pb.AppendResponse] = []
+    woken = subscriptions.woken
 
-    class RacingAsyncio:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(asyncio, name)
+    async def racing(wakeup: asyncio.Event, seconds: float) -> bool:
+        if not armed.is_set():
+            return await woken(wakeup, seconds)
+        armed.clear()
+        appended.append(await client.append("race-1", [new_event("E", b"x")]))  # lands now...
+        return False  # ...as the heartbeat times out
 
-        async def wait_for(self, aw: Any, timeout: float | None) -> Any:
-            if not armed.is_set():
-                return await asyncio.wait_for(aw, timeout)
-            armed.clear()
-            aw.close()  # the subscription's wake-up wait, never awaited
-            appended.append(await client.append("race-1", [new_event("E", b"x")]))  # lands now...
-            raise TimeoutError  # ...as the heartbeat times out
-
-    monkeypatch.setattr(subscriptions, "asyncio", RacingAsyncio())
+    monkeypatch.setattr(subscriptions, "woken", racing)
     sub = client.subscribe(stream_prefixes=["race-"], heartbeat_interval=0.05)
     assert isinstance(await asyncio.wait_for(anext(sub), WAIT), pb.CaughtUp)
     armed.set()
