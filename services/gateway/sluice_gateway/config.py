@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from sluice import settings
 from sluice.security import SERVER_OPTIONS, STORE_CLIENT_OPTIONS, ServerSecurity, StoreClientSecurity
 from sluice.settings import PROCESS_OPTIONS, ConfigError, Option, ProcessSettings, parse_bool, parse_duration
+from sluice_gateway.hub import MESSAGE_BUDGET
 from sluice_gateway.workers import parse_workers
 
 __all__ = ["OPTIONS", "ConfigError", "Settings", "load"]
@@ -89,7 +90,7 @@ class Settings(ServerSecurity, StoreClientSecurity, ProcessSettings):
     max_buffer_size: int = 100_000
     max_batch: int = 1000
     flush_interval: float = 0.0
-    message_budget: int = 50_000
+    message_budget: int = MESSAGE_BUDGET
     heartbeat_interval: float = 5.0
     ephemeral_ttl: float = 30.0
     reconnect_backoff: float = 2.0

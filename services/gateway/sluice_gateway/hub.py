@@ -141,11 +141,18 @@ class Subscriber:
         self.wakeup.set()  # it has a drop to report
 
 
+#: Messages a second the flush rounds aim for under load, by default (``--message-budget``).
+MESSAGE_BUDGET = 50_000
+
+
 class Hub:
     """Subscribers by group; the live feed calls dispatch() with each batch in position order."""
 
     def __init__(
-        self, flush_interval: float = 0.0, message_budget: int = 50_000, ephemeral_bytes: int = 4 << 20
+        self,
+        flush_interval: float = 0.0,
+        message_budget: int = MESSAGE_BUDGET,
+        ephemeral_bytes: int = 4 << 20,
     ) -> None:
         self.flush_interval = flush_interval
         self.message_budget = message_budget
