@@ -37,8 +37,8 @@ async def test_resume_from_a_position_removed_by_retention_is_told_so(
 
     for prefixes in (["trim"], []):
         events, other, _ = await collect(gw, trimmed[-1].last_position, start=1, stream_prefixes=prefixes)
-        gap = other[0]
-        assert isinstance(gap, gwpb.Gap), other
+        # One gap; heartbeats (every 0.1 s here) may come before it on a slow machine.
+        (gap,) = [o for o in other if isinstance(o, gwpb.Gap)]
         assert gap.reason == gwpb.Gap.REASON_REMOVED_BY_RETENTION
         assert (gap.from_position, gap.to_position) == (1, newest_removed + 1)
         still = [t.first_position for t in trimmed[3:]]
