@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import json
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote
 
 import asyncpg
@@ -223,6 +225,37 @@ async def test_all_stream_read_from_a_position_says_where_it_is_whole(make_store
         await eventually(reclaimed)
         assert await _first_position(c, kept[0].first_position, ("tr",)) == newest_removed + 1
         assert after[0].first_position > newest_removed
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])  # PostgreSQL answers in one statement
+async def test_a_reclaim_pass_landing_in_the_middle_of_a_read_does_not_hide_the_gap(
+    make_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite finds what a read from a position will not see over several queries; a reclaim
+    pass that deletes hidden events between them must not make them vanish from the answer
+    (the gateway then tells a resuming watcher of no gap)."""
+    from sluice_store.storage.base import StreamFilter
+    from sluice_store.storage.sqlite import SQLiteStorage
+
+    store = await make_store(reclaim_interval=3600)  # no pass of its own
+    storage = store.storage
+    assert isinstance(storage, SQLiteStorage)
+    async with Client(store.address) as c:
+        trimmed = await fill(c, "trim", 5)
+        await c.set_retention("trim", max_count=2)  # revisions 0..2 hidden, not yet removed
+    reader = storage._reader
+    passes: list[object] = []
+
+    @contextlib.asynccontextmanager
+    async def then_reclaim() -> AsyncIterator[Any]:
+        async with reader() as conn:
+            yield conn
+        if not passes:  # after the read's first query, once
+            passes.append(await storage.reclaim())
+
+    monkeypatch.setattr(storage, "_reader", then_reclaim)
+    assert await storage.removed_upto(StreamFilter(), 1) == trimmed[2].first_position
+    assert passes and await stored(store, "trim") == [3, 4]  # the pass did remove them
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])  # the SQLite file format's own migration

@@ -654,11 +654,14 @@ class SQLiteStorage(Storage):
         # the newest position it lost: one indexed query), and ones hidden but not removed
         # yet: of pinned streams with an age limit of their own or revisions below their
         # floor (in memory, each queried), and of streams under an age-only prefix rule
-        # (one query per rule over the positions from `since`).
+        # (one query per rule over the positions from `since`). The removed ones are read
+        # last: a reclaim pass that lands between these awaits commits the removal before
+        # it marks the events removed in memory, so what the hidden ones no longer show,
+        # the database then does.
         prefixes = filt.prefixes
         now = now_us()
         types = f" AND type IN ({','.join('?' * len(filt.types))})" if filt.types else ""
-        newest = await self._removed_position(filt, since)
+        newest = 0
         streams = [
             m
             for m in self._pinned.values()
@@ -698,6 +701,7 @@ class SQLiteStorage(Storage):
                 )
                 for value in next(iter(rows)):
                     newest = max(newest, value or 0)
+        newest = max(newest, await self._removed_position(filt, since))
         return newest if newest >= since else 0
 
     async def position_at_time(self, time_us: int, backwards: bool) -> int:
