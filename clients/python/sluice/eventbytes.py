@@ -74,19 +74,6 @@ def created_field(created_us: int) -> bytes:
 
 def head(event_without_data: bytes, stream: bytes, revision: int, position: int, created: bytes) -> bytes:
     """Serialized RecordedEvent without data, from a serialized EventData without data."""
-    if position < 1 << 28 and revision < 1 << 28:
-        low, table = _LOW, _TABLE
-        return b"".join(
-            (
-                event_without_data,
-                stream,
-                TAG_REVISION,
-                table[revision] if revision < 16384 else low[revision & 0x3FFF] + table[revision >> 14],
-                TAG_POSITION,
-                table[position] if position < 16384 else low[position & 0x3FFF] + table[position >> 14],
-                created,
-            )
-        )
     return b"".join(
         (event_without_data, stream, TAG_REVISION, varint(revision), TAG_POSITION, varint(position), created)
     )

@@ -175,8 +175,7 @@ class StreamsService:
 
     def _part(self, req: pb.AppendRequest, index: int = -1) -> AppendPart:
         stream = req.stream
-        if stream not in self._good_names:
-            self.check_name(stream, f"appends[{index}].stream" if index >= 0 else "stream")
+        self.check_name(stream, f"appends[{index}].stream" if index >= 0 else "stream")
         # Unset (most appends) means any: not reading it saves making an empty message.
         expect, revision = self._expected(req.expected) if req.HasField("expected") else (Expect.ANY, 0)
         return AppendPart(stream, expect, revision, self._events(req, index))
