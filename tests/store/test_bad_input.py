@@ -3,6 +3,7 @@ fault, never half-applied, and the store goes on serving. Both backends."""
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 from typing import Any
 
@@ -80,6 +81,15 @@ CASES: list[tuple[str, str, Callable[[], Message], str]] = [
         ),
         "expected.revision",
     ),
+    # No name has a control character, and PostgreSQL text cannot hold a NUL: before these
+    # were checked, PostgreSQL's refusal came back as UNAVAILABLE (a storage error).
+    ("ListStreams", "unary_unary", lambda: pb.ListStreamsRequest(prefix="r\x00"), "prefix"),
+    (
+        "ListStreams",
+        "unary_unary",
+        lambda: pb.ListStreamsRequest(page_token=base64.urlsafe_b64encode(b"r\x00").decode()),
+        "page_token",
+    ),
 ]
 
 
@@ -112,6 +122,35 @@ async def test_a_commit_past_the_signed_range_is_refused(store: StoreServer) -> 
         await call(store, "Groups", "CommitCursor", "unary_unary", req)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert from_rpc_error(refused.value).metadata["field"] == "position"
+
+
+GROUP_CASES: list[tuple[str, Callable[[], Message], str]] = [
+    ("DescribeGroup", lambda: gpb.DescribeGroupRequest(group="g\x00"), "group"),
+    ("DeleteGroup", lambda: gpb.DeleteGroupRequest(group="g\x00"), "group"),
+    ("UpdateGroup", lambda: gpb.UpdateGroupRequest(group="g\x00"), "group"),
+    ("Heartbeat", lambda: gpb.HeartbeatRequest(group="g\x00", member_id="m"), "group"),
+    ("Heartbeat", lambda: gpb.HeartbeatRequest(group="g", member_id="m\x00"), "member_id"),
+    ("CommitCursor", lambda: gpb.CommitCursorRequest(group="g\x00", member_id="m", position=1), "group"),
+    ("DeadLetter", lambda: gpb.DeadLetterRequest(group="g\x00", member_id="m"), "group"),
+    ("Redrive", lambda: gpb.RedriveRequest(group="g", streams=["s\x00"]), "streams[0]"),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "make", "field"), GROUP_CASES, ids=[c[2] + "-" + c[0] for c in GROUP_CASES]
+)
+async def test_group_and_member_names_with_a_nul_are_refused_naming_the_field(
+    store: StoreServer, method: str, make: Callable[[], Message], field: str
+) -> None:
+    async with Client(store.address) as c:
+        await c.create_group("g", partitions=2)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await call(store, "Groups", method, "unary_unary", make())
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value.details()
+    assert from_rpc_error(refused.value).metadata["field"] == field
+    async with Client(store.address) as c:  # the group is as it was, and the store serves on
+        assert (await c.describe_group("g")).config.partitions == 2
+        await c.append("after", [new_event("E", b"")])
 
 
 @pytest.mark.parametrize(

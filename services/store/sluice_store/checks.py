@@ -1,8 +1,9 @@
 """Checks every request passes before a handler sees it: it parsed, and its numbers fit.
 
 Protobuf lets a client send what no storage can hold: a uint64 above the signed 64-bit
-range that SQLite and PostgreSQL store, or a Timestamp or Duration outside the range the
-well-known types define (years 1 to 9999, +-10,000 years). Such a value is refused here
+range that SQLite and PostgreSQL store, a Timestamp or Duration outside the range the
+well-known types define (years 1 to 9999, +-10,000 years), or a name with a NUL, which
+PostgreSQL text cannot hold (no name has a control character). Such a value is refused here
 with INVALID_ARGUMENT and a BadRequest detail naming the field (``filter.partitions[2]``,
 ``from.time``), never passed on to become an overflow deep in a driver.
 
@@ -30,6 +31,11 @@ I64_MAX = 2**63 - 1
 TIMESTAMP_SECONDS = (-62_135_596_800, 253_402_300_799)  # 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59Z
 DURATION_SECONDS = 315_576_000_000  # 10,000 years
 _U64 = (FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_FIXED64)
+#: String fields that name or match streams, types, groups and members, which storage
+#: looks up (a stream name itself goes through the stricter check_name of the service).
+NAME_FIELDS = frozenset(
+    ("stream_prefixes", "event_types", "prefix", "group", "member_id", "streams", "dead_letter_stream")
+)
 
 
 class Undecodable:
@@ -87,8 +93,8 @@ def _plan(desc: Descriptor) -> tuple[tuple[FieldDescriptor, str], ...]:
                 out.append((f, "duration"))
             elif _plan(sub):
                 out.append((f, "message"))
-        elif f.type == FieldDescriptor.TYPE_STRING and f.name in ("stream_prefixes", "event_types"):
-            out.append((f, "filter"))
+        elif f.type == FieldDescriptor.TYPE_STRING and f.name in NAME_FIELDS:
+            out.append((f, "name"))
     return tuple(out)
 
 
@@ -117,7 +123,7 @@ def _check(kind: str, value: Any, where: str) -> None:
         s, n = value.seconds, value.nanos
         if abs(s) > DURATION_SECONDS or abs(n) >= 1_000_000_000 or (s and n and (s < 0) != (n < 0)):
             raise InvalidArgument(f"{where} is not a duration within 10,000 years", field=where)
-    elif kind == "filter":
+    elif kind == "name":
         if has_control(value):  # no name has one, and PostgreSQL cannot take a NUL
             raise InvalidArgument(f"{where} contains a control character", field=where)
     else:

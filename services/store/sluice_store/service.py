@@ -459,9 +459,11 @@ class StreamsService:
     async def ListStreams(self, request: pb.ListStreamsRequest) -> pb.ListStreamsResponse:
         size = min(request.page_size or 100, 1000)
         try:
-            after = base64.urlsafe_b64decode(request.page_token.encode()).decode()
+            after: str | None = base64.urlsafe_b64decode(request.page_token.encode()).decode()
         except (ValueError, UnicodeDecodeError):
-            raise InvalidArgument("page_token is not one this server gave", field="page_token") from None
+            after = None
+        if after is None or has_control(after):  # a stream name has no control character
+            raise InvalidArgument("page_token is not one this server gave", field="page_token")
         metas = await self.storage.list_streams(request.prefix, after, size + 1, request.include_deleted)
         more = len(metas) > size
         metas = metas[:size]
