@@ -24,9 +24,10 @@ import grpc
 from aiohttp import web
 from google.protobuf import json_format
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from sluice.errors import SluiceError
+from sluice.errors import SluiceError, make_status
 from sluice.httpserver import BoundedRunner
 from sluice.process import GRPC_SERVER_OPTIONS, listen_grpc, shutdown_signal, started
 from sluice.v1 import sidecar_pb2 as spb
@@ -81,7 +82,10 @@ class SidecarService(spb_grpc.SidecarServicer):
         try:
             return await self.member.publish(request, str(trace) if trace else None)
         except SluiceError as e:
-            await context.abort(e.code, e.message)
+            # The store's answer as it gave it: code, message and details (ErrorInfo, and
+            # BadRequest or QuotaFailure), not the code and message alone.
+            status = make_status(e.code, e.reason or e.code.name, e.message, e.metadata)
+            await context.abort_with_status(rpc_status.to_status(status))
             raise
 
     async def Status(

@@ -20,6 +20,7 @@ from cloudevents.core.formats.json import JSONFormat
 from opentelemetry.sdk.trace import TracerProvider
 
 from sluice import Client, cloudevent, new_event
+from sluice.errors import WrongExpectedRevision, from_rpc_error
 from sluice.v1 import sidecar_pb2 as spb
 from sluice.v1 import sidecar_pb2_grpc as spb_grpc
 from sluice.v1 import streams_pb2 as pb
@@ -182,6 +183,22 @@ async def test_publish_through_the_sidecar(
                 pb.AppendRequest(stream="$dlq.app", events=[new_event("Forged")])
             )
         assert dlq.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        # Refusals keep their details (ErrorInfo, BadRequest) on the way through, the
+        # sidecar's own and the store's alike: clients branch on them, not on the text.
+        refused = from_rpc_error(dlq.value)
+        assert refused.reason == "SYSTEM_STREAM_RESERVED" and refused.metadata["field"] == "stream"
+        with pytest.raises(grpc.aio.AioRpcError) as late:
+            await spb_grpc.SidecarStub(ch).Publish(
+                pb.AppendRequest(
+                    stream="orders-pub", events=[new_event("Late")], expected=pb.ExpectedRevision(revision=7)
+                )
+            )
+        conflict = from_rpc_error(late.value)
+        assert isinstance(conflict, WrongExpectedRevision), conflict
+        assert (conflict.stream, conflict.expected, conflict.actual) == ("orders-pub", "7", "1")
+        with pytest.raises(grpc.aio.AioRpcError) as empty:
+            await spb_grpc.SidecarStub(ch).Publish(pb.AppendRequest(stream="", events=[new_event("E")]))
+        assert from_rpc_error(empty.value).metadata["field"] == "stream"
     async with Client(store_proc.addr) as c:
         placed, paid = await c.read_list("orders-pub")
     assert placed.type == "OrderPlaced" and json.loads(placed.data) == {"total": 12}
