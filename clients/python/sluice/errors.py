@@ -208,9 +208,20 @@ def from_status(status: status_pb2.Status) -> SluiceError:
     return cls(status.message, code, reason, metadata)
 
 
+def status_of(err: grpc.aio.AioRpcError | grpc.RpcError) -> status_pb2.Status | None:
+    """The google.rpc.Status a call ended with: None when it carries none, or one whose
+    code is not the call's (the transport ended the call otherwise: an answer whose
+    metadata outgrew the receiver's limit arrives as RESOURCE_EXHAUSTED beside the
+    details the server sent)."""
+    try:
+        return rpc_status.from_call(err)
+    except ValueError:
+        return None
+
+
 def from_rpc_error(err: grpc.aio.AioRpcError | grpc.RpcError) -> SluiceError:
     """The one place gRPC errors become typed exceptions."""
-    status = rpc_status.from_call(err)
+    status = status_of(err)
     if status is not None:
         return from_status(status)
     code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
@@ -219,11 +230,30 @@ def from_rpc_error(err: grpc.aio.AioRpcError | grpc.RpcError) -> SluiceError:
     return cls(message or str(code), code)
 
 
+#: At most this many bytes (UTF-8) of an error's message and of each metadata value: with
+#: the message in the status twice more (its details), the whole stays well under 8 KiB.
+MAX_ERROR_TEXT = 512
+
+
+def bounded(text: str, limit: int = MAX_ERROR_TEXT) -> str:
+    """``text``, or as much of it as fits in ``limit`` bytes of UTF-8 followed by "…"."""
+    raw = text.encode()
+    if len(raw) <= limit:
+        return text
+    return raw[: limit - 3].decode(errors="ignore") + "…"
+
+
 def make_status(
     code: grpc.StatusCode, reason: str, message: str, metadata: dict[str, str]
 ) -> status_pb2.Status:
     """A google.rpc.Status with an ErrorInfo detail, plus BadRequest for an invalid ``field``
-    and QuotaFailure for an exceeded ``limit`` (what servers send and from_status reads)."""
+    and QuotaFailure for an exceeded ``limit`` (what servers send and from_status reads).
+
+    The message and each metadata value are cut to MAX_ERROR_TEXT bytes: they may echo a
+    caller's input, and gRPC clients refuse an answer whose metadata passes 8 KiB (by
+    default), so an unbounded echo would turn a clear refusal into RESOURCE_EXHAUSTED."""
+    message = bounded(message)
+    metadata = {k: bounded(v) for k, v in metadata.items()}
     details: list[object] = [error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata)]
     if code == grpc.StatusCode.INVALID_ARGUMENT and "field" in metadata:
         violation = error_details_pb2.BadRequest.FieldViolation(field=metadata["field"], description=message)

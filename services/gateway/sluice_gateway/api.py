@@ -31,8 +31,8 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2  # also registers the detail types for JSON
-from grpc_status import rpc_status
 
+from sluice.errors import status_of
 from sluice.v1 import groups_pb2 as gpb
 from sluice.v1 import groups_pb2_grpc as gpb_grpc
 from sluice.v1 import streams_pb2 as pb
@@ -216,7 +216,7 @@ def error_body(code: grpc.StatusCode, reason: str, message: str, metadata: Mappi
 
 def rpc_error(e: grpc.aio.AioRpcError) -> web.Response:
     """The store's status as JSON: its reason and metadata (ErrorInfo) and every detail."""
-    status = rpc_status.from_call(e)
+    status = status_of(e)
     reason, metadata, details = "", {}, []
     if status is not None:
         details = json_format.MessageToDict(status, preserving_proto_field_name=True).get("details", [])
