@@ -12,6 +12,7 @@ carries on with the same members, leases, epochs and cursors.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import re
@@ -229,6 +230,11 @@ def normalized(config: gpb.GroupConfig, creating: bool) -> gpb.GroupConfig:
     return c
 
 
+def check_group_name(name: str) -> None:
+    if not GROUP_NAME.fullmatch(name):
+        raise InvalidArgument("group names are 1 to 128 letters, digits, '.', '_' or '-'", field="group")
+
+
 class Coordinator:
     """Applies every group change as one transaction of the storage's group_tx.
 
@@ -261,14 +267,19 @@ class Coordinator:
     async def names(self) -> list[str]:
         return await self.storage.list_groups()
 
+    def _tx(self, name: str) -> contextlib.AbstractAsyncContextManager[GroupTx]:
+        """A transaction on the group ``name``, which must be a name a group can have: one
+        that cannot is refused before storage sees it (and before an error echoes it)."""
+        check_group_name(name)
+        return self.storage.group_tx(name)
+
     async def create(self, name: str, config: gpb.GroupConfig) -> GroupState:
-        if not GROUP_NAME.fullmatch(name):
-            raise InvalidArgument("group names are 1 to 128 letters, digits, '.', '_' or '-'", field="group")
+        check_group_name(name)
         cfg = normalized(config, creating=True)
         # Resolved before the transaction: it reads storage, and the transaction holds a
         # connection (on PostgreSQL) that the read should not have to wait beside.
         start = await self.resolve(cfg.start if cfg.HasField("start") else None)
-        async with self.storage.group_tx(name) as tx:
+        async with self._tx(name) as tx:
             if tx.record is not None:
                 raise GroupExists(f"group {name!r} already exists", group=name)
             state = GroupState(name, cfg, tx.now_us, cursors=dict.fromkeys(range(cfg.partitions), start))
@@ -276,7 +287,7 @@ class Coordinator:
             return state
 
     async def update(self, name: str, config: gpb.GroupConfig) -> GroupState:
-        async with self.storage.group_tx(name) as tx:
+        async with self._tx(name) as tx:
             state = self._state(tx)
             cfg = normalized(config, creating=False) if config.partitions else None
             if cfg is None:
@@ -303,12 +314,12 @@ class Coordinator:
             return state
 
     async def delete(self, name: str) -> None:
-        async with self.storage.group_tx(name) as tx:
+        async with self._tx(name) as tx:
             self._state(tx)
             await tx.delete()
 
     async def describe(self, name: str) -> GroupState:
-        async with self.storage.group_tx(name) as tx:
+        async with self._tx(name) as tx:
             state = self._state(tx)
             before = len(state.members)
             expire(state, tx.now_us)
@@ -321,7 +332,7 @@ class Coordinator:
     ) -> tuple[GroupState, Member | None]:
         if not req.member_id:
             raise InvalidArgument("member_id is required", field="member_id")
-        async with self.storage.group_tx(req.group) as tx:
+        async with self._tx(req.group) as tx:
             state = self._state(tx)
             now = tx.now_us
             member = state.members.get(req.member_id)
@@ -386,7 +397,7 @@ class Coordinator:
             )
 
     async def commit(self, req: gpb.CommitCursorRequest, principal: str = "") -> None:
-        async with self.storage.group_tx(req.group) as tx:
+        async with self._tx(req.group) as tx:
             state = self._state(tx)
             self._owner(tx, state, req.member_id, req.member_epoch, req.partition, principal)
             if not 1 <= req.position <= tx.head_position + 1:
@@ -402,14 +413,14 @@ class Coordinator:
 
     async def dead_letter_target(self, req: gpb.DeadLetterRequest, principal: str = "") -> str:
         """The dead-letter stream a member may write these events to now."""
-        async with self.storage.group_tx(req.group) as tx:
+        async with self._tx(req.group) as tx:
             state = self._state(tx)
             self._owner(tx, state, req.member_id, req.member_epoch, req.partition, principal)
             return dead_letter_stream(state.name, state.config)
 
     async def reset(self, name: str, partitions: Sequence[int], to: pb.StartPoint | None) -> GroupState:
         position = await self.resolve(to)  # outside the transaction, as in create
-        async with self.storage.group_tx(name) as tx:
+        async with self._tx(name) as tx:
             state = self._state(tx)
             chosen = set(partitions) or set(range(state.partitions))
             if any(p >= state.partitions for p in chosen):
