@@ -20,8 +20,28 @@ import time
 from typing import Any
 
 from aiohttp import web, web_protocol
+from aiohttp.http_exceptions import HttpProcessingError
 
 log = logging.getLogger(__name__)
+
+
+class _Unparsable(logging.Filter):
+    """aiohttp answers a request it cannot parse (a URL or header past its limits, broken
+    HTTP) with 400, and logs it at ERROR with a traceback: a client's mistake at the
+    server's loudest level, and a way for any client to flood the log. Those records go
+    out at DEBUG, one line each, instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        record.msg = f"{record.msg}: {exc}"  # "400, message: ..." (aiohttp cuts what it quotes)
+        record.exc_info = record.exc_text = None
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+logging.getLogger("aiohttp.server").addFilter(_Unparsable())
 
 
 class BoundedRunner(web.AppRunner):
