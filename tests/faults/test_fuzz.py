@@ -193,7 +193,7 @@ async def _session_answers(channel: grpc.aio.Channel, body: bytes) -> tuple[grpc
 _CODES = {c.value[0]: c for c in grpc.StatusCode}
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 @given(call=hostile_calls())
 async def test_well_formed_requests_with_hostile_values_get_a_clear_answer(
     store: StoreServer, call: tuple[str, str, Message]
