@@ -124,6 +124,15 @@ async def gw(gateway: GatewayProcess) -> AsyncIterator[GatewayClient]:
         yield g
 
 
+async def next_item(it: AsyncIterator[Any], timeout: float = 10) -> Any:
+    """The next item of a watch that is not a heartbeat, within ``timeout`` seconds: one
+    may come between any two others (every 5 s by default) on a slow machine."""
+    async with asyncio.timeout(timeout):
+        while isinstance(item := await anext(it), pb.Heartbeat):
+            pass
+    return item
+
+
 #: Each client its own connection (gRPC would otherwise share one between equal channels),
 #: so that the kernel spreads them over the processes sharing a port.
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
@@ -138,10 +147,10 @@ async def spread_watches(
     try:
         its: list[AsyncIterator[Any]] = [c.watch(stream_prefixes=[prefix]) for c in clients]
         for it in its:
-            assert isinstance(await asyncio.wait_for(anext(it), 10), pb.CaughtUp)
+            assert isinstance(await next_item(it), pb.CaughtUp)
         resp = await store_client.append(f"{prefix}-1", [new_event("E", b"x")])
         for it in its:
-            ev = await asyncio.wait_for(anext(it), 10)
+            ev = await next_item(it)
             assert isinstance(ev, pb.RecordedEvent) and ev.position == resp.first_position
     except BaseException:
         for c in clients:

@@ -16,7 +16,7 @@ from sluice.errors import InvalidArgument, LimitExceeded, from_rpc_error
 from sluice.gateway import Cursor, GatewayClient, WatchItem
 from sluice.v1 import gateway_pb2 as gwpb
 from sluice.v1 import streams_pb2 as pb
-from tests.gateway.conftest import GatewayProcess
+from tests.gateway.conftest import GatewayProcess, next_item
 from tests.secure_mode import http_session
 
 STREAMS = [f"{kind}-{i}" for kind in ("order", "user", "stock") for i in range(4)]
@@ -198,10 +198,10 @@ async def test_resume_across_catch_up_and_live_join_has_no_gap_and_no_duplicate(
 async def test_live_subscriber_gets_only_new_events(gw: GatewayClient, store_client: Client) -> None:
     await produce(store_client, 10)
     it = gw.watch(stream_prefixes=["o", "u", "s"])
-    caught_up = await asyncio.wait_for(anext(it), 10)
+    caught_up = await next_item(it)
     assert isinstance(caught_up, pb.CaughtUp)
     resp = await store_client.append("user-9", [new_event("Created", b"1")])
-    ev = await asyncio.wait_for(anext(it), 10)
+    ev = await next_item(it)
     assert isinstance(ev, pb.RecordedEvent) and ev.position == resp.first_position == caught_up.position
     await it.aclose()
 

@@ -22,7 +22,7 @@ from sluice.gateway import Cursor, GatewayClient
 from sluice.v1 import gateway_pb2 as gwpb
 from sluice.v1 import streams_pb2 as pb
 from tests.conftest import StoreProcess, closed_by_server, console_spans, eventually, slow_clients
-from tests.gateway.conftest import GatewayProcess, Gateways, spread_watches
+from tests.gateway.conftest import GatewayProcess, Gateways, next_item, spread_watches
 from tests.gateway.test_fanout import collect, produce
 from tests.secure_mode import SECURE, grpc_channel, http_session
 
@@ -190,11 +190,11 @@ async def test_fan_out_span_continues_the_producers_trace(gateways: Gateways, st
     trace_id, span_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
     async with GatewayClient(g.addr) as gc:
         it = gc.watch()
-        assert isinstance(await asyncio.wait_for(anext(it), 10), pb.CaughtUp)
+        assert isinstance(await next_item(it), pb.CaughtUp)
         await store_client.append(
             "traced", [new_event("T", b"x", metadata={"traceparent": f"00-{trace_id}-{span_id}-01"})]
         )
-        assert isinstance(await asyncio.wait_for(anext(it), 10), pb.RecordedEvent)
+        assert isinstance(await next_item(it), pb.RecordedEvent)
         await it.aclose()
     assert await g.stop() == 0
     spans = [s for s in console_spans(g.output.decode()) if s["name"] == "fan-out T"]
@@ -282,16 +282,16 @@ async def test_publish_on_one_gateway_reaches_subscribers_of_every_gateway_once(
     async with GatewayClient(a.addr) as ga, GatewayClient(b.addr) as gb:
         on_a, on_b = ga.watch(stream_prefixes=["room."]), gb.watch(stream_prefixes=["room."])
         for it in (on_a, on_b):
-            assert isinstance(await asyncio.wait_for(anext(it), 10), pb.CaughtUp)
+            assert isinstance(await next_item(it), pb.CaughtUp)
         resp = await ga.publish("room.1", "Typing", b"bob", ttl=30)
         assert (resp.subscribers, resp.relayed) == (1, 1)
         for it in (on_a, on_b):
-            got = await asyncio.wait_for(anext(it), 10)
+            got = await next_item(it)
             assert isinstance(got, pb.EphemeralMessage) and got.id == resp.id and got.data == b"bob"
         # Exactly once on the publishing gateway: the relayed copy is skipped there.
         after = await store_client.append("room.1", [new_event("Said", b"hi")])
         for it in (on_a, on_b):
-            nxt = await asyncio.wait_for(anext(it), 10)
+            nxt = await next_item(it)
             assert isinstance(nxt, pb.RecordedEvent) and nxt.position == after.first_position
         await on_a.aclose()
         await on_b.aclose()

@@ -14,7 +14,7 @@ from sluice.gateway import POLICIES, GatewayClient
 from sluice.v1 import gateway_pb2 as gwpb
 from sluice.v1 import streams_pb2 as pb
 from tests.conftest import eventually
-from tests.gateway.conftest import GatewayProcess, Gateways
+from tests.gateway.conftest import GatewayProcess, Gateways, next_item
 from tests.gateway.test_fanout import collect
 from tests.secure_mode import http_session
 
@@ -116,10 +116,10 @@ async def test_published_messages_reach_connected_subscribers_only_and_expire(
     matching = gw.watch(stream_prefixes=["chat."], heartbeat_interval=0.1)
     other = gw.watch(stream_prefixes=["news."], heartbeat_interval=0.1)
     for it in (matching, other):
-        assert isinstance(await asyncio.wait_for(anext(it), 10), pb.CaughtUp)
+        assert isinstance(await next_item(it), pb.CaughtUp)
     resp = await gw.publish("chat.room-1", "Typing", b"alice", metadata={"who": "alice"})
     assert resp.subscribers == 1 and resp.id
-    got = await asyncio.wait_for(anext(matching), 10)
+    got = await next_item(matching)
     assert isinstance(got, pb.EphemeralMessage)
     assert (got.id, got.stream, got.type, got.data, dict(got.metadata)) == (
         resp.id,

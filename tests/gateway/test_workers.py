@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import signal
@@ -20,7 +19,7 @@ from sluice_gateway.config import Settings
 from sluice_gateway.server import GatewayServer
 from sluice_gateway.workers import WORKERS_COUNT_ENV, cgroup_cpus, parse_workers, usable_cpus
 from tests.conftest import eventually
-from tests.gateway.conftest import GatewayProcess, Gateways, spread_watches
+from tests.gateway.conftest import GatewayProcess, Gateways, next_item, spread_watches
 from tests.secure_mode import http_session
 
 
@@ -79,7 +78,7 @@ async def test_workers_share_the_ports_serve_every_watch_and_answer_for_each_oth
         published = await clients[0].publish("spread-1", "Ping", b"p")
         assert published.subscribers + published.relayed >= 2
         for it in its:
-            msg = await asyncio.wait_for(anext(it), 10)
+            msg = await next_item(it)
             assert isinstance(msg, pb.EphemeralMessage) and msg.id == published.id
     finally:
         for c in clients:
