@@ -29,14 +29,16 @@ def test_short_text_is_kept_whole_and_cuts_fall_between_characters() -> None:
     assert cut.endswith("…") and set(cut[:-1]) == {"é"} and len(cut.encode()) <= MAX_ERROR_TEXT
 
 
-class _Oversized:
-    """A server whose refusal carries more metadata than a client accepts (as the store's
-    did when it echoed a 5,000-character group name twice)."""
+class _Mismatched:
+    """A server whose answer carries details of one code and ends with another: what a
+    client makes of an answer whose metadata passed its soft limit (8 KiB), as the store's
+    did when it echoed a 5,000-character group name twice. (gRPC refuses such an answer at
+    random between its soft and hard limits; this one does it every time.)"""
 
     async def Append(self, request: pb.AppendRequest, context: grpc.aio.ServicerContext) -> pb.AppendResponse:
-        status = make_status(grpc.StatusCode.NOT_FOUND, "NOT_FOUND", "no such thing", {})
-        status.message = HUGE[:6000]  # past make_status's bound on purpose
-        await context.abort_with_status(rpc_status.to_status(status))
+        details = make_status(grpc.StatusCode.NOT_FOUND, "NOT_FOUND", "no such thing", {})
+        context.set_trailing_metadata((("grpc-status-details-bin", details.SerializeToString()),))
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "received metadata size exceeds soft limit")
         raise AssertionError("unreachable")
 
 
@@ -45,7 +47,7 @@ async def test_a_call_the_transport_ended_otherwise_is_still_a_typed_error() -> 
         "sluice.v1.Streams",
         {
             "Append": grpc.unary_unary_rpc_method_handler(
-                _Oversized().Append, pb.AppendRequest.FromString, pb.AppendResponse.SerializeToString
+                _Mismatched().Append, pb.AppendRequest.FromString, pb.AppendResponse.SerializeToString
             )
         },
     )
