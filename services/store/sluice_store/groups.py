@@ -279,7 +279,7 @@ class Coordinator:
         # Resolved before the transaction: it reads storage, and the transaction holds a
         # connection (on PostgreSQL) that the read should not have to wait beside.
         start = await self.resolve(cfg.start if cfg.HasField("start") else None)
-        async with self._tx(name) as tx:
+        async with self.storage.group_tx(name) as tx:  # the name was checked above
             if tx.record is not None:
                 raise GroupExists(f"group {name!r} already exists", group=name)
             state = GroupState(name, cfg, tx.now_us, cursors=dict.fromkeys(range(cfg.partitions), start))
