@@ -22,7 +22,9 @@ class Committer:
         #: Told after each batch whether the storage was full (True) or took it (False).
         self.on_full: Callable[[bool], None] = lambda full: None
         #: Told after each commit: how long the storage took (seconds, fsync included) and
-        #: how many events the batch carried.
+        #: how many events the batch carried. It is called on the loop's next turn, after the
+        #: appenders have been answered: two OpenTelemetry histogram records cost ~30 us, and
+        #: an awaited append need not wait for them.
         self.on_commit: Callable[[float, int], None] = lambda seconds, events: None
         self.commits = 0  # storage transactions
         self.failed_commits = 0
@@ -48,16 +50,18 @@ class Committer:
         return batch
 
     async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
         try:
             while self._pending:
                 batch: list[tuple[list[AppendPart], int, asyncio.Future[Outcome]]] = []
+                took: tuple[float, int] | None = None
                 try:
                     async with self.storage.write_slot():
                         batch = self._take()
                         started = time.perf_counter()
                         outcomes: list[Outcome] = await self.storage.append([op for op, _, _ in batch])
                         self.commits += 1
-                        self.on_commit(time.perf_counter() - started, sum(n for _, n, _ in batch))
+                        took = time.perf_counter() - started, sum(n for _, n, _ in batch)
                     self.on_full(False)
                 except StoreError as e:
                     self.failed_commits += 1
@@ -72,5 +76,7 @@ class Committer:
                 for (_, _, fut), outcome in zip(batch, outcomes, strict=True):
                     if not fut.done():
                         fut.set_result(outcome)
+                if took is not None:
+                    loop.call_soon(self.on_commit, *took)  # after the answers' wakeups
         finally:
             self._task = None
