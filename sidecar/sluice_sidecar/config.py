@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from urllib.parse import urlsplit
 
 from sluice import settings
+from sluice.names import MAX_MEMBER_ID, has_control
 from sluice.security import STORE_CLIENT_OPTIONS, StoreClientSecurity
 from sluice.settings import PROCESS_OPTIONS, ConfigError, Option, ProcessSettings, parse_bool, parse_duration
 
@@ -139,6 +140,11 @@ class Settings(StoreClientSecurity, ProcessSettings):
             raise ConfigError("max_in_flight: must be positive (and batch, partitions not negative)")
         if not self.member_id:
             object.__setattr__(self, "member_id", _default_member())
+        if len(self.member_id) > MAX_MEMBER_ID or has_control(self.member_id):
+            raise ConfigError(
+                f"member_id: at most {MAX_MEMBER_ID} characters without control characters,"
+                f" got {len(self.member_id)} characters"
+            )
         if not self.app_id:
             object.__setattr__(self, "app_id", self.group)
 

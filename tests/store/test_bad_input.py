@@ -13,6 +13,7 @@ from google.protobuf.message import Message
 
 from sluice import Client, new_event
 from sluice.errors import from_rpc_error
+from sluice.names import MAX_MEMBER_ID
 from sluice.v1 import groups_pb2 as gpb
 from sluice.v1 import streams_pb2 as pb
 from sluice_store.server import StoreServer
@@ -137,7 +138,24 @@ GROUP_CASES: list[tuple[str, Callable[[], Message], str]] = [
     # in a NOT_FOUND that outgrew the 8 KiB of metadata clients accept.
     ("DescribeGroup", lambda: gpb.DescribeGroupRequest(group="x" * 5000), "group"),
     ("CommitCursor", lambda: gpb.CommitCursorRequest(group="g g", member_id="m", position=1), "group"),
+    # Member ids are 1 to 256 characters (a pod name is at most 253); a longer one joined.
+    ("Heartbeat", lambda: gpb.HeartbeatRequest(group="g", member_id="m" * 257), "member_id"),
+    (
+        "CommitCursor",
+        lambda: gpb.CommitCursorRequest(group="g", member_id="m" * 5000, position=1),
+        "member_id",
+    ),
+    ("DeadLetter", lambda: gpb.DeadLetterRequest(group="g", member_id=""), "member_id"),
 ]
+
+
+async def test_a_member_id_of_the_longest_length_joins(store: StoreServer) -> None:
+    async with Client(store.address) as c:
+        await c.create_group("g", partitions=2)
+        longest = "p" * MAX_MEMBER_ID
+        joined = await c.heartbeat(gpb.HeartbeatRequest(group="g", member_id=longest))
+        assert joined.member_epoch >= 1
+        assert [m.member_id for m in (await c.describe_group("g")).members] == [longest]
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,8 @@ import uuid
 
 SYSTEM_PREFIX = "$"
 MAX_TYPE = 256
+#: The longest group member id (a Kubernetes pod name, the sidecar's default, is at most 253).
+MAX_MEMBER_ID = 256
 
 has_control = re.compile("[\x00-\x1f\x7f-\x9f]").search
 

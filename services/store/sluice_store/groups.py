@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 
 from google.protobuf import duration_pb2
 
+from sluice.names import MAX_MEMBER_ID
 from sluice.v1 import groups_pb2 as gpb
 from sluice.v1 import streams_pb2 as pb
 from sluice_store.errors import InvalidArgument, PermissionDenied, StoreError
@@ -235,6 +236,20 @@ def check_group_name(name: str) -> None:
         raise InvalidArgument("group names are 1 to 128 letters, digits, '.', '_' or '-'", field="group")
 
 
+def check_member_id(member_id: str) -> None:
+    """A member id is 1 to MAX_MEMBER_ID characters (control characters are refused with
+    every request's names, in checks.py)."""
+    if not member_id:
+        raise InvalidArgument("member_id is required", field="member_id")
+    if len(member_id) > MAX_MEMBER_ID:
+        raise InvalidArgument(
+            f"member_id is {len(member_id)} characters; at most {MAX_MEMBER_ID}",
+            field="member_id",
+            length=len(member_id),
+            max=MAX_MEMBER_ID,
+        )
+
+
 class Coordinator:
     """Applies every group change as one transaction of the storage's group_tx.
 
@@ -330,8 +345,7 @@ class Coordinator:
     async def heartbeat(
         self, req: gpb.HeartbeatRequest, principal: str = ""
     ) -> tuple[GroupState, Member | None]:
-        if not req.member_id:
-            raise InvalidArgument("member_id is required", field="member_id")
+        check_member_id(req.member_id)
         async with self._tx(req.group) as tx:
             state = self._state(tx)
             now = tx.now_us
@@ -397,6 +411,7 @@ class Coordinator:
             )
 
     async def commit(self, req: gpb.CommitCursorRequest, principal: str = "") -> None:
+        check_member_id(req.member_id)
         async with self._tx(req.group) as tx:
             state = self._state(tx)
             self._owner(tx, state, req.member_id, req.member_epoch, req.partition, principal)
@@ -413,6 +428,7 @@ class Coordinator:
 
     async def dead_letter_target(self, req: gpb.DeadLetterRequest, principal: str = "") -> str:
         """The dead-letter stream a member may write these events to now."""
+        check_member_id(req.member_id)
         async with self._tx(req.group) as tx:
             state = self._state(tx)
             self._owner(tx, state, req.member_id, req.member_epoch, req.partition, principal)
