@@ -212,6 +212,17 @@ async def test_lease_expiry_and_leave_move_partitions(groups: gpb_grpc.GroupsStu
     assert gone.value.reason == "UNKNOWN_MEMBER"
 
 
+async def test_describe_shows_what_each_member_waits_for(groups: gpb_grpc.GroupsStub) -> None:
+    await groups.CreateGroup(gpb.CreateGroupRequest(group="g", config=config()))
+    await join(groups, "g", "a")  # a holds all twelve
+    await join(groups, "g", "b")  # b's half is still a's until a lets go
+    desc = await groups.DescribeGroup(gpb.DescribeGroupRequest(group="g"))
+    members = {m.member_id: m for m in desc.members}
+    assert len(members["a"].assigned) == 12 and not members["a"].pending
+    assert not members["b"].assigned and len(members["b"].pending) == 6
+    assert set(members["b"].pending) <= set(members["a"].assigned)
+
+
 async def test_reset_to_time_and_describe_lag(store: StoreServer, groups: gpb_grpc.GroupsStub) -> None:
     async with Client(store.address) as c:
         await groups.CreateGroup(gpb.CreateGroupRequest(group="g", config=config(partitions=4)))

@@ -17,7 +17,6 @@ from sluice_store.checks import parser
 from sluice_store.groups import (
     Coordinator,
     GroupState,
-    Member,
     dead_letter_stream,
     duration,
     target_assignment,
@@ -112,12 +111,17 @@ class GroupsService:
             created=timestamp(state.created_us),
             head_position=self.storage.head_position,
         )
-        for m in sorted(state.members.values(), key=lambda m: m.id):
+        # Partitions the target gives a member that it does not have yet: the target is
+        # worked out once (a member each made describing 1,000 members take 1.7 s).
+        ids = sorted(state.members)
+        target = target_assignment(state.partitions, ids, {i: state.members[i].assigned for i in ids})
+        for member_id in ids:
+            m = state.members[member_id]
             out.members.add(
                 member_id=m.id,
                 member_epoch=m.epoch,
                 assigned=sorted(m.assigned),
-                pending=sorted(self._pending(state, m)),
+                pending=sorted(target.get(m.id, set()) - m.assigned),
                 lease_expires=timestamp(m.lease_expires_us),
             )
         for p, (lag_events, lag_seconds) in enumerate(await self._lags(state)):
@@ -129,13 +133,6 @@ class GroupsService:
                 lag_seconds=lag_seconds,
             )
         return out
-
-    @staticmethod
-    def _pending(state: GroupState, member: Member) -> set[int]:
-        """Partitions the target gives this member that it does not have yet."""
-        ids = sorted(state.members)
-        target = target_assignment(state.partitions, ids, {i: state.members[i].assigned for i in ids})
-        return target.get(member.id, set()) - member.assigned
 
     async def CreateGroup(self, request: gpb.CreateGroupRequest) -> gpb.GroupDescription:
         return await self._describe(await self.coordinator.create(request.group, request.config))
