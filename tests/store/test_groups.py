@@ -223,6 +223,24 @@ async def test_describe_shows_what_each_member_waits_for(groups: gpb_grpc.Groups
     assert set(members["b"].pending) <= set(members["a"].assigned)
 
 
+async def test_a_full_group_takes_another_member_once_one_leaves(
+    groups: gpb_grpc.GroupsStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sluice_store.groups.MAX_MEMBERS", 3)
+    await groups.CreateGroup(gpb.CreateGroupRequest(group="g", config=config()))
+    await settle(groups, "g", ["a", "b", "c"])
+    with pytest.raises(SluiceError) as full:
+        await call(join(groups, "g", "d"))
+    assert full.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert full.value.metadata["limit"] == "max_group_members" and full.value.metadata["max"] == "3"
+    rejoined = await join(groups, "g", "a")  # a member of the group may join again
+    assert rejoined.member_epoch > 1
+    await groups.Heartbeat(gpb.HeartbeatRequest(group="g", member_id="b", leave=True))
+    assert (await join(groups, "g", "d")).member_epoch >= 1
+    desc = await groups.DescribeGroup(gpb.DescribeGroupRequest(group="g"))
+    assert [m.member_id for m in desc.members] == ["a", "c", "d"]
+
+
 async def test_reset_to_time_and_describe_lag(store: StoreServer, groups: gpb_grpc.GroupsStub) -> None:
     async with Client(store.address) as c:
         await groups.CreateGroup(gpb.CreateGroupRequest(group="g", config=config(partitions=4)))

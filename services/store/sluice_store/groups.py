@@ -23,12 +23,16 @@ from google.protobuf import duration_pb2
 from sluice.names import MAX_MEMBER_ID
 from sluice.v1 import groups_pb2 as gpb
 from sluice.v1 import streams_pb2 as pb
-from sluice_store.errors import InvalidArgument, PermissionDenied, StoreError
+from sluice_store.errors import InvalidArgument, LimitExceeded, PermissionDenied, StoreError
 from sluice_store.retention import US
 from sluice_store.storage.base import GroupRecord, GroupTx, Storage
 
 DEFAULT_PARTITIONS = 12
 MAX_PARTITIONS = 1024
+#: Members a group may have at once (Kafka's group.max.size): one a partition at most, the
+#: rest standing by. A heartbeat's work grows with the members, and a crash-looping pod with
+#: a new id each start would otherwise add one a lease until the store spent its time there.
+MAX_MEMBERS = 1024
 DEFAULT_LEASE_US = 10 * US
 DEFAULT_HEARTBEAT_US = 1 * US
 DEFAULT_ATTEMPTS = 5
@@ -359,6 +363,15 @@ class Coordinator:
                 return state, None
             if req.member_epoch == 0:
                 # A (re)join: whatever this member id held before is given up.
+                if req.member_id not in state.members and len(state.members) >= MAX_MEMBERS:
+                    raise LimitExceeded(
+                        f"group {state.name!r} has {len(state.members)} members, the most a group may"
+                        " have: another joins once one leaves or its lease expires",
+                        limit="max_group_members",
+                        value=len(state.members) + 1,
+                        max=MAX_MEMBERS,
+                        group=state.name,
+                    )
                 member = Member(req.member_id, epoch=(member.epoch if member else 0) + 1, principal=principal)
                 state.members[req.member_id] = member
             elif member is None:
