@@ -5,6 +5,7 @@ then has it. A read-only user sees no button that would be refused."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -140,6 +141,49 @@ async def test_an_operator_browses_tails_resets_and_redrives_in_the_console(
             (noted,) = await c.read_list("orders-5")
             assert (noted.type, json.loads(noted.data)) == ("Noted", {"note": "by hand"})
             assert {e.id for e in app.acked} >= {traced.id} | {r.id for r in placed}
+    finally:
+        await gateway.stop()
+
+
+async def test_a_search_typed_while_the_list_loads_shows_only_its_own_results(
+    browser: Any, store_proc: StoreProcess
+) -> None:
+    # The unfiltered list is held until the search's list has been drawn, then let go: the
+    # page it was for is gone, so its rows must not join the search's (CI once saw 4 + 5).
+    gateway = GatewayProcess(store_proc.addr)
+    try:
+        await gateway.start()
+        async with Client(store_proc.addr, timeout=10) as c:
+            for name in ("orders-1", "orders-2", "audit-1", "audit-2", "audit-3"):
+                await c.append(name, [new_event("Placed", {"n": 1})])
+        page = await (await browser.new_context()).new_page()
+        page.set_default_timeout(WAIT_MS)
+        held: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        release = asyncio.Event()
+
+        async def hold_the_unfiltered_list(route: Any) -> None:
+            if "prefix=" in route.request.url:
+                await route.continue_()
+                return
+            held.set_result(route)
+            await release.wait()
+            await route.continue_()
+
+        await page.route("**/v1/streams?*", hold_the_unfiltered_list)
+        await page.goto(f"{gateway.http}/console/#/streams")
+        async with asyncio.timeout(WAIT_MS / 1000):
+            await held
+        await page.get_by_test_id("stream-prefix").fill("orders-")
+        await page.get_by_test_id("stream-search").click()
+        rows = page.locator("[data-testid=streams-table] tbody tr")
+        await expect(rows).to_have_count(2)
+        release.set()
+        # Both navigations are drawn (the first into its own, detached page) ...
+        await expect(page.locator("body")).to_have_attribute("data-loading", "0")
+        # ... and the page shows the search's rows alone.
+        await expect(rows).to_have_count(2)
+        shown = await rows.evaluate_all("rs => rs.map(r => r.dataset.stream)")
+        assert sorted(shown) == ["orders-1", "orders-2"]
     finally:
         await gateway.stop()
 

@@ -8,6 +8,7 @@ const $ = (sel, root = document) => root.querySelector(sel);
 const page = () => $("#page");
 let timers = [];
 let sources = [];
+let loading = 0; // navigations whose page is still being drawn
 let config = { trace_url: "" };
 
 // -- calling the API ---------------------------------------------------------------------
@@ -188,7 +189,7 @@ async function overview() {
   }
   let tick = 0;
   await refresh();
-  timers.push(setInterval(() => refresh().catch((e) => flash(e.message, "error")), 2000));
+  if (root.isConnected) timers.push(setInterval(() => refresh().catch((e) => flash(e.message, "error")), 2000));
 }
 
 function totalLag(g) { return (g.partitions || []).reduce((s, p) => s + Number(p.lag_events || 0), 0); }
@@ -431,7 +432,7 @@ async function group(name) {
   }
 
   await refresh();
-  timers.push(setInterval(() => refresh().catch((e) => flash(e.message, "error")), 2000));
+  if (root.isConnected) timers.push(setInterval(() => refresh().catch((e) => flash(e.message, "error")), 2000));
 }
 
 async function publish(params) {
@@ -473,7 +474,13 @@ async function route() {
   const nav = { "": "overview", streams: "streams", stream: "streams", event: "streams", tail: "tail", groups: "groups", group: "groups", publish: "publish" }[parts[0] || ""];
   for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", a.dataset.nav === nav);
   if (!document.body.dataset.keepFlash) flash("", "");
-  page().dataset.ready = "false";
+  // Each navigation draws into a fresh page. A page still waiting on the API when the
+  // next navigation comes (a search typed while the list loads) finishes into the page
+  // it began, now detached, instead of adding its table beside the new page's.
+  const root = h("main", { id: "page" });
+  page().replaceWith(root);
+  root.dataset.ready = "false";
+  document.body.dataset.loading = String(++loading);
   try {
     if (!parts.length) await overview();
     else if (parts[0] === "streams") await streams(params);
@@ -485,9 +492,11 @@ async function route() {
     else if (parts[0] === "publish") await publish(params);
     else page().replaceChildren(h("h1", {}, "Not found"));
   } catch (e) {
-    flash(e.message, "error");
+    if (root.isConnected) flash(e.message, "error");
+  } finally {
+    document.body.dataset.loading = String(--loading);
   }
-  page().dataset.ready = "true";
+  root.dataset.ready = "true";
 }
 
 async function start() {
