@@ -197,6 +197,7 @@ class Member:
         self.joined = False
         self.stopping = False
         self.missing = False  # the group does not exist (deleted, or not made yet)
+        self.full = False  # the group has as many members as it may: standing by
         self.away = True  # not in the group because the app does not answer (yet)
         self.app = AppHealth(deliverer.probe, settings.app_probe_interval, self._wake_now)
         self._lease_until = 0.0
@@ -356,6 +357,12 @@ class Member:
                 else:
                     await self._group_missing()
                     return self.config.heartbeat_interval.ToMicroseconds() / 1e6 or 1.0
+            elif isinstance(err, LimitExceeded) and err.metadata.get("limit") == "max_group_members":
+                # Not a fault: a standby, asking again each heartbeat interval, said once.
+                if not self.full:
+                    log.warning("group %s is full: standing by until a member leaves (%s)", s.group, err)
+                    self.full = True
+                return self.config.heartbeat_interval.ToMicroseconds() / 1e6 or 1.0
             else:
                 log.warning("heartbeat failed: %s", err)
             return None
@@ -366,6 +373,9 @@ class Member:
         if self.missing:
             log.info("group %s found: joining it", s.group)
             self.missing = False
+        if self.full:
+            log.info("group %s has room: joined it", s.group)
+            self.full = False
         refilter = self.joined and resp.config.filter != self.config.filter
         if refilter:
             log.info("the group's filter changed: reading every partition again from its cursor")
@@ -598,6 +608,8 @@ class Member:
             return f"group {self.settings.group} does not exist: waiting for it to be created"
         if not self.app.up:
             return f"the app is not answering ({self.app.reason}): waiting for it"
+        if self.full:
+            return f"group {self.settings.group} is full: standing by until a member leaves"
         if not self.joined:
             return f"joining group {self.settings.group}"
         return ""
