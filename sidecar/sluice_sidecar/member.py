@@ -335,6 +335,10 @@ class Member:
             except TimeoutError:
                 pass
 
+    def _beat_interval(self) -> float:
+        """The group's heartbeat interval in seconds (1 before the first answer)."""
+        return self.config.heartbeat_interval.ToMicroseconds() / 1e6 or 1.0
+
     async def _heartbeat(self) -> float | None:
         s = self.settings
         sent = time.monotonic()
@@ -356,13 +360,13 @@ class Member:
                         await self._ensure_group()
                 else:
                     await self._group_missing()
-                    return self.config.heartbeat_interval.ToMicroseconds() / 1e6 or 1.0
+                    return self._beat_interval()
             elif isinstance(err, LimitExceeded) and err.metadata.get("limit") == "max_group_members":
                 # Not a fault: a standby, asking again each heartbeat interval, said once.
                 if not self.full:
                     log.warning("group %s is full: standing by until a member leaves (%s)", s.group, err)
                     self.full = True
-                return self.config.heartbeat_interval.ToMicroseconds() / 1e6 or 1.0
+                return self._beat_interval()
             else:
                 log.warning("heartbeat failed: %s", err)
             return None

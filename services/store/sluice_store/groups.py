@@ -133,6 +133,11 @@ class GroupState:
     def members_json(self) -> str:
         return json.dumps({m.id: m.to_json() for m in self.members.values()})
 
+    def target(self) -> dict[str, set[int]]:
+        """Where the partitions should be, by member id (see target_assignment)."""
+        ids = sorted(self.members)
+        return target_assignment(self.partitions, ids, {i: self.members[i].assigned for i in ids})
+
     def owner(self, partition: int) -> str:
         for m in self.members.values():
             if partition in m.held:
@@ -189,9 +194,7 @@ def reconcile(state: GroupState, member: Member) -> None:
     epoch change only here: partitions leaving it go to ``revoking`` until it confirms
     it let go, and partitions coming to it are granted only once nobody else holds them.
     """
-    ids = sorted(state.members)
-    target = target_assignment(state.partitions, ids, {i: state.members[i].assigned for i in ids})
-    want = target.get(member.id, set())
+    want = state.target().get(member.id, set())
     held_by_others = {p for m in state.members.values() if m is not member for p in m.held}
     member.revoking |= member.assigned - want
     new = (member.assigned & want) | (want - held_by_others)

@@ -19,7 +19,6 @@ from sluice_store.groups import (
     GroupState,
     dead_letter_stream,
     duration,
-    target_assignment,
 )
 from sluice_store.retention import US, now_us
 from sluice_store.rpc import timestamp, unary_handler
@@ -113,9 +112,8 @@ class GroupsService:
         )
         # Partitions the target gives a member that it does not have yet: the target is
         # worked out once (a member each made describing 1,000 members take 1.7 s).
-        ids = sorted(state.members)
-        target = target_assignment(state.partitions, ids, {i: state.members[i].assigned for i in ids})
-        for member_id in ids:
+        target = state.target()
+        for member_id in sorted(state.members):
             m = state.members[member_id]
             out.members.add(
                 member_id=m.id,
