@@ -68,8 +68,14 @@ async def test_append_read_tail_and_streams(spawn: Callable[..., StoreProcess], 
 
     code, out, _ = await sluice(store, "streams", "list", "orders-")
     assert [line.split()[0] for line in out.splitlines()[2:]] == ["orders-1", "orders-2", "orders-3"]
-    code, out, _ = await sluice(store, "streams", "retention", "orders-1", "--max-count", "1")
+    code, out, _ = await sluice(
+        store, "streams", "retention", "orders-1", "--max-count", "1", "--max-age", "7d"
+    )
     assert code == 0
+    # The rules in force, named as the flags that set them, and where they come from.
+    assert out.splitlines()[2].endswith("max-count 1, max-age 7d (stream)")
+    code, out, _ = await sluice(store, "streams", "info", "orders-2")
+    assert [ln.split() for ln in out.splitlines() if ln.startswith("retention")] == [["retention", "none"]]
     code, out, _ = await sluice(store, "--json", "streams", "info", "orders-1")
     info = json.loads(out)
     assert info["effective_retention"]["max_count"] in ("1", 1) and info["first_revision"] in ("1", 1)
@@ -113,3 +119,11 @@ async def test_groups_commands(spawn: Callable[..., StoreProcess]) -> None:
     assert code == 0
     code, _, err = await sluice(store, "groups", "describe", "billing")
     assert code != 0 and "NOT_FOUND" in err
+
+
+def test_durations_print_as_they_are_written() -> None:
+    from sluice.settings import format_duration, parse_duration
+
+    for text in ("7d", "36h", "90m", "45s", "250ms", "1500ms"):
+        assert format_duration(parse_duration(text)) == text
+    assert format_duration(0.0005) == "0.0005s"

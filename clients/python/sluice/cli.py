@@ -35,7 +35,7 @@ from sluice.client import (
 )
 from sluice.errors import SluiceError
 from sluice.gateway import DEFAULT_GATEWAY_ADDR, GatewayClient
-from sluice.settings import parse_duration
+from sluice.settings import format_duration, parse_duration
 from sluice.v1 import gateway_pb2 as gwpb
 from sluice.v1 import streams_pb2 as pb
 
@@ -268,10 +268,33 @@ async def cmd_tail(c: Client, a: argparse.Namespace) -> None:
             print(f"-- fell behind at {item.position}; catching up --", file=sys.stderr, flush=True)
 
 
+def policy_text(p: pb.RetentionPolicy) -> str:
+    """A retention policy as its rules, named as the ``streams retention`` flags that set
+    them: ``max-count 1000, max-age 7d``; empty for no rule."""
+    rules = []
+    if p.max_count:
+        rules.append(f"max-count {p.max_count}")
+    if p.HasField("max_age") and p.max_age.ToTimedelta():
+        rules.append(f"max-age {format_duration(p.max_age.ToTimedelta().total_seconds())}")
+    if p.max_bytes:
+        rules.append(f"max-bytes {p.max_bytes}")
+    if p.truncate_before:
+        rules.append(f"truncate-before {p.truncate_before}")
+    if p.HasField("time_to_live") and p.time_to_live.ToTimedelta():
+        rules.append(f"ttl {format_duration(p.time_to_live.ToTimedelta().total_seconds())}")
+    return ", ".join(rules)
+
+
+def _retention(i: pb.StreamInfo) -> str:
+    """The policy in force and where it comes from: ``max-count 1000 (stream)``, ``none``."""
+    rules = policy_text(i.effective_retention)
+    return f"{rules} ({i.retention_source})" if rules else "none"
+
+
 def _info_row(i: pb.StreamInfo) -> tuple[object, ...]:
     state = pb.StreamState.Name(i.state).removeprefix("STREAM_STATE_").lower()
     last = i.last_revision if i.has_events_written else "-"
-    return (i.stream, state, i.event_count, i.first_revision, last, i.retention_source)
+    return (i.stream, state, i.event_count, i.first_revision, last, _retention(i))
 
 
 INFO_HEADERS = ("stream", "state", "events", "first rev", "last rev", "retention")
@@ -294,7 +317,6 @@ async def cmd_streams(c: Client, a: argparse.Namespace) -> None:
         if a.json:
             _print_infos([info], True)
             return
-        policy = json_format.MessageToDict(info.effective_retention)
         table(
             [
                 ("state", pb.StreamState.Name(info.state).removeprefix("STREAM_STATE_").lower()),
@@ -302,7 +324,7 @@ async def cmd_streams(c: Client, a: argparse.Namespace) -> None:
                 ("first revision", info.first_revision),
                 ("last revision", info.last_revision if info.has_events_written else "-"),
                 ("last position", info.last_position),
-                ("retention", f"{info.retention_source} {policy or ''}".strip()),
+                ("retention", _retention(info)),
             ],
             ("field", "value"),
         )

@@ -22,6 +22,16 @@ def parse_duration(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2) or "s"]
 
 
+def format_duration(seconds: float) -> str:
+    """Seconds in the largest unit that holds them whole (``604800`` -> ``"7d"``, ``0.25``
+    -> ``"250ms"``): what parse_duration reads back."""
+    for unit in ("d", "h", "m", "s", "ms"):
+        count = seconds / _UNITS[unit]
+        if count >= 1 and abs(count - round(count)) < 1e-9:
+            return f"{round(count)}{unit}"
+    return f"{seconds:g}s"
+
+
 class ConfigError(ValueError):
     """A setting is missing or malformed; the message names it."""
 
