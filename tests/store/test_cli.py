@@ -8,6 +8,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from sluice import Client, new_event
+from sluice.v1 import groups_pb2 as gpb
 from tests.conftest import StoreProcess
 
 
@@ -87,6 +89,13 @@ async def test_append_read_tail_and_streams(spawn: Callable[..., StoreProcess], 
     assert code != 0 and "expected revision no_stream, actual 1" in err
 
 
+def partition_rows(out: str) -> list[str]:
+    """The rows of the partitions table in ``groups describe`` output."""
+    lines = out.splitlines()
+    start = lines.index(next(ln for ln in lines if ln.startswith("partition"))) + 2
+    return lines[start : lines.index("", start)]
+
+
 async def test_groups_commands(spawn: Callable[..., StoreProcess]) -> None:
     store = spawn()
     await store.start()
@@ -94,8 +103,7 @@ async def test_groups_commands(spawn: Callable[..., StoreProcess]) -> None:
         store, "groups", "create", "billing", "--prefix", "inv-", "--from", "start", "--partitions", "4"
     )
     assert code == 0, err
-    lines = out.splitlines()
-    rows = lines[lines.index(next(ln for ln in lines if ln.startswith("partition"))) + 2 :]
+    rows = partition_rows(out)
     assert [r.split()[:3] for r in rows] == [[str(p), "-", "1"] for p in range(4)]  # partition, owner, cursor
     for i in range(6):
         await sluice(store, "append", f"inv-{i}", "Issued", "{}")
@@ -105,9 +113,22 @@ async def test_groups_commands(spawn: Callable[..., StoreProcess]) -> None:
     desc = json.loads(out)
     assert all(int(p["cursor"]) == 7 for p in desc["partitions"])
     code, out, _ = await sluice(store, "groups", "describe", "billing")
-    lines = out.splitlines()
-    rows = lines[lines.index(next(ln for ln in lines if ln.startswith("partition"))) + 2 :]
-    assert [r.split()[2:4] for r in rows] == [["7", "0"]] * 4  # cursor at the end, no lag
+    assert [r.split()[2:4] for r in partition_rows(out)] == [["7", "0"]] * 4  # cursor at the end, no lag
+    assert out.splitlines()[-1] == "dead letters: 0 in $dlq.billing"
+    async with Client(store.addr) as c:  # a member dead-letters one event
+        joined = await c.heartbeat(gpb.HeartbeatRequest(group="billing", member_id="m1"))
+        await c.dead_letter(
+            gpb.DeadLetterRequest(
+                group="billing",
+                member_id="m1",
+                member_epoch=joined.member_epoch,
+                partition=joined.assigned[0].partition,
+                events=[new_event("Issued", b"{}")],
+            )
+        )
+    code, out, _ = await sluice(store, "groups", "describe", "billing")
+    hint = "(sluice read '$dlq.billing'; sluice groups redrive billing)"
+    assert out.splitlines()[-1] == f"dead letters: 1 in $dlq.billing {hint}"
     code, out, err = await sluice(store, "--json", "groups", "update", "billing", "--type", "Issued")
     assert code == 0, err
     assert json.loads(out)["config"]["filter"] == {"stream_prefixes": ["inv-"], "event_types": ["Issued"]}

@@ -33,7 +33,7 @@ from sluice.client import (
     StartAt,
     new_event,
 )
-from sluice.errors import SluiceError
+from sluice.errors import SluiceError, StreamNotFound
 from sluice.gateway import DEFAULT_GATEWAY_ADDR, GatewayClient
 from sluice.settings import format_duration, parse_duration
 from sluice.v1 import gateway_pb2 as gwpb
@@ -423,6 +423,15 @@ async def cmd_groups(c: Client, a: argparse.Namespace) -> None:
         [(p.partition, p.owner or "-", p.cursor, p.lag_events, f"{p.lag_seconds:.1f}") for p in g.partitions],
         ("partition", "owner", "cursor", "lag (events)", "lag (s)"),
     )
+    dlq = g.config.dead_letter_stream or f"$dlq.{g.group}"
+    try:
+        held = (await c.stream_info(dlq)).event_count
+    except StreamNotFound:
+        held = 0
+    except SluiceError:
+        return  # not this caller's to read (security on)
+    print(f"\ndead letters: {held} in {dlq}", end="")
+    print(f" (sluice read '{dlq}'; sluice groups redrive {g.group})" if held else "")
 
 
 def build_parser() -> argparse.ArgumentParser:
