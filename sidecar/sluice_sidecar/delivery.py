@@ -155,7 +155,7 @@ class HttpDeliverer(Deliverer):
             ConnectionResetError,
         ) as e:
             # Refused, reset or closed without an answer: the app is down, not the event bad.
-            return Result(RETRY, f"the app is not answering: {type(e).__name__}: {e}", app_down=True)
+            return Result(RETRY, f"{type(e).__name__}: {e}", app_down=True)  # said as "not answering (...)"
         except (push.BadAnswer, aiohttp.ClientError, TimeoutError) as e:
             return Result(RETRY, f"no answer from the app: {type(e).__name__}: {e}")
         except ValueError as e:  # it cannot be put in an HTTP request, now or ever
