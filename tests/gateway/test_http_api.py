@@ -160,20 +160,24 @@ async def test_errors_carry_the_status_reason_and_details_of_the_grpc_status(gat
             assert unnamable["code"] == "INVALID_ARGUMENT" and unnamable["metadata"]["field"] == "group"
 
         # The gateway's own refusals, before any call: the same body.
-        for route, body in (
-            (EVENTS, b"{not json"),
-            (EVENTS, b'["an", "array"]'),
-            (EVENTS, b'{"events": [{"type": "T", "data": "not base64!"}]}'),
-            (EVENTS, b'{"nonsense": 1}'),
+        for route, body, field in (
+            (EVENTS, b"{not json", "body"),
+            (EVENTS, b'["an", "array"]', "body"),
+            (EVENTS, b'{"events": [{"type": "T", "data": "not base64!"}]}', "events.data"),
+            (EVENTS, b'{"nonsense": 1}', "nonsense"),
+            (EVENTS, b'{"events": [{"type": "T"}], "expected": {"revision": "abc"}}', "expected.revision"),
         ):
             bad = await api.call("POST", route, body, 400, stream="a")
             assert bad["code"] == "INVALID_ARGUMENT" and bad["error"], bad
+            assert bad["metadata"]["field"] == field, bad
         for query, field in (
             ("bogus=1", "bogus"),
             (f"max_count={MAX_PAGE + 1}", "max_count"),
+            ("max_count=-1", "max_count"),
             ("backwards=maybe", "backwards"),
             ("from=5", "from"),
             ("from.end=no", "from.end"),
+            ("from.revision=abc", "from.revision"),
         ):
             bad = await api.call("GET", f"/v1/streams/{{stream}}/events?{query}", None, 400, stream="a")
             assert bad["metadata"]["field"] == field, bad

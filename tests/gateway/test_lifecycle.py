@@ -155,8 +155,28 @@ async def test_server_sent_events_with_last_event_id_resume(
             rest = [m for m in await sse_events(resp, len(orders) - 5) if m[1] == "event"]
         assert [int(i) for i, _, _ in rest] == [e.position for e in orders[5:]]
         assert not any("data" in d or "data_base64" in d for _, _, d in rest)  # notifications
-        async with http.get(f"{gateway.http}/v1/watch?form=bogus") as resp:
-            assert resp.status == 400
+        # Refusals name what was wrong, in the JSON API's error shape; a parameter the watch
+        # does not take (another API's "from") is refused, not a watch of everything live.
+        for query, headers, field in (
+            ("form=bogus", {}, "form"),
+            ("overflow=later", {}, "overflow"),
+            ("position=abc", {}, "position"),
+            ("position=-1", {}, "position"),
+            ("buffer_size=5000000000", {}, "buffer_size"),
+            ("heartbeat=nan", {}, "heartbeat"),
+            ("ephemeral=maybe", {}, "ephemeral"),
+            ("from=start", {}, "from"),
+            ("", {"Last-Event-ID": "x"}, "Last-Event-ID"),
+        ):
+            async with http.get(f"{gateway.http}/v1/watch?{query}", headers=headers) as resp:
+                refusal = await resp.json()
+                assert resp.status == 400 and refusal["code"] == "INVALID_ARGUMENT", refusal
+                assert refusal["metadata"] == {"field": field}, refusal
+                assert refusal["details"][0]["field_violations"][0]["field"] == field
+        for body in (b"[1]", b"{not json", b'{"ttl_seconds": "soon"}'):
+            async with http.post(f"{gateway.http}/v1/publish", data=body) as resp:
+                refusal = await resp.json()
+                assert resp.status == 400 and refusal["metadata"] == {"field": "body"}, refusal
 
 
 async def test_two_gateways_share_one_port(gateways: Gateways, store_client: Client) -> None:

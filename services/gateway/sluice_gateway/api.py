@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -199,7 +200,18 @@ def parse_request(route: Route, request: web.Request, body: Any) -> Message:
     try:
         return json_format.ParseDict(fields, route.request())
     except json_format.ParseError as e:
-        raise BadRequest(str(e)[:300]) from None
+        raise BadRequest(str(e)[:300], parse_error_field(str(e))) from None
+
+
+def parse_error_field(message: str) -> str:
+    """The field a protobuf JSON parse error is about, as a dotted path (``events.data``,
+    ``retention.max_age``): json_format says "Failed to parse X field: " for each level
+    and 'has no field named "Y"' for an unknown one."""
+    path = re.findall(r"Failed to parse (\w+) field", message)
+    unknown = re.search(r'has no field named "([^"]{1,100})"', message)
+    if unknown:
+        path.append(unknown.group(1))
+    return ".".join(path)
 
 
 def error_body(code: grpc.StatusCode, reason: str, message: str, metadata: Mapping[str, str],

@@ -163,6 +163,21 @@ def _operation(route: Route, schemas: _Schemas) -> dict[str, Any]:
     return op
 
 
+#: The query parameters of GET /v1/watch (the SSE watch takes these and no others).
+WATCH_QUERY: dict[str, dict[str, Any]] = {
+    "stream": {"type": "array", "items": {"type": "string"}},
+    "prefix": {"type": "array", "items": {"type": "string"}},
+    "type": {"type": "array", "items": {"type": "string"}},
+    "form": {"type": "string", "enum": ["full", "notification"]},
+    "overflow": {"type": "string", "enum": ["catch_up", "drop", "disconnect"]},
+    "position": {"type": "integer", "minimum": 0},
+    "buffer_size": {"type": "integer", "minimum": 0},
+    "ephemeral": {"type": "boolean"},
+    "heartbeat": {"type": "number", "minimum": 0, "maximum": 3600},
+    "access_token": {"type": "string"},
+}
+
+
 def document(version: str = "1") -> dict[str, Any]:
     schemas = _Schemas()
     paths: dict[str, dict[str, Any]] = {}
@@ -203,16 +218,7 @@ def document(version: str = "1") -> dict[str, Any]:
             "summary": "Server-Sent Events: CloudEvents JSON objects, each SSE id the event's position",
             "tags": ["Gateway"],
             "parameters": [
-                {"name": n, "in": "query", "required": False, "schema": s}
-                for n, s in (
-                    ("stream", {"type": "array", "items": {"type": "string"}}),
-                    ("prefix", {"type": "array", "items": {"type": "string"}}),
-                    ("type", {"type": "array", "items": {"type": "string"}}),
-                    ("form", {"type": "string", "enum": ["full", "notification"]}),
-                    ("overflow", {"type": "string", "enum": ["catch_up", "drop", "disconnect"]}),
-                    ("position", {"type": "integer", "minimum": 0}),
-                    ("access_token", {"type": "string"}),
-                )
+                {"name": n, "in": "query", "required": False, "schema": s} for n, s in WATCH_QUERY.items()
             ],
             "responses": {
                 "200": {

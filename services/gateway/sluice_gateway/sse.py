@@ -9,22 +9,26 @@ import contextlib
 import functools
 import json
 import time
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
 import grpc
 from aiohttp import web
+from multidict import MultiMapping
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sluice import cloudevent, security
+from sluice.settings import parse_bool
 from sluice.v1 import gateway_pb2 as gwpb
 from sluice_gateway import console, openapi, wire
-from sluice_gateway.api import JsonApi
+from sluice_gateway.api import BadRequest, JsonApi, bad_request, gateway_error
 from sluice_gateway.config import Settings
 from sluice_gateway.hub import Encoder, Hub
 from sluice_gateway.service import Caller, Gateway, GatewayError, watch_needs
 from sluice_gateway.wire import NOTIFICATION, Record
 from sluice_gateway.workers import Siblings
+
+T = TypeVar("T")
 
 _FORMS = {"full": wire.FULL, "notification": wire.NOTIFICATION}
 _POLICIES = {
@@ -32,6 +36,66 @@ _POLICIES = {
     "drop": gwpb.OVERFLOW_POLICY_DROP,
     "disconnect": gwpb.OVERFLOW_POLICY_DISCONNECT,
 }
+#: What GET /v1/watch takes; anything else is refused, so a misspelt parameter (or one
+#: of another API's, like ``from``) is not silently a watch of something else.
+WATCH_PARAMS = tuple(openapi.WATCH_QUERY)
+
+
+def _whole(text: str, name: str, bits: int) -> int:
+    """A query value that must be a whole number from 0 to 2**bits - 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if not 0 <= n < 1 << bits:
+        raise BadRequest(
+            f"{name}: expected a whole number from 0 to {(1 << bits) - 1}, got {text[:40]!r}", name
+        )
+    return n
+
+
+def _choice(q: Mapping[str, str], name: str, choices: Mapping[str, T], default: str) -> T:
+    value = q.get(name, default)
+    if value not in choices:
+        raise BadRequest(f"{name}: one of {', '.join(choices)}, got {value[:40]!r}", name)
+    return choices[value]
+
+
+def watch_query(q: MultiMapping[str], last_event_id: str) -> tuple[gwpb.WatchRequest, float]:
+    """The watch a GET /v1/watch asks for, and its heartbeat (0: the gateway's); refusals
+    name the parameter."""
+    for name in q:
+        if name not in WATCH_PARAMS:
+            raise BadRequest(
+                f"unknown query parameter {name[:40]!r}; the watch takes {', '.join(WATCH_PARAMS)}",
+                name[:100],
+            )
+    try:
+        exclude_ephemeral = not parse_bool(q.get("ephemeral", "true"))
+    except ValueError:
+        raise BadRequest("ephemeral: expected true or false", "ephemeral") from None
+    wr = gwpb.WatchRequest(
+        streams=q.getall("stream", []),
+        stream_prefixes=q.getall("prefix", []),
+        event_types=q.getall("type", []),
+        form=_choice(q, "form", _FORMS, "full"),
+        overflow=_choice(q, "overflow", _POLICIES, "catch_up"),
+        buffer_size=_whole(q.get("buffer_size", "0"), "buffer_size", 32),
+        exclude_ephemeral=exclude_ephemeral,
+    )
+    if last_event_id:  # a browser's EventSource resuming: the next position after it
+        wr.position = _whole(last_event_id, "Last-Event-ID", 63) + 1
+    elif "position" in q:
+        wr.position = _whole(q["position"], "position", 63)
+    try:
+        heartbeat = float(q.get("heartbeat", "0"))
+    except ValueError:
+        heartbeat = -1.0
+    if not 0 <= heartbeat <= 3600:
+        raise BadRequest("heartbeat: seconds from 0 to 3600", "heartbeat")
+    return wr, heartbeat
+
+
 STREAM_ACTIONS = ("read", "append", "delete", "retention", "list", "publish", "watch")
 GROUP_ACTIONS = ("list", "admin", "join")
 SAMPLE_INTERVAL = 2.0
@@ -151,8 +215,7 @@ class HttpApi:
 
     @staticmethod
     def _refused(e: GatewayError) -> web.Response:
-        status = {"UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403}.get(e.reason, 400)
-        return web.json_response({"error": e.message, "reason": e.reason, **e.metadata}, status=status)
+        return gateway_error(e)  # as the JSON API's errors: code, reason, metadata, details
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -226,33 +289,17 @@ class HttpApi:
 
     async def sse(self, request: web.Request) -> web.StreamResponse:
         """Server-Sent Events: ?stream=&prefix=&type= (repeatable), form, overflow, position."""
-        q = request.query
         try:
-            form = _FORMS[q.get("form", "full")]
-            policy = _POLICIES[q.get("overflow", "catch_up")]
-            wr = gwpb.WatchRequest(
-                streams=q.getall("stream", []),
-                stream_prefixes=q.getall("prefix", []),
-                event_types=q.getall("type", []),
-                form=form,
-                overflow=policy,
-                buffer_size=int(q.get("buffer_size", "0")),
-                exclude_ephemeral=q.get("ephemeral", "true") == "false",
-            )
-            last_id = request.headers.get("Last-Event-ID", "")
-            if last_id:
-                wr.position = int(last_id) + 1
-            elif "position" in q:
-                wr.position = int(q["position"])
-            heartbeat = float(q.get("heartbeat", "0")) or self.settings.heartbeat_interval
+            wr, heartbeat = watch_query(request.query, request.headers.get("Last-Event-ID", ""))
             caller = self._caller(request)
             needs = watch_needs(wr)
             self.gateway.authorize(caller, needs, request.remote or "")
             sub, start = self.gateway.subscriber(wr, encode)
-        except (KeyError, ValueError) as e:
-            return web.json_response({"error": f"bad query: {e}"}, status=400)
+        except BadRequest as e:
+            return bad_request(e)
         except GatewayError as e:
             return self._refused(e)
+        heartbeat = heartbeat or self.settings.heartbeat_interval
         resp = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
@@ -276,6 +323,10 @@ class HttpApi:
         """POST a JSON body {stream, type, data (JSON), metadata, ttl_seconds}: Publish over HTTP."""
         try:
             body = await request.json()
+            if not isinstance(body, dict):
+                raise BadRequest(
+                    "the body must be a JSON object: {stream, type, data, metadata, ttl_seconds}", "body"
+                )
             req = gwpb.PublishRequest(
                 stream=body.get("stream", ""),
                 type=body.get("type", ""),
@@ -286,9 +337,13 @@ class HttpApi:
             if body.get("ttl_seconds"):
                 req.time_to_live.FromMilliseconds(int(float(body["ttl_seconds"]) * 1000))
             resp = await self.gateway.publish(req, self._caller(request))
+        except BadRequest as e:
+            return bad_request(e)
         except (ValueError, TypeError, AttributeError, OverflowError, RecursionError) as e:
-            # Not JSON, not an object, too deep to parse, or numbers out of range.
-            return web.json_response({"error": f"bad body: {type(e).__name__}: {str(e)[:200]}"}, status=400)
+            # Not JSON, fields of the wrong kind, too deep to parse, or numbers out of range.
+            return bad_request(
+                BadRequest(f"the body is not a publish: {type(e).__name__}: {str(e)[:200]}", "body")
+            )
         except GatewayError as e:
             return self._refused(e)
         return web.json_response({"id": resp.id, "subscribers": resp.subscribers, "relayed": resp.relayed})
