@@ -8,7 +8,9 @@ Local HTTP (``--http-addr``):
   GET  /metrics                 Prometheus (also on the probe listener)
   POST /v1/publish/{stream}     append the body as one event; type from ``ce-type`` (or
                                 ``?type=``), id from ``ce-id``, metadata from
-                                ``sluice-meta-<key>`` headers, trace from ``traceparent``
+                                ``sluice-meta-<key>`` headers, trace from ``traceparent``;
+                                a CloudEvent in structured mode (one, or a batch appended
+                                together) when the body says so by its Content-Type
 Local gRPC (``--grpc-addr``): sluice.v1.Sidecar (Pull, Publish, Status) and health.
 Probes (``--probe-addr``, optional): /healthz and /readyz alone, for the kubelet; the API
 above stays on localhost.
@@ -27,6 +29,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from sluice import cloudevent
 from sluice.errors import SluiceError, make_status
 from sluice.httpserver import BoundedRunner
 from sluice.process import GRPC_SERVER_OPTIONS, listen_grpc, shutdown_signal, started
@@ -127,19 +130,33 @@ def http_app(member: Member) -> web.Application:
         return web.json_response(body)
 
     async def publish(request: web.Request) -> web.Response:
-        etype = request.headers.get("ce-type") or request.query.get("type", "")
-        event = pb.EventData(
-            id=request.headers.get("ce-id", ""),
-            type=etype,
-            data=await request.read(),
-            content_type=request.headers.get("content-type", ""),
-            metadata={
-                k[len("sluice-meta-") :]: v
-                for k, v in request.headers.items()
-                if k.lower().startswith("sluice-meta-")
-            },
-        )
-        req = pb.AppendRequest(stream=request.match_info["stream"], events=[event])
+        content_type = request.headers.get("content-type", "")
+        metadata = {
+            k[len("sluice-meta-") :]: v
+            for k, v in request.headers.items()
+            if k.lower().startswith("sluice-meta-")
+        }
+        if cloudevent.is_structured(content_type):
+            # Structured mode: the body is a CloudEvent (or a batch of them, appended together).
+            try:
+                events = cloudevent.parse(await request.read(), content_type)
+            except cloudevent.NotACloudEvent as e:
+                return web.json_response(
+                    {"error": str(e), "reason": "INVALID_ARGUMENT", "details": {"field": e.field}}, status=400
+                )
+            for event in events:
+                event.type = event.type or request.query.get("type", "")
+                event.metadata.update(metadata)
+        else:  # binary mode: ce- headers, the body is the data
+            event = pb.EventData(
+                id=request.headers.get("ce-id", ""),
+                type=request.headers.get("ce-type") or request.query.get("type", ""),
+                data=await request.read(),
+                content_type=content_type,
+                metadata=metadata,
+            )
+            events = [event]
+        req = pb.AppendRequest(stream=request.match_info["stream"], events=events)
         try:
             resp = await member.publish(req, request.headers.get("traceparent"))
         except SluiceError as e:
@@ -147,7 +164,11 @@ def http_app(member: Member) -> web.Application:
                 {"error": e.message, "reason": e.reason, "details": e.metadata},
                 status=_HTTP_STATUS.get(e.code, 500),
             )
-        return web.json_response(json_format.MessageToDict(resp, preserving_proto_field_name=True))
+        return web.json_response(
+            json_format.MessageToDict(
+                resp, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+            )
+        )
 
     app = web.Application()
     app.add_routes(

@@ -44,7 +44,7 @@ EVENTS: list[cloudevent.Event] = [
 ]  # fmt: skip
 
 
-def expected_data(ev: cloudevent.Event) -> object:
+def expected_data(ev: cloudevent.Event | pb.EventData) -> object:
     if ev.content_type.endswith("json"):
         return json.loads(ev.data)
     if ev.content_type.startswith("text/"):
@@ -117,3 +117,61 @@ def test_a_notification_carries_no_data() -> None:
     assert isinstance(first, pb.RecordedEvent)
     body = cloudevent.structured(first, with_data=False)
     assert "data" not in body and "data_base64" not in body
+
+
+@pytest.mark.parametrize("ev", [e for e in EVENTS if isinstance(e, pb.RecordedEvent)], ids=lambda e: e.type)
+def test_a_structured_event_parses_back_to_what_was_appended(ev: pb.RecordedEvent) -> None:
+    body = json.dumps(cloudevent.structured(ev, {"sluicegroup": "g"})).encode()
+    (got,) = cloudevent.parse(body, cloudevent.STRUCTURED_CONTENT_TYPE)
+    assert (got.id, got.type, got.content_type) == (ev.id, ev.type, ev.content_type)
+    # JSON data comes back as the same JSON (the format does not keep its spacing); the rest byte for byte.
+    assert expected_data(got) == expected_data(ev)
+    assert dict(got.metadata) == dict(ev.metadata)  # nothing the store or the delivery set
+
+
+def test_cloudevents_written_by_the_sdk_parse_into_events() -> None:
+    from cloudevents.core.bindings.http import to_structured_event
+    from cloudevents.core.v1.event import CloudEvent
+
+    placed = CloudEvent(
+        {"id": EVENTS[0].id, "source": "/shop", "type": "OrderPlaced", "specversion": "1.0",
+         "datacontenttype": "application/json", "partitionkey": "k1", "traceparent": TRACE},
+        {"total": 3},
+    )  # fmt: skip
+    blob = CloudEvent(
+        {"id": EVENTS[2].id, "source": "/s", "type": "Blob", "specversion": "1.0"}, bytes(range(5))
+    )
+    one = to_structured_event(placed)
+    (got,) = cloudevent.parse(one.body, one.headers["content-type"])
+    assert (got.id, got.type, json.loads(got.data), got.content_type) == (
+        EVENTS[0].id, "OrderPlaced", {"total": 3}, "application/json",
+    )  # fmt: skip
+    assert dict(got.metadata) == {"partitionkey": "k1", "traceparent": TRACE}  # extensions; source dropped
+    batch = b"[" + one.body + b"," + to_structured_event(blob).body + b"]"
+    events = cloudevent.parse(batch, cloudevent.BATCH_CONTENT_TYPE + "; charset=utf-8")
+    assert [(e.type, e.data) for e in events] == [("OrderPlaced", got.data), ("Blob", bytes(range(5)))]
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "field"),
+    [
+        (b"{not json", cloudevent.STRUCTURED_CONTENT_TYPE, "body"),
+        (b"[1]", cloudevent.STRUCTURED_CONTENT_TYPE, "body"),
+        (b"{}", cloudevent.BATCH_CONTENT_TYPE, "body"),
+        (b'[{"type": "T"}, 5]', cloudevent.BATCH_CONTENT_TYPE, "body"),
+        (b'{"type": "T", "data_base64": "!!"}', cloudevent.STRUCTURED_CONTENT_TYPE, "body.data_base64"),
+        (b'[{"type": "T"}, {"type": 5}]', cloudevent.BATCH_CONTENT_TYPE, "body[1].type"),
+        (
+            b'{"type": "T", "sluicemetadata": "{\\"a\\": 1}"}',
+            cloudevent.STRUCTURED_CONTENT_TYPE,
+            "body.sluicemetadata",
+        ),
+        (b'{"type": "T", "tags": ["a"]}', cloudevent.STRUCTURED_CONTENT_TYPE, "body.tags"),
+    ],
+)
+def test_a_body_that_is_not_a_cloudevent_is_refused_naming_the_member(
+    body: bytes, content_type: str, field: str
+) -> None:
+    with pytest.raises(cloudevent.NotACloudEvent) as refused:
+        cloudevent.parse(body, content_type)
+    assert refused.value.field == field

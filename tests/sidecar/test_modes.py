@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import sys
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
@@ -172,6 +173,32 @@ async def test_publish_through_the_sidecar(
         assert int((await resp.json())["first_position"]) >= 1
         bad = await http.post(f"http://{sc.http}/v1/publish/$nope", data=b"x", headers={"ce-type": "T"})
         assert bad.status == 400 and (await bad.json())["reason"] == "SYSTEM_STREAM_RESERVED"
+        # Structured mode: the body is the CloudEvent; a batch is appended in one request.
+        shipped = {"specversion": "1.0", "id": str(uuid.uuid4()), "source": "/shop", "type": "OrderShipped",
+                   "data": {"carrier": "x"}, "partitionkey": "k1"}  # fmt: skip
+        one = await http.post(
+            f"http://{sc.http}/v1/publish/orders-pub",
+            data=json.dumps(shipped),
+            headers={"content-type": "application/cloudevents+json", "sluice-meta-tenant": "t2"},
+        )
+        assert one.status == 200, await one.text()
+        batch = [
+            {"specversion": "1.0", "id": str(uuid.uuid4()), "source": "/s", "type": f"Tick{i}"}
+            for i in range(3)
+        ]
+        many = await http.post(
+            f"http://{sc.http}/v1/publish/ticks-pub",
+            data=json.dumps(batch),
+            headers={"content-type": "application/cloudevents-batch+json"},
+        )
+        answer = await many.json()
+        assert many.status == 200 and (int(answer["first_revision"]), int(answer["last_revision"])) == (0, 2)
+        garbled = await http.post(
+            f"http://{sc.http}/v1/publish/orders-pub",
+            data=b"{not json",
+            headers={"content-type": "application/cloudevents+json", "ce-type": "T"},
+        )
+        assert garbled.status == 400 and (await garbled.json())["details"] == {"field": "body"}
     async with grpc.aio.insecure_channel(sc.grpc) as ch:
         await spb_grpc.SidecarStub(ch).Publish(
             pb.AppendRequest(
@@ -195,12 +222,18 @@ async def test_publish_through_the_sidecar(
             )
         conflict = from_rpc_error(late.value)
         assert isinstance(conflict, WrongExpectedRevision), conflict
-        assert (conflict.stream, conflict.expected, conflict.actual) == ("orders-pub", "7", "1")
+        assert (conflict.stream, conflict.expected, conflict.actual) == ("orders-pub", "7", "2")
         with pytest.raises(grpc.aio.AioRpcError) as empty:
             await spb_grpc.SidecarStub(ch).Publish(pb.AppendRequest(stream="", events=[new_event("E")]))
         assert from_rpc_error(empty.value).metadata["field"] == "stream"
     async with Client(store_proc.addr) as c:
-        placed, paid = await c.read_list("orders-pub")
+        placed, shipped_ev, paid = await c.read_list("orders-pub")
+        ticks = await c.read_list("ticks-pub")
+    assert [t.type for t in ticks] == ["Tick0", "Tick1", "Tick2"] and ticks[0].id == batch[0]["id"]
+    assert shipped_ev.type == "OrderShipped" and shipped_ev.id == shipped["id"]
+    assert json.loads(shipped_ev.data) == {"carrier": "x"} and shipped_ev.content_type == "application/json"
+    assert shipped_ev.metadata["partitionkey"] == "k1" and shipped_ev.metadata["tenant"] == "t2"
+    assert shipped_ev.metadata["source-member"] == "pub0"
     assert placed.type == "OrderPlaced" and json.loads(placed.data) == {"total": 12}
     assert placed.metadata["traceparent"] == trace and placed.metadata["tenant"] == "t1"
     assert placed.metadata["source-app"] == "app" and placed.metadata["source-member"] == "pub0"

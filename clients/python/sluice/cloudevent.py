@@ -147,3 +147,94 @@ def binary(ev: Event, extensions: Mapping[str, Value] | None = None) -> tuple[di
 def batch(events: Sequence[Event], extensions: Mapping[str, Value] | None = None) -> bytes:
     """The events as one ``application/cloudevents-batch+json`` body."""
     return json.dumps([structured(ev, extensions) for ev in events], separators=(",", ":")).encode()
+
+
+class NotACloudEvent(ValueError):
+    """A structured-mode body that is not a CloudEvent (or a batch of them); ``field`` names
+    the member at fault (``body``, ``body[2].data_base64``)."""
+
+    def __init__(self, message: str, field: str = "body") -> None:
+        super().__init__(message)
+        self.field = field
+
+
+#: Attributes the store sets or the delivery adds: dropped from what a producer sends.
+_ASSIGNED = frozenset(
+    ("specversion", "source", "subject", "time", "dataschema", "sluiceposition", "sluicerevision",
+     "sluiceephemeral", "sluicepartition", "sluiceattempt", "sluicegroup")
+)  # fmt: skip
+
+
+def _event_data(ce: Mapping[str, object], field: str) -> pb.EventData:
+    """One CloudEvent of the JSON format as the event to append (the inverse of structured)."""
+    ev = pb.EventData()
+    ctype = ce.get("datacontenttype")
+    if ctype is not None and not isinstance(ctype, str):
+        raise NotACloudEvent("datacontenttype must be a string", f"{field}.datacontenttype")
+    if "data_base64" in ce:
+        encoded = ce["data_base64"]
+        try:
+            if not isinstance(encoded, str):
+                raise ValueError("not a string")
+            ev.data = base64.b64decode(encoded, validate=True)
+        except ValueError:
+            raise NotACloudEvent("data_base64 is not base64", f"{field}.data_base64") from None
+    elif "data" in ce:
+        data = ce["data"]
+        if isinstance(data, str) and ctype is not None and not _is_json(ctype):
+            ev.data = data.encode()  # text
+        else:  # JSON, as the format says data is when datacontenttype is absent
+            ev.data = json.dumps(data, separators=(",", ":")).encode()
+            ctype = ctype or "application/json"
+    if ctype:
+        ev.content_type = ctype
+    for name, value in ce.items():
+        if name in ("id", "type"):
+            if not isinstance(value, str):
+                raise NotACloudEvent(f"{name} must be a string", f"{field}.{name}")
+            setattr(ev, name, value)
+        elif name == "sluicemetadata":
+            try:
+                metadata = json.loads(value) if isinstance(value, str) else None
+            except ValueError:
+                metadata = None
+            if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+                raise NotACloudEvent(
+                    "sluicemetadata must be a JSON object of strings, in a string", f"{field}.{name}"
+                )
+            ev.metadata.update(metadata)
+        elif name not in _ASSIGNED and name not in ("data", "data_base64", "datacontenttype"):
+            # Other extensions (traceparent, partitionkey, ...) become metadata.
+            if isinstance(value, (dict, list)) or value is None:
+                raise NotACloudEvent(
+                    f"extension {name!r} must be a string, number or boolean", f"{field}.{name}"
+                )
+            ev.metadata[name] = json.dumps(value) if isinstance(value, bool) else str(value)
+    return ev
+
+
+def parse(body: bytes, content_type: str) -> list[pb.EventData]:
+    """The events of a structured-mode body (``application/cloudevents+json``: one) or a
+    batch (``application/cloudevents-batch+json``: each in order), as a producer would
+    append them: id, type, data (``data`` as JSON unless ``datacontenttype`` says
+    otherwise, or ``data_base64``), ``datacontenttype``, and ``sluicemetadata`` and other
+    extensions as metadata. What the store assigns (source, subject, time, position) is
+    dropped. Raises NotACloudEvent."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        raise NotACloudEvent("the body is not JSON") from None
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media == BATCH_CONTENT_TYPE:
+        if not isinstance(doc, list) or not all(isinstance(ce, dict) for ce in doc):
+            raise NotACloudEvent("a batch is a JSON array of CloudEvent objects")
+        return [_event_data(ce, f"body[{i}]") for i, ce in enumerate(doc)]
+    if not isinstance(doc, dict):
+        raise NotACloudEvent("a structured CloudEvent is a JSON object")
+    return [_event_data(doc, "body")]
+
+
+def is_structured(content_type: str) -> bool:
+    """Whether a body of this type is CloudEvents JSON (one event, or a batch)."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media in (STRUCTURED_CONTENT_TYPE, BATCH_CONTENT_TYPE)
