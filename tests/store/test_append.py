@@ -179,6 +179,9 @@ async def test_tombstoned_stream_refuses_appends(client: Client) -> None:
     with pytest.raises(StreamDeleted) as read_info:
         await client.read_list("gone")
     assert read_info.value.code == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(StreamDeleted) as retention_info:  # its metadata takes no writes either
+        await client.set_retention("gone", max_count=1)
+    assert retention_info.value.code == grpc.StatusCode.FAILED_PRECONDITION
     assert (await client.stream_info("gone")).state == pb.STREAM_STATE_TOMBSTONED
 
 

@@ -125,6 +125,10 @@ async def test_delete_then_append_again_and_tombstones_for_good(storage: Storage
     await storage.delete_stream("a", Expect.ANY, 0, tombstone=True)
     (refused,) = await storage.append([[part("a")]])
     assert isinstance(refused, StreamDeleted)
+    with pytest.raises(StreamDeleted):  # nor its metadata
+        await storage.set_retention("a", Policy(max_count=1))
+    meta = await storage.stream("a")
+    assert meta is not None and meta.state == State.TOMBSTONED and not meta.own
 
 
 async def test_retention_hides_then_reclaim_removes(storage: Storage) -> None:

@@ -25,6 +25,7 @@ from sluice.v1 import streams_pb2 as pb
 from sluice_store.config import NAME_LIMIT
 from sluice_store.errors import (
     StoreError,
+    StreamDeleted,
 )
 from sluice_store.retention import (
     NO_POLICY,
@@ -495,6 +496,10 @@ def new_stream(name: str, stream_id: int, created_us: int, prefix_rules: Mapping
 
 
 def set_own_policy(meta: StreamMeta, policy: Policy, prefix_rules: Mapping[str, Policy]) -> None:
+    """Give the stream its own policy (inside the edit's transaction); a tombstoned stream
+    takes no more writes, its metadata included (as a hard-deleted stream in KurrentDB)."""
+    if meta.state == State.TOMBSTONED:
+        raise StreamDeleted(f"stream {meta.name!r} is tombstoned", stream=meta.name)
     meta.own = policy
     meta.policy, meta.source = resolve(meta.name, policy, prefix_rules)
 
