@@ -134,6 +134,8 @@ GROUP_CASES: list[tuple[str, Callable[[], Message], str]] = [
     ("CommitCursor", lambda: gpb.CommitCursorRequest(group="g\x00", member_id="m", position=1), "group"),
     ("DeadLetter", lambda: gpb.DeadLetterRequest(group="g\x00", member_id="m"), "group"),
     ("Redrive", lambda: gpb.RedriveRequest(group="g", streams=["s\x00"]), "streams[0]"),
+    # A range that holds nothing: refused, where it redrove nothing and said OK.
+    ("Redrive", lambda: gpb.RedriveRequest(group="g", from_position=10, to_position=5), "to_position"),
     # A name no group can have: refused as such, where it was looked up and echoed (twice)
     # in a NOT_FOUND that outgrew the 8 KiB of metadata clients accept.
     ("DescribeGroup", lambda: gpb.DescribeGroupRequest(group="x" * 5000), "group"),

@@ -14,6 +14,7 @@ from sluice.v1 import groups_pb2 as gpb
 from sluice.v1 import streams_pb2 as pb
 from sluice_store.access import Access, caller
 from sluice_store.checks import parser
+from sluice_store.errors import InvalidArgument
 from sluice_store.groups import (
     Coordinator,
     GroupState,
@@ -175,6 +176,11 @@ class GroupsService:
         return await self.append_system(pb.AppendRequest(stream=stream, events=request.events))
 
     async def Redrive(self, request: gpb.RedriveRequest) -> gpb.RedriveResponse:
+        if request.to_position and request.from_position > request.to_position:
+            raise InvalidArgument(
+                f"from_position {request.from_position} is past to_position {request.to_position}",
+                field="to_position",
+            )
         state = await self.coordinator.describe(request.group)
         dlq = dead_letter_stream(state.name, state.config)
         out = gpb.RedriveResponse()
