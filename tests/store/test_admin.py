@@ -98,6 +98,26 @@ async def test_verify_finds_a_damaged_store(spawn: Callable[..., StoreProcess], 
     code, out = await sluice_admin("verify", "--db", str(tmp_path / "junk.db"))
     assert code == 1, out
 
+    # Neither a damaged store nor a file that is no store restores or backs up: a message
+    # saying why (no traceback), exit 1, and nothing left where the copy was to go.
+    for backup, why in (
+        (db, "revisions 0..9 stored with 1 missing"),
+        (tmp_path / "junk.db", "file is not a database"),
+    ):
+        code, out = await sluice_admin(
+            "restore", "--db", str(tmp_path / "new" / "s.db"), "--from", str(backup)
+        )
+        assert code == 1 and "not a sound backup" in out and why in out and "Traceback" not in out, out
+        assert not (tmp_path / "new").exists() or not list((tmp_path / "new").iterdir())
+    code, out = await sluice_admin(
+        "restore", "--db", str(tmp_path / "new" / "s.db"), "--from", str(tmp_path / "nope")
+    )
+    assert code == 1 and "no such backup" in out, out
+    for source in (tmp_path / "junk.db", tmp_path / "missing.db"):
+        code, out = await sluice_admin("backup", "--db", str(source), "--to", str(tmp_path / "b.db"))
+        assert code == 1 and "cannot read a store" in out and "Traceback" not in out, out
+        assert not list(tmp_path.glob("b.db*"))  # noqa: ASYNC240 (a listing of a test's folder)
+
 
 async def test_verify_works_on_postgresql_too(spawn: Callable[..., StoreProcess], postgres_db: str) -> None:
     url = f"{postgres_db}?schema=verify_{os.getpid()}"

@@ -11,9 +11,9 @@ reused). Verify checks what the store relies on and reports what it finds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
-import shutil
 import sqlite3
 import uuid
 from pathlib import Path
@@ -45,37 +45,66 @@ def summary(path: str) -> Summary:
     return Summary(path, head, events, streams, groups, store_id, os.path.getsize(path))
 
 
+def _copy(source: str, to: Path) -> None:
+    """A consistent copy of the store file ``source`` (with what its WAL holds) at ``to``,
+    as one self-contained file, synced; ValueError when ``source`` is no store's file."""
+    try:
+        src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+    except sqlite3.Error as e:
+        raise ValueError(f"cannot read a store at {source}: {e}") from None
+    with contextlib.closing(src):
+        try:
+            src.execute("SELECT value FROM store_info WHERE key = 'store_id'").fetchone()
+        except sqlite3.Error as e:
+            raise ValueError(f"cannot read a store at {source}: {e}") from None
+        with contextlib.closing(sqlite3.connect(to)) as dst:
+            src.backup(dst)  # all pages in one step: one read transaction, one snapshot
+            dst.execute("PRAGMA journal_mode = DELETE")  # a single self-contained file
+    with open(to, "rb+") as fh:
+        os.fsync(fh.fileno())
+
+
 def backup(db: str, to: str) -> Summary:
-    """A consistent copy of a running store's file at ``to`` (which must not exist)."""
-    source, target = _path(db), Path(to)
+    """A consistent copy of a running store's file at ``to`` (which must not exist).
+    Raises ValueError when ``db`` is not a store's file; nothing is left at ``to`` then."""
+    target = Path(to)
     if target.exists():
         raise FileExistsError(f"{target} exists: back up to a new file")
     partial = target.with_name(target.name + ".partial")
-    src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
-    dst = sqlite3.connect(partial)
     try:
-        src.backup(dst)  # all pages in one step: one read transaction, one snapshot
-        dst.execute("PRAGMA journal_mode = DELETE")  # a single self-contained file
+        _copy(_path(db), partial)
+        os.replace(partial, target)
     finally:
-        dst.close()
-        src.close()
-    with open(partial, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(partial, target)
+        partial.unlink(missing_ok=True)
     return summary(str(target))
 
 
 def restore(backup_file: str, db: str) -> Summary:
-    """The backup as a store file at ``db`` (which must not exist), with a new identity."""
+    """The backup as a store file at ``db`` (which must not exist), with a new identity.
+    The backup is copied as ``backup`` copies (a store's own file given instead keeps what
+    its WAL holds); one that verify finds fault with is refused (ValueError naming the
+    problems), and nothing is left at ``db``."""
     target = Path(_path(db))
     if target.exists():
         raise FileExistsError(f"{target} exists: restore into a fresh data directory")
+    if not Path(backup_file).is_file():
+        raise FileNotFoundError(f"{backup_file}: no such backup file")
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".partial")
-    shutil.copyfile(backup_file, partial)
-    with sqlite3.connect(partial) as conn:
-        conn.execute("UPDATE store_info SET value = ? WHERE key = 'store_id'", (str(uuid.uuid4()),))
-    os.replace(partial, target)
+    try:
+        try:
+            _copy(_path(backup_file), partial)
+        except ValueError as e:
+            raise ValueError(f"{backup_file} is not a sound backup: {e}") from None
+        problems = verify(str(partial))
+        if problems:
+            raise ValueError(f"{backup_file} is not a sound backup: {'; '.join(problems[:5])}")
+        with contextlib.closing(sqlite3.connect(partial)) as conn:
+            conn.execute("UPDATE store_info SET value = ? WHERE key = 'store_id'", (str(uuid.uuid4()),))
+            conn.commit()
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
     return summary(str(target))
 
 
@@ -136,7 +165,7 @@ def verify(db: str) -> list[str]:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     except sqlite3.Error as e:
         return [f"cannot open {path}: {e}"]
-    with conn:
+    with contextlib.closing(conn):  # closed, not left for the collector: a restore renames the file next
         try:
             result = [r[0] for r in conn.execute("PRAGMA integrity_check")]
             rows = {k: list(conn.execute(q)) for k, q in QUERIES.items()}
