@@ -14,6 +14,7 @@ import pytest
 from sluice import Client, Position, new_event
 from sluice.errors import InvalidArgument, LimitExceeded, from_rpc_error
 from sluice.gateway import Cursor, GatewayClient, WatchItem
+from sluice.names import MAX_FILTER_ENTRIES
 from sluice.v1 import gateway_pb2 as gwpb
 from sluice.v1 import streams_pb2 as pb
 from tests.gateway.conftest import GatewayProcess, next_item
@@ -217,6 +218,11 @@ async def test_bad_requests_get_invalid_argument_with_details_and_the_gateway_ke
     with pytest.raises(LimitExceeded) as limit:
         await anext(gw.watch(buffer_size=10_000_000))
     assert limit.value.metadata["limit"] == "max_buffer_size"
+    too_many = [f"p{i}-" for i in range(MAX_FILTER_ENTRIES + 1)]  # each is matched against every event
+    with pytest.raises(LimitExceeded) as limit:
+        await anext(gw.watch(stream_prefixes=too_many))
+    assert limit.value.metadata["limit"] == "max_filter_entries"
+    assert limit.value.metadata["field"] == "stream_prefixes"
     with pytest.raises(InvalidArgument) as e:
         await gw.publish("", "T")
     assert e.value.metadata["field"] == "stream"

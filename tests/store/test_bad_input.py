@@ -13,7 +13,7 @@ from google.protobuf.message import Message
 
 from sluice import Client, new_event
 from sluice.errors import from_rpc_error
-from sluice.names import MAX_MEMBER_ID
+from sluice.names import MAX_FILTER_ENTRIES, MAX_MEMBER_ID
 from sluice.v1 import groups_pb2 as gpb
 from sluice.v1 import streams_pb2 as pb
 from sluice_store.server import StoreServer
@@ -196,3 +196,45 @@ async def test_bytes_that_are_not_a_request_get_invalid_argument(
     assert "Traceback" not in caplog.text
     async with Client(store.address) as c:
         await c.append("after", [new_event("E", b"")])
+
+
+def _prefixes(names: list[str]) -> pb.Filter:
+    return pb.Filter(stream_prefixes=names)
+
+
+FILTER_CASES: list[tuple[str, str, str, Callable[[list[str]], Message], str]] = [
+    ("Streams", "Read", "unary_stream", lambda n: read(filter=_prefixes(n)), "filter.stream_prefixes"),
+    (
+        "Streams",
+        "Subscribe",
+        "unary_stream",
+        lambda n: pb.SubscribeRequest(filter=pb.Filter(event_types=n)),
+        "filter.event_types",
+    ),
+    (
+        "Groups",
+        "CreateGroup",
+        "unary_unary",
+        lambda n: gpb.CreateGroupRequest(group="big", config=gpb.GroupConfig(filter=_prefixes(n))),
+        "config.filter.stream_prefixes",
+    ),
+    ("Groups", "Redrive", "unary_unary", lambda n: gpb.RedriveRequest(group="g", streams=n), "streams"),
+]
+
+
+@pytest.mark.parametrize(
+    ("service", "method", "kind", "make", "field"), FILTER_CASES, ids=[c[1] for c in FILTER_CASES]
+)
+async def test_a_filter_of_more_names_than_the_limit_is_refused(
+    store: StoreServer, service: str, method: str, kind: str, make: Callable[[list[str]], Message], field: str
+) -> None:
+    """Each name of a filter is matched against every event it sees: a list has a limit."""
+    names = [f"n{i}-" for i in range(MAX_FILTER_ENTRIES + 1)]
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await call(store, service, method, kind, make(names))
+    err = from_rpc_error(refused.value)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, refused.value.details()
+    assert err.metadata["field"] == field and err.metadata["limit"] == "max_filter_entries"
+    async with Client(store.address) as c:  # the limit itself is taken
+        await c.create_group("at-limit", stream_prefixes=names[:MAX_FILTER_ENTRIES])
+        assert len((await c.describe_group("at-limit")).config.filter.stream_prefixes) == MAX_FILTER_ENTRIES

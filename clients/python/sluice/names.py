@@ -19,6 +19,9 @@ SYSTEM_PREFIX = "$"
 MAX_TYPE = 256
 #: The longest group member id (a Kubernetes pod name, the sidecar's default, is at most 253).
 MAX_MEMBER_ID = 256
+#: The most names one list of a filter may hold (stream prefixes, event types, streams):
+#: each is matched against every event the filter sees.
+MAX_FILTER_ENTRIES = 1000
 
 has_control = re.compile("[\x00-\x1f\x7f-\x9f]").search
 

@@ -21,7 +21,7 @@ from grpc_status import rpc_status
 from sluice import security
 from sluice.errors import make_status
 from sluice.ids import uuid7_text
-from sluice.names import MAX_TYPE, is_system, name_problem, parse_uuid
+from sluice.names import MAX_FILTER_ENTRIES, MAX_TYPE, is_system, name_problem, parse_uuid
 from sluice.security import ANONYMOUS, Need, Principal
 from sluice.v1 import gateway_pb2 as gwpb
 from sluice.v1 import streams_pb2 as pb
@@ -171,6 +171,18 @@ class Gateway:
 
     def subscriber(self, request: gwpb.WatchRequest, encoder: Encoder) -> tuple[Subscriber, int | None]:
         """A subscriber for a request, and its start cursor (None: live); raises GatewayError."""
+        for field in ("streams", "stream_prefixes", "event_types"):
+            names = getattr(request, field)
+            if len(names) > MAX_FILTER_ENTRIES:
+                raise GatewayError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    "LIMIT_EXCEEDED",
+                    f"{field}: at most {MAX_FILTER_ENTRIES} names, asked {len(names)}",
+                    limit="max_filter_entries",
+                    value=len(names),
+                    max=MAX_FILTER_ENTRIES,
+                    field=field,
+                )
         for i, name in enumerate(request.streams):
             check_name(name, f"streams[{i}]")
         for i, prefix in enumerate(request.stream_prefixes):

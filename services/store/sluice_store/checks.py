@@ -5,7 +5,8 @@ range that SQLite and PostgreSQL store, a Timestamp or Duration outside the rang
 well-known types define (years 1 to 9999, +-10,000 years), or a name with a NUL, which
 PostgreSQL text cannot hold (no name has a control character). Such a value is refused here
 with INVALID_ARGUMENT and a BadRequest detail naming the field (``filter.partitions[2]``,
-``from.time``), never passed on to become an overflow deep in a driver.
+``from.time``), never passed on to become an overflow deep in a driver. A list of names
+(a filter's prefixes or types) longer than MAX_FILTER_ENTRIES is refused as LIMIT_EXCEEDED.
 
 The walk visits only the fields that can hold such a value: the plan for each message
 type is made once, and message types that cannot (an event's data and metadata) are not
@@ -22,8 +23,8 @@ from typing import Any
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 
-from sluice.names import has_control
-from sluice_store.errors import InvalidArgument
+from sluice.names import MAX_FILTER_ENTRIES, has_control
+from sluice_store.errors import InvalidArgument, LimitExceeded
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,15 @@ def check_request(msg: Message, path: str = "") -> None:
         if not repeated and kind in ("timestamp", "duration", "message") and not msg.HasField(f.name):
             continue
         values = getattr(msg, f.name)
+        if repeated and kind == "name" and len(values) > MAX_FILTER_ENTRIES:
+            where = f"{path}{f.name}"
+            raise LimitExceeded(
+                f"{where} holds {len(values)} names; at most {MAX_FILTER_ENTRIES}",
+                limit="max_filter_entries",
+                value=len(values),
+                max=MAX_FILTER_ENTRIES,
+                field=where,
+            )
         items = enumerate(values) if repeated else [(None, values)]
         for i, value in items:
             where = f"{path}{f.name}" + (f"[{i}]" if i is not None else "")
