@@ -11,7 +11,15 @@ from urllib.parse import urlsplit
 from sluice import settings
 from sluice.names import MAX_MEMBER_ID, has_control
 from sluice.security import STORE_CLIENT_OPTIONS, StoreClientSecurity
-from sluice.settings import PROCESS_OPTIONS, ConfigError, Option, ProcessSettings, parse_bool, parse_duration
+from sluice.settings import (
+    PROCESS_OPTIONS,
+    ConfigError,
+    Option,
+    ProcessSettings,
+    parse_bool,
+    parse_duration,
+    parse_listen_addr,
+)
 
 __all__ = ["OPTIONS", "ConfigError", "Settings", "load"]
 
@@ -56,11 +64,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("delivery_timeout", parse_duration, "how long one delivery may take"),
     Option("commit_interval", parse_duration, "how often handled positions are committed"),
     Option("drain_timeout", parse_duration, "on SIGTERM, how long in-flight work may finish"),
-    Option("http_addr", str, "local HTTP: publish, status, health, readiness"),
-    Option("grpc_addr", str, "local gRPC: Pull, Publish, Status"),
+    Option("http_addr", parse_listen_addr, "local HTTP: publish, status, health, readiness"),
+    Option("grpc_addr", parse_listen_addr, "local gRPC: Pull, Publish, Status"),
     Option(
         "probe_addr",
-        str,
+        parse_listen_addr,
         "HTTP for the kubelet's probes, /healthz and /readyz only (e.g. 0.0.0.0:3501); empty: none",
     ),
     Option(

@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sluice.credentials import Credentials
-from sluice.settings import ConfigError, Option, parse_bool
+from sluice.settings import ConfigError, Option, parse_bool, parse_listen_addr
 
 if TYPE_CHECKING:
     import grpc
@@ -640,7 +640,7 @@ SERVER_OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "health_addr",
-        str,
+        parse_listen_addr,
         "plaintext gRPC health alone, for the kubelet's probes (they cannot speak TLS); empty: off",
     ),
 )

@@ -32,6 +32,19 @@ def format_duration(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
+def parse_listen_addr(text: str) -> str:
+    """A listen address, ``host:port`` (``[::1]:port`` for IPv6; port 0: any free port),
+    or empty where the listener may be off. A port past 65535 is refused: gRPC would take
+    it modulo 65536 and listen somewhere else."""
+    text = text.strip()
+    if not text:
+        return ""
+    _, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"expected host:port with a port from 0 to 65535, got {text[:100]!r}")
+    return text
+
+
 class ConfigError(ValueError):
     """A setting is missing or malformed; the message names it."""
 

@@ -7,18 +7,26 @@ from collections.abc import Mapping, Sequence
 
 from sluice import settings
 from sluice.security import SERVER_OPTIONS, STORE_CLIENT_OPTIONS, ServerSecurity, StoreClientSecurity
-from sluice.settings import PROCESS_OPTIONS, ConfigError, Option, ProcessSettings, parse_bool, parse_duration
+from sluice.settings import (
+    PROCESS_OPTIONS,
+    ConfigError,
+    Option,
+    ProcessSettings,
+    parse_bool,
+    parse_duration,
+    parse_listen_addr,
+)
 from sluice_gateway.hub import MESSAGE_BUDGET
 from sluice_gateway.workers import parse_workers
 
 __all__ = ["OPTIONS", "ConfigError", "Settings", "load"]
 
 OPTIONS: tuple[Option, ...] = (
-    Option("addr", str, "gRPC address (host:port)", env_name="SLUICE_GATEWAY_ADDR"),
+    Option("addr", parse_listen_addr, "gRPC address (host:port)", env_name="SLUICE_GATEWAY_ADDR"),
     Option("store", str, "the store's address", env_name="SLUICE_STORE_ADDR"),
     Option(
         "http_addr",
-        str,
+        parse_listen_addr,
         "HTTP address: Server-Sent Events, /metrics, /healthz; empty: off",
         env_name="SLUICE_GATEWAY_HTTP_ADDR",
     ),

@@ -7,7 +7,14 @@ from collections.abc import Mapping, Sequence
 
 from sluice import settings
 from sluice.security import SERVER_OPTIONS, ServerSecurity
-from sluice.settings import PROCESS_OPTIONS, ConfigError, Option, ProcessSettings, parse_bool
+from sluice.settings import (
+    PROCESS_OPTIONS,
+    ConfigError,
+    Option,
+    ProcessSettings,
+    parse_bool,
+    parse_listen_addr,
+)
 from sluice_store.retention import Policy, parse_duration
 
 __all__ = ["OPTIONS", "ConfigError", "Settings", "load"]
@@ -30,7 +37,7 @@ NAME_LIMIT = 4096
 OPTIONS: tuple[Option, ...] = (
     Option(
         "addr",
-        str,
+        parse_listen_addr,
         "address the gRPC server listens on (host:port)",
         env_name="SLUICE_STORE_ADDR",  # the variable clients use to find the store
     ),
@@ -94,7 +101,9 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("grace", parse_duration, "seconds in-flight RPCs get on shutdown"),
     Option("uvloop", parse_bool, "use uvloop when installed"),
-    Option("metrics_addr", str, "Prometheus scrape of the store's metrics at /metrics; empty: off"),
+    Option(
+        "metrics_addr", parse_listen_addr, "Prometheus scrape of the store's metrics at /metrics; empty: off"
+    ),
     *SERVER_OPTIONS,
     *PROCESS_OPTIONS,
 )
