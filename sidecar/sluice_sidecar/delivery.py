@@ -233,6 +233,10 @@ def _from_proto(r: spb.DeliveryResult, how: str) -> Result:
     """The app's answer; its reason as given, else which answer it gave and how."""
     delay = r.retry_after.ToMicroseconds() / 1e6 if r.HasField("retry_after") else None
     outcome = r.outcome or ACK
+    if outcome not in (ACK, RETRY, DEAD_LETTER):  # an app built on a newer contract, or a bug
+        # Neither handled nor known bad: tried again, as a retry says, and logged as such.
+        unknown = f"the app answered an outcome this sidecar does not know ({outcome}, {how})"
+        return Result(RETRY, f"{unknown}: {r.reason}" if r.reason else unknown, delay)
     reason = r.reason or f"the app answered {spb.Outcome.Name(outcome)} ({how}) and gave no reason"
     return Result(outcome, reason, delay)
 

@@ -155,12 +155,14 @@ class PartitionWorker:
             attempt += 1
 
     def _backoff(self, result: Result, attempt: int) -> float:
-        """The app's Retry-After, else exponential backoff with full jitter."""
-        if result.retry_after is not None:
-            return result.retry_after
+        """The app's Retry-After (at most the group's max_backoff: a partition waits in
+        order, and an app asking for a year would stall it for one), else exponential
+        backoff with full jitter."""
         retry = self.member.config.retry
-        base = retry.initial_backoff.ToMicroseconds() / 1e6
         cap = retry.max_backoff.ToMicroseconds() / 1e6
+        if result.retry_after is not None:
+            return min(max(0.0, result.retry_after), cap)
+        base = retry.initial_backoff.ToMicroseconds() / 1e6
         return random.uniform(0, min(cap, base * 2 ** (attempt - 1)))
 
     async def stop(self, timeout: float) -> None:

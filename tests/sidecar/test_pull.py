@@ -37,8 +37,10 @@ class PullApp:
         return msg.delivery
 
     async def ack(self, d: spb.Delivery) -> None:
-        ok = spb.DeliveryResult(outcome=spb.ACK)
-        await self._requests.put(spb.PullRequest(ack=spb.Ack(delivery_id=d.delivery_id, result=ok)))
+        await self.answer(d, spb.DeliveryResult(outcome=spb.ACK))
+
+    async def answer(self, d: spb.Delivery, result: spb.DeliveryResult) -> None:
+        await self._requests.put(spb.PullRequest(ack=spb.Ack(delivery_id=d.delivery_id, result=result)))
 
     async def __aenter__(self) -> PullApp:
         return self
@@ -106,3 +108,33 @@ async def test_what_an_ended_call_left_unanswered_comes_back_at_once(
             await app.ack(d)
     assert {i for i, a in attempts.items() if 2 in a} == left
     assert all(a == [1] for i, a in attempts.items() if i not in left)
+
+
+async def test_an_outcome_the_sidecar_does_not_know_is_a_retry_and_retry_after_is_bounded(
+    store_proc: StoreProcess, sidecars: Callable[..., Sidecar]
+) -> None:
+    # An unknown outcome ended the Pull call (its name could not be looked up), and a
+    # retry_after of a year held the partition for a year.
+    sc = sidecars("pull2", "--delivery", "pull", "--max-backoff", "300ms")
+    await sc.start()
+    (event_id,) = await produce(store_proc, streams=1, per_stream=1)
+    async with PullApp(sc.grpc) as app:
+        await app.grant(10)
+        first = await app.next()
+        await app.answer(
+            first, spb.DeliveryResult(outcome=spb.Outcome.ValueType(99))
+        )  # proto3 enums are open
+        second = await app.next()  # the same call goes on, and the event comes again
+        assert (second.event.id, second.attempt) == (event_id, 2)
+        a_year = spb.DeliveryResult(outcome=spb.RETRY)
+        a_year.retry_after.FromSeconds(365 * 86400)
+        await app.answer(second, a_year)
+        third = await app.next()  # after the group's max_backoff (300 ms), within WAIT
+        assert (third.event.id, third.attempt) == (event_id, 3)
+        await app.ack(third)
+
+        async def delivered() -> bool:
+            status = await sc.status()
+            return int(status["delivered"]) == 1 and int(status["dead_lettered"]) == 0
+
+        await eventually(delivered, timeout=WAIT)
