@@ -36,7 +36,9 @@ class _OutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Outcome.Value
     RETRY: _Outcome.ValueType  # 2
     """Try again later (after retry_after if set, else the group's backoff)."""
     DEAD_LETTER: _Outcome.ValueType  # 3
-    """Give up now: the event goes to the dead-letter stream with `reason`."""
+    """Give up now: the event goes to the dead-letter stream with `reason`.
+    Any other value (from an app built on a newer contract) is taken as RETRY.
+    """
 
 class Outcome(_Outcome, metaclass=_OutcomeEnumTypeWrapper): ...
 
@@ -47,7 +49,9 @@ ACK: Outcome.ValueType  # 1
 RETRY: Outcome.ValueType  # 2
 """Try again later (after retry_after if set, else the group's backoff)."""
 DEAD_LETTER: Outcome.ValueType  # 3
-"""Give up now: the event goes to the dead-letter stream with `reason`."""
+"""Give up now: the event goes to the dead-letter stream with `reason`.
+Any other value (from an app built on a newer contract) is taken as RETRY.
+"""
 Global___Outcome: _TypeAlias = Outcome  # noqa: Y015
 
 @_typing.final
@@ -94,7 +98,11 @@ class DeliveryResult(_message.Message):
     outcome: Global___Outcome.ValueType
     reason: _builtins.str
     @_builtins.property
-    def retry_after(self) -> _duration_pb2.Duration: ...
+    def retry_after(self) -> _duration_pb2.Duration:
+        """For RETRY: how long to wait first, at most the group's max_backoff (the partition
+        waits in order); unset: the group's backoff.
+        """
+
     def __init__(
         self,
         *,
