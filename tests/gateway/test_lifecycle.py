@@ -256,7 +256,7 @@ async def test_cli_tails_and_publishes_through_the_gateway(
         "--prefix",
         "cli-",
         "--from",
-        "pos:1",
+        "start",  # through the gateway: from position 1, caught up from the store
         "--count",
         "2",
     ]

@@ -213,9 +213,11 @@ def _print_event(ev: pb.RecordedEvent, a: argparse.Namespace) -> bool:
 async def tail_gateway(a: argparse.Namespace) -> None:
     """``sluice tail --gateway``: the same output, through the gateway's fan-out."""
     start = None
-    if a.start and a.start != "end":
-        if not a.start.startswith("pos:"):
-            sys.exit("sluice: through the gateway, --from takes end or pos:N")
+    if a.start == "start":
+        start = 1  # the first position: the gateway catches up from the store
+    elif a.start and a.start != "end":
+        if not a.start.startswith("pos:") or not a.start[4:].isdigit():
+            sys.exit("sluice: through the gateway, --from takes start, end or pos:N")
         start = int(a.start[4:])
     async with GatewayClient(a.gateway) as g:
         async for item in g.watch(
