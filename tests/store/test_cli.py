@@ -87,6 +87,12 @@ async def test_append_read_tail_and_streams(spawn: Callable[..., StoreProcess], 
     assert code != 0 and "FAILED_PRECONDITION" in err and "tombstoned" in err
     code, _, err = await sluice(store, "append", "orders-1", "X", "x", "--expected", "no_stream")
     assert code != 0 and "expected revision no_stream, actual 1" in err
+    # A start point or count it cannot read: the usage error, not a traceback.
+    for bad in ("pos:abc", "rev:-1", "pos:99999999999999999999", "-5x", "yesterday"):
+        code, _, err = await sluice(store, "read", "--prefix", "orders-", "--from", bad)
+        assert code == 2 and f"start point {bad!r}" in err and "Traceback" not in err, err
+    code, _, err = await sluice(store, "read", "orders-1", "--count", "-5")
+    assert code == 2 and "--count" in err and "Traceback" not in err, err
 
 
 def partition_rows(out: str) -> list[str]:

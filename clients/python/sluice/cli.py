@@ -46,20 +46,26 @@ def parse_start(text: str | None) -> StartAt:
         return None
     if text in (START, END):
         return text
+    usage = f"start point {text!r}: use start, end, rev:N, pos:N, an ISO time or -5m"
     kind, sep, value = text.partition(":")
-    if sep and kind in ("rev", "revision"):
-        return Revision(int(value))
-    if sep and kind in ("pos", "position"):
-        return Position(int(value))
-    if text.startswith("-"):
-        return datetime.now(UTC) - timedelta(seconds=parse_duration(text[1:]))
+    if sep and kind in ("rev", "revision", "pos", "position"):
+        if not value.isdigit() or int(value) >= 1 << 63:
+            raise argparse.ArgumentTypeError(f"{usage} (N a whole number)")
+        return Revision(int(value)) if kind.startswith("rev") else Position(int(value))
     try:
+        if text.startswith("-"):
+            return datetime.now(UTC) - timedelta(seconds=parse_duration(text[1:]))
         when = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"start point {text!r}: use start, end, rev:N, pos:N, an ISO time or -5m"
-        ) from None
+    except (ValueError, OverflowError):
+        raise argparse.ArgumentTypeError(usage) from None
     return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def count(text: str) -> int:
+    """A --count: a whole number, 0 or more."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+    return int(text)
 
 
 def parse_expected(text: str) -> Expected:
@@ -467,13 +473,13 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("read", help="read events")
     reading(rp)
     rp.add_argument("--backwards", action="store_true")
-    rp.add_argument("--count", type=int, default=0, help="at most this many")
+    rp.add_argument("--count", type=count, default=0, help="at most this many")
     rp.add_argument("--progress", action="store_true", help="show progress on stderr")
     rp.set_defaults(run=cmd_read)
 
     tp = sub.add_parser("tail", help="follow events as they are appended")
     reading(tp)
-    tp.add_argument("--count", type=int, default=-1, help="stop after this many events")
+    tp.add_argument("--count", type=count, default=-1, help="stop after this many events")
     tp.add_argument(
         "--gateway",
         nargs="?",
@@ -610,6 +616,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     try:
         asyncio.run(_run(a))
+    except argparse.ArgumentTypeError as e:  # a start point, read when the command runs
+        parser.error(str(e))
     except SluiceError as e:
         detail = f" {e.metadata}" if e.metadata else ""
         sys.exit(f"sluice: {e.code.name}: {e.message}{detail}")
