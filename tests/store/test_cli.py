@@ -93,6 +93,13 @@ async def test_append_read_tail_and_streams(spawn: Callable[..., StoreProcess], 
         assert code == 2 and f"start point {bad!r}" in err and "Traceback" not in err, err
     code, _, err = await sluice(store, "read", "orders-1", "--count", "-5")
     assert code == 2 and "--count" in err and "Traceback" not in err, err
+    for args in (
+        ("streams", "retention", "orders-1", "--max-count", "-1"),
+        ("streams", "retention", "orders-1", "--max-age", "5x"),
+        ("append", "orders-1", "T", "x", "--meta", "no-value"),
+    ):
+        code, _, err = await sluice(store, *args)
+        assert code == 2 and f"argument {args[-2]}" in err and "Traceback" not in err, err
 
 
 def partition_rows(out: str) -> list[str]:

@@ -62,10 +62,26 @@ def parse_start(text: str | None) -> StartAt:
 
 
 def count(text: str) -> int:
-    """A --count: a whole number, 0 or more."""
-    if not text.isdigit():
+    """A count or size: a whole number, 0 or more."""
+    if not text.isdigit() or int(text) >= 1 << 63:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
     return int(text)
+
+
+def duration(text: str) -> float:
+    """A duration flag: 30s, 5m, 7d, 250ms or seconds."""
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def key_value(text: str) -> tuple[str, str]:
+    """A --meta KEY=VALUE."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
 
 
 def parse_expected(text: str) -> Expected:
@@ -165,7 +181,7 @@ def read_payload(a: argparse.Namespace) -> bytes:
 
 async def cmd_append(c: Client, a: argparse.Namespace) -> None:
     data: bytes = a.payload
-    metadata = dict(kv.split("=", 1) for kv in a.meta)
+    metadata = dict(a.meta)
     content_type = a.content_type
     if content_type is None:
         try:
@@ -251,9 +267,7 @@ async def tail_gateway(a: argparse.Namespace) -> None:
 
 async def cmd_publish(a: argparse.Namespace) -> None:
     async with GatewayClient(a.gateway) as g:
-        r = await g.publish(
-            a.stream, a.type, a.payload, metadata=dict(kv.split("=", 1) for kv in a.meta), ttl=a.ttl
-        )
+        r = await g.publish(a.stream, a.type, a.payload, metadata=dict(a.meta), ttl=a.ttl)
     table([(r.id, r.subscribers, r.relayed)], ("id", "subscribers here", "relayed to gateways"))
 
 
@@ -340,10 +354,10 @@ async def cmd_streams(c: Client, a: argparse.Namespace) -> None:
         info = await c.set_retention(
             a.stream,
             max_count=a.max_count,
-            max_age=parse_duration(a.max_age) if a.max_age else 0.0,
+            max_age=a.max_age,
             max_bytes=a.max_bytes,
             truncate_before=a.truncate_before,
-            time_to_live=parse_duration(a.ttl) if a.ttl else 0.0,
+            time_to_live=a.ttl,
         )
         _print_infos([info], a.json)
     elif a.action == "delete":
@@ -457,7 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("type")
     ap.add_argument("data", nargs="?", help="payload; '-' or omitted with a pipe reads stdin")
     ap.add_argument("--file", help="read the payload from a file")
-    ap.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--meta", action="append", default=[], type=key_value, metavar="KEY=VALUE")
     ap.add_argument("--id", help="event id (UUID); default: a new one")
     ap.add_argument("--content-type")
     ap.add_argument("--expected", type=parse_expected, default=ANY, help="any, no_stream, exists or N")
@@ -493,7 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("type")
     pp.add_argument("data", nargs="?", help="payload; '-' or omitted with a pipe reads stdin")
     pp.add_argument("--file", help="read the payload from a file")
-    pp.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE")
+    pp.add_argument("--meta", action="append", default=[], type=key_value, metavar="KEY=VALUE")
     pp.add_argument("--ttl", type=float, default=0.0, help="seconds it may wait for a subscriber")
     pp.add_argument(
         "--gateway",
@@ -506,11 +520,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("action", choices=["list", "info", "retention", "delete"])
     sp.add_argument("stream", nargs="?", help="stream name (prefix for list)")
     sp.add_argument("--deleted", action="store_true", help="list: include deleted streams")
-    sp.add_argument("--max-count", type=int, default=0)
-    sp.add_argument("--max-age", help="e.g. 7d")
-    sp.add_argument("--max-bytes", type=int, default=0)
-    sp.add_argument("--truncate-before", type=int, default=0)
-    sp.add_argument("--ttl", help="time to live, e.g. 30s")
+    sp.add_argument("--max-count", type=count, default=0)
+    sp.add_argument("--max-age", type=duration, default=0.0, help="e.g. 7d")
+    sp.add_argument("--max-bytes", type=count, default=0)
+    sp.add_argument("--truncate-before", type=count, default=0)
+    sp.add_argument("--ttl", type=duration, default=0.0, help="time to live, e.g. 30s")
     sp.add_argument("--tombstone", action="store_true", help="delete: for good")
     sp.add_argument("--expected", type=parse_expected, default=ANY)
     sp.set_defaults(run=cmd_streams)
