@@ -31,7 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sluice import cloudevent
 from sluice.errors import SluiceError, make_status
-from sluice.httpserver import BoundedRunner
+from sluice.httpserver import MAX_BODY_BYTES, BoundedRunner
 from sluice.process import GRPC_SERVER_OPTIONS, listen_grpc, shutdown_signal, started
 from sluice.v1 import sidecar_pb2 as spb
 from sluice.v1 import sidecar_pb2_grpc as spb_grpc
@@ -130,6 +130,19 @@ def http_app(member: Member) -> web.Application:
         return web.json_response(body)
 
     async def publish(request: web.Request) -> web.Response:
+        try:
+            return await publish_body(request)
+        except web.HTTPRequestEntityTooLarge:
+            return web.json_response(
+                {
+                    "error": f"the body is over {MAX_BODY_BYTES} bytes",
+                    "reason": "LIMIT_EXCEEDED",
+                    "details": {"limit": "max_body_bytes", "max": str(MAX_BODY_BYTES), "field": "body"},
+                },
+                status=413,
+            )
+
+    async def publish_body(request: web.Request) -> web.Response:
         content_type = request.headers.get("content-type", "")
         metadata = {
             k[len("sluice-meta-") :]: v
@@ -170,7 +183,7 @@ def http_app(member: Member) -> web.Application:
             )
         )
 
-    app = web.Application()
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
     app.add_routes(
         [
             *health_routes(member),

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
+import os
 import time
 from typing import Any
 
@@ -15,6 +17,7 @@ import pytest
 from openapi_spec_validator import validate
 
 from sluice import ANY, Client, new_event
+from sluice.httpserver import MAX_BODY_BYTES
 from sluice_gateway.api import MAX_PAGE, ROUTES
 from tests.conftest import StoreProcess
 from tests.gateway.conftest import GatewayProcess
@@ -37,7 +40,8 @@ class Api:
         self.used.add((method, template))
         url = self.base + template.format(**path) + (f"?{query}" if query else "")
         data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
-        async with self.http.request(method, url, data=data) as r:
+        big = data is not None and len(data) > 1 << 20  # aiohttp wants a file-like object then
+        async with self.http.request(method, url, data=io.BytesIO(data) if big else data) as r:
             got = await r.json()
             assert r.status == status, (method, url, r.status, got)
             assert r.headers["Content-Type"].startswith("application/json")
@@ -145,6 +149,14 @@ async def test_errors_carry_the_status_reason_and_details_of_the_grpc_status(gat
 
         reserved = await api.call("POST", EVENTS, one, 400, stream="$x")
         assert reserved["reason"] == "SYSTEM_STREAM_RESERVED"
+        # An event near max_event_bytes is over 1 MiB of JSON (its data in base64): taken;
+        # a body past the gateway's own limit is a 413 in the same JSON shape.
+        near_max = os.urandom(1_000_000)
+        big = {"events": [{"type": "Big", "data": base64.b64encode(near_max).decode()}]}
+        stored = await api.call("POST", EVENTS, big, stream="big-1")
+        assert int(stored["last_position"]) >= 1
+        too_big = await api.call("POST", EVENTS, b" " * (MAX_BODY_BYTES + 1), 413, stream="big-1")
+        assert too_big["code"] == "RESOURCE_EXHAUSTED" and too_big["metadata"]["limit"] == "max_body_bytes"
         no_type = await api.call("POST", EVENTS, {"events": [{}]}, 400, stream="a")
         assert no_type["code"] == "INVALID_ARGUMENT" and no_type["metadata"]["field"].startswith("events[0]")
         exists = {"group": "g", "config": {}}

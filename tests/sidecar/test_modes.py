@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import signal
@@ -22,6 +23,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from sluice import Client, cloudevent, new_event
 from sluice.errors import WrongExpectedRevision, from_rpc_error
+from sluice.httpserver import MAX_BODY_BYTES
 from sluice.v1 import sidecar_pb2 as spb
 from sluice.v1 import sidecar_pb2_grpc as spb_grpc
 from sluice.v1 import streams_pb2 as pb
@@ -193,6 +195,25 @@ async def test_publish_through_the_sidecar(
         )
         answer = await many.json()
         assert many.status == 200 and (int(answer["first_revision"]), int(answer["last_revision"])) == (0, 2)
+        # A batch over aiohttp's default body limit (1 MiB) is taken; one over the sidecar's is a 413.
+        bulky = [
+            {"specversion": "1.0", "id": str(uuid.uuid4()), "source": "/s", "type": "Bulk",
+             "data": "x" * 500_000}
+            for _ in range(3)
+        ]  # fmt: skip
+        taken = await http.post(
+            f"http://{sc.http}/v1/publish/bulk-pub",
+            data=io.BytesIO(json.dumps(bulky).encode()),
+            headers={"content-type": "application/cloudevents-batch+json"},
+        )
+        assert taken.status == 200, await taken.text()
+        assert int((await taken.json())["last_revision"]) == 2
+        over = await http.post(
+            f"http://{sc.http}/v1/publish/bulk-pub",
+            data=io.BytesIO(b" " * (MAX_BODY_BYTES + 1)),
+            headers={"ce-type": "T"},
+        )
+        assert over.status == 413 and (await over.json())["details"]["limit"] == "max_body_bytes"
         garbled = await http.post(
             f"http://{sc.http}/v1/publish/orders-pub",
             data=b"{not json",

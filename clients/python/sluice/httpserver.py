@@ -24,6 +24,11 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 log = logging.getLogger(__name__)
 
+#: The largest request body the gateway and the sidecar read (``client_max_size``): a
+#: request of the store's default max_request_bytes (16 MiB) as JSON, bytes in base64 (4/3
+#: the size), with room. aiohttp's own default, 1 MiB, refused one event near max_event_bytes.
+MAX_BODY_BYTES = 24 << 20
+
 
 class _Unparsable(logging.Filter):
     """aiohttp answers a request it cannot parse (a URL or header past its limits, broken

@@ -34,6 +34,7 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2  # also registers the detail types for JSON
 
 from sluice.errors import status_of
+from sluice.httpserver import MAX_BODY_BYTES
 from sluice.v1 import groups_pb2 as gpb
 from sluice.v1 import groups_pb2_grpc as gpb_grpc
 from sluice.v1 import streams_pb2 as pb
@@ -118,6 +119,18 @@ ROUTES: tuple[Route, ...] = (
           "Append a group's dead letters again for it alone (by stream, by position range); idempotent",
           body=True),
 )  # fmt: skip
+
+
+def body_too_large() -> web.Response:
+    """413 with the JSON error shape (aiohttp answers it as plain text)."""
+    response = error_body(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "LIMIT_EXCEEDED",
+        f"the body is over {MAX_BODY_BYTES} bytes",
+        {"limit": "max_body_bytes", "max": str(MAX_BODY_BYTES), "field": "body"},
+    )
+    response.set_status(413)
+    return response
 
 
 class BadRequest(Exception):
@@ -297,6 +310,8 @@ class JsonApi:
                 return web.json_response(to_json(resp))
             except BadRequest as e:
                 return bad_request(e)
+            except web.HTTPRequestEntityTooLarge:
+                return body_too_large()
             except GatewayError as e:
                 return gateway_error(e)
             except grpc.aio.AioRpcError as e:
