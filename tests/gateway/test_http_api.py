@@ -39,9 +39,12 @@ class Api:
         template, _, query = route.partition("?")
         self.used.add((method, template))
         url = self.base + template.format(**path) + (f"?{query}" if query else "")
-        data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
-        big = data is not None and len(data) > 1 << 20  # aiohttp wants a file-like object then
-        async with self.http.request(method, url, data=io.BytesIO(data) if big else data) as r:
+        data: bytes | io.BytesIO | None = None
+        if body is not None:
+            data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        if isinstance(data, bytes) and len(data) > 1 << 20:  # aiohttp wants a file-like object then
+            data = io.BytesIO(data)
+        async with self.http.request(method, url, data=data) as r:
             got = await r.json()
             assert r.status == status, (method, url, r.status, got)
             assert r.headers["Content-Type"].startswith("application/json")
