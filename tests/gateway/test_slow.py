@@ -9,7 +9,7 @@ import time
 import pytest
 
 from sluice import Client, new_event
-from sluice.errors import SubscriberTooSlow
+from sluice.errors import InvalidArgument, LimitExceeded, SubscriberTooSlow
 from sluice.gateway import POLICIES, GatewayClient
 from sluice.v1 import gateway_pb2 as gwpb
 from sluice.v1 import streams_pb2 as pb
@@ -129,6 +129,16 @@ async def test_published_messages_reach_connected_subscribers_only_and_expire(
         {"who": "alice"},
     )
     assert got.expires.ToNanoseconds() > got.published.ToNanoseconds()
+    # One the store refuses (over max_event_bytes; a content type no HTTP header can carry)
+    # reaches no subscriber: the next message the subscriber sees is the one sent after.
+    with pytest.raises(LimitExceeded) as limit:
+        await gw.publish("chat.room-1", "Huge", bytes(2 << 20))
+    assert limit.value.metadata["limit"] == "max_event_bytes"
+    with pytest.raises(InvalidArgument) as bad:
+        await gw.publish("chat.room-1", "Typing", b"", content_type="text/plain\r\nx-admin: yes")
+    assert bad.value.metadata["field"] == "content_type"
+    after = await gw.publish("chat.room-1", "Typed", b"")
+    assert (await next_item(matching)).id == after.id
     assert isinstance(await asyncio.wait_for(anext(other), 10), pb.Heartbeat)  # nothing for news.
 
     # Never stored: a subscriber that comes later, even from the start, never sees it.

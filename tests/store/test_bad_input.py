@@ -82,6 +82,37 @@ CASES: list[tuple[str, str, Callable[[], Message], str]] = [
         ),
         "expected.revision",
     ),
+    # An event's content type and metadata keys travel as HTTP headers or CloudEvents
+    # attributes: a line break or NUL in one could never be delivered (or would forge a header).
+    (
+        "Append",
+        "unary_unary",
+        lambda: pb.AppendRequest(stream="r1", events=[pb.EventData(type="E", content_type="a\r\nx-a: 1")]),
+        "events[0].content_type",
+    ),
+    (
+        "Append",
+        "unary_unary",
+        lambda: pb.AppendRequest(stream="r1", events=[pb.EventData(type="E", content_type="a/" + "b" * 300)]),
+        "events[0].content_type",
+    ),
+    (
+        "AppendMany",
+        "unary_unary",
+        lambda: pb.AppendManyRequest(
+            appends=[
+                pb.AppendRequest(stream="r1", events=[new_event("E", b"")]),
+                pb.AppendRequest(stream="r2", events=[pb.EventData(type="E", metadata={"k\x00": "v"})]),
+            ]
+        ),
+        "appends[1].events[0].metadata",
+    ),
+    (
+        "Broadcast",
+        "unary_unary",
+        lambda: pb.EphemeralMessage(stream="r1", type="E", content_type="text/plain\n"),
+        "content_type",
+    ),
     # No name has a control character, and PostgreSQL text cannot hold a NUL: before these
     # were checked, PostgreSQL's refusal came back as UNAVAILABLE (a storage error).
     ("ListStreams", "unary_unary", lambda: pb.ListStreamsRequest(prefix="r\x00"), "prefix"),

@@ -8,12 +8,16 @@
   may name them.
 - Event ids are UUIDs, in any of the forms Python's ``uuid.UUID`` reads; stored and
   answered in their canonical form.
+- An event's (or ephemeral message's) content type is at most 256 characters and its
+  metadata keys are not empty; neither holds a control character (both become HTTP
+  headers or CloudEvents attributes on the way to a consumer). Metadata values are free.
 """
 
 from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Mapping
 
 SYSTEM_PREFIX = "$"
 MAX_TYPE = 256
@@ -22,6 +26,8 @@ MAX_MEMBER_ID = 256
 #: The most names one list of a filter may hold (stream prefixes, event types, streams):
 #: each is matched against every event the filter sees.
 MAX_FILTER_ENTRIES = 1000
+#: The longest content type (a media type with its parameters).
+MAX_CONTENT_TYPE = 256
 
 has_control = re.compile("[\x00-\x1f\x7f-\x9f]").search
 
@@ -50,3 +56,17 @@ def parse_uuid(text: str) -> tuple[bytes, str]:
             return raw, text.lower()
     eid = uuid.UUID(text)  # braces, urn:uuid:, no dashes
     return eid.bytes, str(eid)
+
+
+def event_fields_problem(content_type: str, metadata: Mapping[str, str]) -> tuple[str, str]:
+    """(field, why) when an event's content type or a metadata key breaks the rules above,
+    ``("", "")`` when both keep them. ``field`` is ``content_type`` or ``metadata``."""
+    if content_type and (len(content_type) > MAX_CONTENT_TYPE or has_control(content_type)):
+        rule = f"at most {MAX_CONTENT_TYPE} characters without control characters"
+        return "content_type", f"content_type must be {rule}"
+    for key in metadata:
+        if not key:
+            return "metadata", "metadata has an empty key"
+        if has_control(key):
+            return "metadata", f"metadata key {key[:64]!r} contains a control character"
+    return "", ""

@@ -19,9 +19,16 @@ from google.protobuf import timestamp_pb2
 from grpc_status import rpc_status
 
 from sluice import security
-from sluice.errors import make_status
+from sluice.errors import from_rpc_error, make_status
 from sluice.ids import uuid7_text
-from sluice.names import MAX_FILTER_ENTRIES, MAX_TYPE, is_system, name_problem, parse_uuid
+from sluice.names import (
+    MAX_FILTER_ENTRIES,
+    MAX_TYPE,
+    event_fields_problem,
+    is_system,
+    name_problem,
+    parse_uuid,
+)
 from sluice.security import ANONYMOUS, Need, Principal
 from sluice.v1 import gateway_pb2 as gwpb
 from sluice.v1 import streams_pb2 as pb
@@ -388,10 +395,17 @@ class Gateway:
         request: gwpb.PublishRequest,
         caller: Caller = Caller(),
     ) -> gwpb.PublishResponse:
-        """Deliver to this gateway's subscribers now, then relay through the store to the others."""
+        """Relay through the store to every gateway's subscribers, and deliver to this one's.
+
+        The store checks the message first (its size against max_event_bytes, the rules of
+        names and fields): one it refuses reaches no subscriber. One the store cannot take
+        now (unreachable, timed out) still reaches this gateway's subscribers."""
         self.authorize(caller, [("publish", request.stream, "streams")])
         check_name(request.stream, "stream", writing=True)
         check_name(request.type, "type")
+        field, problem = event_fields_problem(request.content_type, request.metadata)
+        if field:
+            raise invalid(problem, field)
         try:
             eid = parse_uuid(request.id)[1] if request.id else uuid7_text()
         except ValueError:
@@ -414,7 +428,6 @@ class Gateway:
             expires=expires,
             origin=self.origin,
         )
-        count = self.hub.publish(wire.ephemeral_record(msg), time.monotonic() + ttl)
         relayed = 0
         try:
             resp = await self.store.Broadcast(msg, timeout=5, metadata=caller.metadata())
@@ -423,6 +436,10 @@ class Gateway:
             if e.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
                 raise GatewayError(e.code(), e.code().name, e.details() or "refused by the store") from e
             if e.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED):
-                raise GatewayError(e.code(), "INVALID_ARGUMENT", e.details() or "refused by the store") from e
+                refused = from_rpc_error(e)  # the store's reason and metadata, passed on
+                reason = refused.reason or "INVALID_ARGUMENT"
+                raise GatewayError(e.code(), reason, refused.message, **refused.metadata) from e
             log.warning("published %s here only: the store did not relay it (%s)", msg.id, e.code().name)
+        # The store's copy comes back through this gateway's feed and is skipped (same origin).
+        count = self.hub.publish(wire.ephemeral_record(msg), time.monotonic() + ttl)
         return gwpb.PublishResponse(id=msg.id, subscribers=count, relayed=relayed)

@@ -14,7 +14,7 @@ import grpc
 
 from sluice import eventbytes, security, telemetry
 from sluice.ids import uuid7
-from sluice.names import MAX_TYPE, has_control, is_system, name_problem, parse_uuid
+from sluice.names import MAX_TYPE, event_fields_problem, has_control, is_system, name_problem, parse_uuid
 from sluice.v1 import streams_pb2 as pb
 from sluice_store import codec, positions
 from sluice_store.access import Access
@@ -82,6 +82,7 @@ class StreamsService:
         self.has_room: Callable[[], bool] = lambda: True
         self._good_names: set[str] = set()  # names that passed check_name
         self._good_types: set[str] = set()
+        self._good_content_types: set[str] = {""}
 
     # -- validation -------------------------------------------------------------------
 
@@ -120,7 +121,7 @@ class StreamsService:
         trace = telemetry.current_traceparent() if self.tracing else None
         out: list[NewEvent] = []
         max_bytes = s.max_event_bytes
-        good_types = self._good_types
+        good_types, good_ctypes = self._good_types, self._good_content_types
         for i, ev in enumerate(events):
             etype = ev.type
             if etype not in good_types:
@@ -147,12 +148,18 @@ class StreamsService:
                 eid, text = uuid7()
                 ev.id = text
             metadata = ev.metadata
+            ctype = ev.content_type
+            if ctype in good_ctypes:
+                ctype = ""  # checked before
+            if metadata or ctype:
+                field, problem = event_fields_problem(ctype, metadata)
+                if field:
+                    raise InvalidEvent(f"{prefix}events[{i}].{problem}", field=f"{prefix}events[{i}].{field}")
+                if ctype:
+                    if len(good_ctypes) > 1_000:
+                        good_ctypes.clear()
+                    good_ctypes.add(ctype)
             if metadata:
-                if "" in metadata:
-                    raise InvalidEvent(
-                        f"{prefix}events[{i}].metadata has an empty key",
-                        field=f"{prefix}events[{i}].metadata",
-                    )
                 if trace and "traceparent" not in metadata:
                     metadata["traceparent"] = trace
             elif trace:
@@ -399,6 +406,9 @@ class StreamsService:
         self.check_name(request.stream)  # the rules of a write: no "$" names
         if problem := name_problem(request.type, MAX_TYPE, "type"):
             raise InvalidEvent(problem, field="type")
+        field, problem = event_fields_problem(request.content_type, request.metadata)
+        if field:
+            raise InvalidEvent(problem, field=field)
         message = pb.SubscribeResponse(ephemeral=request).SerializeToString()
         if len(message) > self.settings.max_event_bytes:
             raise LimitExceeded(

@@ -343,16 +343,21 @@ class PublishRequest(_message.Message):
     TIME_TO_LIVE_FIELD_NUMBER: _builtins.int
     stream: _builtins.str
     """Matched against subscribers' filters as an event's stream is. Stream-name rules
-    are the store's: 1..256 characters, no control characters.
+    are the store's: 1..256 characters, no control characters. The store checks the
+    whole message (its size against max_event_bytes too) before any subscriber gets it:
+    a refused message reaches no one.
     """
     type: _builtins.str
     """Required; matched against `event_types`."""
     data: _builtins.bytes
     content_type: _builtins.str
+    """At most 256 characters, no control characters."""
     id: _builtins.str
     """A UUID; the gateway makes one when empty."""
     @_builtins.property
-    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The rules of an event's: keys not empty, no control characters in keys."""
+
     @_builtins.property
     def time_to_live(self) -> _duration_pb2.Duration:
         """How long the message may wait in a subscriber's buffer. 0: the gateway default."""

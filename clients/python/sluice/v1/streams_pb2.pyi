@@ -220,11 +220,14 @@ class EventData(_message.Message):
     data: _builtins.bytes
     """The payload. Opaque to the store."""
     content_type: _builtins.str
-    """The payload's media type, e.g. "application/json". Optional."""
+    """The payload's media type, e.g. "application/json". Optional; at most 256
+    characters, no control characters.
+    """
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Free-form string pairs: correlation/causation ids, trace context (traceparent),
-        the producing app. Counted in the event size.
+        the producing app. Counted in the event size. Keys are not empty and hold no
+        control character (they travel as HTTP headers); values are free.
         """
 
     def __init__(
