@@ -8,6 +8,7 @@ HTTP status contract (documented in the README):
 * 2xx: handled. A ``Sluice-Outcome: retry`` or ``Sluice-Outcome: dead-letter`` header
   overrides this.
 * 408, 409, 425, 429 and 5xx: retry, after ``Retry-After`` when the app sends it.
+* 3xx: retry as well; a redirect is not followed (the app's URL is wrong, not the event).
 * Any other 4xx: the app refuses the event itself; it goes to the dead-letter stream at
   once, with the status and the start of the body as the reason.
 * No answer in time: retry.
@@ -185,6 +186,10 @@ class HttpDeliverer(Deliverer):
             return ACKED
         if status in RETRY_STATUSES or status >= 500:
             return Result(RETRY, f"HTTP {status}: {body}", retry_after)
+        if 300 <= status < 400:  # the app's URL is wrong, not the event: retried, as Dapr does
+            where = headers.get("location")
+            moved = f"the app redirected to {where}" if where else "the app redirected"
+            return Result(RETRY, f"HTTP {status}: {moved}, not followed (check --app-url)", retry_after)
         return Result(DEAD_LETTER, f"HTTP {status}: {body}")
 
     async def close(self) -> None:

@@ -122,17 +122,21 @@ async def test_retries_with_backoff_then_dead_letters_poison(
     sc = sidecars("r0", "--max-attempts", "3")
     await sc.start()
     app.script["orders-flaky"] = [503, 503]
+    app.script["orders-moved"] = [308]  # a redirect: the app's URL is wrong, not the event
     app.poison.add("Poison")
     async with Client(store_proc.addr) as c:
         flaky = new_event("Placed", {"n": 1})
         await c.append("orders-flaky", [flaky])
+        moved = new_event("Placed", {"n": 4})
+        await c.append("orders-moved", [moved])
         poison = new_event("Poison", {"n": 2})
         after = new_event("Placed", {"n": 3})
         await c.append("orders-bad", [poison])
         await c.append("orders-bad", [after])
-        await app.wait(lambda: {flaky.id, after.id} <= app.acked_ids())
+        await app.wait(lambda: {flaky.id, after.id, moved.id} <= app.acked_ids())
         attempts = [r.attempt for r in app.received if r.id == flaky.id]
         assert attempts == [1, 2, 3]
+        assert [r.attempt for r in app.received if r.id == moved.id] == [1, 2]
         assert [r.attempt for r in app.received if r.id == poison.id] == [1, 2, 3]
         # The partition moved on past the poison event, in order.
         order = [r.id for r in app.received if r.stream == "orders-bad"]
@@ -142,7 +146,7 @@ async def test_retries_with_backoff_then_dead_letters_poison(
         assert dead.metadata["dlq-attempts"] == "3" and "HTTP 500" in dead.metadata["dlq-reason"]
         assert dead.metadata["dlq-stream"] == "orders-bad" and dead.metadata["dlq-event-id"] == poison.id
     status = await sc.status()
-    assert int(status["retried"]) >= 4 and int(status["dead_lettered"]) == 1
+    assert int(status["retried"]) >= 5 and int(status["dead_lettered"]) == 1
 
 
 async def test_a_paused_member_past_its_lease_cannot_commit_or_deliver(
