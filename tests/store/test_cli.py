@@ -97,6 +97,8 @@ async def test_append_read_tail_and_streams(spawn: Callable[..., StoreProcess], 
         ("streams", "retention", "orders-1", "--max-count", "-1"),
         ("streams", "retention", "orders-1", "--max-age", "5x"),
         ("append", "orders-1", "T", "x", "--meta", "no-value"),
+        ("groups", "create", "g0", "--partitions", "0"),  # 0 on the wire would mean the default, 12
+        ("groups", "create", "g0", "--partitions", "-5"),
     ):
         code, _, err = await sluice(store, *args)
         assert code == 2 and f"argument {args[-2]}" in err and "Traceback" not in err, err

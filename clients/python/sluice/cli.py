@@ -68,6 +68,14 @@ def count(text: str) -> int:
     return int(text)
 
 
+def at_least_one(text: str) -> int:
+    """A count that 0 would not mean (a group's partitions: 0 on the wire is the default)."""
+    n = count(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1, got {text!r}")
+    return n
+
+
 def duration(text: str) -> float:
     """A duration flag: 30s, 5m, 7d, 250ms or seconds."""
     try:
@@ -539,7 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gp.add_argument("--type", action="append", help="create, update: event type to read ('' for every type)")
     gp.add_argument("--from", dest="start", help="create: where cursors start (default end)")
-    gp.add_argument("--partitions", type=int, default=12, help="create: partition count")
+    gp.add_argument("--partitions", type=at_least_one, default=12, help="create: partition count")
     gp.add_argument("--to", help="reset: start, end, pos:N, an ISO time or -5m")
     gp.add_argument("--partition", type=int, action="append", help="reset: only this partition")
     gp.add_argument("--stream", action="append", help="redrive: only dead letters from this stream")
