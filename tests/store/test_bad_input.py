@@ -9,6 +9,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 
 from sluice import Client, new_event
@@ -156,6 +157,10 @@ async def test_a_commit_past_the_signed_range_is_refused(store: StoreServer) -> 
     assert from_rpc_error(refused.value).metadata["field"] == "position"
 
 
+def group_config(**config: Any) -> gpb.CreateGroupRequest:
+    return gpb.CreateGroupRequest(group="g-timing", config=gpb.GroupConfig(**config))
+
+
 GROUP_CASES: list[tuple[str, Callable[[], Message], str]] = [
     ("DescribeGroup", lambda: gpb.DescribeGroupRequest(group="g\x00"), "group"),
     ("DeleteGroup", lambda: gpb.DeleteGroupRequest(group="g\x00"), "group"),
@@ -179,6 +184,24 @@ GROUP_CASES: list[tuple[str, Callable[[], Message], str]] = [
         "member_id",
     ),
     ("DeadLetter", lambda: gpb.DeadLetterRequest(group="g", member_id=""), "member_id"),
+    # Timing a group can live with: a lease of a year kept a dead member's partitions a
+    # year; a negative backoff, or one of a year, was taken as is.
+    ("CreateGroup", lambda: group_config(lease=Duration(seconds=365 * 86_400)), "config.lease"),
+    (
+        "CreateGroup",
+        lambda: group_config(heartbeat_interval=Duration(seconds=60)),
+        "config.heartbeat_interval",
+    ),
+    (
+        "CreateGroup",
+        lambda: group_config(retry=gpb.RetryPolicy(initial_backoff=Duration(seconds=-1))),
+        "config.retry.initial_backoff",
+    ),
+    (
+        "CreateGroup",
+        lambda: group_config(retry=gpb.RetryPolicy(max_backoff=Duration(seconds=365 * 86_400))),
+        "config.retry.max_backoff",
+    ),
 ]
 
 
@@ -194,7 +217,7 @@ async def test_a_member_id_of_the_longest_length_joins(store: StoreServer) -> No
 @pytest.mark.parametrize(
     ("method", "make", "field"), GROUP_CASES, ids=[c[2] + "-" + c[0] for c in GROUP_CASES]
 )
-async def test_group_and_member_names_none_can_have_are_refused_naming_the_field(
+async def test_group_requests_no_group_can_hold_are_refused_naming_the_field(
     store: StoreServer, method: str, make: Callable[[], Message], field: str
 ) -> None:
     async with Client(store.address) as c:
@@ -205,6 +228,7 @@ async def test_group_and_member_names_none_can_have_are_refused_naming_the_field
     assert from_rpc_error(refused.value).metadata["field"] == field
     async with Client(store.address) as c:  # the group is as it was, and the store serves on
         assert (await c.describe_group("g")).config.partitions == 2
+        assert [g.group for g in await c.list_groups()] == ["g"]  # and no group was created
         await c.append("after", [new_event("E", b"")])
 
 

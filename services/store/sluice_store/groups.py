@@ -36,6 +36,11 @@ MAX_PARTITIONS = 1024
 MAX_MEMBERS = 1024
 DEFAULT_LEASE_US = 10 * US
 DEFAULT_HEARTBEAT_US = 1 * US
+#: The longest lease: a member that dies holds its partitions this long (Kafka's default
+#: group.max.session.timeout.ms is 30 minutes).
+MAX_LEASE_US = 3600 * US
+#: The longest retry backoff: a partition waits in order, so one over a day stalls it.
+MAX_BACKOFF_US = 86_400 * US
 DEFAULT_ATTEMPTS = 5
 GROUP_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
@@ -235,19 +240,24 @@ def normalized(config: gpb.GroupConfig, creating: bool) -> gpb.GroupConfig:
     if not c.HasField("lease"):
         c.lease.FromMicroseconds(DEFAULT_LEASE_US)
     lease = c.lease.ToMicroseconds()
-    if lease < 100_000:
-        raise InvalidArgument("lease must be at least 100ms", field="config.lease")
+    if not 100_000 <= lease <= MAX_LEASE_US:
+        raise InvalidArgument("lease must be 100ms to 1h", field="config.lease")
     if not c.HasField("heartbeat_interval"):
         # Members learn of moved partitions at their next heartbeat: keep it short.
         c.heartbeat_interval.FromMicroseconds(min(lease // 3, DEFAULT_HEARTBEAT_US))
     if not 0 < c.heartbeat_interval.ToMicroseconds() < lease:
-        raise InvalidArgument("heartbeat_interval must be positive and below lease", field="config")
+        raise InvalidArgument(
+            "heartbeat_interval must be positive and below lease", field="config.heartbeat_interval"
+        )
     if not c.retry.max_attempts:
         c.retry.max_attempts = DEFAULT_ATTEMPTS
     if not c.retry.HasField("initial_backoff"):
         c.retry.initial_backoff.FromSeconds(1)
     if not c.retry.HasField("max_backoff"):
         c.retry.max_backoff.FromSeconds(60)
+    for name in ("initial_backoff", "max_backoff"):  # max below initial is a cap: allowed
+        if not 0 <= getattr(c.retry, name).ToMicroseconds() <= MAX_BACKOFF_US:
+            raise InvalidArgument(f"retry.{name} must be 0 to 1 day", field=f"config.retry.{name}")
     return c
 
 

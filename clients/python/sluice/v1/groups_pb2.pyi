@@ -104,7 +104,10 @@ class RetryPolicy(_message.Message):
     """Attempts before an event goes to the dead-letter stream (0: the default, 5)."""
     @_builtins.property
     def initial_backoff(self) -> _duration_pb2.Duration:
-        """Backoff before the first retry (default 1s), doubling up to max_backoff (default 60s)."""
+        """Backoff before the first retry (default 1s), doubling up to max_backoff (default 60s).
+        Each is 0 to 1 day (a partition waits in order); a max_backoff below initial_backoff
+        caps it.
+        """
 
     @_builtins.property
     def max_backoff(self) -> _duration_pb2.Duration: ...
@@ -152,12 +155,14 @@ class GroupConfig(_message.Message):
 
     @_builtins.property
     def lease(self) -> _duration_pb2.Duration:
-        """A member that does not heartbeat for this long loses its partitions (default 10s)."""
+        """A member that does not heartbeat for this long loses its partitions (default 10s;
+        100ms to 1h).
+        """
 
     @_builtins.property
     def heartbeat_interval(self) -> _duration_pb2.Duration:
         """How often members should heartbeat, and so how soon they learn of moved
-        partitions (default: lease / 3, at most 1s).
+        partitions (default: lease / 3, at most 1s). Positive and below the lease.
         """
 
     @_builtins.property
