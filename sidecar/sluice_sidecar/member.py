@@ -26,6 +26,7 @@ from sluice.errors import (
     Fenced,
     GroupExists,
     GroupNotFound,
+    InvalidArgument,
     InvalidEvent,
     LimitExceeded,
     SluiceError,
@@ -36,7 +37,7 @@ from sluice.v1 import groups_pb2 as gpb
 from sluice.v1 import sidecar_pb2 as spb
 from sluice.v1 import streams_pb2 as pb
 from sluice_sidecar.apphealth import AppHealth
-from sluice_sidecar.config import Settings
+from sluice_sidecar.config import ConfigError, Settings
 from sluice_sidecar.delivery import ACK, DEAD_LETTER, Deliverer, PullHub, Result
 from sluice_sidecar.telemetry import Telemetry
 
@@ -235,6 +236,10 @@ class Member:
             log.info("created group %s", s.group)
         except GroupExists:
             pass
+        except (InvalidArgument, LimitExceeded) as e:  # the flags that make the group: a setting
+            field = e.metadata.get("field", "")
+            flag = f" (--{field.rsplit('.', 1)[-1].replace('_', '-')})" if field.startswith("config.") else ""
+            raise ConfigError(f"the store refused to create group {s.group!r}: {e.message}{flag}") from None
 
     async def stop(self) -> None:
         """Stop fetching, finish in-flight deliveries, commit, leave the group."""
@@ -242,8 +247,9 @@ class Member:
             return
         self.stopping = True
         self._wake.set()
-        if self._task:
-            await self._task
+        if self._task is None:  # the start failed before the member could join: nothing to leave
+            return
+        await self._task
         await asyncio.gather(*(w.stop(self.settings.drain_timeout) for w in self.workers.values()))
         await asyncio.gather(*self._releasing, return_exceptions=True)
         await self._commit_and_leave()

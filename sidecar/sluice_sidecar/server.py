@@ -260,7 +260,13 @@ async def serve(settings: Settings) -> None:
     """Run until SIGTERM/SIGINT, then drain, commit, leave and exit."""
     stop = shutdown_signal()
     server = SidecarServer(settings)
-    if not await started(server.start(), stop):
+    try:
+        up = await started(server.start(), stop)
+    except BaseException:
+        with contextlib.suppress(Exception):  # close what did start before the error ends the loop
+            await server.stop()
+        raise
+    if not up:
         with contextlib.suppress(Exception):
             await server.stop()
         return

@@ -356,6 +356,27 @@ async def test_a_missing_or_malformed_annotation_stops_the_sidecar_at_start(
     assert proc.returncode != 0 and named in err.decode() and "configuration error" in err.decode()
 
 
+@pytest.mark.parametrize(
+    ("flags", "named"), [(("--lease", "2h"), "--lease"), (("--max-backoff", "400d"), "--max-backoff")]
+)
+async def test_group_settings_the_store_refuses_stop_the_sidecar_in_one_line(
+    store_proc: StoreProcess, flags: tuple[str, str], named: str
+) -> None:
+    """Its own group, made from its flags: a setting the store refuses is the sidecar's
+    configuration error, said once (no traceback), and nothing is left behind."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sluice_sidecar", "--store", store_proc.addr, "--group", "refused",
+        "--app-url", "http://127.0.0.1:9/events", "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0",
+        *flags, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(proc.communicate(), WAIT)
+    text = err.decode()
+    assert proc.returncode == 1 and "configuration error" in text and named in text, text
+    assert "Traceback" not in text and "Exception ignored" not in text and "WARNING" not in text, text
+    async with Client(store_proc.addr) as c:
+        assert "refused" not in [g.group for g in await c.list_groups()]
+
+
 async def test_metrics_count_deliveries_and_dead_letters(
     store_proc: StoreProcess, app: App, sidecars: Callable[..., Sidecar]
 ) -> None:
