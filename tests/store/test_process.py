@@ -152,6 +152,26 @@ async def test_the_database_password_never_reaches_the_output(postgres_db: str) 
     assert ":***@" in out and secret not in out
 
 
+def test_a_database_it_cannot_open_stops_it_in_one_line(postgres_db: str) -> None:
+    """A database that does not exist, or a server that does not answer: exit 1 with the
+    reason on one line (an orchestrator restarts it), the password hidden, no traceback."""
+    user, _, rest = postgres_db.partition("@")
+    server, _, _ = rest.partition("/")
+    for url, why in (
+        (f"{user}:hunter2@{server}/no_such_database_here", "does not exist"),
+        (f"{user}:hunter2@127.0.0.1:1/test", "refused"),
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "sluice_store", "--addr", "127.0.0.1:0", "--db", url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 1, proc.stderr
+        assert proc.stderr.startswith("sluice-store: cannot open the database") and why in proc.stderr
+        assert "Traceback" not in proc.stderr and "hunter2" not in proc.stderr, proc.stderr
+
+
 def test_redact_hides_passwords_in_the_user_part_and_the_query() -> None:
     assert redact("postgresql://u:p%40ss@h:5432/db?password=x&schema=s") == (
         "postgresql://u:***@h:5432/db?password=***&schema=s"

@@ -98,6 +98,11 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+class StartFailed(Exception):
+    """A process could not start for a reason outside its code (its database cannot be
+    opened): said in one line by run_main, exit status 1."""
+
+
 def run_main(
     prog: str,
     load_settings: Callable[[], T],
@@ -124,7 +129,7 @@ def run_main(
         asyncio.run(serve(settings))
     except ConfigError as e:
         sys.exit(f"{prog}: configuration error: {e}")
-    except OSError as e:
+    except (OSError, StartFailed) as e:
         sys.exit(f"{prog}: {e}")
 
 

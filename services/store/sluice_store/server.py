@@ -20,6 +20,7 @@ from sluice import security, telemetry
 from sluice.httpserver import BoundedRunner
 from sluice.process import (
     GRPC_SERVER_OPTIONS,
+    StartFailed,
     health_listener,
     listen_grpc,
     settle_heap,
@@ -291,7 +292,13 @@ async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
     stop = shutdown_signal()
     server = StoreServer(settings)
-    if not await started(server.start(), stop):
+    try:
+        up = await started(server.start(), stop)
+    except StoreError as e:  # the database cannot be opened or made ready (orchestrators restart)
+        with contextlib.suppress(Exception):
+            await server.stop()
+        raise StartFailed(f"cannot open the database {redact(settings.db)}: {e.message}") from None
+    if not up:
         with contextlib.suppress(Exception):
             await server.stop()
         return
