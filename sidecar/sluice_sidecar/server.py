@@ -24,13 +24,14 @@ from collections.abc import AsyncIterator
 
 import grpc
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from google.protobuf import json_format
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sluice import cloudevent
-from sluice.errors import SluiceError, make_status
+from sluice.errors import SluiceError, bounded, make_status
 from sluice.httpserver import MAX_BODY_BYTES, BoundedRunner
 from sluice.process import GRPC_SERVER_OPTIONS, listen_grpc, shutdown_signal, started
 from sluice.v1 import sidecar_pb2 as spb
@@ -100,6 +101,28 @@ class SidecarService(spb_grpc.SidecarServicer):
 async def scrape(_: web.Request) -> web.Response:
     """Prometheus: the sidecar's metrics (read-only, so also on the probe listener)."""
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+@web.middleware
+async def json_routing_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Under /v1/ an unknown route (404) or method (405) is answered in the API's JSON error
+    shape, as every other refusal is; aiohttp answers them as plain text."""
+    try:
+        return await handler(request)
+    except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as e:
+        if not request.path.startswith("/v1/"):
+            raise
+        path = bounded(request.path, 200)
+        if isinstance(e, web.HTTPMethodNotAllowed):
+            allowed = ", ".join(sorted(e.allowed_methods))
+            return web.json_response(
+                {"error": f"{request.method} is not served at {path}; allowed: {allowed}",
+                 "reason": "UNIMPLEMENTED", "details": {"allow": allowed}},
+                status=405, headers={"Allow": allowed},
+            )  # fmt: skip
+        return web.json_response(
+            {"error": f"no endpoint at {path}", "reason": "NOT_FOUND", "details": {"path": path}}, status=404
+        )
 
 
 def health_routes(member: Member) -> list[web.RouteDef]:
@@ -183,7 +206,7 @@ def http_app(member: Member) -> web.Application:
             )
         )
 
-    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[json_routing_errors])
     app.add_routes(
         [
             *health_routes(member),

@@ -160,6 +160,11 @@ async def test_errors_carry_the_status_reason_and_details_of_the_grpc_status(gat
         assert int(stored["last_position"]) >= 1
         too_big = await api.call("POST", EVENTS, b" " * (MAX_BODY_BYTES + 1), 413, stream="big-1")
         assert too_big["code"] == "RESOURCE_EXHAUSTED" and too_big["metadata"]["limit"] == "max_body_bytes"
+        # No such endpoint, or not with this method: JSON as well (as grpc-gateway answers).
+        nowhere = await api.call("GET", "/v1/nowhere", status=404)
+        assert nowhere["code"] == "NOT_FOUND" and nowhere["metadata"]["path"] == "/v1/nowhere"
+        wrong = await api.call("PUT", EVENTS, one, 405, stream="a")
+        assert wrong["code"] == "UNIMPLEMENTED" and "POST" in wrong["metadata"]["allow"]
         no_type = await api.call("POST", EVENTS, {"events": [{}]}, 400, stream="a")
         assert no_type["code"] == "INVALID_ARGUMENT" and no_type["metadata"]["field"].startswith("events[0]")
         exists = {"group": "g", "config": {}}

@@ -214,6 +214,10 @@ async def test_publish_through_the_sidecar(
             headers={"ce-type": "T"},
         )
         assert over.status == 413 and (await over.json())["details"]["limit"] == "max_body_bytes"
+        for method, path, status in (("GET", "/v1/publish/orders-pub", 405), ("POST", "/v1/nowhere", 404)):
+            async with http.request(method, f"http://{sc.http}{path}") as r:  # JSON, as every refusal
+                assert r.status == status and r.content_type == "application/json", (path, await r.text())
+                assert (await r.json())["reason"] in ("UNIMPLEMENTED", "NOT_FOUND")
         garbled = await http.post(
             f"http://{sc.http}/v1/publish/orders-pub",
             data=b"{not json",

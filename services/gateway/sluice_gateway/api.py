@@ -28,12 +28,13 @@ from typing import Any
 
 import grpc
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2  # also registers the detail types for JSON
 
-from sluice.errors import status_of
+from sluice.errors import bounded, status_of
 from sluice.httpserver import MAX_BODY_BYTES
 from sluice.v1 import groups_pb2 as gpb
 from sluice.v1 import groups_pb2_grpc as gpb_grpc
@@ -237,6 +238,31 @@ def error_body(code: grpc.StatusCode, reason: str, message: str, metadata: Mappi
         "details": details or [],
     }
     return web.json_response(body, status=HTTP_STATUS.get(code, 500))
+
+
+def unrouted(request: web.Request, e: web.HTTPException) -> web.Response:
+    """No endpoint at the path (404), or not with this method (405), in the JSON error shape."""
+    path = bounded(request.path, 200)
+    if isinstance(e, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(e.allowed_methods))
+        message = f"{request.method} is not served at {path}; allowed: {allowed}"
+        response = error_body(grpc.StatusCode.UNIMPLEMENTED, "UNIMPLEMENTED", message, {"allow": allowed})
+        response.set_status(405)
+        response.headers["Allow"] = allowed
+        return response
+    return error_body(grpc.StatusCode.NOT_FOUND, "NOT_FOUND", f"no endpoint at {path}", {"path": path})
+
+
+@web.middleware
+async def json_routing_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Under /v1/ a client reads every refusal as JSON, an unknown route's too (as
+    grpc-gateway answers); elsewhere (the console's pages) aiohttp's own answer stands."""
+    try:
+        return await handler(request)
+    except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as e:
+        if not request.path.startswith("/v1/"):
+            raise
+        return unrouted(request, e)
 
 
 def rpc_error(e: grpc.aio.AioRpcError) -> web.Response:

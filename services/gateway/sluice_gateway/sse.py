@@ -22,7 +22,14 @@ from sluice.httpserver import MAX_BODY_BYTES
 from sluice.settings import parse_bool
 from sluice.v1 import gateway_pb2 as gwpb
 from sluice_gateway import console, openapi, wire
-from sluice_gateway.api import BadRequest, JsonApi, bad_request, body_too_large, gateway_error
+from sluice_gateway.api import (
+    BadRequest,
+    JsonApi,
+    bad_request,
+    body_too_large,
+    gateway_error,
+    json_routing_errors,
+)
 from sluice_gateway.config import Settings
 from sluice_gateway.hub import Encoder, Hub
 from sluice_gateway.service import Caller, Gateway, GatewayError, watch_needs
@@ -219,7 +226,7 @@ class HttpApi:
         return gateway_error(e)  # as the JSON API's errors: code, reason, metadata, details
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[json_routing_errors])
         app.router.add_get("/v1/watch", self.sse)
         app.router.add_post("/v1/publish", self.http_publish)
         app.router.add_get("/metrics", self.metrics)
