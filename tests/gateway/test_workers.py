@@ -17,7 +17,7 @@ from sluice import Client
 from sluice.v1 import streams_pb2 as pb
 from sluice_gateway.config import Settings
 from sluice_gateway.server import GatewayServer
-from sluice_gateway.workers import WORKERS_COUNT_ENV, cgroup_cpus, parse_workers, usable_cpus
+from sluice_gateway.workers import WORKERS_COUNT_ENV, Siblings, cgroup_cpus, parse_workers, usable_cpus
 from tests.conftest import eventually
 from tests.gateway.conftest import GatewayProcess, Gateways, next_item, spread_watches
 from tests.secure_mode import http_session
@@ -65,6 +65,15 @@ async def test_workers_share_the_ports_serve_every_watch_and_answer_for_each_oth
             return body["subscribers"] == 20 and len(per_worker) == 2 and min(per_worker) > 0
 
         await eventually(spread)
+
+        # The console's overview too: its counts, and its samples once each worker took one.
+        async def overview() -> bool:
+            async with http_session() as http, http.get(f"{g.http}/v1/stats") as r:
+                body = await r.json()
+            samples, whole = body["samples"], body["subscribers"] == 20 and body.get("workers") == 2
+            return whole and bool(samples) and samples[-1][2] == 20  # both workers' subscribers
+
+        await eventually(overview, timeout=20)
         # /metrics too: each worker's series, labelled.
         async with http_session() as http, http.get(f"{g.http}/metrics") as r:
             text = await r.text()
@@ -182,3 +191,26 @@ async def test_each_worker_aims_for_its_share_of_the_message_budget(
         assert server.hub.message_budget == 30_000 // count
     finally:
         await server.channel.close()
+
+
+async def test_the_overview_merges_the_workers_samples_by_interval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers sample on their own clocks: each interval sums their subscribers and takes the
+    highest head, and a worker with no sample in an interval counts with its latest one."""
+    answers = [
+        (0, {"interval": 2.0, "samples": [[10.1, 5, 3], [12.1, 6, 4], [14.2, 8, 5]], "head_position": 8,
+             "subscribers": 5}),
+        (1, {"interval": 2.0, "samples": [[11.9, 5, 1], [13.95, 7, 2]], "head_position": 7,
+             "subscribers": 2}),
+    ]  # fmt: skip
+
+    async def ask(path: str) -> list[tuple[int, Any]]:
+        assert path == "/stats"
+        return answers
+
+    siblings = Siblings(str(tmp_path), 0, 2)
+    monkeypatch.setattr(siblings, "_ask", ask)
+    merged = await siblings.stats(answers[0][1])
+    assert merged["samples"] == [(12.0, 5, 4), (14.0, 7, 6), (16.0, 8, 7)]
+    assert (merged["head_position"], merged["subscribers"], merged["workers"]) == (8, 7, 2)

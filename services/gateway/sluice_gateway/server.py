@@ -159,7 +159,7 @@ class GatewayServer:
     async def _start_http(self) -> None:
         api = HttpApi(self.gateway, self.hub, self.settings, self._ready, self.channel, self.siblings)
         if self.siblings is not None:
-            await self.siblings.start(generate_latest, api.own_readiness)
+            await self.siblings.start(generate_latest, api.own_readiness, api.own_stats)
         app = api.app()
         # Cancel an SSE handler as soon as its client goes, so it leaves the fan-out at once.
         self.http = BoundedRunner(

@@ -286,14 +286,17 @@ class HttpApi:
             self._caller(request)
         except GatewayError as e:
             return self._refused(e)
-        return web.json_response(
-            {
-                "interval": SAMPLE_INTERVAL,
-                "samples": list(self.samples.points),
-                "head_position": self.hub.position,
-                "subscribers": self.hub.subscribers,
-            }
-        )
+        own = self.own_stats()
+        return web.json_response(await self.siblings.stats(own) if self.siblings else own)
+
+    def own_stats(self) -> dict[str, Any]:
+        """This process's samples, head and subscribers (with --workers, one worker's part)."""
+        return {
+            "interval": SAMPLE_INTERVAL,
+            "samples": list(self.samples.points),
+            "head_position": self.hub.position,
+            "subscribers": self.hub.subscribers,
+        }
 
     async def sse(self, request: web.Request) -> web.StreamResponse:
         """Server-Sent Events: ?stream=&prefix=&type= (repeatable), form, overflow, position."""

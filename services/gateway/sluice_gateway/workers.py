@@ -288,16 +288,25 @@ class Siblings:
     def _path(self, index: int) -> str:
         return str(self.dir / f"worker-{index}.sock")
 
-    async def start(self, metrics: Callable[[], bytes], ready: Callable[[], dict[str, Any]]) -> None:
+    async def start(
+        self,
+        metrics: Callable[[], bytes],
+        ready: Callable[[], dict[str, Any]],
+        stats: Callable[[], dict[str, Any]] = dict,
+    ) -> None:
         async def own_metrics(_: web.Request) -> web.Response:
             return web.Response(body=metrics(), content_type="text/plain")
 
         async def own_ready(_: web.Request) -> web.Response:
             return web.json_response({**ready(), "worker": self.index, "pid": os.getpid()})
 
+        async def own_stats(_: web.Request) -> web.Response:
+            return web.json_response(stats())
+
         app = web.Application()
         app.router.add_get("/metrics", own_metrics)
         app.router.add_get("/readyz", own_ready)
+        app.router.add_get("/stats", own_stats)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
         path = self._path(self.index)
@@ -317,8 +326,8 @@ class Siblings:
             self.dir.rmdir()
 
     async def _ask(self, path: str) -> list[tuple[int, Any]]:
-        """Each worker's answer to ``path`` (text, or JSON for /readyz); one that does not
-        answer in time is left out."""
+        """Each worker's answer to ``path`` (text for /metrics, else JSON); one that does
+        not answer in time is left out."""
 
         async def one(index: int) -> tuple[int, Any] | None:
             try:
@@ -328,7 +337,7 @@ class Siblings:
                     aiohttp.ClientSession(connector=connector, timeout=timeout) as http,
                     http.get(f"http://worker{path}") as r,
                 ):
-                    return index, (await r.json() if path == "/readyz" else await r.text())
+                    return index, (await r.text() if path == "/metrics" else await r.json())
             except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
                 return None
 
@@ -362,6 +371,30 @@ class Siblings:
             "workers": sorted(answers, key=lambda a: int(a["worker"])),
         }
         return ready, body
+
+    async def stats(self, own: dict[str, Any]) -> dict[str, Any]:
+        """The console's overview for the whole gateway: every worker's samples merged by
+        interval (subscribers summed, the highest head), each worker's latest value carried
+        into an interval it has no sample in. ``own`` stands in if no worker answers."""
+        answers = [a for _, a in await self._ask("/stats")] or [own]
+        interval = float(own["interval"])
+        per_worker = [
+            {int(t // interval): (head, subs) for t, head, subs in a.get("samples", [])} for a in answers
+        ]
+        samples, latest = [], [(0, 0)] * len(per_worker)
+        for bucket in sorted({b for points in per_worker for b in points}):
+            for i, points in enumerate(per_worker):
+                latest[i] = points.get(bucket, latest[i])
+            samples.append(
+                (round((bucket + 1) * interval, 3), max(h for h, _ in latest), sum(n for _, n in latest))
+            )
+        return {
+            "interval": interval,
+            "samples": samples,
+            "head_position": max(int(a.get("head_position", 0)) for a in answers),
+            "subscribers": sum(int(a.get("subscribers", 0)) for a in answers),
+            "workers": len(answers),
+        }
 
 
 class _Families:
