@@ -24,15 +24,14 @@ from collections.abc import AsyncIterator
 
 import grpc
 from aiohttp import web
-from aiohttp.typedefs import Handler
 from google.protobuf import json_format
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sluice import cloudevent
-from sluice.errors import SluiceError, bounded, make_status
-from sluice.httpserver import MAX_BODY_BYTES, BoundedRunner
+from sluice.errors import SluiceError, make_status
+from sluice.httpserver import MAX_BODY_BYTES, BoundedRunner, json_refusals
 from sluice.process import GRPC_SERVER_OPTIONS, listen_grpc, shutdown_signal, started
 from sluice.v1 import sidecar_pb2 as spb
 from sluice.v1 import sidecar_pb2_grpc as spb_grpc
@@ -103,26 +102,9 @@ async def scrape(_: web.Request) -> web.Response:
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-@web.middleware
-async def json_routing_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Under /v1/ an unknown route (404) or method (405) is answered in the API's JSON error
-    shape, as every other refusal is; aiohttp answers them as plain text."""
-    try:
-        return await handler(request)
-    except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as e:
-        if not request.path.startswith("/v1/"):
-            raise
-        path = bounded(request.path, 200)
-        if isinstance(e, web.HTTPMethodNotAllowed):
-            allowed = ", ".join(sorted(e.allowed_methods))
-            return web.json_response(
-                {"error": f"{request.method} is not served at {path}; allowed: {allowed}",
-                 "reason": "UNIMPLEMENTED", "details": {"allow": allowed}},
-                status=405, headers={"Allow": allowed},
-            )  # fmt: skip
-        return web.json_response(
-            {"error": f"no endpoint at {path}", "reason": "NOT_FOUND", "details": {"path": path}}, status=404
-        )
+def refusal(status: int, code: str, reason: str, message: str, details: dict[str, str]) -> web.Response:
+    """An HTTP-level refusal (sluice.httpserver.json_refusals) in the publish API's shape."""
+    return web.json_response({"error": message, "reason": reason, "details": details}, status=status)
 
 
 def health_routes(member: Member) -> list[web.RouteDef]:
@@ -153,19 +135,6 @@ def http_app(member: Member) -> web.Application:
         return web.json_response(body)
 
     async def publish(request: web.Request) -> web.Response:
-        try:
-            return await publish_body(request)
-        except web.HTTPRequestEntityTooLarge:
-            return web.json_response(
-                {
-                    "error": f"the body is over {MAX_BODY_BYTES} bytes",
-                    "reason": "LIMIT_EXCEEDED",
-                    "details": {"limit": "max_body_bytes", "max": str(MAX_BODY_BYTES), "field": "body"},
-                },
-                status=413,
-            )
-
-    async def publish_body(request: web.Request) -> web.Response:
         content_type = request.headers.get("content-type", "")
         metadata = {
             k[len("sluice-meta-") :]: v
@@ -206,7 +175,7 @@ def http_app(member: Member) -> web.Application:
             )
         )
 
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[json_routing_errors])
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[json_refusals(refusal)])
     app.add_routes(
         [
             *health_routes(member),

@@ -17,10 +17,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web, web_protocol
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.typedefs import Handler, Middleware
+
+from sluice.errors import bounded
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +32,39 @@ log = logging.getLogger(__name__)
 #: request of the store's default max_request_bytes (16 MiB) as JSON, bytes in base64 (4/3
 #: the size), with room. aiohttp's own default, 1 MiB, refused one event near max_event_bytes.
 MAX_BODY_BYTES = 24 << 20
+
+#: A service's JSON refusal: (HTTP status, gRPC code name, reason, message, metadata).
+Refuse = Callable[[int, str, str, str, dict[str, str]], web.Response]
+
+
+def json_refusals(refuse: Refuse) -> Middleware:
+    """aiohttp's own refusals, which it answers as plain text, in the service's JSON error
+    shape: a body over MAX_BODY_BYTES (413), and under /v1/ a path with no endpoint (404)
+    or a method the path does not take (405, with Allow), as grpc-gateway answers. Outside
+    /v1/ (the console's pages) aiohttp's 404 and 405 stand."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPRequestEntityTooLarge:
+            limit = {"limit": "max_body_bytes", "max": str(MAX_BODY_BYTES), "field": "body"}
+            return refuse(
+                413, "RESOURCE_EXHAUSTED", "LIMIT_EXCEEDED", f"the body is over {MAX_BODY_BYTES} bytes", limit
+            )
+        except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as e:
+            if not request.path.startswith("/v1/"):
+                raise
+            path = bounded(request.path, 200)
+            if not isinstance(e, web.HTTPMethodNotAllowed):
+                return refuse(404, "NOT_FOUND", "NOT_FOUND", f"no endpoint at {path}", {"path": path})
+            allowed = ", ".join(sorted(e.allowed_methods))
+            message = f"{request.method} is not served at {path}; allowed: {allowed}"
+            response = refuse(405, "UNIMPLEMENTED", "UNIMPLEMENTED", message, {"allow": allowed})
+            response.headers["Allow"] = allowed
+            return response
+
+    return middleware
 
 
 class _Unparsable(logging.Filter):

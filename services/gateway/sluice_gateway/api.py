@@ -28,14 +28,12 @@ from typing import Any
 
 import grpc
 from aiohttp import web
-from aiohttp.typedefs import Handler
 from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2  # also registers the detail types for JSON
 
-from sluice.errors import bounded, status_of
-from sluice.httpserver import MAX_BODY_BYTES
+from sluice.errors import status_of
 from sluice.v1 import groups_pb2 as gpb
 from sluice.v1 import groups_pb2_grpc as gpb_grpc
 from sluice.v1 import streams_pb2 as pb
@@ -120,18 +118,6 @@ ROUTES: tuple[Route, ...] = (
           "Append a group's dead letters again for it alone (by stream, by position range); idempotent",
           body=True),
 )  # fmt: skip
-
-
-def body_too_large() -> web.Response:
-    """413 with the JSON error shape (aiohttp answers it as plain text)."""
-    response = error_body(
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        "LIMIT_EXCEEDED",
-        f"the body is over {MAX_BODY_BYTES} bytes",
-        {"limit": "max_body_bytes", "max": str(MAX_BODY_BYTES), "field": "body"},
-    )
-    response.set_status(413)
-    return response
 
 
 class BadRequest(Exception):
@@ -240,29 +226,11 @@ def error_body(code: grpc.StatusCode, reason: str, message: str, metadata: Mappi
     return web.json_response(body, status=HTTP_STATUS.get(code, 500))
 
 
-def unrouted(request: web.Request, e: web.HTTPException) -> web.Response:
-    """No endpoint at the path (404), or not with this method (405), in the JSON error shape."""
-    path = bounded(request.path, 200)
-    if isinstance(e, web.HTTPMethodNotAllowed):
-        allowed = ", ".join(sorted(e.allowed_methods))
-        message = f"{request.method} is not served at {path}; allowed: {allowed}"
-        response = error_body(grpc.StatusCode.UNIMPLEMENTED, "UNIMPLEMENTED", message, {"allow": allowed})
-        response.set_status(405)
-        response.headers["Allow"] = allowed
-        return response
-    return error_body(grpc.StatusCode.NOT_FOUND, "NOT_FOUND", f"no endpoint at {path}", {"path": path})
-
-
-@web.middleware
-async def json_routing_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Under /v1/ a client reads every refusal as JSON, an unknown route's too (as
-    grpc-gateway answers); elsewhere (the console's pages) aiohttp's own answer stands."""
-    try:
-        return await handler(request)
-    except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as e:
-        if not request.path.startswith("/v1/"):
-            raise
-        return unrouted(request, e)
+def refusal(status: int, code: str, reason: str, message: str, metadata: dict[str, str]) -> web.Response:
+    """An HTTP-level refusal (sluice.httpserver.json_refusals) in the JSON error shape."""
+    response = error_body(grpc.StatusCode[code], reason, message, metadata)
+    response.set_status(status)
+    return response
 
 
 def rpc_error(e: grpc.aio.AioRpcError) -> web.Response:
@@ -336,8 +304,6 @@ class JsonApi:
                 return web.json_response(to_json(resp))
             except BadRequest as e:
                 return bad_request(e)
-            except web.HTTPRequestEntityTooLarge:
-                return body_too_large()
             except GatewayError as e:
                 return gateway_error(e)
             except grpc.aio.AioRpcError as e:

@@ -18,7 +18,7 @@ from multidict import MultiMapping
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sluice import cloudevent, security
-from sluice.httpserver import MAX_BODY_BYTES
+from sluice.httpserver import MAX_BODY_BYTES, json_refusals
 from sluice.settings import parse_bool
 from sluice.v1 import gateway_pb2 as gwpb
 from sluice_gateway import console, openapi, wire
@@ -26,9 +26,8 @@ from sluice_gateway.api import (
     BadRequest,
     JsonApi,
     bad_request,
-    body_too_large,
     gateway_error,
-    json_routing_errors,
+    refusal,
 )
 from sluice_gateway.config import Settings
 from sluice_gateway.hub import Encoder, Hub
@@ -226,7 +225,7 @@ class HttpApi:
         return gateway_error(e)  # as the JSON API's errors: code, reason, metadata, details
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[json_routing_errors])
+        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[json_refusals(refusal)])
         app.router.add_get("/v1/watch", self.sse)
         app.router.add_post("/v1/publish", self.http_publish)
         app.router.add_get("/metrics", self.metrics)
@@ -350,8 +349,6 @@ class HttpApi:
             resp = await self.gateway.publish(req, self._caller(request))
         except BadRequest as e:
             return bad_request(e)
-        except web.HTTPRequestEntityTooLarge:
-            return body_too_large()
         except (ValueError, TypeError, AttributeError, OverflowError, RecursionError) as e:
             # Not JSON, fields of the wrong kind, too deep to parse, or numbers out of range.
             return bad_request(
