@@ -1,9 +1,11 @@
 """The floor under any Python gRPC store: a server of the Streams service that answers every
-append at once, storing nothing (no commit, no thread hop, no fsync).
+append at once, storing nothing (no commit, no thread hop, no fsync), and hands each appended
+event to its live subscribers as it answers.
 
 The append section measures awaited single appends from the same Sluice client against it,
-beside the store: what the store adds is the difference, and what is left is the cost of
-a gRPC message each way in Python (grpc.aio on both ends, uvloop here as in the store).
+and the latency section an append reaching a subscriber, beside the store: what the store
+adds is the difference, and what is left is the cost of gRPC messages in Python (grpc.aio on
+both ends, uvloop here as in the store).
 
     python bench/echo.py [PORT]     # prints "grpc echo listening on HOST:PORT"
 """
@@ -22,6 +24,7 @@ import sys
 from collections.abc import AsyncIterator
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from sluice.process import GRPC_SERVER_OPTIONS
 from sluice.v1 import streams_pb2 as pb
@@ -42,9 +45,26 @@ def _answer(request: pb.AppendRequest, position: int) -> pb.AppendResponse:
 class Echo(pb_grpc.StreamsServicer):
     def __init__(self) -> None:
         self.position = 1
+        self.subscribers: set[asyncio.Queue[pb.SubscribeResponse]] = set()
 
     def _take(self, request: pb.AppendRequest) -> pb.AppendResponse:
         response = _answer(request, self.position)
+        if self.subscribers:
+            created = Timestamp()
+            created.GetCurrentTime()
+            batch = pb.SubscribeResponse()
+            for i, ev in enumerate(request.events):
+                batch.events.events.add(
+                    id=ev.id,
+                    type=ev.type,
+                    data=ev.data,
+                    stream=request.stream,
+                    revision=i,
+                    position=self.position + i,
+                    created=created,
+                )
+            for queue in self.subscribers:
+                queue.put_nowait(batch)
         self.position += len(request.events)
         return response
 
@@ -58,6 +78,19 @@ class Echo(pb_grpc.StreamsServicer):
             yield pb.AppendSessionResponse(
                 results=[pb.AppendResult(success=self._take(r)) for r in msg.appends]
             )
+
+    async def Subscribe(
+        self, request: pb.SubscribeRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.SubscribeResponse]:
+        """Live only, whatever the request asks: caught up at once, then every append."""
+        queue: asyncio.Queue[pb.SubscribeResponse] = asyncio.Queue()
+        self.subscribers.add(queue)
+        try:
+            yield pb.SubscribeResponse(caught_up=pb.CaughtUp(position=self.position))
+            while True:
+                yield await queue.get()
+        finally:
+            self.subscribers.discard(queue)
 
 
 async def main(port: int) -> None:
