@@ -9,6 +9,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,6 +33,7 @@ from sluice_store.storage.base import (
     Storage,
     StreamFilter,
 )
+from sluice_store.storage.sqlite import INLINE_EVENTS, SQLiteStorage
 
 
 def event(type_: str = "T", client_id: bool = False, data: bytes = b"payload") -> NewEvent:
@@ -272,5 +274,41 @@ async def test_an_age_rule_on_a_prefix_hides_then_removes_by_time_with_work_that
         rows, _, _ = await s.read_all(1, False, 1000, StreamFilter(), False)
         young = loop.time() < young_until
         assert len(rows) == 3 or (not young and len(rows) == 2)
+    finally:
+        await s.close()
+
+
+@pytest.mark.parametrize("durability", ["normal", "full"])
+async def test_sqlite_commits_on_the_loop_thread_only_without_an_fsync_or_subscribers_waiting(
+    tmp_path: Path, durability: str
+) -> None:
+    s = SQLiteStorage(str(tmp_path / "inline.db"), durability=durability)
+    await s.open()
+    hops: list[str] = []
+    hop = s._in_writer
+
+    async def counted(fn: Callable[..., Any], *args: Any) -> Any:
+        hops.append(fn.__name__)
+        return await hop(fn, *args)
+
+    s._in_writer = counted  # type: ignore[method-assign]
+    listening = False
+    s.listening = lambda: listening
+    try:
+        await ok(s, [part("a", *[event() for _ in range(100)])])  # nobody waits for deliveries
+        after_quiet = hops.count("_append_sync")
+        listening = True
+        await ok(s, [part("a", *[event() for _ in range(100)])])  # a subscriber waits: hop
+        await ok(s, [part("a", event())])  # a single event: here either way
+        after_listened = hops.count("_append_sync")
+        listening = False
+        await ok(s, [part("b", *[event() for _ in range(INLINE_EVENTS + 1)])])  # too big for here
+        if durability == "full":  # an fsync never runs on the event loop
+            assert hops.count("_append_sync") == 4
+        else:
+            assert (after_quiet, after_listened, hops.count("_append_sync")) == (0, 1, 2)
+        # Whichever thread committed, the events are there, in order.
+        rows, _, done = await s.read_all(1, False, 2000, StreamFilter(), False)
+        assert [r[P_POSITION] for r in rows] == list(range(1, 202 + INLINE_EVENTS + 1)) and done
     finally:
         await s.close()

@@ -138,8 +138,15 @@ INSERT_EVENT = (
 )
 ROW_COLUMNS = "events.position, events.stream_id, events.revision, events.created_us, events.head, {data}"
 CHECKPOINT_INTERVAL = 0.5  # seconds between WAL checkpoints while there are commits
-INLINE_EVENTS = 8  # group commits this small run on the event loop thread ...
-INLINE_LOOKUPS = 4  # ... when at most this many streams must be read from the database
+# Under `normal` (no fsync), a group commit of up to INLINE_EVENTS events runs on the event
+# loop thread when no live subscriber waits there for deliveries, and one of up to
+# INLINE_EVENTS_LISTENED when some do; larger ones, ones that must read more than
+# INLINE_LOOKUPS streams from the database, and every commit under `full` hop to the writer
+# thread. The hop costs thread switches and a GIL handed back and forth at every statement,
+# but lets the loop send deliveries between statements (README, "One writer connection").
+INLINE_EVENTS = 1000
+INLINE_EVENTS_LISTENED = 8
+INLINE_LOOKUPS = 64
 #: One statement of a group transaction and the cursor rows (group, partition, position) it sets.
 GroupWrite = tuple[str, Sequence[Any], list[tuple[Any, ...]]]
 SYNC_MODES = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
@@ -429,13 +436,16 @@ class SQLiteStorage(Storage):
             known, missing = self._cached(names)
             args = (self._head + 1, self._next_stream_id, created)
             with _translated():
+                events = sum(len(p.events) for op in ops for p in op)
                 if (
                     self.durability != "full"  # an fsync must not stall the event loop
                     and len(missing) <= INLINE_LOOKUPS
-                    and sum(len(p.events) for op in ops for p in op) <= INLINE_EVENTS
+                    and (
+                        events <= INLINE_EVENTS_LISTENED or (events <= INLINE_EVENTS and not self.listening())
+                    )
                 ):
-                    # A few events (and stream look-ups by the unique name index): committing
-                    # here costs less than the two thread switches of a hop to the writer.
+                    # No fsync, a bounded batch: committing here costs less than a hop to
+                    # the writer (see INLINE_EVENTS).
                     plan, fetched = self._append_sync(ops, known, missing, args)
                 else:
                     plan, fetched = await self._in_writer(self._append_sync, ops, known, missing, args)
