@@ -254,10 +254,10 @@ async def bench_appends(res: Results, a: argparse.Namespace) -> None:
         "tasks": (f"single appends from {window} tasks, each awaiting its own (append / publish / xadd)", ""),
         "flight": (
             f"single-event appends, {window} in flight (session / publish_async / pipeline)",
-            ">= 1x JetStream",
+            ">= 1x JetStream, >= 0.7x Redis",
         ),
         100: ("batches of 100 events per request", ""),
-        1000: ("batches of 1000 events per request, one request at a time", ">= 2x Redis and JetStream"),
+        1000: ("batches of 1000 events per request, one request at a time", ">= 2x JetStream, >= 1x Redis"),
         "1000x4": ("batches of 1000 events per request, 4 requests in flight", ""),
     }
     for k, (label, target) in labels.items():
