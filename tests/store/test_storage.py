@@ -33,7 +33,7 @@ from sluice_store.storage.base import (
     Storage,
     StreamFilter,
 )
-from sluice_store.storage.sqlite import INLINE_EVENTS, SQLiteStorage
+from sluice_store.storage.sqlite import INLINE_BYTES, INLINE_EVENTS, SQLiteStorage
 
 
 def event(type_: str = "T", client_id: bool = False, data: bytes = b"payload") -> NewEvent:
@@ -302,13 +302,15 @@ async def test_sqlite_commits_on_the_loop_thread_only_without_an_fsync_or_subscr
         await ok(s, [part("a", event())])  # a single event: here either way
         after_listened = hops.count("_append_sync")
         listening = False
-        await ok(s, [part("b", *[event() for _ in range(INLINE_EVENTS + 1)])])  # too big for here
+        await ok(s, [part("b", *[event() for _ in range(INLINE_EVENTS + 1)])])  # too many for here
+        big = b"x" * (INLINE_BYTES // 2 + 1)
+        await ok(s, [part("c", event(data=big), event(data=big))])  # too many bytes for here
         if durability == "full":  # an fsync never runs on the event loop
-            assert hops.count("_append_sync") == 4
+            assert hops.count("_append_sync") == 5
         else:
-            assert (after_quiet, after_listened, hops.count("_append_sync")) == (0, 1, 2)
+            assert (after_quiet, after_listened, hops.count("_append_sync")) == (0, 1, 3)
         # Whichever thread committed, the events are there, in order.
         rows, _, done = await s.read_all(1, False, 2000, StreamFilter(), False)
-        assert [r[P_POSITION] for r in rows] == list(range(1, 202 + INLINE_EVENTS + 1)) and done
+        assert [r[P_POSITION] for r in rows] == list(range(1, 204 + INLINE_EVENTS + 1)) and done
     finally:
         await s.close()

@@ -140,12 +140,14 @@ ROW_COLUMNS = "events.position, events.stream_id, events.revision, events.create
 CHECKPOINT_INTERVAL = 0.5  # seconds between WAL checkpoints while there are commits
 # Under `normal` (no fsync), a group commit of up to INLINE_EVENTS events runs on the event
 # loop thread when no live subscriber waits there for deliveries, and one of up to
-# INLINE_EVENTS_LISTENED when some do; larger ones, ones that must read more than
-# INLINE_LOOKUPS streams from the database, and every commit under `full` hop to the writer
-# thread. The hop costs thread switches and a GIL handed back and forth at every statement,
-# but lets the loop send deliveries between statements (README, "One writer connection").
+# INLINE_EVENTS_LISTENED events when some do, either with at most INLINE_BYTES of data. The
+# rest, commits that must read more than INLINE_LOOKUPS streams from the database, and every
+# commit under `full` hop to the writer thread. The hop costs thread switches and a GIL
+# handed back and forth at every statement, but lets the loop send deliveries between
+# statements (README, "One writer connection").
 INLINE_EVENTS = 1000
 INLINE_EVENTS_LISTENED = 8
+INLINE_BYTES = 1 << 20
 INLINE_LOOKUPS = 64
 #: One statement of a group transaction and the cursor rows (group, partition, position) it sets.
 GroupWrite = tuple[str, Sequence[Any], list[tuple[Any, ...]]]
@@ -440,9 +442,7 @@ class SQLiteStorage(Storage):
                 if (
                     self.durability != "full"  # an fsync must not stall the event loop
                     and len(missing) <= INLINE_LOOKUPS
-                    and (
-                        events <= INLINE_EVENTS_LISTENED or (events <= INLINE_EVENTS and not self.listening())
-                    )
+                    and self._may_inline(ops, events)
                 ):
                     # No fsync, a bounded batch: committing here costs less than a hop to
                     # the writer (see INLINE_EVENTS).
@@ -461,6 +461,14 @@ class SQLiteStorage(Storage):
             if plan.rows and self.listener is not None:
                 self.listener(plan.rows)
         return plan.outcomes
+
+    def _may_inline(self, ops: Sequence[list[AppendPart]], events: int) -> bool:
+        """Whether a commit may run on the event loop (see INLINE_EVENTS): small enough to
+        hold it a few milliseconds at most, and larger than a few events only while nobody
+        waits there for deliveries."""
+        if events > INLINE_EVENTS or (events > INLINE_EVENTS_LISTENED and self.listening()):
+            return False
+        return sum(len(e.data) for op in ops for p in op for e in p.events) <= INLINE_BYTES
 
     def _append_sync(
         self,
