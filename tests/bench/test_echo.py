@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from bench.harness import announced, process
-from bench.run import ROOT
+from bench.harness import ROOT, announced, process
 from sluice import Client, new_event
 from sluice.v1 import streams_pb2 as pb
 
