@@ -477,7 +477,9 @@ class SQLiteStorage(Storage):
         missing: list[str],
         args: tuple[int, int, int],
     ) -> tuple[Plan, dict[str, StreamMeta | None]]:
-        """(writer thread) Look up, plan, write and commit one group of appends."""
+        """(the writer connection, on its thread or inline: see INLINE_EVENTS) Look up, plan,
+        write and commit one group of appends; the helpers it calls, marked (writer thread),
+        run wherever it does."""
         assert self._writer is not None
         w = self._writer
         fetched = self._fetch_streams(missing) if missing else {}
