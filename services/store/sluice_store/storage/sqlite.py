@@ -438,11 +438,10 @@ class SQLiteStorage(Storage):
             known, missing = self._cached(names)
             args = (self._head + 1, self._next_stream_id, created)
             with _translated():
-                events = sum(len(p.events) for op in ops for p in op)
                 if (
                     self.durability != "full"  # an fsync must not stall the event loop
                     and len(missing) <= INLINE_LOOKUPS
-                    and self._may_inline(ops, events)
+                    and self._may_inline(ops)
                 ):
                     # No fsync, a bounded batch: committing here costs less than a hop to
                     # the writer (see INLINE_EVENTS).
@@ -462,10 +461,11 @@ class SQLiteStorage(Storage):
                 self.listener(plan.rows)
         return plan.outcomes
 
-    def _may_inline(self, ops: Sequence[list[AppendPart]], events: int) -> bool:
+    def _may_inline(self, ops: Sequence[list[AppendPart]]) -> bool:
         """Whether a commit may run on the event loop (see INLINE_EVENTS): small enough to
         hold it a few milliseconds at most, and larger than a few events only while nobody
         waits there for deliveries."""
+        events = sum(len(p.events) for op in ops for p in op)
         if events > INLINE_EVENTS or (events > INLINE_EVENTS_LISTENED and self.listening()):
             return False
         return sum(len(e.data) for op in ops for p in op for e in p.events) <= INLINE_BYTES
