@@ -197,6 +197,8 @@ const ROUND_ROBIN = JSON.stringify({ loadBalancingConfig: [{ round_robin: {} }] 
 
 /** Appends larger than this (estimated) go as their own call; also the most one session message packs. */
 const SESSION_MAX_BYTES = 1 << 20;
+/** The most appends one session message packs. */
+const SESSION_MAX_APPENDS = 1000;
 /** How long a client's shared session takes new appends before a fresh one replaces it. */
 const SESSION_MAX_AGE_MS = 60_000;
 
@@ -212,7 +214,9 @@ function appendSize(request) {
 /**
  * One AppendSession a client keeps open for its appends: each append is a message on the
  * call, not a call of its own, and appends made in the same turn of the event loop go out
- * together in one message. Results come back in order; a refused append fails alone.
+ * together in one message (split over several where the store asks for fewer per message:
+ * AppendSessionResponse.appends_per_message). Results come back in order; a refused append
+ * fails alone.
  */
 class SharedSession {
   constructor(client) {
@@ -223,6 +227,7 @@ class SharedSession {
     this.error = null;
     this.closing = false;
     this.scheduled = false;
+    this.storePerMessage = 0; // the most appends per message the store last asked for (0: none)
     this.call.on('data', (msg) => this._answer(msg));
     this.call.on('error', (err) => this._fail(fromGrpcError(err)));
     this.call.on('end', () =>
@@ -247,10 +252,11 @@ class SharedSession {
 
   _flush() {
     this.scheduled = false;
+    const most = Math.min(this.storePerMessage || SESSION_MAX_APPENDS, SESSION_MAX_APPENDS);
     while (this.queued.length && !this.error) {
       const batch = [];
       let size = 0;
-      while (this.queued.length && batch.length < 1000) {
+      while (this.queued.length && batch.length < most) {
         if (batch.length && size + this.queued[0].size > SESSION_MAX_BYTES) break;
         const next = this.queued.shift();
         batch.push(next);
@@ -262,6 +268,7 @@ class SharedSession {
   }
 
   _answer(msg) {
+    this.storePerMessage = msg.appends_per_message || 0;
     const batch = this.sent.shift() || [];
     msg.results.forEach((result, i) => {
       if (!batch[i]) return;

@@ -20,7 +20,9 @@ from sluice import (
     new_event,
 )
 from sluice.client import SHARED_SESSION_MAX_BYTES
+from sluice.v1 import streams_pb2 as pb
 from sluice_store.server import StoreServer
+from sluice_store.storage.sqlite import SESSION_APPENDS
 from tests.conftest import StoreFactory, StoreProcess, eventually
 from tests.ports import reserve_port
 
@@ -201,3 +203,56 @@ async def test_a_store_shutting_down_ends_the_session_instead_of_waiting_out_its
     await store2.start()
     async with Client(store2.addr, timeout=WAIT) as c:
         assert len(await c.read_list("g")) >= 1 + answered  # everything answered is stored
+
+
+@pytest.mark.parametrize("durability", ["normal", "full"])
+async def test_a_session_splits_its_messages_at_what_the_store_asks_for(
+    make_store: StoreFactory, backend: str, durability: str
+) -> None:
+    """A SQLite store committing on its event loop (``normal``, no live subscriber) asks for
+    SESSION_APPENDS appends per message, and the client splits what it has queued at that;
+    under ``full``, on PostgreSQL, or while a subscriber waits, it asks for nothing and the
+    queue goes as one message."""
+    store = await make_store(durability=durability)
+    asks = SESSION_APPENDS if backend == "sqlite" and durability == "normal" else 0
+    async with Client(store.address, timeout=WAIT) as c, c.session() as s:
+        await s.append("first", [new_event("E")])
+        assert s.store_per_message == asks
+        sizes: list[int] = []
+        write = s._call.write
+
+        async def counted(message: pb.AppendSessionRequest) -> None:
+            sizes.append(len(message.appends))
+            await write(message)
+
+        s._call.write = counted
+        n = 2 * SESSION_APPENDS + 44
+        results = await asyncio.gather(
+            *(s.send(f"split-{i % 8}", [new_event("E", {"i": i})]) for i in range(n))
+        )
+        assert sizes == ([SESSION_APPENDS, SESSION_APPENDS, 44] if asks else [n])
+        assert sorted(r.first_position for r in results) == [r.first_position for r in results]
+        for k in range(8):
+            events = await c.read_list(f"split-{k}")
+            assert [int(e.data.split(b":")[1].strip(b" }")) for e in events] == list(range(k, n, 8))
+
+        # A live subscriber: commits hop to the writer thread, and the store asks for nothing.
+        subscription = c.subscribe("split-0")
+        async with asyncio.timeout(WAIT):
+            async for item in subscription:
+                if isinstance(item, pb.CaughtUp):
+                    break
+            await s.append("split-0", [new_event("Live")])
+            assert s.store_per_message == 0
+            async for item in subscription:  # the subscriber was live: it gets the event
+                if isinstance(item, pb.RecordedEvent):
+                    assert item.type == "Live"
+                    break
+            await subscription.aclose()
+
+        async def unsubscribed() -> bool:
+            return len(store.broker) == 0
+
+        await eventually(unsubscribed, WAIT)
+        await s.append("third", [new_event("E")])
+        assert s.store_per_message == asks

@@ -131,6 +131,37 @@ test('concurrent appends share one session call, each with its own result', asyn
   assert.ok(client._session && client._session.usable, 'appends went over the shared session');
 });
 
+test('appends made together go as messages of at most what the store asks for', async () => {
+  // The store (SQLite, durability normal) asks for fewer appends per message once no live
+  // subscriber waits on it; the subscription of an earlier test may take a moment to end.
+  const deadline = Date.now() + 10_000;
+  await client.append(`${stream}-ask`, [newEvent('E')]);
+  while (!client._session.storePerMessage) {
+    assert.ok(Date.now() < deadline, 'the store asked for no smaller messages');
+    await client.append(`${stream}-ask`, [newEvent('E')]);
+  }
+  const session = client._session;
+  const asked = session.storePerMessage;
+  const sizes = [];
+  const write = session.call.write.bind(session.call);
+  session.call.write = (message) => {
+    sizes.push(message.appends.length);
+    return write(message);
+  };
+  const n = 2 * asked + 44;
+  const results = await Promise.all(
+    Array.from({ length: n }, (_, i) => client.append(`${stream}-split-${i % 4}`, [newEvent('E', { i })])),
+  );
+  session.call.write = write;
+  assert.deepEqual(sizes, [asked, asked, 44]);
+  assert.equal(new Set(results.map((r) => r.first_position)).size, n);
+  const events = await client.readList(`${stream}-split-1`);
+  assert.deepEqual(
+    events.map((e) => JSON.parse(e.data).i),
+    Array.from({ length: n / 4 }, (_, k) => 1 + 4 * k),
+  );
+});
+
 test('a refused append on the shared session fails alone, with its details', async () => {
   const name = `${stream}-alone`;
   await client.append(name, [newEvent('Opened')]);

@@ -740,7 +740,9 @@ class AppendSession:
 
     Appends queued while the previous message is being written go out together in the
     next message (up to ``max_per_message`` appends and ``max_message_bytes``), so the
-    per-message cost is shared when many are in flight.
+    per-message cost is shared when many are in flight. Where the store asks for fewer per
+    message (AppendSessionResponse.appends_per_message), more queued go out as several
+    messages, so it commits one while the next arrives.
     """
 
     max_per_message = 1000
@@ -761,6 +763,8 @@ class AppendSession:
         self._writer: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[None] | None = None
         self._error: SluiceError | None = None
+        #: The most appends per message the store asked for in its last response (0: none).
+        self.store_per_message = 0
         #: When the call was opened (the event loop's clock).
         self.opened = 0.0
 
@@ -794,7 +798,8 @@ class AppendSession:
                 while queued:
                     batch: list[tuple[pb.AppendRequest, asyncio.Future[pb.AppendResponse]]] = []
                     size = 0
-                    while queued and len(batch) < self.max_per_message:
+                    most = min(self.store_per_message or self.max_per_message, self.max_per_message)
+                    while queued and len(batch) < most:
                         if batch and size + queued[0][1] > self.max_message_bytes:
                             break
                         request, n, fut = queued.popleft()
@@ -811,6 +816,7 @@ class AppendSession:
     async def _read(self) -> None:
         try:
             async for resp in self._call:
+                self.store_per_message = resp.appends_per_message
                 sent = self._sent.popleft()
                 for (_, fut), result in zip(sent, resp.results, strict=True):
                     if fut.done():  # its caller gave up waiting (cancelled or timed out)

@@ -305,6 +305,7 @@ class StreamsService:
         closing = asyncio.create_task(self.closing.wait())
         closing.add_done_callback(lambda _: reader.cancel())
         code = "UNKNOWN"
+        per_message = self.storage.appends_per_message
         try:
             while (items := await inflight.get()) is not None:
                 response = pb.AppendSessionResponse()
@@ -315,6 +316,8 @@ class StreamsService:
                         add(error=to_status(outcome))
                     else:
                         self._response(outcome[0], add().success)
+                if hint := per_message():
+                    response.appends_per_message = hint
                 yield response
             if self.closing.is_set():
                 code = "UNAVAILABLE"

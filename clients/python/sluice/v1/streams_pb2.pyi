@@ -512,6 +512,14 @@ class AppendSessionResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RESULTS_FIELD_NUMBER: _builtins.int
+    APPENDS_PER_MESSAGE_FIELD_NUMBER: _builtins.int
+    appends_per_message: _builtins.int
+    """The most appends the store would now take in one request message (0: no preference).
+    A client holding more splits them over several messages: the store then commits one
+    while the next arrives, where one message at a time leaves the store and the client
+    waiting on each other. Set only where smaller commits cost the store no more (no fsync
+    per commit); it may change from one response to the next.
+    """
     @_builtins.property
     def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___AppendResult]:
         """One result per append of the request message it answers, in the same order."""
@@ -520,10 +528,11 @@ class AppendSessionResponse(_message.Message):
         self,
         *,
         results: _abc.Iterable[Global___AppendResult] | None = ...,
+        appends_per_message: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["appends_per_message", b"appends_per_message", "results", b"results"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

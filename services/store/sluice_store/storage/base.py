@@ -251,6 +251,11 @@ class Storage(abc.ABC):
     #: other processes' commits back to feed it may skip the read when not.
     listening: Callable[[], bool] = staticmethod(lambda: True)
 
+    def appends_per_message(self) -> int:
+        """The most appends an append session's client should pack in one message now (0:
+        no preference); see AppendSessionResponse.appends_per_message."""
+        return 0
+
     @property
     @abc.abstractmethod
     def head_position(self) -> int:

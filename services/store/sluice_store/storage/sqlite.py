@@ -149,6 +149,12 @@ INLINE_EVENTS = 1000
 INLINE_EVENTS_LISTENED = 8
 INLINE_BYTES = 1 << 20
 INLINE_LOOKUPS = 64
+# While commits run on the event loop, an append session's client is asked to pack at most
+# this many appends per message: the store commits one message while the next arrives,
+# where a window of 256 appends in one message left the store and the client waiting on
+# each other (README, "One writer connection"). Not asked when commits hop to the writer
+# thread or fsync: there a commit per smaller message costs more than the overlap gains.
+SESSION_APPENDS = 128
 #: One statement of a group transaction and the cursor rows (group, partition, position) it sets.
 GroupWrite = tuple[str, Sequence[Any], list[tuple[Any, ...]]]
 SYNC_MODES = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
@@ -460,6 +466,9 @@ class SQLiteStorage(Storage):
             if plan.rows and self.listener is not None:
                 self.listener(plan.rows)
         return plan.outcomes
+
+    def appends_per_message(self) -> int:
+        return SESSION_APPENDS if self.durability != "full" and not self.listening() else 0
 
     def _may_inline(self, ops: Sequence[list[AppendPart]]) -> bool:
         """Whether a commit may run on the event loop (see INLINE_EVENTS): small enough to
