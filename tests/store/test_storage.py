@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -131,6 +132,34 @@ async def test_delete_then_append_again_and_tombstones_for_good(storage: Storage
         await storage.set_retention("a", Policy(max_count=1))
     meta = await storage.stream("a")
     assert meta is not None and meta.state == State.TOMBSTONED and not meta.own
+
+
+async def test_a_reopened_storage_reads_back_what_appends_wrote_of_each_stream(
+    storage: Storage, db_url: Callable[[str], str]
+) -> None:
+    await ok(storage, [part("a", event(), event())], [part("b")])  # two new streams
+    await ok(storage, [part("a")], [part("c")])  # one written before and one new, in one commit
+    await storage.delete_stream("b", Expect.ANY, 0, tombstone=False)
+    await ok(storage, [part("b")])  # deleted, then active again
+    await storage.set_retention("c", Policy(max_count=5))
+    await ok(storage, [part("c")], [part("a")])
+    before = {name: await storage.stream(name) for name in "abc"}
+    head = storage.head_position
+    await storage.close()
+    again = open_storage(Settings(db=db_url("conformance"), durability="normal"))
+    await again.open()
+    try:
+        for name, meta in before.items():
+            read = await again.stream(name)
+            assert meta is not None and read is not None
+            fields = ("id", "last_revision", "last_position", "state", "own", "created_us", "updated_us")
+            assert [getattr(read, f) for f in fields] == [getattr(meta, f) for f in fields], name
+        assert [before[n].last_revision for n in "abc"] == [3, 1, 1]  # type: ignore[union-attr]
+        assert before["b"].state == State.ACTIVE  # type: ignore[union-attr]
+        ((a,),) = await ok(again, [part("a", expect=Expect.EXACT, revision=3)])
+        assert (a.first_revision, a.first_position) == (4, head + 1)
+    finally:
+        await again.close()
 
 
 async def test_retention_hides_then_reclaim_removes(storage: Storage) -> None:
@@ -314,3 +343,26 @@ async def test_sqlite_commits_on_the_loop_thread_only_without_an_fsync_or_subscr
         assert [r[P_POSITION] for r in rows] == list(range(1, 204 + INLINE_EVENTS + 1)) and done
     finally:
         await s.close()
+
+
+async def test_sqlite_writes_a_known_streams_row_whole_when_it_is_gone(tmp_path: Path) -> None:
+    """Appends to a stream the store holds update only what an append changes; a row that
+    went missing behind its back (edited by hand, say) is written again whole, not lost."""
+    path = str(tmp_path / "rows.db")
+    s = SQLiteStorage(path, durability="normal")
+    await s.open()
+    try:
+        await ok(s, [part("a", event(), event())], [part("b")])
+        with contextlib.closing(sqlite3.connect(path)) as side, side:
+            side.execute("DELETE FROM streams WHERE name = 'a'")
+        await ok(s, [part("a")], [part("b")])
+    finally:
+        await s.close()
+    again = SQLiteStorage(path, durability="normal")
+    await again.open()
+    try:
+        a, b = await again.stream("a"), await again.stream("b")
+        assert a is not None and (a.last_revision, a.last_position) == (2, 4)
+        assert b is not None and (b.last_revision, b.last_position) == (1, 5)
+    finally:
+        await again.close()

@@ -131,6 +131,12 @@ ON CONFLICT (id) DO UPDATE SET
     bytes_floor = excluded.bytes_floor, first_stored = excluded.first_stored,
     retention = excluded.retention, updated_us = excluded.updated_us
 """
+# What an append changes in a stream that exists (SAVE_STREAM writes every column, and
+# makes the row of a new one).
+APPEND_STREAM = (
+    "UPDATE streams SET last_revision = ?, last_position = ?, state = ?, bytes_floor = ?, updated_us = ?"
+    " WHERE id = ?"
+)
 # Binds an EventRow by number; ?7, the stream name, is not stored per event.
 INSERT_EVENT = (
     "INSERT INTO events (position, stream_id, revision, created_us, head, data, type, event_id, size)"
@@ -174,6 +180,18 @@ def _params(meta: StreamMeta) -> tuple[Any, ...]:
         meta.created_us,
         meta.updated_us,
         name_hash(meta.name),
+    )
+
+
+def _append_params(meta: StreamMeta) -> tuple[int, ...]:
+    """APPEND_STREAM's parameters."""
+    return (
+        meta.last_revision,
+        meta.last_position,
+        int(meta.state),
+        meta.bytes_floor,
+        meta.updated_us,
+        meta.id,
     )
 
 
@@ -497,27 +515,35 @@ class SQLiteStorage(Storage):
         if plan.check_ids:
             plan = plan_append(ops, known, *args, self.prefix_rules, self._stored_ids(ops))
         try:
-            self._write(plan)
+            self._write(plan, args[1])
         except sqlite3.IntegrityError:
             # An event id is already stored: look them up and plan again knowing them.
             w.rollback()
             plan = plan_append(ops, known, *args, self.prefix_rules, self._stored_ids(ops))
-            self._write(plan)
+            self._write(plan, args[1])
         except BaseException:
             w.rollback()
             raise
         return plan, fetched
 
-    def _write(self, plan: Plan) -> None:
+    def _write(self, plan: Plan, first_new_id: int) -> None:
+        """(writer thread) The plan's events and streams, committed; streams with ids from
+        ``first_new_id`` on are new."""
         assert self._writer is not None
         w = self._writer
         if not plan.rows:
             return
         w.executemany(INSERT_EVENT, plan.rows)
+        changed = []
         for meta in plan.streams.values():
             if meta.policy.max_bytes:
                 meta.bytes_floor = self._bytes_floor(meta)
-        w.executemany(SAVE_STREAM, [_params(m) for m in plan.streams.values()])
+            if meta.id < first_new_id:
+                changed.append(_append_params(meta))
+            else:
+                w.execute(SAVE_STREAM, _params(meta))
+        if w.executemany(APPEND_STREAM, changed).rowcount != len(changed):  # a row gone: write them whole
+            w.executemany(SAVE_STREAM, [_params(m) for m in plan.streams.values() if m.id < first_new_id])
         w.commit()
 
     def _bytes_floor(self, meta: StreamMeta) -> int:
