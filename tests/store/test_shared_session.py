@@ -155,23 +155,23 @@ async def test_a_store_that_does_not_answer_times_out_the_append(make_store: Sto
         stalled = c._session
         assert stalled is not None
         gate = asyncio.Event()
-        submit = store.service.committer.submit
+        submit = store.service.committer.submit_many  # what a session's message goes to
 
-        def held(parts: object) -> asyncio.Future[object]:
+        def held(ops: object) -> asyncio.Future[object]:
             fut: asyncio.Future[object] = asyncio.get_running_loop().create_future()
 
             async def later() -> None:
                 await gate.wait()
-                fut.set_result(await submit(parts))  # type: ignore[arg-type]
+                fut.set_result(await submit(ops))  # type: ignore[arg-type]
 
             asyncio.get_running_loop().create_task(later())
             return fut
 
-        store.service.committer.submit = held  # type: ignore[method-assign,assignment]
+        store.service.committer.submit_many = held  # type: ignore[method-assign,assignment]
         with pytest.raises(SluiceError) as err:
             await c.append("t", [new_event("E")])
         assert err.value.code.name == "DEADLINE_EXCEEDED"
-        store.service.committer.submit = submit  # type: ignore[method-assign]
+        store.service.committer.submit_many = submit  # type: ignore[method-assign]
         gate.set()
 
         async def held_stored() -> bool:  # the timed-out append still lands, first

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import grpc
 
@@ -57,6 +59,10 @@ from sluice_store.storage.planner import validate_new_event_ids
 from sluice_store.subscriptions import Subscriptions
 
 log = logging.getLogger(__name__)
+
+#: What an append session makes of a message: its appends, each checked or refused, and
+#: the commit of the checked ones (None when there are none; a StoreError when refused).
+Submitted = tuple[list[AppendPart | StoreError], asyncio.Future[list[Outcome]] | StoreError | None]
 
 #: A Broadcast message without ``expires`` lives this long.
 DEFAULT_EPHEMERAL_TTL_NS = 30 * 10**9
@@ -231,6 +237,20 @@ class StreamsService:
         validate_new_event_ids(parts)
         return self.committer.submit(parts)
 
+    def _session_part(self, req: pb.AppendRequest, principal: Any, peer: str) -> AppendPart | StoreError:
+        """One append of a session message, checked, or why it is refused."""
+        try:
+            check_request(req)
+            if self.access.enabled:
+                self.access.check(principal, [("append", req.stream, "streams")], peer)
+            self._check_request_size(req.ByteSize())
+            part = self._part(req)
+            if len(part.events) > 1:
+                validate_new_event_ids([part])
+            return part
+        except StoreError as e:
+            return e
+
     async def _append(self, parts: list[AppendPart]) -> list[pb.AppendResponse]:
         outcome = await self._submit(parts)
         if isinstance(outcome, StoreError):
@@ -267,7 +287,9 @@ class StreamsService:
         requests: AsyncIterator[pb.AppendSessionRequest | Undecodable],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.AppendSessionResponse]:
-        inflight: asyncio.Queue[list[asyncio.Future[Outcome] | StoreError] | None] = asyncio.Queue(1024)
+        #: Per message read: its appends, each checked (AppendPart) or refused (StoreError),
+        #: and the commit of the checked ones (one future for them all), or why it failed.
+        inflight: asyncio.Queue[Submitted | None] = asyncio.Queue(1024)
         access = self.access
         started = time.perf_counter()
         try:
@@ -278,23 +300,22 @@ class StreamsService:
             return
         peer = context.peer() if access.enabled else ""
 
-        def submit(req: pb.AppendRequest) -> asyncio.Future[Outcome] | StoreError:
-            try:
-                check_request(req)
-                if access.enabled:
-                    access.check(principal, [("append", req.stream, "streams")], peer)
-                self._check_request_size(req.ByteSize())
-                return self._submit([self._part(req)])
-            except StoreError as e:
-                return e
+        def submit(msg: pb.AppendSessionRequest) -> Submitted:
+            items = [self._session_part(req, principal, peer) for req in msg.appends]
+            ops = [[item] for item in items if not isinstance(item, StoreError)]
+            if not ops:
+                return items, None
+            if not self.has_room():
+                return items, StorageFull("the disk is full: appends resume once space is freed")
+            return items, self.committer.submit_many(ops)
 
         async def pump() -> None:
             try:
                 async for msg in requests:
                     if isinstance(msg, Undecodable):
-                        await inflight.put([refuse_undecodable(msg)])
+                        await inflight.put(([refuse_undecodable(msg)], None))
                         continue
-                    await inflight.put([submit(req) for req in msg.appends])
+                    await inflight.put(submit(msg))
             finally:
                 await inflight.put(None)
 
@@ -307,11 +328,17 @@ class StreamsService:
         code = "UNKNOWN"
         per_message = self.storage.appends_per_message
         try:
-            while (items := await inflight.get()) is not None:
+            while (submitted := await inflight.get()) is not None:
+                items, commit = submitted
+                outcomes: Iterator[Outcome] = iter(())
+                if isinstance(commit, StoreError):
+                    outcomes = itertools.repeat(commit)
+                elif commit is not None:
+                    outcomes = iter(await commit)
                 response = pb.AppendSessionResponse()
                 add = response.results.add
                 for item in items:
-                    outcome = item if isinstance(item, StoreError) else await item
+                    outcome = item if isinstance(item, StoreError) else next(outcomes)
                     if isinstance(outcome, StoreError):
                         add(error=to_status(outcome))
                     else:
