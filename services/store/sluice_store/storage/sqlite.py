@@ -158,7 +158,7 @@ INLINE_LOOKUPS = 64
 # While commits run on the event loop, an append session's client is asked to pack at most
 # this many appends per message: the store commits one message while the next arrives,
 # where a window of 256 appends in one message left the store and the client waiting on
-# each other (README, "One writer connection"). Not asked when commits hop to the writer
+# each other (README, "Append sessions pack"). Not asked when commits hop to the writer
 # thread or fsync: there a commit per smaller message costs more than the overlap gains.
 SESSION_APPENDS = 128
 #: One statement of a group transaction and the cursor rows (group, partition, position) it sets.
