@@ -174,15 +174,20 @@ async def jetstream(name: str) -> AsyncIterator[tuple[Any, Any, str]]:
         await nc.close()
 
 
-def redis_client() -> aioredis.Redis:
-    """A client whose callers wait for a free connection instead of failing when all are busy."""
+def redis_client(blocking: bool = True) -> aioredis.Redis:
+    """A client whose callers wait for a free connection instead of failing when all are
+    busy; ``blocking=False``: one that opens another instead, for a few callers at a time
+    that get cancelled (cancelling callers that wait on redis-py's asyncio blocking pool can
+    leave its lock held for good, redis/redis-py#3056: a run hung on it)."""
+    if not blocking:
+        return aioredis.Redis.from_url(REDIS_URL)
     pool = aioredis.BlockingConnectionPool.from_url(REDIS_URL, max_connections=64, timeout=60)
     return aioredis.Redis(connection_pool=pool)
 
 
 @contextlib.asynccontextmanager
-async def redis_stream(name: str) -> AsyncIterator[tuple[Any, str]]:
-    r = redis_client()
+async def redis_stream(name: str, blocking: bool = True) -> AsyncIterator[tuple[Any, str]]:
+    r = redis_client(blocking)
     key = f"bench:{name}:{uuid.uuid4().hex[:8]}"
     try:
         yield r, key

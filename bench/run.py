@@ -390,8 +390,9 @@ async def bench_latency(res: Results, a: argparse.Namespace) -> None:
             waiter.cancel()
             raise TimeoutError(f"the subscriber saw {len(lat)} of {n} events")
         sub.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sub
+        await asyncio.wait({sub}, timeout=30)
+        if not sub.done():
+            raise TimeoutError("the subscriber did not stop within 30 s of being cancelled")
         return statistics.median(lat), pct(lat, 0.99)
 
     sluice_by: dict[str, tuple[float, float]] = {}
@@ -478,8 +479,8 @@ async def bench_latency(res: Results, a: argparse.Namespace) -> None:
 
         jet = await measure(j_sub, j_send)
 
-    async with redis_stream("live") as (r, key):
-        reader = redis_client()
+    async with redis_stream("live", blocking=False) as (r, key):
+        reader = redis_client(blocking=False)
 
         async def r_sub(lat: list[float], ready: asyncio.Event) -> None:
             last = "0-0"  # the key is new and empty: every entry counts
