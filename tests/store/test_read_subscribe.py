@@ -18,6 +18,7 @@ from sluice import (
     START,
     Client,
     InvalidArgument,
+    LimitExceeded,
     Position,
     Revision,
     StoreReplaced,
@@ -26,6 +27,7 @@ from sluice import (
 )
 from sluice.client import SubscriptionItem
 from sluice.v1 import streams_pb2 as pb
+from sluice_store import config
 from sluice_store.server import StoreServer
 from tests.conftest import StoreFactory, eventually
 
@@ -469,3 +471,41 @@ async def test_the_client_says_when_the_store_at_its_address_was_replaced(
             await c2.read_list()
         assert replaced.value.metadata["previous_store_id"] == known != c2.store_id
         assert await c2.read_list() == []  # told once; it follows the new store from then on
+
+
+async def test_subscriptions_past_max_subscriptions_are_refused_until_one_ends(
+    make_store: StoreFactory,
+) -> None:
+    store: StoreServer = await make_store(max_subscriptions=2)
+    async with Client(store.address, timeout=WAIT) as c:
+        await c.append("s", [new_event("E")])
+        open_ = [c.subscribe("s", start=START), c.subscribe("", start=START)]
+        async with asyncio.timeout(WAIT):
+            for sub in open_:  # both served: each catches up
+                async for item in sub:
+                    if isinstance(item, pb.CaughtUp):
+                        break
+            with pytest.raises(LimitExceeded) as refused:
+                async for _ in c.subscribe("s", start=START):
+                    pass
+            assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert refused.value.metadata["limit"] == "max_subscriptions"
+            assert refused.value.metadata["max"] == "2"
+            await open_[0].aclose()
+
+            async def room() -> bool:
+                return store.service.subscriptions.open < 2
+
+            await eventually(room, WAIT)
+            async for item in c.subscribe("s", start=START):  # a place is free again
+                if isinstance(item, pb.RecordedEvent):
+                    assert item.stream == "s"
+                    break
+            await open_[1].aclose()
+
+
+def test_max_subscriptions_is_zero_for_no_limit_or_a_positive_count() -> None:
+    assert config.load([]).max_subscriptions == 0
+    assert config.load(["--max-subscriptions", "5"]).max_subscriptions == 5
+    with pytest.raises(config.ConfigError, match="SLUICE_MAX_SUBSCRIPTIONS"):
+        config.load([], {"SLUICE_MAX_SUBSCRIPTIONS": "-1"})

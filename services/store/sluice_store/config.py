@@ -67,6 +67,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_read_batch", int, "most events in one Read/Subscribe message"),
     Option("subscriber_buffer", int, "live events buffered per subscriber before catch-up"),
     Option(
+        "max_subscriptions",
+        int,
+        "most Subscribe calls open at once in this process; more are refused with"
+        " LIMIT_EXCEEDED (0: no limit)",
+    ),
+    Option(
         "disk_reserve",
         int,
         "SQLite: bytes kept in a file beside the database and freed when the disk fills, so the"
@@ -125,6 +131,7 @@ class Settings(ServerSecurity, ProcessSettings):
     max_stream_name: int = 256
     max_read_batch: int = 1000
     subscriber_buffer: int = 10_000
+    max_subscriptions: int = 0
     disk_reserve: int = 16 << 20
     ephemeral_buffer_bytes: int = 4 << 20
     ephemeral_total_bytes: int = 64 << 20
@@ -157,6 +164,10 @@ class Settings(ServerSecurity, ProcessSettings):
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: must be positive, got {getattr(self, name)}")
+        if self.max_subscriptions < 0:
+            raise ConfigError(
+                f"max_subscriptions: must be 0 (no limit) or more, got {self.max_subscriptions}"
+            )
         if self.max_stream_name > NAME_LIMIT:
             raise ConfigError(f"max_stream_name: at most {NAME_LIMIT}, got {self.max_stream_name}")
         if self.max_event_bytes > self.max_request_bytes:

@@ -11,7 +11,7 @@ from sluice.v1 import streams_pb2 as pb
 from sluice_store import positions
 from sluice_store.broker import Broker, LiveSubscription
 from sluice_store.config import Settings
-from sluice_store.errors import InvalidArgument
+from sluice_store.errors import InvalidArgument, LimitExceeded
 from sluice_store.positions import start_point, stream_filter
 from sluice_store.retention import now_us
 from sluice_store.rpc import Response, timestamp
@@ -28,8 +28,25 @@ class Subscriptions:
         self.broker = broker
         self.settings = settings
         self.check_name = check_name  # the stream-name rules, as appends apply them
+        self.open = 0  # Subscribe calls being served (catching up or live)
 
     async def Subscribe(self, request: pb.SubscribeRequest) -> AsyncIterator[Response]:
+        most = self.settings.max_subscriptions
+        if most and self.open >= most:
+            raise LimitExceeded(
+                f"{self.open} subscriptions are open in this store process; max_subscriptions is {most}",
+                limit="max_subscriptions",
+                value=self.open,
+                max=most,
+            )
+        self.open += 1
+        try:
+            async for msg in self._subscribe(request):
+                yield msg
+        finally:
+            self.open -= 1
+
+    async def _subscribe(self, request: pb.SubscribeRequest) -> AsyncIterator[Response]:
         s = self.settings
         stream = request.stream
         heartbeat = (request.heartbeat_interval_ms / 1000) or s.heartbeat_interval
