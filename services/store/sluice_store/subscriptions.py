@@ -4,7 +4,8 @@ duplicate, fall back to catching up when a subscriber falls behind."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 from sluice import eventbytes
 from sluice.v1 import streams_pb2 as pb
@@ -41,12 +42,14 @@ class Subscriptions:
             )
         self.open += 1
         try:
-            async for msg in self._subscribe(request):
-                yield msg
+            # Closed here, not when collected: it unregisters its live subscription.
+            async with contextlib.aclosing(self._subscribe(request)) as messages:
+                async for msg in messages:
+                    yield msg
         finally:
             self.open -= 1
 
-    async def _subscribe(self, request: pb.SubscribeRequest) -> AsyncIterator[Response]:
+    async def _subscribe(self, request: pb.SubscribeRequest) -> AsyncGenerator[Response, None]:
         s = self.settings
         stream = request.stream
         heartbeat = (request.heartbeat_interval_ms / 1000) or s.heartbeat_interval
