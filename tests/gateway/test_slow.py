@@ -148,9 +148,14 @@ async def test_published_messages_reach_connected_subscribers_only_and_expire(
     assert not any(isinstance(i, pb.EphemeralMessage) for i in other_items)
 
     # A message that waits longer than its time to live in a stalled subscriber's queue is dropped.
+    # The stalled subscriber has a connection of its own whose receive window stays small (as
+    # in the test above). On the shared, auto-tuned one the windows can grow and let the
+    # gateway send the short message before it expires: the one way the loop below never
+    # ends, which one run under load met (60 s without the drop).
+    slow = GatewayClient(gateway.addr, timeout=10, options=STALLED)
     req = gwpb.WatchRequest(stream_prefixes=["big-", "chat."], buffer_size=100_000, heartbeat_interval_ms=100)
     req.live.SetInParent()
-    stalled = gw.watch_messages(req)
+    stalled = slow.watch_messages(req)
     assert (await asyncio.wait_for(anext(stalled), 10)).WhichOneof("content") == "caught_up"
     appended = await append_big(store_client)  # fills the windows: the gateway now queues for it
 
@@ -169,14 +174,19 @@ async def test_published_messages_reach_connected_subscribers_only_and_expire(
     await asyncio.sleep(max(0.0, m.expires.ToNanoseconds() - time.time_ns()) / 1e9)
     seen: list[str] = []
     dropped = 0
-    async with asyncio.timeout(60):
-        async for msg in stalled:
-            if msg.WhichOneof("content") == "ephemeral":
-                seen += [m.type for m in msg.ephemeral.messages]
-            elif msg.WhichOneof("content") == "ephemeral_dropped":
-                dropped += msg.ephemeral_dropped.count
-            if "Long" in seen and msg.position > appended[-1] and dropped:
-                break
+    try:
+        async with asyncio.timeout(60):
+            async for msg in stalled:
+                if msg.WhichOneof("content") == "ephemeral":
+                    seen += [m.type for m in msg.ephemeral.messages]
+                elif msg.WhichOneof("content") == "ephemeral_dropped":
+                    dropped += msg.ephemeral_dropped.count
+                if "Long" in seen and msg.position > appended[-1] and dropped:
+                    break
+    except TimeoutError:
+        pytest.fail(f"in 60 s the stalled subscriber got {seen} and {dropped} dropped")
+    finally:
+        await slow.close()
     assert seen == ["Long"] and dropped == 1  # the expired one is not sent, and the subscriber is told
     await matching.aclose()
     await other.aclose()
