@@ -230,10 +230,16 @@ class StreamsService:
             out.duplicate = True
         return out
 
+    def _full(self) -> StorageFull | None:
+        """Why appends are refused now (the disk is full), or None."""
+        return (
+            None if self.has_room() else StorageFull("the disk is full: appends resume once space is freed")
+        )
+
     def _submit(self, parts: list[AppendPart]) -> asyncio.Future[Outcome]:
         """Hand parts to the group commit (the checks every append path makes first)."""
-        if not self.has_room():
-            raise StorageFull("the disk is full: appends resume once space is freed")
+        if full := self._full():
+            raise full
         validate_new_event_ids(parts)
         return self.committer.submit(parts)
 
@@ -305,9 +311,7 @@ class StreamsService:
             ops = [[item] for item in items if not isinstance(item, StoreError)]
             if not ops:
                 return items, None
-            if not self.has_room():
-                return items, StorageFull("the disk is full: appends resume once space is freed")
-            return items, self.committer.submit_many(ops)
+            return items, self._full() or self.committer.submit_many(ops)
 
         async def pump() -> None:
             try:

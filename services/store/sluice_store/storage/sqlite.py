@@ -534,16 +534,15 @@ class SQLiteStorage(Storage):
         if not plan.rows:
             return
         w.executemany(INSERT_EVENT, plan.rows)
-        changed = []
+        known: list[StreamMeta] = []
+        created: list[StreamMeta] = []
         for meta in plan.streams.values():
             if meta.policy.max_bytes:
                 meta.bytes_floor = self._bytes_floor(meta)
-            if meta.id < first_new_id:
-                changed.append(_append_params(meta))
-            else:
-                w.execute(SAVE_STREAM, _params(meta))
-        if w.executemany(APPEND_STREAM, changed).rowcount != len(changed):  # a row gone: write them whole
-            w.executemany(SAVE_STREAM, [_params(m) for m in plan.streams.values() if m.id < first_new_id])
+            (known if meta.id < first_new_id else created).append(meta)
+        w.executemany(SAVE_STREAM, [_params(m) for m in created])
+        if w.executemany(APPEND_STREAM, [_append_params(m) for m in known]).rowcount != len(known):
+            w.executemany(SAVE_STREAM, [_params(m) for m in known])  # a row gone: write them whole
         w.commit()
 
     def _bytes_floor(self, meta: StreamMeta) -> int:
