@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import re
 import sqlite3
 import uuid
@@ -19,6 +20,7 @@ from sluice_store.config import Settings
 from sluice_store.errors import DuplicateEventId, StreamDeleted, StreamNotFound, WrongExpectedRevision
 from sluice_store.retention import Policy
 from sluice_store.storage import open_storage
+from sluice_store.storage import sqlite as sqlite_storage
 from sluice_store.storage.base import (
     P_POSITION,
     P_REVISION,
@@ -366,3 +368,50 @@ async def test_sqlite_writes_a_known_streams_row_whole_when_it_is_gone(tmp_path:
         assert b is not None and (b.last_revision, b.last_position) == (1, 5)
     finally:
         await again.close()
+
+
+async def test_sqlite_starts_its_wal_over_while_commits_never_pause(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint beside commits that never pause never finds the WAL wholly copied, so
+    SQLite would never write it from its start again: it would grow without end. Past a
+    size the store holds appends for the last bit, and the WAL starts over; nothing is lost."""
+    monkeypatch.setattr(sqlite_storage, "CHECKPOINT_INTERVAL", 0.005)
+    monkeypatch.setattr(sqlite_storage, "WAL_RESTART_FRAMES", 64)
+    path = str(tmp_path / "wal.db")
+    s = SQLiteStorage(path, durability="normal")
+    await s.open()
+    passes: list[int] = []  # frames in the WAL at each checkpoint
+    started_over = asyncio.Event()
+    checkpoint = s._checkpoint
+
+    async def watched() -> tuple[int, int, int]:
+        busy, frames, copied = await checkpoint()
+        passes.append(frames)
+        if sum(b < a for a, b in itertools.pairwise(passes)) >= 3:  # it started over thrice
+            started_over.set()
+        return busy, frames, copied
+
+    s._checkpoint = watched  # type: ignore[method-assign]
+    appended = 0
+
+    async def keep_appending() -> None:
+        nonlocal appended
+        while True:
+            await ok(s, [part(f"s{appended % 8}", event(data=b"x" * 3000))])
+            appended += 1
+            await asyncio.sleep(0)
+
+    writer = asyncio.create_task(keep_appending())
+    try:
+        async with asyncio.timeout(30):
+            await started_over.wait()
+    finally:
+        writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await writer
+    try:
+        rows, _, done = await s.read_all(1, False, appended + 10, StreamFilter(), False)
+        assert [r[P_POSITION] for r in rows] == list(range(1, appended + 1)) and done
+    finally:
+        await s.close()

@@ -144,6 +144,15 @@ INSERT_EVENT = (
 )
 ROW_COLUMNS = "events.position, events.stream_id, events.revision, events.created_us, events.head, {data}"
 CHECKPOINT_INTERVAL = 0.5  # seconds between WAL checkpoints while there are commits
+# Under a steady stream of commits a PASSIVE checkpoint never finds the WAL wholly copied
+# (each commit adds frames while it copies), so SQLite never starts the WAL over: it grows
+# without end, and every page lookup searches its index, one hash table per 4,096 frames,
+# so each commit costs more than the one before. Once the WAL holds WAL_RESTART_FRAMES,
+# and a checkpoint left at most WAL_CATCH_UP_FRAMES uncopied, the next one holds appends
+# while it copies that rest; the commit after it then writes the WAL from its start, and
+# SQLite truncates the file to WAL_RESTART_FRAMES pages (journal_size_limit).
+WAL_RESTART_FRAMES = 16_384
+WAL_CATCH_UP_FRAMES = 2_048
 # Under `normal` (no fsync), a group commit of up to INLINE_EVENTS events runs on the event
 # loop thread when no live subscriber waits there for deliveries, and one of up to
 # INLINE_EVENTS_LISTENED events when some do, either with at most INLINE_BYTES of data. The
@@ -320,6 +329,8 @@ class SQLiteStorage(Storage):
         # Checkpoints run on their own connection and thread (see _checkpoints), not inside
         # a commit on the write path, where they would stall appends for tens of ms.
         w.execute("PRAGMA wal_autocheckpoint = 0")
+        page_size = w.execute("PRAGMA page_size").fetchone()[0]
+        w.execute(f"PRAGMA journal_size_limit = {WAL_RESTART_FRAMES * (page_size + 24)}")
         w.executescript(SCHEMA)
         rows = w.execute("SELECT version FROM schema_version").fetchall()
         if not rows:
@@ -375,9 +386,20 @@ class SQLiteStorage(Storage):
                 continue
             self._commits = 0
             try:
-                await self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                _, frames, copied = await self._checkpoint()
+                if frames >= WAL_RESTART_FRAMES and frames - copied <= WAL_CATCH_UP_FRAMES:
+                    await self._checkpoint()  # what came meanwhile, so little is left below
+                    async with self._lock:  # appends wait while the rest is copied
+                        await self._checkpoint()
             except sqlite3.Error as e:
                 log.warning("WAL checkpoint failed, will retry: %s", e)
+
+    async def _checkpoint(self) -> tuple[int, int, int]:
+        """One PASSIVE checkpoint: (busy, frames in the WAL, frames copied)."""
+        assert self._checkpointer is not None
+        rows = list(await self._checkpointer.execute_fetchall("PRAGMA wal_checkpoint(PASSIVE)"))
+        busy, frames, copied = rows[0]
+        return busy, frames, copied
 
     @contextlib.asynccontextmanager
     async def _reader(self) -> AsyncIterator[aiosqlite.Connection]:
