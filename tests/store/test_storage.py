@@ -415,3 +415,34 @@ async def test_sqlite_starts_its_wal_over_while_commits_never_pause(
         assert [r[P_POSITION] for r in rows] == list(range(1, appended + 1)) and done
     finally:
         await s.close()
+
+
+async def test_sqlite_reads_a_prefix_in_position_order_without_sorting_its_streams(tmp_path: Path) -> None:
+    """A batch of a prefix-filtered read costs about its own size, not the size of every
+    stream under the prefix: SQLite's work is counted in virtual-machine steps (the
+    progress handler), which do not depend on the machine's speed."""
+    s = SQLiteStorage(str(tmp_path / "prefix.db"), durability="normal")
+    await s.open()
+    try:
+        for _round in range(20):  # 20,000 events in four streams under "fan-", one under "other"
+            await ok(s, *[[part(f"fan-{j}", *[event() for _ in range(250)])] for j in range(4)])
+            await ok(s, [part("other", event())])
+        steps = 0
+
+        def step() -> int:
+            nonlocal steps
+            steps += 1
+            return 0  # go on
+
+        for conn in s._all_readers:
+            await conn.set_progress_handler(step, 100)  # one step per 100 instructions
+        filt = StreamFilter(prefixes=("fan-",))
+        head = s.head_position
+        rows, _, _ = await s.read_all(head - 30, False, 10, filt, False)
+        assert [r[P_POSITION] for r in rows] == list(range(head - 30, head - 20))
+        assert steps < 100, steps  # 10 rows: 1 step; sorting the prefix's 20,000 events: 1,000
+        steps = 0
+        rows, _, _ = await s.read_all(1, False, 10, filt, False)
+        assert [r[P_POSITION] for r in rows] == list(range(1, 11)) and steps < 100, steps
+    finally:
+        await s.close()
