@@ -446,3 +446,41 @@ async def test_sqlite_reads_a_prefix_in_position_order_without_sorting_its_strea
         assert [r[P_POSITION] for r in rows] == list(range(1, 11)) and steps < 100, steps
     finally:
         await s.close()
+
+
+async def test_sqlite_filtered_reads_look_at_a_window_of_positions_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A filter that matches few events is answered window by window: fewer rows and the
+    position to go on from, never one query over the whole log; reading on finds them all,
+    forwards and backwards."""
+    monkeypatch.setattr(sqlite_storage, "SEARCH_WINDOW", 100)
+    s = SQLiteStorage(str(tmp_path / "window.db"), durability="normal")
+    await s.open()
+    try:
+        await ok(s, [part("noise", *[event() for _ in range(250)])])
+        await ok(s, [part("rare-1")])  # position 251
+        await ok(s, [part("noise", *[event() for _ in range(100)])])
+        await ok(s, [part("rare-2")])  # position 352
+        filt = StreamFilter(prefixes=("rare-",))
+        calls: list[tuple[int, int, bool]] = []
+        found: list[int] = []
+        position, done = 1, False
+        while not done:
+            rows, nxt, done = await s.read_all(position, False, 10, filt, False)
+            calls.append((position, len(rows), done))
+            found += [r[P_POSITION] for r in rows]
+            position = nxt
+        assert found == [251, 352]
+        assert calls[:3] == [(1, 0, False), (101, 0, False), (201, 1, False)], calls
+        assert position == 353 and len(calls) == 4  # the last window reaches the head
+        found, position, done = [], 352, False
+        while not done:
+            rows, position, done = await s.read_all(position, True, 10, filt, False)
+            found += [r[P_POSITION] for r in rows]
+        assert found == [352, 251] and position == 0
+        # A window that fills the batch answers as before: where the last row left off.
+        rows, nxt, done = await s.read_all(1, False, 10, StreamFilter(prefixes=("noise",)), False)
+        assert [r[P_POSITION] for r in rows] == list(range(1, 11)) and (nxt, done) == (11, False)
+    finally:
+        await s.close()
