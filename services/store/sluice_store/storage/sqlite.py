@@ -391,7 +391,7 @@ class SQLiteStorage(Storage):
                 continue
             self._commits = 0
             try:
-                _, frames, copied = await self._checkpoint()
+                frames, copied = await self._checkpoint()
                 if frames >= WAL_RESTART_FRAMES and frames - copied <= WAL_CATCH_UP_FRAMES:
                     await self._checkpoint()  # what came meanwhile, so little is left below
                     async with self._lock:  # appends wait while the rest is copied
@@ -399,12 +399,13 @@ class SQLiteStorage(Storage):
             except sqlite3.Error as e:
                 log.warning("WAL checkpoint failed, will retry: %s", e)
 
-    async def _checkpoint(self) -> tuple[int, int, int]:
-        """One PASSIVE checkpoint: (busy, frames in the WAL, frames copied)."""
+    async def _checkpoint(self) -> tuple[int, int]:
+        """One PASSIVE checkpoint: (frames in the WAL, frames copied)."""
         assert self._checkpointer is not None
-        rows = list(await self._checkpointer.execute_fetchall("PRAGMA wal_checkpoint(PASSIVE)"))
-        busy, frames, copied = rows[0]
-        return busy, frames, copied
+        ((_busy, frames, copied),) = await self._checkpointer.execute_fetchall(
+            "PRAGMA wal_checkpoint(PASSIVE)"
+        )
+        return frames, copied
 
     @contextlib.asynccontextmanager
     async def _reader(self) -> AsyncIterator[aiosqlite.Connection]:
