@@ -22,13 +22,14 @@ from sluice_store.storage.base import CommitListener, LiveRow
 
 log = logging.getLogger(__name__)
 
+# A page of positions, each event's stream name looked up by its key: the cost is the
+# page's whatever PostgreSQL knows of the tables (see PostgresStorage.read_all).
 LIVE_ROWS = """
-SELECT e.position, e.stream_id, e.revision, e.created_us, e.head, e.data, s.name, e.type,
-    e.event_id, e.size
-FROM events e JOIN streams s ON s.id = e.stream_id
-WHERE e.position >= $1 AND e.position <= $2 ORDER BY e.position LIMIT $3
+SELECT e.position, e.stream_id, e.revision, e.created_us, e.head, e.data,
+    (SELECT s.name FROM streams s WHERE s.id = e.stream_id), e.type, e.event_id, e.size
+FROM events e WHERE e.position >= $1 AND e.position <= $2 ORDER BY e.position
 """
-PUMP_PAGE = 5000
+PUMP_PAGE = 5000  # positions per read
 
 
 class Source(Protocol):
@@ -128,21 +129,20 @@ class LiveFeed:
                 rows = own
                 self._published = own[-1][0]
             else:
-                stop = min([self.known, *(f - 1 for f in self._own if f > nxt)])
+                stop = min([self.known, nxt + PUMP_PAGE - 1, *(f - 1 for f in self._own if f > nxt)])
                 if not self.storage.listening():
                     # Nobody to give them to: a subscriber that registers from now on
                     # reads these from the table in its catch-up.
                     self._published = stop
                     continue
                 try:
-                    fetched = await self.storage.pool.fetch(LIVE_ROWS, nxt, stop, PUMP_PAGE)
+                    fetched = await self.storage.pool.fetch(LIVE_ROWS, nxt, stop)
                 except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, StoreUnavailable) as e:
                     log.warning("live feed read failed, will retry: %s", e)
                     await asyncio.sleep(self.storage.poll_interval)
                     continue
                 rows = [tuple(r) for r in fetched]
-                # Positions are gap-free; a shorter page means retention removed the rest.
-                self._published = rows[-1][0] if len(rows) == PUMP_PAGE else stop
+                self._published = stop  # positions are gap-free: retention removed the rest
             if rows:
                 self._hand_on(rows)
         self._own = {f: r for f, r in self._own.items() if f > self._published}

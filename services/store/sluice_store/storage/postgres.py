@@ -42,6 +42,7 @@ from sluice_store.config import ConfigError
 from sluice_store.errors import StorageFull, StoreUnavailable
 from sluice_store.retention import Policy, age_cutoff_us, age_limit_us, now_us
 from sluice_store.storage.base import (
+    SEARCH_WINDOW,
     STREAM_COLUMNS,
     SYSTEM_END,
     SYSTEM_PREFIX,
@@ -547,37 +548,77 @@ class PostgresStorage(Storage):
                 where.append(f"NOT (s.name >= ${len(params) - 1} AND s.name < ${len(params)})")
         return where
 
-    async def read_all(
-        self, position: int, backwards: bool, limit: int, filt: StreamFilter, with_data: bool
-    ) -> tuple[list[Row], int, bool]:
-        params: list[Any] = [now_us(), position]
-        where = [VISIBLE.replace("$NOW", "$1"), "e.position <= $2" if backwards else "e.position >= $2"]
-        if not backwards:
-            params.append(0)  # the head, read first: the scan stops there
-            where.append("e.position <= $3")
-        where += self._filter_sql(filt, params)
-        params.append(limit)
+    @classmethod
+    def _read_all_query(cls, filt: StreamFilter, backwards: bool, with_data: bool) -> tuple[str, list[Any]]:
+        """The query of one span of a read of all streams, and its parameters: $2 is where
+        the span starts, $3 where it ends, the last one the limit (0s to fill in)."""
+        # Events in position order, each one's stream looked up by its key (a subquery per
+        # event, which the planner cannot turn around), stopping at the limit.
+        near, far = ("<=", ">=") if backwards else (">=", "<=")
+        params: list[Any] = [now_us(), 0, 0]
+        where = [f"e.position {near} $2", f"e.position {far} $3"]
+        if filt.types:
+            params.append(list(filt.types))
+            where.append(f"e.type = ANY(${len(params)})")
+        streams = [
+            VISIBLE.replace("$NOW", "$1"),
+            *cls._filter_sql(dataclasses.replace(filt, types=()), params),
+        ]
+        where.append(f"(SELECT {' AND '.join(streams)} FROM streams s WHERE s.id = e.stream_id)")
+        params.append(0)
         data = "e.data" if with_data else "''::bytea"
         sql = (
             f"SELECT e.position, e.stream_id, e.revision, e.created_us, e.head, {data}"
-            f" FROM events e JOIN streams s ON s.id = e.stream_id WHERE {' AND '.join(where)}"
+            f" FROM events e WHERE {' AND '.join(where)}"
             f" ORDER BY e.position {'DESC' if backwards else 'ASC'} LIMIT ${len(params)}"
         )
+        return sql, params
+
+    async def read_all(
+        self, position: int, backwards: bool, limit: int, filt: StreamFilter, with_data: bool
+    ) -> tuple[list[Row], int, bool]:
+        # One query per span of positions (_read_all_query). A span starts as long as the
+        # batch and doubles while it holds fewer matches, up to the head, and for a filter
+        # up to SEARCH_WINDOW positions from the start, so a query costs no more than its
+        # span whatever plan is picked. Over the rest of the log, joined to the streams,
+        # PostgreSQL without statistics (a new store, autovacuum off) or in a prepared
+        # statement's generic plan took a filter for a handful of streams: it joined and
+        # sorted the rest of the log for every batch (a catch-up cost the log's length per
+        # batch), or went through all the matching streams for every event.
+        sql, params = self._read_all_query(filt, backwards, with_data)
+        rows: list[Row] = []
+        span = max(limit, 1)
         with _translated():
             async with self.pool.acquire() as conn:
-                if not backwards:
-                    # Everything up to the head is committed (appends commit in position
-                    # order), so a scan bounded by it sees no gap that fills in later.
-                    params[2] = head = await conn.fetchval("SELECT position FROM head")
-                    self.feed.advance(head)
-                rows: list[Row] = [tuple(r) for r in await conn.fetch(sql, *params)]
-        done = len(rows) < limit
+                # Everything up to the head is committed (appends commit in position order),
+                # so a scan bounded by it sees no gap that fills in later.
+                head: int = await conn.fetchval("SELECT position FROM head")
+                self.feed.advance(head)
+                if backwards:
+                    near_end = min(position, head)
+                    edge = max(near_end - SEARCH_WINDOW + 1, 1) if filt else 1
+                else:
+                    near_end = position
+                    edge = min(head, position + SEARCH_WINDOW - 1) if filt else head
+                while True:
+                    far_end = max(near_end - span + 1, edge) if backwards else min(near_end + span - 1, edge)
+                    params[1:3] = near_end, far_end
+                    params[-1] = limit - len(rows)
+                    rows += [tuple(r) for r in await conn.fetch(sql, *params)]
+                    if len(rows) == limit or (far_end <= edge if backwards else far_end >= edge):
+                        break
+                    near_end = far_end - 1 if backwards else far_end + 1
+                    span *= 2
+        full = len(rows) == limit
         if backwards:
-            return rows, (rows[-1][0] - 1 if rows else 0), done or (bool(rows) and rows[-1][0] <= 1)
-        nxt = rows[-1][0] + 1 if rows else position
-        if done:
-            nxt = max(nxt, head + 1)
-        return rows, nxt, done
+            if full:
+                return rows, rows[-1][0] - 1, rows[-1][0] <= 1
+            return rows, far_end - 1, far_end <= 1
+        if full:
+            return rows, rows[-1][0] + 1, False
+        if far_end < head:  # a filter's window held fewer: go on past it
+            return rows, far_end + 1, False
+        return rows, max(position, head + 1), True
 
     async def removed_upto(self, filt: StreamFilter, since: int) -> int:
         params: list[Any] = [now_us(), since]

@@ -35,6 +35,7 @@ from sluice.v1 import streams_pb2 as pb
 from sluice_store.errors import StorageFull, StoreUnavailable
 from sluice_store.retention import NO_POLICY, Policy, age_cutoff_us, age_limit_us, now_us, resolve
 from sluice_store.storage.base import (
+    SEARCH_WINDOW,
     STREAM_COLUMNS,
     SYSTEM_END,
     SYSTEM_PREFIX,
@@ -144,11 +145,6 @@ INSERT_EVENT = (
 )
 ROW_COLUMNS = "events.position, events.stream_id, events.revision, events.created_us, events.head, {data}"
 CHECKPOINT_INTERVAL = 0.5  # seconds between WAL checkpoints while there are commits
-# A filtered read of all streams looks at most this many positions per query (KurrentDB's
-# filtered reads have a search window too): a filter that matches few events is answered
-# with fewer rows and the position to go on from, in tens of ms, instead of one query
-# scanning the whole log while it holds a reader connection.
-SEARCH_WINDOW = 100_000
 # Under a steady stream of commits a PASSIVE checkpoint never finds the WAL wholly copied
 # (each commit adds frames while it copies), so SQLite never starts the WAL over: it grows
 # without end, and every page lookup searches its index, one hash table per 4,096 frames,
