@@ -220,6 +220,40 @@ def _translated() -> Iterator[None]:
         raise StoreUnavailable(f"storage error: {e}") from e
 
 
+async def _spans(
+    conn: asyncpg.Connection,
+    sql: str,
+    params: list[Any],
+    first: int,
+    last: int,
+    backwards: bool,
+    limit: int,
+) -> tuple[list[Row], int]:
+    """Up to ``limit`` rows of a read along a key (positions, or a stream's revisions), from
+    ``first`` toward ``last`` (both included), one query per span of the key: ``sql`` takes
+    the span's low and high ends as $2 and $3, and the rows still wanted as its last
+    parameter. Also the far end of the last span looked at.
+
+    A span starts as long as the batch and doubles while it holds fewer rows, so a query
+    costs no more than its span whatever plan PostgreSQL picks. Over the rest of the key in
+    one query, without statistics (a new store, autovacuum off) or in a prepared statement's
+    generic plan, it read all of it and sorted it for every batch (a catch-up cost the log's
+    or the stream's length per batch), or took a prefix for a handful of streams and went
+    through all of them for every event."""
+    rows: list[Row] = []
+    span = max(limit, 1)
+    near = first
+    while True:
+        far = max(near - span + 1, last) if backwards else min(near + span - 1, last)
+        params[1:3] = (far, near) if backwards else (near, far)
+        params[-1] = limit - len(rows)
+        rows += [tuple(r) for r in await conn.fetch(sql, *params)]
+        if len(rows) >= limit or (far <= last if backwards else far >= last):
+            return rows, far
+        near = far - 1 if backwards else far + 1
+        span *= 2
+
+
 def _policy_columns(meta: StreamMeta) -> tuple[bool, int, int, int]:
     """The stored policy columns: retained, max_count, truncate_before, age_us."""
     p = meta.policy
@@ -511,21 +545,24 @@ class PostgresStorage(Storage):
         w = stream_window(meta, start, backwards, now_us())
         if w is None:
             return []
-        params: list[Any] = [meta.id, w.lo, w.hi, w.cutoff]
+        params: list[Any] = [meta.id, 0, 0, w.cutoff]
         extra = ""
         if w.bound:
             column = "position" if w.bound == "position" else "created_us"
             extra = f" AND {column} {'<=' if backwards else '>='} $5"
             params.append(w.value)
-        params.append(limit)
+        params.append(0)
         data = "data" if with_data else "''::bytea"
         sql = (
             f"SELECT position, stream_id, revision, created_us, head, {data} FROM events"
             f" WHERE stream_id = $1 AND revision >= $2 AND revision <= $3 AND created_us >= $4{extra}"
             f" ORDER BY revision {'DESC' if backwards else 'ASC'} LIMIT ${len(params)}"
         )
+        first, last = (w.hi, w.lo) if backwards else (w.lo, w.hi)
         with _translated():
-            return [tuple(r) for r in await self.pool.fetch(sql, *params)]
+            async with self.pool.acquire() as conn:
+                rows, _ = await _spans(conn, sql, params, first, last, backwards, limit)
+        return rows
 
     @staticmethod
     def _filter_sql(filt: StreamFilter, params: list[Any]) -> list[str]:
@@ -550,13 +587,11 @@ class PostgresStorage(Storage):
 
     @classmethod
     def _read_all_query(cls, filt: StreamFilter, backwards: bool, with_data: bool) -> tuple[str, list[Any]]:
-        """The query of one span of a read of all streams, and its parameters: $2 is where
-        the span starts, $3 where it ends, the last one the limit (0s to fill in)."""
+        """The query of one span of a read of all streams and its parameters (see _spans)."""
         # Events in position order, each one's stream looked up by its key (a subquery per
         # event, which the planner cannot turn around), stopping at the limit.
-        near, far = ("<=", ">=") if backwards else (">=", "<=")
         params: list[Any] = [now_us(), 0, 0]
-        where = [f"e.position {near} $2", f"e.position {far} $3"]
+        where = ["e.position >= $2", "e.position <= $3"]
         if filt.types:
             params.append(list(filt.types))
             where.append(f"e.type = ANY(${len(params)})")
@@ -577,47 +612,29 @@ class PostgresStorage(Storage):
     async def read_all(
         self, position: int, backwards: bool, limit: int, filt: StreamFilter, with_data: bool
     ) -> tuple[list[Row], int, bool]:
-        # One query per span of positions (_read_all_query). A span starts as long as the
-        # batch and doubles while it holds fewer matches, up to the head, and for a filter
-        # up to SEARCH_WINDOW positions from the start, so a query costs no more than its
-        # span whatever plan is picked. Over the rest of the log, joined to the streams,
-        # PostgreSQL without statistics (a new store, autovacuum off) or in a prepared
-        # statement's generic plan took a filter for a handful of streams: it joined and
-        # sorted the rest of the log for every batch (a catch-up cost the log's length per
-        # batch), or went through all the matching streams for every event.
         sql, params = self._read_all_query(filt, backwards, with_data)
-        rows: list[Row] = []
-        span = max(limit, 1)
         with _translated():
             async with self.pool.acquire() as conn:
                 # Everything up to the head is committed (appends commit in position order),
                 # so a scan bounded by it sees no gap that fills in later.
                 head: int = await conn.fetchval("SELECT position FROM head")
                 self.feed.advance(head)
+                # A filter looks at SEARCH_WINDOW positions at most per call.
                 if backwards:
-                    near_end = min(position, head)
-                    edge = max(near_end - SEARCH_WINDOW + 1, 1) if filt else 1
+                    first = min(position, head)
+                    last = max(first - SEARCH_WINDOW + 1, 1) if filt else 1
                 else:
-                    near_end = position
-                    edge = min(head, position + SEARCH_WINDOW - 1) if filt else head
-                while True:
-                    far_end = max(near_end - span + 1, edge) if backwards else min(near_end + span - 1, edge)
-                    params[1:3] = near_end, far_end
-                    params[-1] = limit - len(rows)
-                    rows += [tuple(r) for r in await conn.fetch(sql, *params)]
-                    if len(rows) == limit or (far_end <= edge if backwards else far_end >= edge):
-                        break
-                    near_end = far_end - 1 if backwards else far_end + 1
-                    span *= 2
+                    first, last = position, min(head, position + SEARCH_WINDOW - 1) if filt else head
+                rows, looked = await _spans(conn, sql, params, first, last, backwards, limit)
         full = len(rows) == limit
         if backwards:
             if full:
                 return rows, rows[-1][0] - 1, rows[-1][0] <= 1
-            return rows, far_end - 1, far_end <= 1
+            return rows, looked - 1, looked <= 1
         if full:
             return rows, rows[-1][0] + 1, False
-        if far_end < head:  # a filter's window held fewer: go on past it
-            return rows, far_end + 1, False
+        if looked < head:  # a filter's window held fewer: go on past it
+            return rows, looked + 1, False
         return rows, max(position, head + 1), True
 
     async def removed_upto(self, filt: StreamFilter, since: int) -> int:
