@@ -653,6 +653,26 @@ async def backend_figures(addrs: list[str], a: argparse.Namespace) -> dict[str, 
         n = sum(await asyncio.gather(*(catch_up(c) for c in sessions)))  # two readers
         out["catchup"] = rate(n, time.perf_counter() - t)
 
+        async def catch_up_prefix(c: Client) -> int:
+            got = 0
+            async for item in c.subscribe(start=START, stream_prefixes=["p-"]):
+                if isinstance(item, pb.RecordedEvent):
+                    got += 1
+                elif isinstance(item, pb.CaughtUp):
+                    break
+            return got
+
+        t = time.perf_counter()
+        n = sum(await asyncio.gather(*(catch_up_prefix(c) for c in sessions)))
+        out["catchup_prefix"] = rate(n, time.perf_counter() - t)
+
+        async def read_stream(c: Client) -> int:
+            return sum([len(batch) async for batch in c.read_batches("b-0", start=START)])
+
+        t = time.perf_counter()
+        n = sum(await asyncio.gather(*(read_stream(c) for c in sessions)))
+        out["read_stream"] = rate(n, time.perf_counter() - t)
+
         # Live: appended through the first replica, received through the last.
         lat: list[float] = []
         ready = asyncio.Event()
@@ -704,6 +724,14 @@ async def bench_postgres(res: Results, a: argparse.Namespace) -> None:
         ("batched", "appends, 1,000 events per request, 4 clients", "events/s", True, ">= 50,000/s"),
         ("pipelined", "appends, one event per request, 2 sessions x 256 in flight", "events/s", True, ""),
         ("catchup", "catch-up from the start, 2 readers", "events/s", True, ""),
+        ("catchup_prefix", "catch-up of the prefix written last, 2 readers", "events/s", True, ""),
+        (
+            "read_stream",
+            "read of one stream from its start, 2 readers",
+            "events/s",
+            True,
+            "",
+        ),
         ("p50", "live latency at 1,000 events/s, p50", "ms", False, ""),
         ("p99", "live latency at 1,000 events/s, p99", "ms", False, ""),
     ]
