@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import signal
 import time
 
 import pytest
@@ -13,7 +14,7 @@ from sluice.errors import InvalidArgument, LimitExceeded, SubscriberTooSlow
 from sluice.gateway import POLICIES, GatewayClient
 from sluice.v1 import gateway_pb2 as gwpb
 from sluice.v1 import streams_pb2 as pb
-from tests.conftest import eventually
+from tests.conftest import StoreProcess, eventually
 from tests.gateway.conftest import GatewayProcess, Gateways, next_item
 from tests.gateway.test_fanout import collect
 from tests.secure_mode import http_session
@@ -159,11 +160,18 @@ async def test_published_messages_reach_connected_subscribers_only_and_expire(
     assert (await asyncio.wait_for(anext(stalled), 10)).WhichOneof("content") == "caught_up"
     appended = await append_big(store_client)  # fills the windows: the gateway now queues for it
 
-    async def three_watching() -> bool:  # matching, other, stalled: the closed catch-up watch has left
+    async def stalled_writing() -> bool:
+        """Matching, other and stalled watch (the closed catch-up watch has left), and the
+        gateway is stuck writing the big events to the stalled one: it has taken some and
+        holds the rest. A message published before that (one loaded run saw it) went out
+        at once, as a subscriber's writer sends published messages before events."""
         async with http_session() as http, http.get(f"{gateway.http}/readyz") as r:
-            return bool((await r.json())["subscribers"] == 3)
+            ready = await r.json()
+        if ready["subscribers"] != 3 or ready["position"] < appended[-1]:
+            return False
+        return 0 < await metric(gateway, "queued") < len(appended)
 
-    await eventually(three_watching, timeout=30)
+    await eventually(stalled_writing, timeout=30)
     short = await gw.publish("chat.room-1", "Short", b"", ttl=2)
     await gw.publish("chat.room-1", "Long", b"", ttl=60)
     assert short.subscribers == 2
@@ -221,3 +229,25 @@ async def test_published_messages_for_a_stalled_subscriber_are_bounded_in_bytes(
                     break
     assert dropped > 0 and len(got) + dropped == total  # every drop told
     assert got[-1] == f"M{total - 1}"  # the newest kept
+
+
+async def test_a_message_is_never_sent_past_the_expiry_it_carries(
+    gateway: GatewayProcess, gw: GatewayClient, store_proc: StoreProcess
+) -> None:
+    """A published message waits for subscribers until the expiry it carries, counted from
+    its publishing, not from the answer of the store's relay of it. With the store stopped
+    the relay waits out its 5 s timeout: a message with 1 s to live reaches no one, and the
+    next one is the next a subscriber sees."""
+    watching = gw.watch(stream_prefixes=["chat."], heartbeat_interval=0.1)
+    assert isinstance(await next_item(watching), pb.CaughtUp)
+    store_proc.signal(signal.SIGSTOP)
+    try:
+        late = await gw.publish("chat.room-1", "Late", b"", ttl=1)
+    finally:
+        store_proc.signal(signal.SIGCONT)
+    assert late.subscribers == 0
+    after = await gw.publish("chat.room-1", "After", b"", ttl=60)
+    assert after.subscribers == 1
+    got = await next_item(watching, timeout=20)
+    assert isinstance(got, pb.EphemeralMessage) and got.id == after.id, got
+    await watching.aclose()

@@ -336,7 +336,10 @@ class Hub:
             self.catch_ups += 1
 
     def publish(self, record: Record, expires: float) -> int:
-        """Queue a published message for the matching live subscribers; how many."""
+        """Queue a published message for the matching live subscribers until ``expires``
+        (monotonic); how many. One already past it reaches none."""
+        if expires <= time.monotonic():
+            return 0
         count = 0
         for key in self._keys_for(record.stream):
             filt, form, encoder = key

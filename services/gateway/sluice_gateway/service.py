@@ -415,6 +415,10 @@ class Gateway:
             raise invalid(f"time_to_live: 0 to {MAX_TTL:.0f} seconds", "time_to_live")
         ttl = ttl or self.settings.ephemeral_ttl
         published = _now()
+        # Its deadline in the subscribers' queues is its stated expiry, not ttl after the
+        # store's relay below answered: under load that came seconds later, and a stalled
+        # subscriber was sent a message past the expiry it carried.
+        deadline = time.monotonic() + ttl
         expires = timestamp_pb2.Timestamp()
         expires.FromNanoseconds(published.ToNanoseconds() + int(ttl * 1e9))
         msg = pb.EphemeralMessage(
@@ -441,5 +445,5 @@ class Gateway:
                 raise GatewayError(e.code(), reason, refused.message, **refused.metadata) from e
             log.warning("published %s here only: the store did not relay it (%s)", msg.id, e.code().name)
         # The store's copy comes back through this gateway's feed and is skipped (same origin).
-        count = self.hub.publish(wire.ephemeral_record(msg), time.monotonic() + ttl)
+        count = self.hub.publish(wire.ephemeral_record(msg), deadline)
         return gwpb.PublishResponse(id=msg.id, subscribers=count, relayed=relayed)
