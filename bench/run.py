@@ -640,31 +640,20 @@ async def backend_figures(addrs: list[str], a: argparse.Namespace) -> dict[str, 
         n = sum(await asyncio.gather(*(pipelined(c, a.pg_pipelined // 2) for c in sessions)))
         out["pipelined"] = rate(n, time.perf_counter() - t)
 
-        async def catch_up(c: Client) -> int:
+        async def catch_up(c: Client, prefixes: list[str] | None = None) -> int:
             got = 0
-            async for item in c.subscribe(start=START):
+            async for item in c.subscribe(start=START, stream_prefixes=prefixes):
                 if isinstance(item, pb.RecordedEvent):
                     got += 1
                 elif isinstance(item, pb.CaughtUp):
                     break
             return got
 
-        t = time.perf_counter()
-        n = sum(await asyncio.gather(*(catch_up(c) for c in sessions)))  # two readers
-        out["catchup"] = rate(n, time.perf_counter() - t)
-
-        async def catch_up_prefix(c: Client) -> int:
-            got = 0
-            async for item in c.subscribe(start=START, stream_prefixes=["p-"]):
-                if isinstance(item, pb.RecordedEvent):
-                    got += 1
-                elif isinstance(item, pb.CaughtUp):
-                    break
-            return got
-
-        t = time.perf_counter()
-        n = sum(await asyncio.gather(*(catch_up_prefix(c) for c in sessions)))
-        out["catchup_prefix"] = rate(n, time.perf_counter() - t)
+        # Two readers, of everything and of the prefix written last.
+        for key, prefixes in (("catchup", None), ("catchup_prefix", ["p-"])):
+            t = time.perf_counter()
+            n = sum(await asyncio.gather(*(catch_up(c, prefixes) for c in sessions)))
+            out[key] = rate(n, time.perf_counter() - t)
 
         async def read_stream(c: Client) -> int:
             return sum([len(batch) async for batch in c.read_batches("b-0", start=START)])
