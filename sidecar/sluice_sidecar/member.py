@@ -398,13 +398,17 @@ class Member:
         self._lease_renewed.set()
         self.joined = True
         assigned = {a.partition: a.position for a in resp.assigned}
+        # Moved by the store (a reset): read again even from the very cursor we committed.
+        moved = {a.partition for a in resp.assigned if a.moved}
         for p in [p for p in self.workers if p not in assigned]:
             self._release(p)
         for p, cursor in assigned.items():
             w = self.workers.get(p)
             if w is None:
                 self.workers[p] = PartitionWorker(self, p, cursor)
-            elif p in self._restart_at or (not w.stopping and (cursor != w.committed or refilter)):
+            elif p in self._restart_at or (
+                not w.stopping and (refilter or p in moved or cursor != w.committed)
+            ):
                 self._restart(p, cursor)
         interval: float = resp.heartbeat_interval.ToMicroseconds() / 1e6
         return interval

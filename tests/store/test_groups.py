@@ -272,6 +272,61 @@ async def test_reset_to_time_and_describe_lag(store: StoreServer, groups: gpb_gr
         assert {p.partition: p.lag_events for p in desc.partitions} == want
 
 
+async def test_a_reset_is_told_once_even_to_the_cursor_already_committed(
+    store: StoreServer, groups: gpb_grpc.GroupsStub
+) -> None:
+    """A member that committed 11 and handled up to 21 must read from 11 again after a reset
+    to 11: the cursor it is given is the one it committed, so only the store can say so."""
+    await fill(store.address, 20)
+    await groups.CreateGroup(gpb.CreateGroupRequest(group="g", config=config(partitions=2)))
+    a = await join(groups, "g", "a")
+    assert not any(p.moved for p in a.assigned)  # joining: its cursors, nothing moved
+    commit = gpb.CommitCursorRequest(group="g", member_id="a", member_epoch=a.member_epoch, position=11)
+    for p in (0, 1):
+        commit.partition = p
+        await groups.CommitCursor(commit)
+    at_11 = pb.StartPoint(position=11)
+    await groups.ResetCursors(gpb.ResetCursorsRequest(group="g", partitions=[1], to=at_11))
+    told = await beat(groups, "g", "a", a)
+    assert told.member_epoch > a.member_epoch
+    assert {p.partition: (p.position, p.moved) for p in told.assigned} == {0: (11, False), 1: (11, True)}
+    again = await beat(groups, "g", "a", told)  # said once
+    assert not any(p.moved for p in again.assigned)
+
+    # A partition the member is giving back when its cursor moves: its old progress must
+    # not land over the reset while it lets the partition go.
+    b = await join(groups, "g", "b")  # a must give one partition up to b
+    a = await beat(groups, "g", "a", again)
+    (leaving,) = {0, 1} - {p.partition for p in a.assigned}
+    await groups.ResetCursors(gpb.ResetCursorsRequest(group="g", to=at_11))
+    a = await beat(groups, "g", "a", a)
+    (staying,) = a.assigned
+    assert staying.moved and staying.position == 11
+    with pytest.raises(SluiceError) as refused:
+        await call(
+            groups.CommitCursor(
+                gpb.CommitCursorRequest(
+                    group="g", member_id="a", member_epoch=a.member_epoch, partition=leaving, position=21
+                )
+            )
+        )
+    assert refused.value.reason == "NOT_PARTITION_OWNER"
+    await groups.CommitCursor(
+        gpb.CommitCursorRequest(
+            group="g", member_id="a", member_epoch=a.member_epoch, partition=staying.partition, position=15
+        )
+    )
+    # Once a lets go, b gets the partition at the reset cursor and is told nothing moved
+    # under it (it never held the partition before).
+    await groups.Heartbeat(
+        gpb.HeartbeatRequest(group="g", member_id="a", member_epoch=a.member_epoch, owned=[staying.partition])
+    )
+    b = await beat(groups, "g", "b", b)
+    assert [(p.partition, p.position, p.moved) for p in b.assigned] == [(leaving, 11, False)]
+    desc = await groups.DescribeGroup(gpb.DescribeGroupRequest(group="g"))
+    assert {p.partition: p.cursor for p in desc.partitions} == {leaving: 11, staying.partition: 15}
+
+
 async def test_groups_survive_a_store_restart(make_store: StoreFactory, db_url: Callable[[str], str]) -> None:
     db = db_url("g")
     first = await make_store(db=db)

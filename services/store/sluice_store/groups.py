@@ -80,6 +80,9 @@ class Member:
     fenced: int = -1
     #: Who joined as this member: while it is in the group, no other principal may act as it.
     principal: str = ""
+    #: Partitions it holds whose cursor the store moved (a reset, a new filter) since its
+    #: last heartbeat: the next answer tells it to read them again from their cursors.
+    moved: set[int] = dataclasses.field(default_factory=set)
 
     @property
     def held(self) -> set[int]:
@@ -93,6 +96,7 @@ class Member:
             "lease_expires_us": self.lease_expires_us,
             "fenced": self.fenced,
             "principal": self.principal,
+            "moved": sorted(self.moved),
         }
 
     @classmethod
@@ -105,6 +109,7 @@ class Member:
             int(d["lease_expires_us"]),  # type: ignore[call-overload]
             int(d.get("fenced", -1)),  # type: ignore[call-overload]
             str(d.get("principal", "")),
+            set(d.get("moved", ())),  # type: ignore[call-overload]
         )
 
 
@@ -354,6 +359,7 @@ class Coordinator:
                 state.cursors.update(moved)
                 for m in state.members.values():
                     m.fenced = m.epoch
+                    m.moved |= m.held
             state.config = cfg
             await self._save(tx, state, moved)
             return state
@@ -374,7 +380,9 @@ class Coordinator:
 
     async def heartbeat(
         self, req: gpb.HeartbeatRequest, principal: str = ""
-    ) -> tuple[GroupState, Member | None]:
+    ) -> tuple[GroupState, Member | None, set[int]]:
+        """The group and the member after this heartbeat (None: it left), with the assigned
+        partitions whose cursors the store moved since its last heartbeat."""
         check_member_id(req.member_id)
         async with self._tx(req.group) as tx:
             state = self._state(tx)
@@ -386,7 +394,7 @@ class Coordinator:
             if req.leave:
                 state.members.pop(req.member_id, None)
                 await self._save(tx, state)
-                return state, None
+                return state, None, set()
             if req.member_epoch == 0:
                 # A (re)join: whatever this member id held before is given up.
                 if req.member_id not in state.members and len(state.members) >= MAX_MEMBERS:
@@ -418,8 +426,12 @@ class Coordinator:
                 member.revoking &= set(req.owned)  # what it no longer reports, it has let go
             member.lease_expires_us = now + state.lease_us
             reconcile(state, member)
+            # Told once; moved partitions it is still giving back stay marked, so that it
+            # cannot commit its old progress over the new cursor while it lets them go.
+            moved = member.moved & member.assigned
+            member.moved &= member.revoking
             await self._save(tx, state)
-            return state, member
+            return state, member, moved
 
     @staticmethod
     def _owner(
@@ -444,6 +456,14 @@ class Coordinator:
         if partition not in member.held:
             raise NotPartitionOwner(
                 f"member {member_id!r} does not own partition {partition}",
+                group=group,
+                member_id=member_id,
+                partition=partition,
+            )
+        if partition in member.moved:
+            raise NotPartitionOwner(
+                f"partition {partition} is being given up by member {member_id!r} and its cursor was"
+                " moved (a reset or a new filter): it is released without committing",
                 group=group,
                 member_id=member_id,
                 partition=partition,
@@ -487,6 +507,7 @@ class Coordinator:
             for m in state.members.values():
                 if m.held & chosen:
                     m.fenced = m.epoch
+                    m.moved |= m.held & chosen
             await self._save(tx, state, changed)
             return state
 

@@ -153,7 +153,7 @@ class GroupsService:
         return gpb.DeleteGroupResponse()
 
     async def Heartbeat(self, request: gpb.HeartbeatRequest) -> gpb.HeartbeatResponse:
-        state, member = await self.coordinator.heartbeat(request, caller.get().name)
+        state, member, moved = await self.coordinator.heartbeat(request, caller.get().name)
         out = gpb.HeartbeatResponse(
             heartbeat_interval=state.config.heartbeat_interval,
             lease=duration(state.lease_us),
@@ -163,7 +163,7 @@ class GroupsService:
         if member is not None:
             out.member_epoch = member.epoch
             for p in sorted(member.assigned):
-                out.assigned.add(partition=p, position=state.cursors.get(p, 1))
+                out.assigned.add(partition=p, position=state.cursors.get(p, 1), moved=p in moved)
         return out
 
     async def CommitCursor(self, request: gpb.CommitCursorRequest) -> gpb.CommitCursorResponse:

@@ -478,17 +478,25 @@ class PartitionCursor(_message.Message):
 
     PARTITION_FIELD_NUMBER: _builtins.int
     POSITION_FIELD_NUMBER: _builtins.int
+    MOVED_FIELD_NUMBER: _builtins.int
     partition: _builtins.int
     position: _builtins.int
+    moved: _builtins.bool
+    """The store moved this cursor (ResetCursors, or a new filter) since the member's last
+    heartbeat: read the partition again from position, and drop progress not committed,
+    even where position equals the cursor the member last committed. Said once: a member
+    that misses this answer is fenced at its next heartbeat and joins again.
+    """
     def __init__(
         self,
         *,
         partition: _builtins.int = ...,
         position: _builtins.int = ...,
+        moved: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["partition", b"partition", "position", b"position"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["moved", b"moved", "partition", b"partition", "position", b"position"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
