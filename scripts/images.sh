@@ -46,13 +46,32 @@ if ! podman image exists "$BASE"; then
   fi
 fi
 
-printf '%-22s %8s %10s\n' image seconds MB
+# The builds run side by side (each waits mostly on the package index and on writing its
+# layers); each one's output is kept and shown if it fails.
+logs=$(mktemp -d)
+trap 'rm -rf "$logs" "${tmp:-}"' EXIT
+build() {
+  local name=$1 file=$2 start
+  start=$(date +%s)
+  if podman build -q --network host -f "$file" -t "localhost/sluice/$name:$TAG" . >"$logs/$name" 2>&1; then
+    echo $(( $(date +%s) - start )) >"$logs/$name.seconds"
+  else
+    echo "images: building sluice/$name failed:" >&2
+    tail -40 "$logs/$name" >&2
+    return 1
+  fi
+}
+pids=()
 for spec in store:services/store/Dockerfile gateway:services/gateway/Dockerfile \
   sidecar:sidecar/Dockerfile orders-app:examples/orders-app/Dockerfile; do
-  name=${spec%%:*}
-  file=${spec#*:}
-  start=$(date +%s)
-  podman build -q --network host -f "$file" -t "localhost/sluice/$name:$TAG" . >/dev/null
+  build "${spec%%:*}" "${spec#*:}" &
+  pids+=($!)
+done
+failed=0
+for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+[ "$failed" = 0 ] || exit 1
+printf '%-22s %8s %10s\n' image seconds MB
+for name in store gateway sidecar orders-app; do
   size=$(podman image inspect "localhost/sluice/$name:$TAG" --format '{{.Size}}')
-  printf '%-22s %8s %10s\n' "sluice/$name" "$(( $(date +%s) - start ))" "$(( size / 1000000 ))"
+  printf '%-22s %8s %10s\n' "sluice/$name" "$(cat "$logs/$name.seconds")" "$(( size / 1000000 ))"
 done
