@@ -12,7 +12,7 @@ PROTOS := $(shell find protos -name '*.proto')
 SLUICE_DATA ?= ./data
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install system-packages images protos check-protos lint checkov fmt console test test-secure faults run demo bench clean
+.PHONY: install system-packages images protos check-protos lint checkov fmt console test test-beside test-secure faults run demo bench clean
 
 install: $(STAMP)
 
@@ -90,19 +90,26 @@ console: $(CONSOLE_STAMP)
 	cp $(CONSOLE_NPM)/node_modules/uplot/dist/uPlot.iife.min.js $(CONSOLE_NPM)/node_modules/uplot/dist/uPlot.min.css $(CONSOLE_VENDOR)/
 	cp $(CONSOLE_NPM)/node_modules/uplot/LICENSE $(CONSOLE_VENDOR)/uPlot.LICENSE
 
-# The secure pass runs beside the main one (its own temporary directory and PostgreSQL
-# databases; every port is 0), its output kept in build/ and shown when both have ended.
-SECURE_LOG = build/test-secure.log
+# Two lanes: the main pass, and beside it the long tests of their own (marked `beside`)
+# then the secure pass, with their own temporary directory and PostgreSQL databases
+# (every port is 0); the second lane's output is kept in build/ and shown when both ended.
+BESIDE_LOG = build/test-beside.log
 test: $(STAMP) $(NODE_STAMP) $(CONSOLE_STAMP) system-packages check-protos lint
 	@mkdir -p build
-	@echo "secure pass: running beside the main pass (output follows it; $(SECURE_LOG))"
-	@$(MAKE) --no-print-directory test-secure SECURE_PYTEST_ARGS="-p no:cacheprovider --basetemp=$$(mktemp -d)" \
-	    >$(SECURE_LOG) 2>&1 & secure=$$!; \
-	$(VENV)/bin/pytest $(PYTEST_ARGS); main=$$?; \
-	wait $$secure; rc=$$?; \
-	echo "================================ secure pass ================================="; \
-	cat $(SECURE_LOG); \
+	@echo "second lane: the tests marked beside, then the secure pass (output follows; $(BESIDE_LOG))"
+	@$(MAKE) --no-print-directory test-beside SECURE_PYTEST_ARGS="-p no:cacheprovider --basetemp=$$(mktemp -d)" \
+	    >$(BESIDE_LOG) 2>&1 & beside=$$!; \
+	$(VENV)/bin/pytest -m "not beside" $(PYTEST_ARGS); main=$$?; \
+	wait $$beside; rc=$$?; \
+	echo "================================ second lane ================================="; \
+	cat $(BESIDE_LOG); \
 	test $$main -eq 0 && test $$rc -eq 0
+
+test-beside: $(STAMP)
+	@$(VENV)/bin/pytest -m beside $(PYTEST_ARGS) $(SECURE_PYTEST_ARGS); a=$$?; \
+	echo "================================ secure pass ================================="; \
+	$(MAKE) --no-print-directory test-secure; b=$$?; \
+	test $$a -eq 0 && test $$b -eq 0
 
 # The mesh suites again with TLS, tokens and the policy on every store, gateway and sidecar
 # (tests/secure_mode.py).

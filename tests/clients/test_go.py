@@ -33,6 +33,7 @@ async def run(*args: str, env: dict[str, str], cwd: Path) -> str:
     return out.decode()
 
 
+@pytest.mark.beside
 @pytest.mark.timeout(600)  # compiling gRPC and the stubs is most of it, slower on a busy machine
 async def test_the_go_client_suite_against_a_real_store(
     spawn: Callable[..., StoreProcess], tmp_path: Path

@@ -27,6 +27,7 @@ CLASSPATH = [
 ]  # fmt: skip
 
 
+@pytest.mark.beside
 @pytest.mark.timeout(600)  # compiling gRPC and the stubs is most of it, slower on a busy machine
 async def test_the_java_client_suite_against_a_real_store(
     spawn: Callable[..., StoreProcess], tmp_path: Path

@@ -167,6 +167,7 @@ async def mesh(images: None, tmp_path: Path) -> AsyncIterator[dict[str, Pod]]:
 
 # The suite's 120 s limit counts fixtures too: on a fresh machine this one installs podman,
 # makes the base image and builds four images first (scripts/images.sh has its own limit).
+@pytest.mark.beside
 @pytest.mark.timeout(1200)
 async def test_the_example_runs_from_the_real_images(mesh: dict[str, Pod]) -> None:
     store, gateway, app = mesh["sluice-store"], mesh["sluice-gateway"], mesh["orders-app"]

@@ -246,6 +246,7 @@ MILLION = 1_000_000
 
 
 @pytest.mark.skipif(SECURE, reason="paging is the same with security on; the plain run covers it")
+@pytest.mark.beside
 @pytest.mark.timeout(600)
 async def test_paging_through_a_million_streams(gateway: GatewayProcess, store_proc: StoreProcess) -> None:
     sem = asyncio.Semaphore(8)  # enough in flight that the store always has the next one
