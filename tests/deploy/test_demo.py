@@ -7,9 +7,12 @@ import re
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.deploy.manifests import ROOT
 
 
+@pytest.mark.beside
 async def test_demo_runs_and_every_order_arrives(tmp_path: Path) -> None:
     proc = await asyncio.create_subprocess_exec(
         *(sys.executable, str(ROOT / "scripts/demo.py"), "--seconds", "4", "--any-ports"),

@@ -11,11 +11,16 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from sluice import Client, SluiceError, new_event
 from tests.conftest import StoreProcess
 from tests.faults.conftest import CYCLES, Report
 from tests.sidecar.conftest import App, Sidecar
 from tests.sidecar.test_mesh import in_order_per_stream
+
+#: Cycles of kill -9 run in make test's second lane, beside the main pass.
+pytestmark = pytest.mark.beside
 
 
 async def test_kill_9_cycles_of_sidecars_and_the_store_lose_nothing(tmp_path: Path, report: Report) -> None:

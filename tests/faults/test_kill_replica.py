@@ -10,10 +10,15 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from sluice import Client, new_event
 from tests.conftest import StoreProcess, reap
 from tests.faults.conftest import CYCLES, Report
 from tests.replicas.test_replicas import append_retrying
+
+#: Cycles of kill -9 run in make test's second lane, beside the main pass.
+pytestmark = pytest.mark.beside
 
 
 async def test_kill_9_cycles_of_one_replica_while_clients_retry_on_the_other(

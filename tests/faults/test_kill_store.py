@@ -19,6 +19,9 @@ from sluice.v1 import streams_pb2 as pb
 from tests.conftest import StoreProcess
 from tests.faults.conftest import CYCLES, Report
 
+#: Cycles of kill -9 run in make test's second lane, beside the main pass.
+pytestmark = pytest.mark.beside
+
 Acked = dict[str, int]  # event id -> position acknowledged
 
 
