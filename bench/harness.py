@@ -174,13 +174,20 @@ async def jetstream(name: str) -> AsyncIterator[tuple[Any, Any, str]]:
         await nc.close()
 
 
+#: Connections a non-blocking Redis client may open: more than any case keeps in flight.
+UNBLOCKED_CONNECTIONS = 10_000
+
+
 def redis_client(blocking: bool = True) -> aioredis.Redis:
     """A client whose callers wait for a free connection instead of failing when all are
     busy; ``blocking=False``: one that opens another instead, for a few callers at a time
     that get cancelled (cancelling callers that wait on redis-py's asyncio blocking pool can
-    leave its lock held for good, redis/redis-py#3056: a run hung on it)."""
+    leave its lock held for good, redis/redis-py#3056: a run hung on it). redis-py 8 caps
+    even that pool at 100 connections and fails the call past them ("Too many
+    connections"): a paced sender whose replies stalled for 100 ms lost appends that way, so
+    the cap here is far above what any case keeps in flight."""
     if not blocking:
-        return aioredis.Redis.from_url(REDIS_URL)
+        return aioredis.Redis.from_url(REDIS_URL, max_connections=UNBLOCKED_CONNECTIONS)
     pool = aioredis.BlockingConnectionPool.from_url(REDIS_URL, max_connections=64, timeout=60)
     return aioredis.Redis(connection_pool=pool)
 
@@ -239,18 +246,34 @@ def one_durability(a: argparse.Namespace) -> str:
 
 
 async def paced(rate_per_s: int, seconds: float, send: Callable[[int], Coroutine[Any, Any, None]]) -> int:
-    """Call send(i) at a steady rate without waiting for each to finish."""
+    """Call send(i) at a steady rate without waiting for each to finish. A send that fails
+    ends it with that send's error (not a missing event that a waiting reader times out on)."""
     n = int(rate_per_s * seconds)
     t0 = time.perf_counter()
-    tasks = set()
-    for i in range(n):
-        delay = t0 + i / rate_per_s - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        task = asyncio.create_task(send(i))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-    await asyncio.gather(*tasks)
+    tasks: set[asyncio.Task[None]] = set()
+    failed: list[BaseException] = []
+
+    def finished(task: asyncio.Task[None]) -> None:
+        tasks.discard(task)
+        if not task.cancelled() and (e := task.exception()) is not None:
+            failed.append(e)
+
+    try:
+        for i in range(n):
+            if failed:
+                break
+            delay = t0 + i / rate_per_s - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            task = asyncio.create_task(send(i))
+            tasks.add(task)
+            task.add_done_callback(finished)
+        await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        for task in tasks:
+            task.cancel()
+    if failed:
+        raise RuntimeError(f"a paced send failed: {type(failed[0]).__name__}: {failed[0]}") from failed[0]
     return n
 
 
