@@ -485,7 +485,10 @@ async def bench_latency(res: Results, a: argparse.Namespace) -> None:
         async def r_sub(lat: list[float], ready: asyncio.Event) -> None:
             last = "0-0"  # the key is new and empty: every entry counts
             ready.set()
-            while True:
+            # Ends once it has every event (within the 1 s block): redis-py 8 swallows a
+            # cancel that lands in a blocking XREAD and reads on, so measure()'s cancel alone
+            # left it running ("did not stop within 30 s of being cancelled").
+            while not done.is_set():
                 resp: Any = await reader.xread({key: last}, block=1000, count=1000)
                 for _, entries in resp or []:
                     for entry_id, fields in entries:
